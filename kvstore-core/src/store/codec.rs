@@ -1,0 +1,167 @@
+//! On-disk layout of the three sled trees.
+//!
+//! - `kv`: key bytes -> `create_revision | mod_revision | version | value` (u64s big-endian).
+//! - `log`: revision (u64 big-endian) -> `kind | create_revision | version | key length
+//!   (u32) | key | value`.
+//! - `meta`: `last_revision`, the last assigned revision, as a u64.
+
+use super::Error;
+use crate::wire::{Entry, Event, EventKind};
+
+const HEADER: usize = 24;
+
+/// `meta` key of the last assigned revision.
+pub const META_LAST: &[u8] = b"last_revision";
+
+/// The stored form of one key's state, without its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+impl Stored {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + self.value.len());
+        out.extend_from_slice(&self.create_revision.to_be_bytes());
+        out.extend_from_slice(&self.mod_revision.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.value);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() < HEADER {
+            return Err(Error::Corrupt("short entry in the kv tree".into()));
+        }
+        Ok(Stored {
+            create_revision: u64_at(bytes, 0)?,
+            mod_revision: u64_at(bytes, 8)?,
+            version: u64_at(bytes, 16)?,
+            value: bytes[HEADER..].to_vec(),
+        })
+    }
+
+    pub fn into_entry(self, key: String) -> Entry {
+        Entry {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
+    }
+}
+
+/// Decodes a `kv` tree item into an [`Entry`].
+pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, Error> {
+    let key = String::from_utf8(key.to_vec())
+        .map_err(|_| Error::Corrupt("a stored key is not UTF-8".into()))?;
+    Ok(Stored::decode(value)?.into_entry(key))
+}
+
+pub fn encode_u64(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Result<u64, Error> {
+    u64_at(bytes, 0)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, Error> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("truncated number".into()))
+}
+
+/// Encodes a change record for the `log` tree (its revision is the tree key).
+/// `stored` is the key's state after a put, `None` for a delete.
+pub fn encode_record(key: &str, stored: Option<&Stored>) -> Vec<u8> {
+    let key = key.as_bytes();
+    let (kind, create_revision, version, value) = match stored {
+        Some(s) => (1, s.create_revision, s.version, s.value.as_slice()),
+        None => (2, 0, 0, &[][..]),
+    };
+    let mut out = Vec::with_capacity(1 + 16 + 4 + key.len() + value.len());
+    out.push(kind);
+    out.extend_from_slice(&create_revision.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
+    // Keys are at most MAX_KEY_BYTES, far below u32::MAX.
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    out
+}
+
+/// Decodes a `log` tree item into the [`Event`] it records.
+pub fn decode_event(revision: &[u8], bytes: &[u8]) -> Result<Event, Error> {
+    let corrupt = || Error::Corrupt("malformed record in the log tree".into());
+    let kind = match bytes.first() {
+        Some(1) => EventKind::Put,
+        Some(2) => EventKind::Delete,
+        _ => return Err(corrupt()),
+    };
+    let create_revision = u64_at(bytes, 1)?;
+    let version = u64_at(bytes, 9)?;
+    let key_len = bytes
+        .get(17..21)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(corrupt)? as usize;
+    let key = bytes.get(21..21 + key_len).ok_or_else(corrupt)?;
+    let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt())?;
+    Ok(Event {
+        kind,
+        key,
+        value: bytes[21 + key_len..].to_vec(),
+        revision: decode_u64(revision)?,
+        create_revision,
+        version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_round_trips() -> Result<(), Error> {
+        let s = Stored {
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            value: vec![0, 255, 7],
+        };
+        assert_eq!(Stored::decode(&s.encode())?, s);
+        assert!(Stored::decode(&[1, 2, 3]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn events_round_trip() -> Result<(), Error> {
+        let stored = Stored {
+            create_revision: 40,
+            mod_revision: 42,
+            version: 2,
+            value: b"\x00x".to_vec(),
+        };
+        let put = decode_event(&encode_u64(42), &encode_record("app/db", Some(&stored)))?;
+        let expected = Event {
+            kind: EventKind::Put,
+            key: "app/db".into(),
+            value: b"\x00x".to_vec(),
+            revision: 42,
+            create_revision: 40,
+            version: 2,
+        };
+        assert_eq!(put, expected);
+        let del = decode_event(&encode_u64(43), &encode_record("app/db", None))?;
+        assert_eq!((del.kind, del.revision, del.value.len()), (EventKind::Delete, 43, 0));
+        assert!(decode_event(&encode_u64(42), &[1, 0]).is_err());
+        Ok(())
+    }
+}

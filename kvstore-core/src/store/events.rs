@@ -1,0 +1,133 @@
+//! From sled's `watch_prefix` on the `log` tree to a revision-ordered, durable feed.
+//!
+//! Two threads: the drainer reads sled's `Subscriber` and does nothing else (so sled
+//! writers never block on it); the sequencer holds records until every revision up
+//! to the durable watermark (raised by the writer after each flush) is present, then
+//! publishes them in order to a bounded broadcast ring.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
+
+use super::codec;
+use crate::wire::Event;
+
+enum Message {
+    Record(Event),
+    Durable(u64),
+}
+
+/// The writer's way to tell the sequencer what is durable.
+pub(super) struct SequencerHandle(std_mpsc::Sender<Message>);
+
+impl SequencerHandle {
+    pub fn durable(&self, revision: u64) {
+        // The sequencer only stops when the store is gone.
+        let _ = self.0.send(Message::Durable(revision));
+    }
+}
+
+/// The published side: what watchers subscribe to.
+pub(super) struct Feed {
+    events: broadcast::Sender<Arc<Event>>,
+    revision: watch::Sender<u64>,
+    sequencer: std_mpsc::Sender<Message>,
+}
+
+impl Feed {
+    /// Starts the drainer and the sequencer for `log`, whose last durable revision is `last`.
+    pub fn start(log: &sled::Tree, last: u64, capacity: usize) -> Feed {
+        let (events, _) = broadcast::channel(capacity.max(1));
+        let (revision, _) = watch::channel(last);
+        let (tx, rx) = std_mpsc::channel();
+        let subscriber = log.watch_prefix(vec![]);
+        let drain_tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kvstore-drainer".into())
+            .spawn(move || drain(subscriber, drain_tx))
+            .and_then(|_| {
+                let events = events.clone();
+                let revision = revision.clone();
+                std::thread::Builder::new()
+                    .name("kvstore-sequencer".into())
+                    .spawn(move || sequence(rx, last, events, revision))
+            });
+        if let Err(e) = spawned {
+            log::error!("could not start the event threads: {e}");
+        }
+        Feed {
+            events,
+            revision,
+            sequencer: tx,
+        }
+    }
+
+    pub fn sequencer(&self) -> SequencerHandle {
+        SequencerHandle(self.sequencer.clone())
+    }
+
+    /// The last published revision.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// A receiver of every event published after this call, and the revision up to
+    /// which everything was published before it (no gap between the two).
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Event>>, u64) {
+        let rx = self.events.subscribe();
+        (rx, self.revision())
+    }
+
+    /// A watch on the published revision.
+    pub fn revisions(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+}
+
+fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {
+    for event in subscriber {
+        if let sled::Event::Insert { key, value } = event {
+            match codec::decode_event(&key, &value) {
+                Ok(record) => {
+                    if tx.send(Message::Record(record)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => log::error!("undecodable change record: {e}"),
+            }
+        }
+    }
+}
+
+fn sequence(
+    rx: std_mpsc::Receiver<Message>,
+    last: u64,
+    events: broadcast::Sender<Arc<Event>>,
+    revision: watch::Sender<u64>,
+) {
+    let mut pending: BTreeMap<u64, Event> = BTreeMap::new();
+    let mut durable = last;
+    let mut next = last + 1;
+    for message in rx {
+        match message {
+            Message::Record(event) if event.revision >= next => {
+                pending.insert(event.revision, event);
+            }
+            Message::Record(_) => {}
+            Message::Durable(d) => durable = durable.max(d),
+        }
+        while next <= durable {
+            let Some(event) = pending.remove(&next) else {
+                break;
+            };
+            // Revision first, then the event: a subscriber that reads the revision
+            // after subscribing never misses the event (see `Feed::subscribe`).
+            revision.send_replace(next);
+            // No receivers is fine.
+            let _ = events.send(Arc::new(event));
+            next += 1;
+        }
+    }
+}

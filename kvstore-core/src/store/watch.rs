@@ -1,0 +1,199 @@
+//! One watcher's view of the change feed: history, then live, with no seam.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::codec::{self, decode_entry};
+use super::{Error, Store};
+use crate::wire::{Entry, Event, EventKind};
+
+/// History records read from disk at a time while catching up.
+const HISTORY_CHUNK: u64 = 256;
+
+/// Where a watch starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Only keys starting with this (empty: every key).
+    pub prefix: String,
+    /// Deliver every change with a revision at or after this one first (from the
+    /// history), then continue live. `None`: only changes after the watch starts.
+    pub start_revision: Option<u64>,
+    /// First deliver the current entries under the prefix as of one revision, then a
+    /// [`WatchItem::Synced`] marker, then every change after that revision.
+    pub initial: bool,
+}
+
+/// What a [`Watch`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    /// A change (shared: the same event goes to every watcher).
+    Event(Arc<Event>),
+    /// An entry of the initial state.
+    Entry(Entry),
+    /// The initial state is complete as of this revision.
+    Synced(u64),
+}
+
+/// A subscription to changes under a prefix; see [`Store::watch`].
+pub struct Watch {
+    prefix: String,
+    live: broadcast::Receiver<Arc<Event>>,
+    log: sled::Tree,
+    queue: VecDeque<WatchItem>,
+    /// Next revision to read from the history, while `history_next <= history_end`.
+    history_next: u64,
+    history_end: u64,
+    /// Every revision up to here has been delivered or passed over.
+    position: u64,
+}
+
+impl Watch {
+    /// The revision through which this watch has delivered (or skipped, for other
+    /// prefixes) every change: a watch resumed at `position() + 1` misses nothing.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next item. Cancel-safe. Fails with [`Error::Lagged`] when the watcher fell
+    /// further behind than the store's event buffer, and with [`Error::Compacted`]
+    /// when the history it needs is gone.
+    pub async fn next(&mut self) -> Result<WatchItem, Error> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Ok(item);
+            }
+            if self.history_next <= self.history_end {
+                self.read_history()?;
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    if event.revision <= self.position {
+                        continue;
+                    }
+                    self.position = event.revision;
+                    if event.key.starts_with(&self.prefix) {
+                        return Ok(WatchItem::Event(event));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(Error::Lagged {
+                        last: self.position,
+                    })
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
+            }
+        }
+    }
+
+    fn read_history(&mut self) -> Result<(), Error> {
+        let end = self.history_end.min(self.history_next + HISTORY_CHUNK - 1);
+        let range = codec::encode_u64(self.history_next)..=codec::encode_u64(end);
+        for item in self.log.range(range) {
+            let (rev, record) = item?;
+            let event = codec::decode_event(&rev, &record)?;
+            if event.revision != self.history_next {
+                // Revisions are gap-free, so a hole means compaction got there first.
+                return Err(Error::Compacted {
+                    requested: self.history_next,
+                    oldest: event.revision,
+                });
+            }
+            self.history_next += 1;
+            self.position = event.revision;
+            if event.key.starts_with(&self.prefix) {
+                self.queue.push_back(WatchItem::Event(Arc::new(event)));
+            }
+        }
+        if self.history_next <= end {
+            return Err(Error::Compacted {
+                requested: self.history_next,
+                oldest: end + 1,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens a watch: subscribe to the live feed first, then decide what comes before it.
+pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, Error> {
+    let (live, published) = store.subscribe();
+    let mut watch = Watch {
+        prefix: options.prefix,
+        live,
+        log: store.inner.log.clone(),
+        queue: VecDeque::new(),
+        history_next: 1,
+        history_end: 0,
+        position: published,
+    };
+    if options.initial {
+        let (entries, at) = snapshot(store, &watch.prefix, published).await?;
+        watch.queue.extend(entries.into_values().map(WatchItem::Entry));
+        watch.queue.push_back(WatchItem::Synced(at));
+        watch.position = at;
+    } else if let Some(start) = options.start_revision {
+        let start = start.max(1);
+        if start <= published {
+            let oldest = store.oldest_revision()?;
+            if start < oldest {
+                return Err(Error::Compacted {
+                    requested: start,
+                    oldest,
+                });
+            }
+            watch.history_next = start;
+            watch.history_end = published;
+        } else {
+            // A future revision: deliver from there on.
+            watch.position = start - 1;
+        }
+    }
+    Ok(watch)
+}
+
+/// The entries under `prefix` as of one durable revision, and that revision.
+///
+/// sled has no snapshots, so: scan (which may see some writes after `published`),
+/// ask the writer for the last revision committed by then, and replay the history
+/// between the two over the scan. Every key is then as it was at that revision.
+async fn snapshot(
+    store: &Store,
+    prefix: &str,
+    published: u64,
+) -> Result<(BTreeMap<String, Entry>, u64), Error> {
+    let mut entries = BTreeMap::new();
+    for item in store.inner.kv.scan_prefix(prefix.as_bytes()) {
+        let (k, v) = item?;
+        let entry = decode_entry(&k, &v)?;
+        entries.insert(entry.key.clone(), entry);
+    }
+    let at = store.barrier().await?;
+    let range = codec::encode_u64(published + 1)..=codec::encode_u64(at);
+    for item in store.inner.log.range(range) {
+        let (rev, record) = item?;
+        let event = codec::decode_event(&rev, &record)?;
+        if !event.key.starts_with(prefix) {
+            continue;
+        }
+        match event.kind {
+            EventKind::Put => {
+                if let Some(entry) = event.entry() {
+                    entries.insert(entry.key.clone(), entry);
+                }
+            }
+            EventKind::Delete => {
+                entries.remove(&event.key);
+            }
+        }
+    }
+    // Show nothing that is not yet durable.
+    let mut revisions = store.inner.feed.revisions();
+    revisions
+        .wait_for(|&r| r >= at)
+        .await
+        .map_err(|_| Error::Closed)?;
+    Ok((entries, at))
+}

@@ -1,0 +1,307 @@
+//! JSON shapes shared by the server and the client.
+//!
+//! Values are bytes. In JSON a value is shown as a plain string when it is valid
+//! UTF-8, and otherwise as base64 with `"encoding": "base64"` beside it:
+//!
+//! ```json
+//! {"key": "greeting", "value": "hello", ...}
+//! {"key": "blob", "value": "AAEC/w==", "encoding": "base64", ...}
+//! ```
+//!
+//! A reader takes `value` literally unless `encoding` says `base64`.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// A key with its value and the revisions that describe its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The value's bytes.
+    #[serde(flatten, with = "value_json")]
+    pub value: Vec<u8>,
+    /// Revision of the put that created the key (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last put to the key.
+    pub mod_revision: u64,
+    /// Number of puts since the key was created (1 after the first put).
+    pub version: u64,
+}
+
+/// What a change did to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The key was created or overwritten.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One numbered change to the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Put or delete.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The key that changed.
+    pub key: String,
+    /// The new value (empty for a delete).
+    #[serde(flatten, with = "value_json")]
+    pub value: Vec<u8>,
+    /// The store revision of this change.
+    pub revision: u64,
+    /// The key's create revision after the change (0 for a delete).
+    pub create_revision: u64,
+    /// The key's version after the change (0 for a delete).
+    pub version: u64,
+}
+
+impl Event {
+    /// The entry this put leaves behind, or `None` for a delete.
+    pub fn entry(&self) -> Option<Entry> {
+        match self.kind {
+            EventKind::Put => Some(Entry {
+                key: self.key.clone(),
+                value: self.value.clone(),
+                create_revision: self.create_revision,
+                mod_revision: self.revision,
+                version: self.version,
+            }),
+            EventKind::Delete => None,
+        }
+    }
+}
+
+/// Answer to a successful put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResult {
+    /// Store revision of the put (the key's new `mod_revision`).
+    pub revision: u64,
+    /// The key's create revision.
+    pub create_revision: u64,
+    /// The key's version after the put.
+    pub version: u64,
+}
+
+/// Answer to a successful delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    /// Store revision of the delete.
+    pub revision: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    /// Entries in key order.
+    pub entries: Vec<Entry>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Store revision when the page was read.
+    pub revision: u64,
+}
+
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `key_not_found`, `precondition_failed`, `compacted`.
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// A revision the error refers to (the key's current `mod_revision` for
+    /// `precondition_failed`, the oldest kept revision for `compacted`, the last
+    /// delivered revision for `lagged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+/// One frame of a watch stream (a WebSocket text frame, or an SSE event's data).
+///
+/// Every frame is a JSON object whose `type` names it: `put` and `delete` are
+/// changes (an [`Event`]); `entry`, `synced`, `progress` and `error` are the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FrameRepr", from = "FrameRepr")]
+pub enum Frame {
+    /// A change: a put or a delete.
+    Event(Event),
+    /// A key's state at the start of the watch (only with `initial=true`).
+    Entry(Entry),
+    /// The initial entries are complete; they show the store at `revision`, and every
+    /// change after it follows.
+    Synced {
+        /// The revision the initial entries were read at.
+        revision: u64,
+    },
+    /// Nothing for this watch since the last frame; the store is at `revision`.
+    Progress {
+        /// Current (durable) store revision.
+        revision: u64,
+    },
+    /// The watch ends with this error (`compacted`, `lagged`, `shutting_down`, ...).
+    Error(ErrorDetail),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum FrameRepr {
+    Event(Event),
+    Control(Control),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Control {
+    Entry {
+        #[serde(flatten)]
+        entry: Entry,
+    },
+    Synced {
+        revision: u64,
+    },
+    Progress {
+        revision: u64,
+    },
+    Error {
+        #[serde(flatten)]
+        error: ErrorDetail,
+    },
+}
+
+impl From<Frame> for FrameRepr {
+    fn from(frame: Frame) -> Self {
+        match frame {
+            Frame::Event(event) => FrameRepr::Event(event),
+            Frame::Entry(entry) => FrameRepr::Control(Control::Entry { entry }),
+            Frame::Synced { revision } => FrameRepr::Control(Control::Synced { revision }),
+            Frame::Progress { revision } => FrameRepr::Control(Control::Progress { revision }),
+            Frame::Error(error) => FrameRepr::Control(Control::Error { error }),
+        }
+    }
+}
+
+impl From<FrameRepr> for Frame {
+    fn from(repr: FrameRepr) -> Self {
+        match repr {
+            FrameRepr::Event(event) => Frame::Event(event),
+            FrameRepr::Control(Control::Entry { entry }) => Frame::Entry(entry),
+            FrameRepr::Control(Control::Synced { revision }) => Frame::Synced { revision },
+            FrameRepr::Control(Control::Progress { revision }) => Frame::Progress { revision },
+            FrameRepr::Control(Control::Error { error }) => Frame::Error(error),
+        }
+    }
+}
+
+/// Serde helpers for the binary-safe value encoding described in the module docs.
+pub mod value_json {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        value: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encoding: Option<&'static str>,
+    }
+
+    #[derive(Deserialize)]
+    struct In {
+        #[serde(default)]
+        value: String,
+        #[serde(default)]
+        encoding: Option<String>,
+    }
+
+    /// Writes `value` (and `encoding` when the bytes are not UTF-8).
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Out {
+                value: text,
+                encoding: None,
+            }
+            .serialize(s),
+            Err(_) => Out {
+                value: &base64::engine::general_purpose::STANDARD.encode(bytes),
+                encoding: Some("base64"),
+            }
+            .serialize(s),
+        }
+    }
+
+    /// Reads `value`, decoding it when `encoding` is `base64`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let raw = In::deserialize(d)?;
+        decode(raw.value, raw.encoding.as_deref()).map_err(serde::de::Error::custom)
+    }
+
+    /// Turns a JSON `value` and its optional `encoding` back into bytes.
+    pub fn decode(value: String, encoding: Option<&str>) -> Result<Vec<u8>, String> {
+        match encoding {
+            None | Some("utf8") | Some("utf-8") => Ok(value.into_bytes()),
+            Some("base64") => base64::engine::general_purpose::STANDARD
+                .decode(value.as_bytes())
+                .map_err(|e| format!("invalid base64 value: {e}")),
+            Some(other) => Err(format!("unknown value encoding {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &[u8]) -> Entry {
+        Entry {
+            key: "k".into(),
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 2,
+        }
+    }
+
+    #[test]
+    fn text_values_are_plain_strings() -> Result<(), serde_json::Error> {
+        let json = serde_json::to_value(entry(b"hello"))?;
+        assert_eq!(json["value"], "hello");
+        assert!(json.get("encoding").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn binary_values_round_trip_as_base64() -> Result<(), serde_json::Error> {
+        let e = entry(&[0, 1, 2, 255]);
+        let json = serde_json::to_value(&e)?;
+        assert_eq!(json["encoding"], "base64");
+        assert_eq!(json["value"], "AAEC/w==");
+        assert_eq!(serde_json::from_value::<Entry>(json)?, e);
+        Ok(())
+    }
+
+    #[test]
+    fn frames_are_tagged_by_type() -> Result<(), serde_json::Error> {
+        let frame = Frame::Event(Event {
+            kind: EventKind::Delete,
+            key: "a".into(),
+            value: vec![],
+            revision: 7,
+            create_revision: 0,
+            version: 0,
+        });
+        let text = serde_json::to_string(&frame)?;
+        assert!(text.contains(r#""type":"delete""#), "{text}");
+        assert_eq!(serde_json::from_str::<Frame>(&text)?, frame);
+        let progress: Frame = serde_json::from_str(r#"{"type":"progress","revision":3}"#)?;
+        assert_eq!(progress, Frame::Progress { revision: 3 });
+        Ok(())
+    }
+}
