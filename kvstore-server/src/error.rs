@@ -34,6 +34,9 @@ pub enum ApiError {
         /// Oldest revision kept.
         oldest: u64,
     },
+    /// A watcher fell behind the live feed (sent as a watch frame).
+    #[error("the watcher fell too far behind; resume from revision {}", .0 + 1)]
+    Lagged(u64),
     /// No route for this path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::KeyNotFound(_) => "key_not_found",
             ApiError::PreconditionFailed(..) => "precondition_failed",
             ApiError::Compacted { .. } => "compacted",
+            ApiError::Lagged(_) => "lagged",
             ApiError::NotFound(_) => "not_found",
             ApiError::Storage(_, status) if *status == StatusCode::INSUFFICIENT_STORAGE => {
                 "insufficient_storage"
@@ -73,6 +77,7 @@ impl ApiError {
         match self {
             ApiError::PreconditionFailed(_, current) => *current,
             ApiError::Compacted { oldest, .. } => Some(*oldest),
+            ApiError::Lagged(last) => Some(*last),
             _ => None,
         }
     }
@@ -126,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed(..) => StatusCode::PRECONDITION_FAILED,
             ApiError::Compacted { .. } => StatusCode::GONE,
+            ApiError::Lagged(_) => StatusCode::CONFLICT,
             ApiError::Storage(_, status) => *status,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,1 +1,39 @@
-fn main() {}
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use kvstore_core::Store;
+use kvstore_server::Options;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let options = Options::parse();
+    match start(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvstore-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(options: &Options) -> anyhow::Result<()> {
+    let store = Store::open(options.store_config())
+        .with_context(|| format!("cannot open the data dir {}", options.data_dir.display()))?;
+    let listener = TcpListener::bind(options.listen)
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    log::info!(
+        "data in {}, sync {:?}, keeping {} revisions of history, at revision {}",
+        options.data_dir.display(),
+        options.sync,
+        options.retain_revisions,
+        store.revision()
+    );
+    // Printed once the store is open and the socket bound, so scripts and tests can
+    // wait for this line instead of polling.
+    println!("kvstore-server listening on http://{address}");
+    actix_web::rt::System::new().block_on(kvstore_server::run(listener, store, options))?;
+    Ok(())
+}

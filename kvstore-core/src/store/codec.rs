@@ -160,7 +160,10 @@ mod tests {
         };
         assert_eq!(put, expected);
         let del = decode_event(&encode_u64(43), &encode_record("app/db", None))?;
-        assert_eq!((del.kind, del.revision, del.value.len()), (EventKind::Delete, 43, 0));
+        assert_eq!(
+            (del.kind, del.revision, del.value.len()),
+            (EventKind::Delete, 43, 0)
+        );
         assert!(decode_event(&encode_u64(42), &[1, 0]).is_err());
         Ok(())
     }

@@ -131,7 +131,9 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
     };
     if options.initial {
         let (entries, at) = snapshot(store, &watch.prefix, published).await?;
-        watch.queue.extend(entries.into_values().map(WatchItem::Entry));
+        watch
+            .queue
+            .extend(entries.into_values().map(WatchItem::Entry));
         watch.queue.push_back(WatchItem::Synced(at));
         watch.position = at;
     } else if let Some(start) = options.start_revision {

@@ -227,7 +227,10 @@ fn apply(
                     value: value.clone(),
                 };
                 kv.insert(key.as_bytes(), stored.encode())?;
-                log.insert(&codec::encode_u64(rev), codec::encode_record(key, Some(&stored)))?;
+                log.insert(
+                    &codec::encode_u64(rev),
+                    codec::encode_record(key, Some(&stored)),
+                )?;
                 results.push(Ok(Outcome::Put(PutResult {
                     revision: rev,
                     create_revision: stored.create_revision,

@@ -1,0 +1,33 @@
+//! Reading request bodies with a size limit that answers in our error format.
+
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+
+/// Reads the whole body, refusing (413) anything larger than `max` bytes, whether
+/// announced by `Content-Length` or found while reading.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let announced = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > max) {
+        return Err(ApiError::ValueTooLarge { max });
+    }
+    let mut body = Vec::with_capacity(announced.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::InvalidRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::ValueTooLarge { max });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

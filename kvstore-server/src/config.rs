@@ -1,0 +1,84 @@
+//! Command-line flags, each with an environment variable twin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kvstore_core::{Config, SyncMode};
+
+use crate::state::WatchTimings;
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sync {
+    /// Acknowledge a write once flushed to disk (concurrent writes share a flush).
+    Always,
+    /// Acknowledge once in memory; a crash loses up to the last 500 ms of writes.
+    None,
+}
+
+/// The kvstore server: a key-value store with numbered changes and watches.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvstore-server", version)]
+pub struct Options {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "KVSTORE_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+    /// Folder of the data files (created if missing).
+    #[arg(long, env = "KVSTORE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Durability of acknowledged writes.
+    #[arg(long, env = "KVSTORE_SYNC", value_enum, default_value_t = Sync::Always)]
+    pub sync: Sync,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = kvstore_core::key::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// Page cache size, in MiB.
+    #[arg(long, env = "KVSTORE_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+    /// How many past revisions the change history keeps for resuming watches.
+    #[arg(long, env = "KVSTORE_RETAIN_REVISIONS", default_value_t = 100_000)]
+    pub retain_revisions: u64,
+    /// Events buffered for watchers; a watcher further behind is sent `lagged`.
+    #[arg(long, env = "KVSTORE_EVENT_BUFFER", default_value_t = 4096)]
+    pub event_buffer: usize,
+    /// Seconds without a frame after which a watch gets a progress frame.
+    #[arg(long, env = "KVSTORE_PROGRESS_INTERVAL", default_value_t = 5.0)]
+    pub progress_interval: f64,
+    /// Seconds between WebSocket pings.
+    #[arg(long, env = "KVSTORE_PING_INTERVAL", default_value_t = 10.0)]
+    pub ping_interval: f64,
+    /// Seconds of silence after which a WebSocket watcher is dropped.
+    #[arg(long, env = "KVSTORE_PEER_TIMEOUT", default_value_t = 30.0)]
+    pub peer_timeout: f64,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "KVSTORE_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Options {
+    /// The store configuration these flags describe.
+    pub fn store_config(&self) -> Config {
+        let mut config = Config::new(&self.data_dir);
+        config.sync = match self.sync {
+            Sync::Always => SyncMode::Always,
+            Sync::None => SyncMode::None,
+        };
+        config.max_value_bytes = self.max_value_bytes;
+        config.cache_capacity = self.cache_mb * 1024 * 1024;
+        config.retain_revisions = self.retain_revisions;
+        config.event_buffer = self.event_buffer;
+        config
+    }
+
+    /// The timings of watch streams.
+    pub fn timings(&self) -> WatchTimings {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.01));
+        WatchTimings {
+            progress: secs(self.progress_interval),
+            ping: secs(self.ping_interval),
+            peer_timeout: secs(self.peer_timeout),
+        }
+    }
+}

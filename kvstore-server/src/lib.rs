@@ -1,0 +1,123 @@
+//! # kvstore-server
+//!
+//! The HTTP face of [`kvstore_core::Store`]: `/v1/kv` (get, put, delete, list),
+//! `/v1/watch` (WebSocket or Server-Sent Events), `/healthz`, and the legacy `/kv`.
+//! The binary `kvstore-server` is a thin `main` over [`run`].
+//!
+//! # Example
+//!
+//! Mount the routes in-process, as the tests of a handler would:
+//!
+//! ```
+//! # #[actix_web::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use actix_web::{test, App};
+//! use kvstore_core::{Config, Store};
+//! use kvstore_server::{configure, AppState};
+//!
+//! let (_stop, shutdown) = tokio::sync::watch::channel(false);
+//! let state = AppState { store: Store::open(Config::temporary())?, shutdown, timings: Default::default() };
+//! let app = test::init_service(App::new().configure(|cfg| configure(cfg, state))).await;
+//!
+//! let put = test::TestRequest::put().uri("/v1/kv/app%2Fmode").set_payload("blue").to_request();
+//! assert!(test::call_service(&app, put).await.status().is_success());
+//! let get = test::TestRequest::get().uri("/v1/kv/app/mode").to_request();
+//! assert_eq!(test::call_and_read_body(&app, get).await, "blue");
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod body;
+pub mod config;
+pub mod error;
+mod pyjson;
+mod routes;
+pub mod state;
+
+use std::net::TcpListener;
+
+use actix_web::middleware::Logger;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use kvstore_core::Store;
+use tokio::sync::watch;
+
+pub use config::Options;
+pub use error::ApiError;
+pub use state::{AppState, WatchTimings};
+
+/// Mounts every route on `cfg`, with `state` as shared data.
+pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
+    cfg.app_data(web::Data::new(state))
+        .configure(routes::health::configure)
+        .configure(routes::kv::configure)
+        .configure(routes::watch::configure)
+        .configure(routes::legacy::configure)
+        .default_service(web::to(|req: HttpRequest| async move {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
+                "{} {}",
+                req.method(),
+                req.path()
+            )))
+        }));
+}
+
+/// Serves `store` on `listener` until SIGINT or SIGTERM, then stops gracefully:
+/// no new connections, requests in flight finish, watch streams are closed, the
+/// store is flushed.
+pub async fn run(listener: TcpListener, store: Store, options: &Options) -> std::io::Result<()> {
+    let (stop, shutdown) = watch::channel(false);
+    let state = AppState {
+        store: store.clone(),
+        shutdown,
+        timings: options.timings(),
+    };
+    let mut server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new()
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+            .configure(move |cfg| configure(cfg, state))
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(listener)?;
+    if let Some(workers) = options.workers {
+        server = server.workers(workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        log::info!("stopping: finishing requests in flight and closing watches");
+        let _ = stop.send(true);
+        handle.stop(true).await;
+    });
+    server.await?;
+    if let Err(e) = store.flush() {
+        log::error!("final flush failed: {e}");
+        return Err(std::io::Error::other(e));
+    }
+    log::info!("stopped at revision {}", store.revision());
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

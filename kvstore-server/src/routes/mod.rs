@@ -1,0 +1,6 @@
+//! The HTTP routes, one module per resource.
+
+pub mod health;
+pub mod kv;
+pub mod legacy;
+pub mod watch;

@@ -1,0 +1,280 @@
+//! `/v1/watch`: change streams over WebSocket, or Server-Sent Events when the client
+//! asks for `text/event-stream`. Both carry the same JSON frames (see the watch
+//! protocol in the README).
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message};
+use kvstore_core::wire::Frame;
+use kvstore_core::{Watch, WatchItem, WatchOptions};
+use serde::Deserialize;
+use tokio::time::{sleep_until, Instant};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest frame a watch client may send (it has nothing big to say).
+const MAX_CLIENT_FRAME: usize = 16 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/watch", web::get().to(watch));
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    start_revision: Option<u64>,
+    #[serde(default)]
+    initial: bool,
+}
+
+/// One frame ready to send.
+struct Outgoing {
+    /// SSE event name: the frame's `type`.
+    kind: &'static str,
+    /// SSE `id:` (the revision a client resumes after).
+    id: Option<u64>,
+    /// The JSON text.
+    data: String,
+    /// The stream ends after this frame.
+    last: bool,
+}
+
+impl Outgoing {
+    fn from_item(item: WatchItem) -> Outgoing {
+        let (kind, id, frame) = match item {
+            WatchItem::Event(event) => {
+                let kind = match event.kind {
+                    kvstore_core::wire::EventKind::Put => "put",
+                    kvstore_core::wire::EventKind::Delete => "delete",
+                };
+                let data = serde_json::to_string(&*event);
+                return Outgoing::json(kind, Some(event.revision), data);
+            }
+            WatchItem::Entry(entry) => ("entry", None, Frame::Entry(entry)),
+            WatchItem::Synced(revision) => ("synced", Some(revision), Frame::Synced { revision }),
+        };
+        Outgoing::json(kind, id, serde_json::to_string(&frame))
+    }
+
+    fn progress(revision: u64) -> Outgoing {
+        let frame = Frame::Progress { revision };
+        Outgoing::json("progress", Some(revision), serde_json::to_string(&frame))
+    }
+
+    fn error(error: ApiError) -> Outgoing {
+        let frame = Frame::Error(error.detail());
+        let mut out = Outgoing::json("error", None, serde_json::to_string(&frame));
+        out.last = true;
+        out
+    }
+
+    fn json(kind: &'static str, id: Option<u64>, data: serde_json::Result<String>) -> Outgoing {
+        match data {
+            Ok(data) => Outgoing {
+                kind,
+                id,
+                data,
+                last: false,
+            },
+            Err(e) => Outgoing::error(ApiError::Internal(format!("encoding a frame: {e}"))),
+        }
+    }
+
+    fn sse(&self) -> String {
+        let mut out = String::with_capacity(self.data.len() + 32);
+        if let Some(id) = self.id {
+            out.push_str(&format!("id: {id}\n"));
+        }
+        out.push_str("event: ");
+        out.push_str(self.kind);
+        out.push_str("\ndata: ");
+        out.push_str(&self.data);
+        out.push_str("\n\n");
+        out
+    }
+}
+
+fn watch_error(e: kvstore_core::Error) -> ApiError {
+    match e {
+        kvstore_core::Error::Lagged { last } => ApiError::Lagged(last),
+        other => ApiError::from_store(other, ""),
+    }
+}
+
+/// Waits for the next item of `watch`, or for `deadline` (then a progress frame).
+async fn next_frame(watch: &mut Watch, deadline: Instant) -> Outgoing {
+    tokio::select! {
+        item = watch.next() => match item {
+            Ok(item) => Outgoing::from_item(item),
+            Err(e) => Outgoing::error(watch_error(e)),
+        },
+        _ = sleep_until(deadline) => Outgoing::progress(watch.position()),
+    }
+}
+
+async fn watch(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<WatchQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
+        .into_inner();
+    let mut options = WatchOptions {
+        prefix: query.prefix,
+        start_revision: query.start_revision,
+        initial: query.initial,
+    };
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade {
+        let (res, session, stream) = actix_ws::handle(&req, body)
+            .map_err(|e| ApiError::InvalidRequest(format!("WebSocket handshake: {e}")))?;
+        let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
+        actix_web::rt::spawn(websocket(session, stream, state.into_inner(), options));
+        return Ok(res);
+    }
+    let accepts_sse = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !accepts_sse {
+        return Err(ApiError::InvalidRequest(
+            "a watch is a WebSocket (Upgrade: websocket) or Server-Sent Events \
+             (Accept: text/event-stream)"
+                .into(),
+        ));
+    }
+    if let Some(last) = req.headers().get("last-event-id") {
+        let last: u64 = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ApiError::InvalidRequest("Last-Event-ID must be a revision".into()))?;
+        // The client already has the state up to `last`: resume right after it.
+        options.start_revision = Some(last + 1);
+        options.initial = false;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(sse(state.into_inner(), options)))
+}
+
+fn sse(
+    state: std::sync::Arc<AppState>,
+    options: WatchOptions,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> {
+    enum Phase {
+        Opening(WatchOptions),
+        Open(Box<Watch>),
+        Done,
+    }
+    let progress = state.timings.progress;
+    futures_util::stream::unfold(Phase::Opening(options), move |phase| {
+        let state = state.clone();
+        async move {
+            let mut watch = match phase {
+                Phase::Done => return None,
+                Phase::Open(watch) => watch,
+                Phase::Opening(options) => match state.store.watch(options).await {
+                    Ok(watch) => Box::new(watch),
+                    Err(e) => {
+                        let out = Outgoing::error(watch_error(e));
+                        return Some((Ok(web::Bytes::from(out.sse())), Phase::Done));
+                    }
+                },
+            };
+            let mut shutdown = state.shutdown.clone();
+            let out = tokio::select! {
+                out = next_frame(&mut watch, Instant::now() + progress) => out,
+                _ = shutdown.wait_for(|stop| *stop) => Outgoing::error(ApiError::ShuttingDown),
+            };
+            let next = if out.last {
+                Phase::Done
+            } else {
+                Phase::Open(watch)
+            };
+            Some((Ok(web::Bytes::from(out.sse())), next))
+        }
+    })
+}
+
+async fn websocket(
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::MessageStream,
+    state: std::sync::Arc<AppState>,
+    options: WatchOptions,
+) {
+    let mut watch = match state.store.watch(options).await {
+        Ok(watch) => watch,
+        Err(e) => {
+            let out = Outgoing::error(watch_error(e));
+            let _ = session.text(out.data).await;
+            let _ = session.close(Some(CloseCode::Policy.into())).await;
+            return;
+        }
+    };
+    let timings = state.timings;
+    let mut shutdown = state.shutdown.clone();
+    let mut ping = tokio::time::interval(timings.ping);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let mut deadline = Instant::now() + timings.progress;
+    let reason = loop {
+        tokio::select! {
+            out = next_frame(&mut watch, deadline) => {
+                if session.text(out.data).await.is_err() {
+                    return;
+                }
+                deadline = Instant::now() + timings.progress;
+                if out.last {
+                    break CloseReason::from(CloseCode::Policy);
+                }
+            }
+            message = stream.recv() => match message {
+                Some(Ok(Message::Ping(bytes))) => {
+                    heard = Instant::now();
+                    if session.pong(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => break CloseCode::Normal.into(),
+                Some(Ok(_)) => heard = Instant::now(),
+                Some(Err(e)) => {
+                    log::debug!("watch client sent a bad frame: {e}");
+                    break CloseReason {
+                        code: CloseCode::Protocol,
+                        description: Some(e.to_string()),
+                    };
+                }
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > timings.peer_timeout {
+                    log::debug!("dropping a silent watch client");
+                    break CloseReason {
+                        code: CloseCode::Away,
+                        description: Some("no pong".into()),
+                    };
+                }
+                if session.ping(b"").await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => {
+                break CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("server shutting down".into()),
+                };
+            }
+        }
+    };
+    let _ = session.close(Some(reason)).await;
+}
