@@ -148,6 +148,7 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
             }
             watch.history_next = start;
             watch.history_end = published;
+            watch.position = start - 1;
         } else {
             // A future revision: deliver from there on.
             watch.position = start - 1;

@@ -184,13 +184,23 @@ fn sse(
             let mut watch = match phase {
                 Phase::Done => return None,
                 Phase::Open(watch) => watch,
-                Phase::Opening(options) => match state.store.watch(options).await {
-                    Ok(watch) => Box::new(watch),
-                    Err(e) => {
-                        let out = Outgoing::error(watch_error(e));
-                        return Some((Ok(web::Bytes::from(out.sse())), Phase::Done));
-                    }
-                },
+                Phase::Opening(options) => {
+                    let initial = options.initial;
+                    let out = match state.store.watch(options).await {
+                        Ok(watch) if !initial => {
+                            let out = Outgoing::progress(watch.position());
+                            return Some((
+                                Ok(web::Bytes::from(out.sse())),
+                                Phase::Open(Box::new(watch)),
+                            ));
+                        }
+                        Ok(watch) => {
+                            return Some((Ok(web::Bytes::new()), Phase::Open(Box::new(watch))))
+                        }
+                        Err(e) => Outgoing::error(watch_error(e)),
+                    };
+                    return Some((Ok(web::Bytes::from(out.sse())), Phase::Done));
+                }
             };
             let mut shutdown = state.shutdown.clone();
             let out = tokio::select! {
@@ -213,6 +223,7 @@ async fn websocket(
     state: std::sync::Arc<AppState>,
     options: WatchOptions,
 ) {
+    let initial = options.initial;
     let mut watch = match state.store.watch(options).await {
         Ok(watch) => watch,
         Err(e) => {
@@ -222,6 +233,16 @@ async fn websocket(
             return;
         }
     };
+    // Tell the client where the stream starts, so it can resume even before the
+    // first change (the initial state ends with its own `synced` marker instead).
+    if !initial
+        && session
+            .text(Outgoing::progress(watch.position()).data)
+            .await
+            .is_err()
+    {
+        return;
+    }
     let timings = state.timings;
     let mut shutdown = state.shutdown.clone();
     let mut ping = tokio::time::interval(timings.ping);

@@ -1,0 +1,230 @@
+//! The HTTP client: one method per endpoint.
+
+use std::time::Duration;
+
+use futures_util::Stream;
+use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
+use reqwest::Response;
+
+use crate::watch::{self, Update, WatchOptions};
+use crate::Error;
+
+/// Characters left as they are in a key put into a URL path (`/` stays readable).
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Characters left as they are in a query value.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes `s` for a query string.
+pub(crate) fn query_value(s: &str) -> String {
+    utf8_percent_encode(s, QUERY).to_string()
+}
+
+/// The condition of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// The key's `mod_revision` must be this (compare-and-swap).
+    ModRevision(u64),
+    /// The key must not exist (create-only).
+    Absent,
+    /// The key must exist.
+    Exists,
+}
+
+/// A client of one kvstore server. Cheap to clone; share one per program.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+}
+
+impl Client {
+    /// A client of the server at `url`, e.g. `http://localhost:5000`.
+    pub fn new(url: &str) -> Result<Client, Error> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
+            return Err(Error::InvalidUrl(url.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::Connection(e.to_string()))?;
+        Ok(Client { http, base })
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn key_url(&self, key: &str) -> String {
+        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, PATH))
+    }
+
+    /// The value of `key` ([`Error::NotFound`] if absent).
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let res = self.http.get(self.key_url(key)).send().await?;
+        let res = check(res, key).await?;
+        Ok(res.bytes().await?.to_vec())
+    }
+
+    /// The value of `key` with its revisions.
+    pub async fn get_entry(&self, key: &str) -> Result<Entry, Error> {
+        let res = self
+            .http
+            .get(self.key_url(key))
+            .header(ACCEPT, "application/json")
+            .send()
+            .await?;
+        decode(check(res, key).await?).await
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<PutResult, Error> {
+        let res = self
+            .http
+            .put(self.key_url(key))
+            .body(value.into())
+            .send()
+            .await?;
+        decode(check(res, key).await?).await
+    }
+
+    /// Sets `key` to `value` only if `condition` holds, else
+    /// [`Error::PreconditionFailed`] with the key's current revision.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        condition: Condition,
+    ) -> Result<PutResult, Error> {
+        let req = self.http.put(self.key_url(key)).body(value.into());
+        let res = with_condition(req, condition).send().await?;
+        decode(check(res, key).await?).await
+    }
+
+    /// Deletes `key` ([`Error::NotFound`] if absent).
+    pub async fn delete(&self, key: &str) -> Result<DeleteResult, Error> {
+        let res = self.http.delete(self.key_url(key)).send().await?;
+        decode(check(res, key).await?).await
+    }
+
+    /// Deletes `key` only if `condition` holds.
+    pub async fn delete_if(&self, key: &str, condition: Condition) -> Result<DeleteResult, Error> {
+        let req = self.http.delete(self.key_url(key));
+        let res = with_condition(req, condition).send().await?;
+        decode(check(res, key).await?).await
+    }
+
+    /// One page of the entries under `prefix`, in key order: at most `limit` (the
+    /// server's default when `None`), starting after the key `after`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<ListPage, Error> {
+        let mut url = format!("{}/v1/kv?prefix={}", self.base, query_value(prefix));
+        if let Some(limit) = limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        if let Some(after) = after {
+            url.push_str(&format!("&after={}", query_value(after)));
+        }
+        let res = self.http.get(url).send().await?;
+        decode(check(res, prefix).await?).await
+    }
+
+    /// Every entry under `prefix`, following the pages.
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<Entry>, Error> {
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, Some(1000), after.as_deref()).await?;
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(entries),
+            }
+        }
+    }
+
+    /// The store's current revision, if the server is healthy.
+    pub async fn health(&self) -> Result<u64, Error> {
+        #[derive(serde::Deserialize)]
+        struct Health {
+            revision: u64,
+        }
+        let res = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await?;
+        let health: Health = decode(check(res, "").await?).await?;
+        Ok(health.revision)
+    }
+
+    /// Every change under `prefix` from now on, in revision order. The stream
+    /// reconnects by itself after a dropped connection and resumes where it left
+    /// off, so each change arrives exactly once; it ends only with an error that
+    /// cannot be retried (e.g. [`Error::Compacted`]).
+    pub fn watch(
+        &self,
+        prefix: &str,
+    ) -> impl Stream<Item = Result<kvstore_core::wire::Event, Error>> {
+        use futures_util::StreamExt;
+        watch::stream(
+            self.clone(),
+            WatchOptions {
+                prefix: prefix.to_string(),
+                ..WatchOptions::default()
+            },
+        )
+        .filter_map(|update| async move {
+            match update {
+                Ok(Update::Event(event)) => Some(Ok(event)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// A watch with every option: start revision, initial state, reconnection.
+    pub fn watch_with(&self, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
+        watch::stream(self.clone(), options)
+    }
+}
+
+fn with_condition(req: reqwest::RequestBuilder, condition: Condition) -> reqwest::RequestBuilder {
+    match condition {
+        Condition::ModRevision(rev) => req.header(IF_MATCH, format!("\"{rev}\"")),
+        Condition::Absent => req.header(IF_NONE_MATCH, HeaderValue::from_static("*")),
+        Condition::Exists => req.header(IF_MATCH, HeaderValue::from_static("*")),
+    }
+}
+
+/// Turns an error answer into [`Error`], passing successes through.
+async fn check(res: Response, key: &str) -> Result<Response, Error> {
+    let status = res.status();
+    if status.is_success() {
+        return Ok(res);
+    }
+    let detail = res.json::<ErrorBody>().await.ok().map(|b| b.error);
+    Err(Error::from_status(status.as_u16(), detail, key))
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(res: Response) -> Result<T, Error> {
+    let bytes = res.bytes().await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+}

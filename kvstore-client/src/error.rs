@@ -1,0 +1,120 @@
+//! The client's error type.
+
+use kvstore_core::wire::ErrorDetail;
+
+/// Everything a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key does not exist (HTTP 404 `key_not_found`).
+    #[error("key not found: {key}")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// A compare-and-swap or create-only condition did not hold (HTTP 412).
+    #[error("precondition failed: {message}")]
+    PreconditionFailed {
+        /// The key's current `mod_revision`, `None` if it does not exist.
+        current: Option<u64>,
+        /// The server's message.
+        message: String,
+    },
+    /// The watch asked for history the server no longer keeps.
+    #[error("{message}")]
+    Compacted {
+        /// The oldest revision the server still has.
+        oldest: u64,
+        /// The server's message.
+        message: String,
+    },
+    /// The request was refused as malformed (HTTP 4xx other than the above).
+    #[error("bad request ({code}): {message}")]
+    BadRequest {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code, e.g. `invalid_key`, `value_too_large`.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server failed (HTTP 5xx), e.g. `storage_unavailable`, `shutting_down`.
+    #[error("server error ({code}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached, or the connection broke.
+    #[error("cannot reach the server: {0}")]
+    Connection(String),
+    /// The server's answer could not be understood.
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+    /// The server URL is not usable.
+    #[error("invalid server URL {0:?}: use http://host:port")]
+    InvalidUrl(String),
+}
+
+impl Error {
+    /// Builds the error for an HTTP error answer.
+    pub(crate) fn from_status(status: u16, detail: Option<ErrorDetail>, key: &str) -> Error {
+        let (code, message, revision) = match detail {
+            Some(d) => (d.code, d.message, d.revision),
+            None => (
+                format!("http_{status}"),
+                format!("HTTP status {status}"),
+                None,
+            ),
+        };
+        match (status, code.as_str()) {
+            (404, "key_not_found") => Error::NotFound {
+                key: key.to_string(),
+            },
+            (412, _) => Error::PreconditionFailed {
+                current: revision,
+                message,
+            },
+            (_, "compacted") => Error::Compacted {
+                oldest: revision.unwrap_or(0),
+                message,
+            },
+            (500.., _) => Error::Server {
+                status,
+                code,
+                message,
+            },
+            _ => Error::BadRequest {
+                status,
+                code,
+                message,
+            },
+        }
+    }
+
+    /// Whether retrying later may succeed (connection failures and server errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Connection(_) | Error::Server { .. })
+    }
+}
+
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Self {
+        if e.is_decode() {
+            Error::Decode(e.to_string())
+        } else {
+            // Keep the cause chain: "error sending request" alone says nothing.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            Error::Connection(text)
+        }
+    }
+}

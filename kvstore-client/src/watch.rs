@@ -1,0 +1,212 @@
+//! Watch streams over WebSocket that resume by themselves.
+//!
+//! The stream remembers the revision through which it has seen everything (from
+//! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
+//! error or a server shutdown it reconnects with backoff and asks for
+//! `start_revision = that + 1`, so the program sees every change exactly once.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, Stream, StreamExt};
+use kvstore_core::wire::{Entry, Event, Frame};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::query_value;
+use crate::{Client, Error};
+
+/// Where a watch starts and how it behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Only keys starting with this (empty: all keys).
+    pub prefix: String,
+    /// Start with every change from this revision on (from the server's history).
+    pub start_revision: Option<u64>,
+    /// Start with the current entries, then [`Update::Synced`], then the changes.
+    pub initial: bool,
+    /// Reconnect and resume after a dropped connection (default `true`).
+    pub reconnect: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            prefix: String::new(),
+            start_revision: None,
+            initial: false,
+            reconnect: true,
+        }
+    }
+}
+
+/// What a watch stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Update {
+    /// A change.
+    Event(Event),
+    /// A key of the initial state (with [`WatchOptions::initial`]).
+    Entry(Entry),
+    /// The initial state is complete as of this revision.
+    Synced {
+        /// The revision of the initial state.
+        revision: u64,
+    },
+    /// The connection dropped; the stream reconnects after `delay` and resumes.
+    /// Informational: nothing is lost.
+    Reconnecting {
+        /// Why the connection ended.
+        reason: String,
+        /// How long until the next attempt.
+        delay: Duration,
+    },
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct State {
+    client: Client,
+    options: WatchOptions,
+    /// Everything through this revision has been seen (`None`: not known yet).
+    position: Option<u64>,
+    /// The initial state has been delivered completely.
+    synced: bool,
+    socket: Option<Socket>,
+    failures: u32,
+    done: bool,
+}
+
+enum Step {
+    Yield(Update),
+    Fail(Error),
+    Retry(String),
+    Nothing,
+}
+
+pub(crate) fn stream(
+    client: Client,
+    options: WatchOptions,
+) -> impl Stream<Item = Result<Update, Error>> {
+    let state = State {
+        position: options.start_revision.map(|r| r.saturating_sub(1)),
+        synced: false,
+        client,
+        options,
+        socket: None,
+        failures: 0,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if state.done {
+                return None;
+            }
+            let step = state.step().await;
+            match step {
+                Step::Yield(update) => return Some((Ok(update), state)),
+                Step::Nothing => {}
+                Step::Fail(e) => {
+                    state.done = true;
+                    return Some((Err(e), state));
+                }
+                Step::Retry(reason) => {
+                    state.socket = None;
+                    if !state.options.reconnect {
+                        state.done = true;
+                        return Some((Err(Error::Connection(reason)), state));
+                    }
+                    let delay = backoff(state.failures);
+                    state.failures += 1;
+                    tokio::time::sleep(delay).await;
+                    return Some((Ok(Update::Reconnecting { reason, delay }), state));
+                }
+            }
+        }
+    })
+}
+
+/// 100 ms, doubling, at most 5 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}
+
+impl State {
+    fn url(&self) -> String {
+        let base = self.client.base.replacen("http", "ws", 1);
+        let mut url = format!(
+            "{base}/v1/watch?prefix={}",
+            query_value(&self.options.prefix)
+        );
+        if self.options.initial && !self.synced {
+            url.push_str("&initial=true");
+        } else if let Some(position) = self.position {
+            url.push_str(&format!("&start_revision={}", position + 1));
+        }
+        url
+    }
+
+    async fn step(&mut self) -> Step {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            None => match tokio_tungstenite::connect_async(self.url()).await {
+                Ok((socket, _)) => self.socket.insert(socket),
+                Err(e) => return Step::Retry(format!("cannot connect: {e}")),
+            },
+        };
+        let message = match socket.next().await {
+            None => return Step::Retry("the server closed the watch".into()),
+            Some(Err(e)) => return Step::Retry(format!("watch connection broke: {e}")),
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Text(text) => match serde_json::from_str::<Frame>(&text) {
+                Ok(frame) => self.on_frame(frame),
+                Err(e) => Step::Fail(Error::Decode(format!("bad watch frame {text:?}: {e}"))),
+            },
+            Message::Close(frame) => Step::Retry(match frame {
+                Some(f) => format!("the server closed the watch: {}", f.reason),
+                None => "the server closed the watch".into(),
+            }),
+            Message::Ping(data) => {
+                // tungstenite queues the pong; flush so it goes out now.
+                let _ = socket.send(Message::Pong(data)).await;
+                Step::Nothing
+            }
+            _ => Step::Nothing,
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Step {
+        self.failures = 0;
+        match frame {
+            Frame::Event(event) => {
+                if self.position.is_some_and(|p| event.revision <= p) {
+                    return Step::Nothing;
+                }
+                self.position = Some(event.revision);
+                Step::Yield(Update::Event(event))
+            }
+            Frame::Entry(entry) => Step::Yield(Update::Entry(entry)),
+            Frame::Synced { revision } => {
+                self.synced = true;
+                self.position = Some(revision);
+                Step::Yield(Update::Synced { revision })
+            }
+            Frame::Progress { revision } => {
+                if self.position.is_none_or(|p| revision > p) {
+                    self.position = Some(revision);
+                }
+                Step::Nothing
+            }
+            Frame::Error(detail) => match detail.code.as_str() {
+                "lagged" | "shutting_down" => {
+                    if let Some(last) = detail.revision {
+                        self.position = Some(self.position.map_or(last, |p| p.max(last)));
+                    }
+                    Step::Retry(detail.message)
+                }
+                _ => Step::Fail(Error::from_status(410, Some(detail), &self.options.prefix)),
+            },
+        }
+    }
+}

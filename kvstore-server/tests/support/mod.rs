@@ -1,0 +1,132 @@
+//! Starting the real `kvstore-server` binary for a test: an ephemeral port, a temp
+//! data dir, and the bound address read from its first stdout line (no sleeping).
+//! Shared by the server's and the CLI's integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `kvstore-server` binary of this build.
+pub fn server_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_kvstore-server") {
+        return PathBuf::from(path);
+    }
+    // Other packages' tests: the binary sits in the target dir next to `deps/`.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("kvstore-server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A running server that is killed when dropped.
+pub struct TestServer {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The data dir (kept when `dir` is passed in).
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server on a fresh temp data dir.
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// A server on a fresh temp data dir with extra flags.
+    pub fn start_with(args: &[&str]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::start_in(temp.path(), args);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on `data_dir` (which outlives it), e.g. to restart on the same data.
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> TestServer {
+        Self::try_start_in(data_dir, args).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Like [`TestServer::start_in`], returning the server's stderr if it exits instead.
+    pub fn try_start_in(data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
+        let mut child = Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let Some(url) = line.trim().strip_prefix("kvstore-server listening on ") else {
+            let output = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        };
+        // Keep stderr flowing so the server never blocks on a full pipe.
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[server] {line}");
+                }
+            });
+        }
+        Ok(TestServer {
+            child: Some(child),
+            url: url.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
