@@ -1,1 +1,57 @@
-fn main() {}
+//! `kv`: the command-line client of kvstore.
+
+mod cli;
+mod commands;
+
+use std::io::ErrorKind;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvstore_client::Error;
+
+use cli::{exit, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kv: cannot start: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                // `kv watch | head` ends this way: not an error.
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("kv: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.chain().find_map(|cause| cause.downcast_ref::<Error>()) {
+        Some(
+            Error::NotFound { .. } | Error::PreconditionFailed { .. } | Error::Compacted { .. },
+        ) => exit::NOT_FOUND,
+        Some(Error::BadRequest { .. } | Error::InvalidUrl(_)) => exit::USAGE,
+        Some(_) => exit::UNAVAILABLE,
+        // Local failures (reading stdin, writing stdout).
+        None => exit::UNAVAILABLE,
+    }
+}

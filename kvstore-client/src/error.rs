@@ -13,7 +13,7 @@ pub enum Error {
         key: String,
     },
     /// A compare-and-swap or create-only condition did not hold (HTTP 412).
-    #[error("precondition failed: {message}")]
+    #[error("{message}")]
     PreconditionFailed {
         /// The key's current `mod_revision`, `None` if it does not exist.
         current: Option<u64>,

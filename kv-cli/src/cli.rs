@@ -1,0 +1,108 @@
+//! The command line: flags, subcommands and their documentation.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes, as documented in `kv --help`.
+pub mod exit {
+    /// The command did what was asked.
+    pub const OK: u8 = 0;
+    /// The key was not found, a condition failed, or history was compacted.
+    pub const NOT_FOUND: u8 = 1;
+    /// The command line (or a key or value it gave) was refused.
+    pub const USAGE: u8 = 2;
+    /// The server could not be reached or failed.
+    pub const UNAVAILABLE: u8 = 3;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  key not found, condition (--if-revision, --create) failed, or history compacted
+  2  usage error (bad flags, invalid key, value too large)
+  3  server unreachable or server error
+
+Examples:
+  kv put app/db/url postgres://db      set a value
+  kv get app/db/url                    print it (just the value)
+  printf '\\x00\\x01' | kv put blob -   binary values from stdin
+  kv ls app/                           list keys under a prefix
+  kv watch app/ --initial              current values, then every change";
+
+/// kv: get, put, list and watch keys of a kvstore server.
+#[derive(Debug, Parser)]
+#[command(name = "kv", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "KV_URL",
+        default_value = "http://localhost:5000"
+    )]
+    pub url: String,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people (`get` prints the value alone).
+    Text,
+    /// JSON (one object per line for `watch`).
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the value of KEY.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to VALUE (`-` reads the value from stdin, binary-safe).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or `-` for stdin.
+        value: String,
+        /// Only if the key's current mod_revision is N (compare-and-swap).
+        #[arg(long, value_name = "N", conflicts_with = "create")]
+        if_revision: Option<u64>,
+        /// Only if the key does not exist yet.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Delete KEY.
+    #[command(alias = "rm", alias = "delete")]
+    Del {
+        /// The key.
+        key: String,
+        /// Only if the key's current mod_revision is N.
+        #[arg(long, value_name = "N")]
+        if_revision: Option<u64>,
+    },
+    /// List the keys under PREFIX (all keys without one).
+    #[command(alias = "list")]
+    Ls {
+        /// Key prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Print every change under PREFIX as it happens, until Ctrl-C.
+    Watch {
+        /// Key prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start with every change from revision N on (from the server's history).
+        #[arg(long, value_name = "N", conflicts_with = "initial")]
+        from_revision: Option<u64>,
+        /// Start with the current values under the prefix, then the changes.
+        #[arg(long)]
+        initial: bool,
+    },
+}

@@ -1,0 +1,157 @@
+//! What each subcommand does.
+
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use kvstore_client::wire::Frame;
+use kvstore_client::{Client, Condition, Event, EventKind, Update, WatchOptions};
+
+use crate::cli::{Cli, Command, Output};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.url)?;
+    let json = cli.output == Output::Json;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Get { key } => {
+            if json {
+                print_json(&mut out, &client.get_entry(&key).await?)?;
+            } else {
+                let value = client.get(&key).await?;
+                out.write_all(&value)?;
+                if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        Command::Put {
+            key,
+            value,
+            if_revision,
+            create,
+        } => {
+            let value = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut bytes)
+                    .context("reading the value from stdin")?;
+                bytes
+            } else {
+                value.into_bytes()
+            };
+            let condition = match (if_revision, create) {
+                (Some(rev), _) => Some(Condition::ModRevision(rev)),
+                (None, true) => Some(Condition::Absent),
+                (None, false) => None,
+            };
+            let result = match condition {
+                Some(condition) => client.put_if(&key, value, condition).await?,
+                None => client.put(&key, value).await?,
+            };
+            if json {
+                print_json(&mut out, &result)?;
+            } else {
+                writeln!(out, "OK (revision {})", result.revision)?;
+            }
+        }
+        Command::Del { key, if_revision } => {
+            let result = match if_revision {
+                Some(rev) => client.delete_if(&key, Condition::ModRevision(rev)).await?,
+                None => client.delete(&key).await?,
+            };
+            if json {
+                print_json(&mut out, &result)?;
+            } else {
+                writeln!(out, "deleted (revision {})", result.revision)?;
+            }
+        }
+        Command::Ls { prefix } => {
+            let entries = client.list_all(&prefix).await?;
+            if json {
+                print_json(&mut out, &entries)?;
+            } else {
+                for entry in entries {
+                    writeln!(out, "{}", entry.key)?;
+                }
+            }
+        }
+        Command::Watch {
+            prefix,
+            from_revision,
+            initial,
+        } => {
+            let options = WatchOptions {
+                prefix,
+                start_revision: from_revision,
+                initial,
+                reconnect: true,
+            };
+            tokio::select! {
+                result = watch(&client, options, json, &mut out) => result?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    options: WatchOptions,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut updates = Box::pin(client.watch_with(options));
+    while let Some(update) = updates.next().await {
+        match update? {
+            Update::Reconnecting { reason, delay } => {
+                eprintln!("kv: {reason}; reconnecting in {delay:?}");
+                continue;
+            }
+            Update::Event(event) if json => print_json(out, &event)?,
+            Update::Event(event) => writeln!(out, "{}", describe(&event))?,
+            Update::Entry(entry) if json => print_json(out, &Frame::Entry(entry))?,
+            Update::Entry(entry) => writeln!(
+                out,
+                "ENTRY {} = {} (revision {})",
+                entry.key,
+                show(&entry.value),
+                entry.mod_revision
+            )?,
+            Update::Synced { revision } if json => print_json(out, &Frame::Synced { revision })?,
+            Update::Synced { revision } => writeln!(out, "SYNCED (revision {revision})")?,
+            _ => continue,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One line for a change: `PUT key = value (revision N)` / `DELETE key (revision N)`.
+fn describe(event: &Event) -> String {
+    match event.kind {
+        EventKind::Put => format!(
+            "PUT {} = {} (revision {})",
+            event.key,
+            show(&event.value),
+            event.revision
+        ),
+        EventKind::Delete => format!("DELETE {} (revision {})", event.key, event.revision),
+    }
+}
+
+/// A value for a line of text: as is when it is printable UTF-8, else escaped.
+fn show(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => value.escape_ascii().to_string(),
+    }
+}
