@@ -56,11 +56,24 @@ impl TestServer {
 
     /// Like [`TestServer::start_in`], returning the server's stderr if it exits instead.
     pub fn try_start_in(data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
+        Self::try_start_at("127.0.0.1:0", data_dir, args)
+    }
+
+    /// A server on `data_dir` listening on `listen` (e.g. the address of a server
+    /// this one replaces, so clients reconnect to it).
+    pub fn try_start_at(
+        listen: &str,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<TestServer, String> {
         let mut child = Command::new(server_bin())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,6 +102,11 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             _temp: None,
         })
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     /// The server's process id.

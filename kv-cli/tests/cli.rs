@@ -1,0 +1,277 @@
+//! The `kv` binary against a real server: output, exit codes, watch.
+
+#[path = "../../kvstore-server/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};
+
+use assert_cmd::Command;
+use support::TestServer;
+
+fn kv(server: &TestServer) -> Command {
+    let mut cmd = Command::cargo_bin("kv").expect("kv binary");
+    cmd.env("KV_URL", &server.url);
+    cmd
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("kv runs");
+    assert!(out.status.success(), "kv failed: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs `kv` and returns (exit code, stderr).
+fn failure_of(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("kv runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn put_get_del_ls_round_trip() {
+    let server = TestServer::start();
+    assert_eq!(
+        stdout_of(kv(&server).args(["put", "app/db/url", "postgres://db"])),
+        "OK (revision 1)\n"
+    );
+    kv(&server)
+        .args(["put", "app/mode", "blue"])
+        .assert()
+        .success();
+    kv(&server).args(["put", "other", "x"]).assert().success();
+    // `get` prints the value alone, so $(kv get k) works.
+    assert_eq!(
+        stdout_of(kv(&server).args(["get", "app/db/url"])),
+        "postgres://db"
+    );
+    assert_eq!(
+        stdout_of(kv(&server).args(["ls", "app/"])),
+        "app/db/url\napp/mode\n"
+    );
+    assert_eq!(
+        stdout_of(kv(&server).arg("ls")),
+        "app/db/url\napp/mode\nother\n"
+    );
+    assert_eq!(
+        stdout_of(kv(&server).args(["del", "app/mode"])),
+        "deleted (revision 4)\n"
+    );
+    assert_eq!(stdout_of(kv(&server).args(["ls", "app/"])), "app/db/url\n");
+}
+
+#[test]
+fn binary_values_through_stdin_and_stdout() {
+    let server = TestServer::start();
+    let bytes: Vec<u8> = (0..=255u8).chain([0, 10, 13]).collect();
+    kv(&server)
+        .args(["put", "blob", "-"])
+        .write_stdin(bytes.clone())
+        .assert()
+        .success();
+    let out = kv(&server).args(["get", "blob"]).output().expect("kv runs");
+    assert!(out.status.success());
+    assert_eq!(out.stdout, bytes);
+}
+
+#[test]
+fn json_output() {
+    let server = TestServer::start();
+    let put: serde_json::Value = serde_json::from_str(&stdout_of(
+        kv(&server).args(["-o", "json", "put", "k", "v"]),
+    ))
+    .expect("JSON");
+    assert_eq!(put["revision"], 1);
+    let entry: serde_json::Value =
+        serde_json::from_str(&stdout_of(kv(&server).args(["get", "k", "-o", "json"])))
+            .expect("JSON");
+    assert_eq!(entry["key"], "k");
+    assert_eq!(entry["value"], "v");
+    assert_eq!(entry["version"], 1);
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout_of(kv(&server).args(["ls", "-o", "json"]))).expect("JSON");
+    assert_eq!(list[0]["key"], "k");
+}
+
+#[test]
+fn exit_codes_and_one_line_errors() {
+    let server = TestServer::start();
+    let (code, stderr) = failure_of(kv(&server).args(["get", "missing"]));
+    assert_eq!(code, 1);
+    assert_eq!(stderr, "kv: key not found: missing\n");
+
+    kv(&server).args(["put", "k", "v1"]).assert().success();
+    let (code, stderr) = failure_of(kv(&server).args(["put", "k", "v2", "--if-revision", "7"]));
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("mod_revision is 1"), "{stderr}");
+    let (code, _) = failure_of(kv(&server).args(["put", "k", "v2", "--create"]));
+    assert_eq!(code, 1);
+    kv(&server)
+        .args(["put", "k", "v2", "--if-revision", "1"])
+        .assert()
+        .success();
+
+    let (code, stderr) = failure_of(kv(&server).args(["del", "missing"]));
+    assert_eq!((code, stderr.lines().count()), (1, 1));
+
+    let (code, stderr) = failure_of(kv(&server).args(["put", "", "v"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.starts_with("kv: ") && stderr.contains("invalid_key"),
+        "{stderr}"
+    );
+    let (code, _) = failure_of(kv(&server).arg("frobnicate"));
+    assert_eq!(code, 2);
+    let (code, _) = failure_of(kv(&server).args(["--url", "not a url", "get", "k"]));
+    assert_eq!(code, 2);
+
+    let mut down = TestServer::start();
+    let url = down.url.clone();
+    down.kill();
+    let (code, stderr) = failure_of(kv(&server).args(["--url", &url, "get", "k"]));
+    assert_eq!(code, 3);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: cannot reach the server"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let server = TestServer::start();
+    let help = stdout_of(kv(&server).arg("--help"));
+    for line in [
+        "0  success",
+        "1  key not found",
+        "2  usage error",
+        "3  server unreachable",
+    ] {
+        assert!(help.contains(line), "missing {line:?} in:\n{help}");
+    }
+}
+
+/// A `kv watch` running in the background, read line by line.
+struct Watcher {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Watcher {
+    fn start(server: &TestServer, args: &[&str]) -> Watcher {
+        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+            .arg("watch")
+            .args(args)
+            .env("KV_URL", &server.url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kv watch starts");
+        let stdout = child.stdout.take().expect("piped");
+        Watcher {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    fn line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("kv watch ended early")
+            .expect("readable output")
+    }
+
+    /// Ctrl-C, and the exit code.
+    fn interrupt(mut self) -> Option<i32> {
+        let _ = StdCommand::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+#[test]
+fn watch_prints_history_then_live_changes_and_exits_cleanly_on_ctrl_c() {
+    let server = TestServer::start();
+    kv(&server).args(["put", "app/a", "1"]).assert().success();
+    kv(&server)
+        .args(["put", "elsewhere", "x"])
+        .assert()
+        .success();
+    // From revision 1: the history comes first, which also shows the watch is open.
+    let mut watch = Watcher::start(&server, &["app/", "--from-revision", "1"]);
+    assert_eq!(watch.line(), "PUT app/a = 1 (revision 1)");
+    kv(&server).args(["put", "app/b", "2"]).assert().success();
+    kv(&server).args(["del", "app/a"]).assert().success();
+    assert_eq!(watch.line(), "PUT app/b = 2 (revision 3)");
+    assert_eq!(watch.line(), "DELETE app/a (revision 4)");
+    assert_eq!(watch.interrupt(), Some(0));
+}
+
+#[test]
+fn watch_json_and_initial_state() {
+    let server = TestServer::start();
+    kv(&server).args(["put", "cfg/a", "1"]).assert().success();
+    kv(&server).args(["put", "cfg/b", "2"]).assert().success();
+    let mut watch = Watcher::start(&server, &["cfg/", "--initial", "-o", "json"]);
+    let frames: Vec<serde_json::Value> = (0..3)
+        .map(|_| serde_json::from_str(&watch.line()).expect("NDJSON"))
+        .collect();
+    assert_eq!(frames[0]["type"], "entry");
+    assert_eq!(frames[0]["key"], "cfg/a");
+    assert_eq!(frames[1]["key"], "cfg/b");
+    assert_eq!(frames[2]["type"], "synced");
+    assert_eq!(frames[2]["revision"], 2);
+    kv(&server).args(["put", "cfg/a", "3"]).assert().success();
+    let live: serde_json::Value = serde_json::from_str(&watch.line()).expect("NDJSON");
+    assert_eq!(live["type"], "put");
+    assert_eq!(live["value"], "3");
+    assert_eq!(live["revision"], 3);
+    assert_eq!(live["version"], 2);
+    assert_eq!(watch.interrupt(), Some(0));
+}
+
+#[test]
+fn watch_stays_up_across_a_server_restart() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut first = TestServer::start_in(data.path(), &[]);
+    kv(&first).args(["put", "k", "before"]).assert().success();
+    let mut watch = Watcher::start(&first, &["--from-revision", "1"]);
+    assert_eq!(watch.line(), "PUT k = before (revision 1)");
+
+    let addr = first.addr().to_string();
+    first.kill();
+    let second =
+        TestServer::try_start_at(&addr, data.path(), &[]).expect("restart on the same port");
+    kv(&second).args(["put", "k", "after"]).assert().success();
+    // Exactly once, with the revision continuing after the restart.
+    assert_eq!(watch.line(), "PUT k = after (revision 2)");
+    assert_eq!(watch.interrupt(), Some(0));
+}
+
+#[test]
+fn watch_into_a_closed_pipe_exits_zero() {
+    let server = TestServer::start();
+    kv(&server).args(["put", "k", "v"]).assert().success();
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+        .args(["watch", "--from-revision", "1"])
+        .env("KV_URL", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kv watch starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    assert!(lines.next().is_some());
+    drop(lines);
+    // The next line written hits the closed pipe.
+    kv(&server).args(["put", "k", "w"]).assert().success();
+    let out = child.wait_with_output().expect("kv watch ends");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
