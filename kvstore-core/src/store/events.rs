@@ -118,16 +118,25 @@ fn sequence(
             Message::Record(_) => {}
             Message::Durable(d) => durable = durable.max(d),
         }
+        let mut run = Vec::new();
         while next <= durable {
             let Some(event) = pending.remove(&next) else {
                 break;
             };
-            // Revision first, then the event: a subscriber that reads the revision
-            // after subscribing never misses the event (see `Feed::subscribe`).
-            revision.send_replace(next);
+            run.push(event);
+            next += 1;
+        }
+        if run.is_empty() {
+            continue;
+        }
+        // Revision first, then the events: a subscriber that reads the revision
+        // after subscribing never misses an event (see `Feed::subscribe`); one that
+        // subscribed in between skips the ones it already counts as seen. One
+        // revision update per run keeps wake-ups of waiting writers few.
+        revision.send_replace(next - 1);
+        for event in run {
             // No receivers is fine.
             let _ = events.send(Arc::new(event));
-            next += 1;
         }
     }
 }

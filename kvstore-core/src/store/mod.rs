@@ -68,9 +68,16 @@ impl Config {
         }
     }
 
-    /// A store whose files are removed when it is dropped.
+    /// A store in a fresh folder of its own under the system temp dir, removed
+    /// when the store is dropped.
     pub fn temporary() -> Self {
-        let mut config = Config::new(std::env::temp_dir());
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = format!("kvstore-{}-{n}-{nanos}", std::process::id());
+        let mut config = Config::new(std::env::temp_dir().join(dir));
         config.temporary = true;
         config
     }
@@ -166,9 +173,23 @@ struct Inner {
     db: sled::Db,
     kv: sled::Tree,
     log: sled::Tree,
-    writer: mpsc::Sender<Request>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Request>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     feed: events::Feed,
     config: Config,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer after a final flush; waiting for it
+        // means the data files are released (and a temporary store removed) when
+        // the last handle goes.
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone, usable from any thread.
@@ -205,7 +226,7 @@ impl Store {
         };
         let feed = events::Feed::start(&log, last, config.event_buffer);
         let (tx, rx) = mpsc::channel(4096);
-        writer::Writer {
+        let writer_thread = writer::Writer {
             db: db.clone(),
             kv: kv.clone(),
             log: log.clone(),
@@ -221,7 +242,8 @@ impl Store {
                 db,
                 kv,
                 log,
-                writer: tx,
+                writer: Some(tx),
+                writer_thread: Some(writer_thread),
                 feed,
                 config,
             }),
@@ -257,8 +279,8 @@ impl Store {
         }
     }
 
-    /// Lists up to `limit` entries whose keys start with `prefix`, in key order,
-    /// starting after the key `after` when given.
+    /// Lists up to `limit` (at least 1) entries whose keys start with `prefix`, in
+    /// key order, starting after the key `after` when given.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage, Error> {
         let revision = self.revision();
         let start = match after {
@@ -269,6 +291,7 @@ impl Store {
             }
             _ => prefix.as_bytes().to_vec(),
         };
+        let limit = limit.max(1);
         let mut entries = Vec::new();
         let mut more = false;
         for item in self.inner.kv.range(start..) {
@@ -336,22 +359,45 @@ impl Store {
         }
     }
 
+    fn writer(&self) -> Result<&mpsc::Sender<Request>, Error> {
+        self.inner.writer.as_ref().ok_or(Error::Closed)
+    }
+
     async fn submit(&self, op: Op) -> Result<Outcome, Error> {
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
+        self.writer()?
             .send(Request::Write { op, reply })
             .await
             .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        let outcome = answer.await.map_err(|_| Error::Closed)??;
+        let revision = match &outcome {
+            Outcome::Put(r) => r.revision,
+            Outcome::Delete(r) => r.revision,
+        };
+        // Answer once the change is published: then the store revision includes it
+        // and a watch opened afterwards starts after it.
+        self.wait_published(revision).await?;
+        Ok(outcome)
+    }
+
+    /// Waits until every change through `revision` is durable and published.
+    async fn wait_published(&self, revision: u64) -> Result<(), Error> {
+        if self.revision() >= revision {
+            return Ok(());
+        }
+        let mut revisions = self.inner.feed.revisions();
+        revisions
+            .wait_for(|&r| r >= revision)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Closed)
     }
 
     /// Waits until every write submitted before this call is committed, and
     /// returns the last assigned revision.
     async fn barrier(&self) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
+        self.writer()?
             .send(Request::Barrier { reply })
             .await
             .map_err(|_| Error::Closed)?;

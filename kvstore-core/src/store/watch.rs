@@ -47,6 +47,8 @@ pub struct Watch {
     history_end: u64,
     /// Every revision up to here has been delivered or passed over.
     position: u64,
+    /// Set once the watch lagged: it stays failed, never skipping ahead.
+    lagged: bool,
 }
 
 impl Watch {
@@ -60,6 +62,11 @@ impl Watch {
     /// further behind than the store's event buffer, and with [`Error::Compacted`]
     /// when the history it needs is gone.
     pub async fn next(&mut self) -> Result<WatchItem, Error> {
+        if self.lagged {
+            return Err(Error::Lagged {
+                last: self.position,
+            });
+        }
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return Ok(item);
@@ -79,9 +86,10 @@ impl Watch {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.lagged = true;
                     return Err(Error::Lagged {
                         last: self.position,
-                    })
+                    });
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
             }
@@ -128,6 +136,7 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
         history_next: 1,
         history_end: 0,
         position: published,
+        lagged: false,
     };
     if options.initial {
         let (entries, at) = snapshot(store, &watch.prefix, published).await?;
@@ -175,9 +184,11 @@ async fn snapshot(
     }
     let at = store.barrier().await?;
     let range = codec::encode_u64(published + 1)..=codec::encode_u64(at);
+    let mut replayed = 0;
     for item in store.inner.log.range(range) {
         let (rev, record) = item?;
         let event = codec::decode_event(&rev, &record)?;
+        replayed += 1;
         if !event.key.starts_with(prefix) {
             continue;
         }
@@ -192,11 +203,14 @@ async fn snapshot(
             }
         }
     }
+    if replayed != at - published {
+        // Compaction removed part of the span we needed.
+        return Err(Error::Compacted {
+            requested: published + 1,
+            oldest: store.oldest_revision()?,
+        });
+    }
     // Show nothing that is not yet durable.
-    let mut revisions = store.inner.feed.revisions();
-    revisions
-        .wait_for(|&r| r >= at)
-        .await
-        .map_err(|_| Error::Closed)?;
+    store.wait_published(at).await?;
     Ok((entries, at))
 }

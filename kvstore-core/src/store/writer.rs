@@ -52,11 +52,10 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(self, rx: mpsc::Receiver<Request>) -> Result<(), Error> {
+    pub fn spawn(self, rx: mpsc::Receiver<Request>) -> Result<std::thread::JoinHandle<()>, Error> {
         std::thread::Builder::new()
             .name("kvstore-writer".into())
             .spawn(move || self.run(rx))
-            .map(|_| ())
             .map_err(|e| Error::Storage(sled::Error::Io(e)))
     }
 
@@ -144,7 +143,8 @@ impl Writer {
 
     /// Trims the change history to the configured number of revisions, a step at a time.
     fn compact(&self) {
-        let Some(cutoff) = self.last.checked_sub(self.retain) else {
+        // Keep revisions cutoff..=last: exactly `retain` of them.
+        let Some(cutoff) = (self.last + 1).checked_sub(self.retain.max(1)) else {
             return;
         };
         let first = match self.log.first() {
