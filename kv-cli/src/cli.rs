@@ -93,6 +93,18 @@ pub enum Command {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Write every entry under PREFIX, as of one revision, to stdout (NDJSON:
+    /// a header line, then one entry per line; binary-safe).
+    Export {
+        /// Key prefix (all keys without one).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Restore an export read from stdin into a server whose store is empty.
+    Import,
+    /// Check that the server is up and its store usable (exit 0), e.g. for a
+    /// container health check.
+    Health,
     /// Print every change under PREFIX as it happens, until Ctrl-C.
     Watch {
         /// Key prefix.

@@ -32,11 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             create,
         } => {
             let value = if value == "-" {
-                let mut bytes = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut bytes)
-                    .context("reading the value from stdin")?;
-                bytes
+                read_stdin()?
             } else {
                 value.into_bytes()
             };
@@ -76,6 +72,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Export { prefix } => {
+            let mut chunks = Box::pin(client.export(&prefix).await?);
+            while let Some(chunk) = chunks.next().await {
+                out.write_all(&chunk?)?;
+            }
+        }
+        Command::Import => {
+            let result = client.restore(read_stdin()?).await?;
+            if json {
+                print_json(&mut out, &result)?;
+            } else {
+                writeln!(
+                    out,
+                    "restored {} entries (revision {})",
+                    result.restored, result.revision
+                )?;
+            }
+        }
+        Command::Health => {
+            let revision = client.health().await?;
+            if json {
+                print_json(
+                    &mut out,
+                    &serde_json::json!({"status": "ok", "revision": revision}),
+                )?;
+            } else {
+                writeln!(out, "ok (revision {revision})")?;
+            }
+        }
         Command::Watch {
             prefix,
             from_revision,
@@ -95,6 +120,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading stdin")?;
+    Ok(bytes)
 }
 
 fn print_json<T: serde::Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {

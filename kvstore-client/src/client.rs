@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::Stream;
-use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult};
+use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult, RestoreResult};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
 use reqwest::Response;
@@ -158,6 +158,31 @@ impl Client {
                 None => return Ok(entries),
             }
         }
+    }
+
+    /// A consistent export of every entry under `prefix` at one revision, as the
+    /// NDJSON snapshot format (a header line, then one entry per line), in chunks.
+    pub async fn export(
+        &self,
+        prefix: &str,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes, Error>>, Error> {
+        use futures_util::StreamExt;
+        let url = format!("{}/v1/snapshot?prefix={}", self.base, query_value(prefix));
+        let res = check(self.http.get(url).send().await?, prefix).await?;
+        Ok(res.bytes_stream().map(|chunk| chunk.map_err(Error::from)))
+    }
+
+    /// Restores a snapshot made by [`Client::export`] into the server, whose store
+    /// must be empty (else a `store_not_empty` [`Error::BadRequest`]).
+    pub async fn restore(&self, snapshot: impl Into<Vec<u8>>) -> Result<RestoreResult, Error> {
+        let res = self
+            .http
+            .post(format!("{}/v1/snapshot", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(snapshot.into())
+            .send()
+            .await?;
+        decode(check(res, "").await?).await
     }
 
     /// The store's current revision, if the server is healthy.

@@ -42,5 +42,7 @@ mod watch;
 
 pub use client::{Client, Condition};
 pub use error::Error;
-pub use kvstore_core::wire::{self, DeleteResult, Entry, Event, EventKind, ListPage, PutResult};
+pub use kvstore_core::wire::{
+    self, DeleteResult, Entry, Event, EventKind, ListPage, PutResult, RestoreResult,
+};
 pub use watch::{Update, WatchOptions};

@@ -104,6 +104,30 @@ pub struct ListPage {
     pub revision: u64,
 }
 
+/// The first line of a snapshot (`GET /v1/snapshot`); every further line is one
+/// [`Entry`] as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// Always [`SnapshotHeader::FORMAT`].
+    pub format: String,
+    /// The store revision the entries show.
+    pub revision: u64,
+}
+
+impl SnapshotHeader {
+    /// The format name of this version of snapshots.
+    pub const FORMAT: &'static str = "kvstore.snapshot.v1";
+}
+
+/// Answer to a restore (`POST /v1/snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResult {
+    /// Entries restored.
+    pub restored: usize,
+    /// The store revision after the restore.
+    pub revision: u64,
+}
+
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

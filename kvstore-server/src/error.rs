@@ -37,6 +37,12 @@ pub enum ApiError {
     /// A watcher fell behind the live feed (sent as a watch frame).
     #[error("the watcher fell too far behind; resume from revision {}", .0 + 1)]
     Lagged(u64),
+    /// A restore into a store that already holds data.
+    #[error("the store is not empty; restore a snapshot into a new data dir")]
+    StoreNotEmpty,
+    /// A snapshot to restore is malformed.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
     /// No route for this path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -62,6 +68,8 @@ impl ApiError {
             ApiError::PreconditionFailed(..) => "precondition_failed",
             ApiError::Compacted { .. } => "compacted",
             ApiError::Lagged(_) => "lagged",
+            ApiError::StoreNotEmpty => "store_not_empty",
+            ApiError::InvalidSnapshot(_) => "invalid_snapshot",
             ApiError::NotFound(_) => "not_found",
             ApiError::Storage(_, status) if *status == StatusCode::INSUFFICIENT_STORAGE => {
                 "insufficient_storage"
@@ -110,6 +118,8 @@ impl ApiError {
                 oldest,
             },
             E::Closed => ApiError::ShuttingDown,
+            E::NotEmpty => ApiError::StoreNotEmpty,
+            E::InvalidSnapshot(m) => ApiError::InvalidSnapshot(m),
             E::Storage(_) => {
                 let status = if e.is_disk_full() {
                     StatusCode::INSUFFICIENT_STORAGE
@@ -126,7 +136,10 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidKey(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidKey(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::InvalidSnapshot(_) => StatusCode::BAD_REQUEST,
+            ApiError::StoreNotEmpty => StatusCode::CONFLICT,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed(..) => StatusCode::PRECONDITION_FAILED,

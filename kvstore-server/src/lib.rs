@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::kv::configure)
         .configure(routes::watch::configure)
         .configure(routes::legacy::configure)
+        .configure(routes::snapshot::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
                 "{} {}",

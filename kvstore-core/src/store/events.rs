@@ -17,6 +17,8 @@ use crate::wire::Event;
 enum Message {
     Record(Event),
     Durable(u64),
+    /// The store revision moved to this one without changes (a restore).
+    Jump(u64),
 }
 
 /// The writer's way to tell the sequencer what is durable.
@@ -26,6 +28,10 @@ impl SequencerHandle {
     pub fn durable(&self, revision: u64) {
         // The sequencer only stops when the store is gone.
         let _ = self.0.send(Message::Durable(revision));
+    }
+
+    pub fn jump(&self, revision: u64) {
+        let _ = self.0.send(Message::Jump(revision));
     }
 }
 
@@ -117,6 +123,14 @@ fn sequence(
             }
             Message::Record(_) => {}
             Message::Durable(d) => durable = durable.max(d),
+            Message::Jump(to) => {
+                if to >= next {
+                    pending.retain(|&r, _| r > to);
+                    durable = durable.max(to);
+                    next = to + 1;
+                    revision.send_replace(to);
+                }
+            }
         }
         let mut run = Vec::new();
         while next <= durable {

@@ -23,6 +23,9 @@ use codec::decode_entry;
 pub use watch::{Watch, WatchItem, WatchOptions};
 use writer::{Op, Outcome, Request};
 
+/// Entries written per step of a restore.
+const IMPORT_CHUNK: usize = 1000;
+
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -121,15 +124,37 @@ pub enum Error {
         /// The last revision the watcher was given (or passed over).
         last: u64,
     },
+    /// A restore needs an empty store.
+    #[error("the store is not empty; restore a snapshot into a new data dir")]
+    NotEmpty,
+    /// A snapshot to restore is malformed.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
     /// sled reported an error (I/O, full disk, lock held by another process).
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    #[error("storage error: {}", describe(.0))]
+    Storage(sled::Error),
+    /// The data dir is in use by another process.
+    #[error("the data dir {0} is in use by another kvstore-server (its lock is held)")]
+    Locked(PathBuf),
     /// Stored data could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e)
+    }
+}
+
+fn describe(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -216,7 +241,17 @@ impl Store {
             .path(&config.path)
             .temporary(config.temporary)
             .cache_capacity(config.cache_capacity)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports a held lock as an I/O error with this text.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    Error::Locked(config.path.clone())
+                }
+                other => Error::Storage(other),
+            })?;
         let kv = db.open_tree("kv")?;
         let log = db.open_tree("log")?;
         let meta = db.open_tree("meta")?;
@@ -402,6 +437,59 @@ impl Store {
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)
+    }
+
+    /// A consistent copy of every entry under `prefix` as of one revision, in key
+    /// order, and that revision.
+    pub async fn snapshot(&self, prefix: &str) -> Result<(Vec<Entry>, u64), Error> {
+        let (entries, at) = watch::snapshot(self, prefix, self.revision()).await?;
+        Ok((entries.into_values().collect(), at))
+    }
+
+    /// Restores `entries` (as exported at store revision `revision`) into this
+    /// store, which must be empty. Keys, values, revisions and versions are kept;
+    /// the store continues at `revision + 1`. Restored entries raise no events.
+    pub async fn restore(&self, revision: u64, entries: Vec<Entry>) -> Result<usize, Error> {
+        for entry in &entries {
+            validate_key(&entry.key)?;
+            let max = self.inner.config.max_value_bytes;
+            if entry.value.len() > max {
+                return Err(Error::ValueTooLarge {
+                    size: entry.value.len(),
+                    max,
+                });
+            }
+            let revisions_ok = entry.version >= 1
+                && entry.create_revision >= 1
+                && entry.create_revision <= entry.mod_revision
+                && entry.mod_revision <= revision;
+            if !revisions_ok {
+                return Err(Error::InvalidSnapshot(format!(
+                    "entry {:?} has inconsistent revisions for a snapshot at revision {revision}",
+                    entry.key
+                )));
+            }
+        }
+        let mut total = 0;
+        let mut first = true;
+        let mut entries = entries.into_iter().peekable();
+        while first || entries.peek().is_some() {
+            let chunk: Vec<Entry> = entries.by_ref().take(IMPORT_CHUNK).collect();
+            let (reply, answer) = oneshot::channel();
+            self.writer()?
+                .send(Request::Import {
+                    entries: chunk,
+                    revision,
+                    first,
+                    reply,
+                })
+                .await
+                .map_err(|_| Error::Closed)?;
+            total += answer.await.map_err(|_| Error::Closed)??;
+            first = false;
+        }
+        self.wait_published(revision).await?;
+        Ok(total)
     }
 
     /// Makes every write so far durable (useful with [`SyncMode::None`]).

@@ -171,7 +171,7 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
 /// sled has no snapshots, so: scan (which may see some writes after `published`),
 /// ask the writer for the last revision committed by then, and replay the history
 /// between the two over the scan. Every key is then as it was at that revision.
-async fn snapshot(
+pub(super) async fn snapshot(
     store: &Store,
     prefix: &str,
     published: u64,

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::{Error, Precondition, SyncMode};
-use crate::wire::{DeleteResult, PutResult};
+use crate::wire::{DeleteResult, Entry, PutResult};
 
 /// Most writes committed in one transaction and one flush.
 const MAX_GROUP: usize = 256;
@@ -38,6 +38,14 @@ pub(super) enum Request {
     },
     /// Answered with the last assigned revision once every earlier write is committed.
     Barrier { reply: oneshot::Sender<u64> },
+    /// Part of a restore: entries written as they are, with their revisions. The
+    /// first part requires an empty store and sets the store revision to `revision`.
+    Import {
+        entries: Vec<Entry>,
+        revision: u64,
+        first: bool,
+        reply: oneshot::Sender<Result<usize, Error>>,
+    },
 }
 
 pub(super) struct Writer {
@@ -61,10 +69,26 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = rx.blocking_recv() {
+        let mut held = None;
+        while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
+            if let Request::Import {
+                entries,
+                revision,
+                first,
+                reply,
+            } = first
+            {
+                // Imports go alone, between groups.
+                let _ = reply.send(self.import(entries, revision, first));
+                continue;
+            }
             group.push(first);
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
+                    Ok(request @ Request::Import { .. }) => {
+                        held = Some(request);
+                        break;
+                    }
                     Ok(request) => group.push(request),
                     Err(_) => break,
                 }
@@ -83,7 +107,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Write { op, .. } => Some(op),
-                Request::Barrier { .. } => None,
+                Request::Barrier { .. } | Request::Import { .. } => None,
             })
             .collect();
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
@@ -126,6 +150,9 @@ impl Writer {
                 Request::Barrier { reply } => {
                     let _ = reply.send(self.last);
                 }
+                Request::Import { reply, .. } => {
+                    let _ = reply.send(Err(Error::Closed));
+                }
             }
         }
     }
@@ -136,9 +163,46 @@ impl Writer {
         (&self.kv, &self.log, &self.meta)
             .transaction(|(kv, log, meta)| apply(kv, log, meta, ops, start))
             .map_err(|e| match e {
-                sled::transaction::TransactionError::Abort(e) => e,
-                sled::transaction::TransactionError::Storage(e) => e,
+                sled::transaction::TransactionError::Abort(e)
+                | sled::transaction::TransactionError::Storage(e) => e,
             })
+    }
+
+    /// Writes one part of a restore (see [`Request::Import`]).
+    fn import(&mut self, entries: Vec<Entry>, revision: u64, first: bool) -> Result<usize, Error> {
+        if first && (self.last != 0 || !self.kv.is_empty()) {
+            return Err(Error::NotEmpty);
+        }
+        let mut batch = sled::Batch::default();
+        for entry in &entries {
+            let stored = Stored {
+                create_revision: entry.create_revision,
+                mod_revision: entry.mod_revision,
+                version: entry.version,
+                value: entry.value.clone(),
+            };
+            batch.insert(entry.key.as_bytes(), stored.encode());
+        }
+        (&self.kv, &self.meta)
+            .transaction(|(kv, meta)| {
+                kv.apply_batch(&batch)?;
+                if first {
+                    meta.insert(codec::META_LAST, &codec::encode_u64(revision))?;
+                }
+                Ok(())
+            })
+            .map_err(
+                |e: sled::transaction::TransactionError<sled::Error>| match e {
+                    sled::transaction::TransactionError::Abort(e)
+                    | sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
+                },
+            )?;
+        self.db.flush()?;
+        if first {
+            self.last = revision;
+            self.sequencer.jump(revision);
+        }
+        Ok(entries.len())
     }
 
     /// Trims the change history to the configured number of revisions, a step at a time.

@@ -3,4 +3,5 @@
 pub mod health;
 pub mod kv;
 pub mod legacy;
+pub mod snapshot;
 pub mod watch;

@@ -1,0 +1,93 @@
+//! `/v1/snapshot`: export every entry at one revision, and restore into an empty store.
+//!
+//! The format is NDJSON: a [`SnapshotHeader`] line, then one entry per line in key
+//! order, values binary-safe as everywhere in the API.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kvstore_core::wire::{Entry, RestoreResult, SnapshotHeader};
+use serde::Deserialize;
+
+use crate::body::read_limited;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest snapshot accepted by a restore.
+const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/snapshot", web::get().to(export))
+        .route("/v1/snapshot", web::post().to(restore));
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+fn line<T: serde::Serialize>(value: &T) -> Result<web::Bytes, ApiError> {
+    let mut bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    bytes.push(b'\n');
+    Ok(web::Bytes::from(bytes))
+}
+
+async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ExportQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+    let (entries, revision) = state
+        .store
+        .snapshot(&query.prefix)
+        .await
+        .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    let header = line(&SnapshotHeader {
+        format: SnapshotHeader::FORMAT.into(),
+        revision,
+    })?;
+    let lines = std::iter::once(Ok(header)).chain(entries.into_iter().map(|e| line(&e)));
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header((crate::routes::kv::STORE_REVISION, revision))
+        .streaming(futures_util::stream::iter(lines)))
+}
+
+/// Parses a snapshot: its revision and entries, or which line is wrong.
+fn parse(body: &[u8]) -> Result<(u64, Vec<Entry>), ApiError> {
+    let mut lines = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+    let (_, first) = lines
+        .next()
+        .ok_or_else(|| ApiError::InvalidSnapshot("the snapshot is empty".into()))?;
+    let header: SnapshotHeader = serde_json::from_slice(first)
+        .map_err(|e| ApiError::InvalidSnapshot(format!("line 1 is not a snapshot header: {e}")))?;
+    if header.format != SnapshotHeader::FORMAT {
+        return Err(ApiError::InvalidSnapshot(format!(
+            "unknown format {:?}; expected {:?}",
+            header.format,
+            SnapshotHeader::FORMAT
+        )));
+    }
+    let entries = lines
+        .map(|(n, l)| {
+            serde_json::from_slice::<Entry>(l)
+                .map_err(|e| ApiError::InvalidSnapshot(format!("line {}: {e}", n + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((header.revision, entries))
+}
+
+async fn restore(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, MAX_SNAPSHOT_BYTES).await?;
+    let (revision, entries) = parse(&body)?;
+    let restored = state
+        .store
+        .restore(revision, entries)
+        .await
+        .map_err(|e| ApiError::from_store(e, ""))?;
+    Ok(HttpResponse::Ok().json(RestoreResult { restored, revision }))
+}
