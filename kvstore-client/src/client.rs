@@ -19,6 +19,9 @@ const PATH: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Like [`PATH`] but with `/` encoded too.
+const SEGMENT: AsciiSet = PATH.add(b'/');
+
 /// Characters left as they are in a query value.
 const QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -69,7 +72,14 @@ impl Client {
     }
 
     fn key_url(&self, key: &str) -> String {
-        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, PATH))
+        // URL libraries drop `.` and `..` path segments (even percent-encoded ones),
+        // so a key with such a segment travels as one segment, `/` encoded.
+        let set = if key.split('/').any(|s| s == "." || s == "..") {
+            &SEGMENT
+        } else {
+            PATH
+        };
+        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, set))
     }
 
     /// The value of `key` ([`Error::NotFound`] if absent).

@@ -17,6 +17,12 @@ pub async fn read_limited(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    log::debug!(
+        "reading the body of {} {} ({} bytes announced)",
+        req.method(),
+        req.path(),
+        announced.map_or("no length".to_string(), |n| n.to_string())
+    );
     if announced.is_some_and(|n| n > max) {
         return Err(ApiError::ValueTooLarge { max });
     }

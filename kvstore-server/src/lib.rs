@@ -61,10 +61,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         }));
 }
 
-/// Serves `store` on `listener` until SIGINT or SIGTERM, then stops gracefully:
-/// no new connections, requests in flight finish, watch streams are closed, the
-/// store is flushed.
-pub async fn run(listener: TcpListener, store: Store, options: &Options) -> std::io::Result<()> {
+/// Serves `store` on `listener` until `stop` completes (see [`shutdown_signal`]),
+/// then stops gracefully: no new connections, requests in flight finish, watch
+/// streams are closed, the store is flushed.
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    options: &Options,
+    stop_signal: impl std::future::Future<Output = ()> + 'static,
+) -> std::io::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let state = AppState {
         store: store.clone(),
@@ -86,7 +91,7 @@ pub async fn run(listener: TcpListener, store: Store, options: &Options) -> std:
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
-        wait_for_signal().await;
+        stop_signal.await;
         log::info!("stopping: finishing requests in flight and closing watches");
         let _ = stop.send(true);
         handle.stop(true).await;
@@ -100,25 +105,26 @@ pub async fn run(listener: TcpListener, store: Store, options: &Options) -> std:
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// A future that completes on SIGTERM or SIGINT. The handlers are installed when
+/// this is called (inside a runtime), so a signal that arrives before the future
+/// is first polled is not lost, and cannot kill the process ungracefully.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(e) => {
-                log::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -31,9 +31,12 @@ fn start(options: &Options) -> anyhow::Result<()> {
         options.retain_revisions,
         store.revision()
     );
-    // Printed once the store is open and the socket bound, so scripts and tests can
-    // wait for this line instead of polling.
-    println!("kvstore-server listening on http://{address}");
-    actix_web::rt::System::new().block_on(kvstore_server::run(listener, store, options))?;
+    actix_web::rt::System::new().block_on(async move {
+        let stop = kvstore_server::shutdown_signal()?;
+        // Printed once the store is open, the socket bound and the signal handlers
+        // installed, so scripts and tests can wait for this line instead of polling.
+        println!("kvstore-server listening on http://{address}");
+        kvstore_server::run(listener, store, options, stop).await
+    })?;
     Ok(())
 }

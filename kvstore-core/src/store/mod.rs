@@ -306,6 +306,10 @@ impl Store {
     }
 
     /// Reads one key.
+    ///
+    /// This reads sled directly, so for the moment of a group's flush it can show a
+    /// write that is committed but not yet durable (`mod_revision` above
+    /// [`Store::revision`]); [`Store::wait_published`] on that revision waits for it.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         validate_key(key)?;
         match self.inner.kv.get(key.as_bytes())? {
@@ -315,7 +319,8 @@ impl Store {
     }
 
     /// Lists up to `limit` (at least 1) entries whose keys start with `prefix`, in
-    /// key order, starting after the key `after` when given.
+    /// key order, starting after the key `after` when given. Like [`Store::get`], it
+    /// can show writes whose flush is under way.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage, Error> {
         let revision = self.revision();
         let start = match after {
@@ -415,8 +420,9 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Waits until every change through `revision` is durable and published.
-    async fn wait_published(&self, revision: u64) -> Result<(), Error> {
+    /// Waits until every change through `revision` is durable and published (the
+    /// store revision has reached it).
+    pub async fn wait_published(&self, revision: u64) -> Result<(), Error> {
         if self.revision() >= revision {
             return Ok(());
         }

@@ -1,5 +1,7 @@
 //! `/v1/kv`: get, put, delete and list.
 
+use std::time::Duration;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::Precondition;
@@ -93,6 +95,21 @@ fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
 
+/// How long a read waits for the flush of a write it would show.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until `revision` is durable, so a read never shows a write that a crash
+/// could still undo.
+pub async fn durable(state: &AppState, revision: u64) -> Result<(), ApiError> {
+    match tokio::time::timeout(DURABLE_WAIT, state.store.wait_published(revision)).await {
+        Ok(result) => result.map_err(|e| ApiError::from_store(e, "")),
+        Err(_) => Err(ApiError::Storage(
+            format!("revision {revision} is not durable yet; the disk may be failing"),
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        )),
+    }
+}
+
 async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     let entry = state
@@ -100,6 +117,7 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         .get(&key)
         .map_err(|e| ApiError::from_store(e, &key))?
         .ok_or_else(|| ApiError::KeyNotFound(key.clone()))?;
+    durable(&state, entry.mod_revision).await?;
     let mut res = HttpResponse::Ok();
     res.insert_header((header::ETAG, format!("\"{}\"", entry.mod_revision)))
         .insert_header((CREATE_REVISION, number(entry.create_revision)))
@@ -161,10 +179,14 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let page = state
+    let mut page = state
         .store
         .list(&query.prefix, query.after.as_deref(), limit)
         .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    if let Some(newest) = page.entries.iter().map(|e| e.mod_revision).max() {
+        durable(&state, newest).await?;
+        page.revision = page.revision.max(newest);
+    }
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
         .json(page))

@@ -98,7 +98,10 @@ async fn get(
                 error: "Key Doesn't exist",
             },
         ),
-        Some(entry) => match std::str::from_utf8(&entry.value) {
+        Some(entry) => match crate::routes::kv::durable(&state, entry.mod_revision)
+            .await
+            .map(|()| std::str::from_utf8(&entry.value))?
+        {
             Ok(value) => respond(StatusCode::OK, &Found { value }),
             Err(_) => Err(ApiError::InvalidRequest(format!(
                 "the value of {key:?} is binary; read it with GET /v1/kv/{{key}}"

@@ -32,6 +32,7 @@ pub struct TestServer {
     pub url: String,
     /// The data dir (kept when `dir` is passed in).
     pub data_dir: PathBuf,
+    logs: std::sync::mpsc::Receiver<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -72,7 +73,9 @@ impl TestServer {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| {
+                    "info,kvstore_server=debug,actix_web=warn,actix_server=warn".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -88,11 +91,14 @@ impl TestServer {
             let output = child.wait_with_output().map_err(|e| e.to_string())?;
             return Err(String::from_utf8_lossy(&output.stderr).into_owned());
         };
-        // Keep stderr flowing so the server never blocks on a full pipe.
+        // Keep stderr flowing so the server never blocks on a full pipe, and keep
+        // its lines for tests that wait on a log line.
+        let (log_tx, log_rx) = std::sync::mpsc::channel();
         if let Some(stderr) = child.stderr.take() {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     eprintln!("[server] {line}");
+                    let _ = log_tx.send(line);
                 }
             });
         }
@@ -100,6 +106,7 @@ impl TestServer {
             child: Some(child),
             url: url.to_string(),
             data_dir: data_dir.to_path_buf(),
+            logs: log_rx,
             _temp: None,
         })
     }
@@ -107,6 +114,46 @@ impl TestServer {
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
+    }
+
+    /// Waits (at most `timeout`) for a log line containing `text` (the server logs
+    /// at info unless `RUST_LOG` says otherwise).
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits (at most `timeout`) for the process to exit, after a signal.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The server's process id.
@@ -124,22 +171,8 @@ impl TestServer {
 
     /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.signal_term();
+        self.wait_exit(timeout)
     }
 }
 
