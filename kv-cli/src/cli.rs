@@ -12,6 +12,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The server could not be reached or failed.
     pub const UNAVAILABLE: u8 = 3;
+    /// No valid token, or the token may not do this.
+    pub const DENIED: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
@@ -20,6 +22,7 @@ Exit codes:
   1  key not found, condition (--if-revision, --create) failed, or history compacted
   2  usage error (bad flags, invalid key, value too large)
   3  server unreachable or server error
+  4  not authorized (no or unknown --token / KV_TOKEN, or not allowed for this key)
 
 Examples:
   kv put app/db/url postgres://db      set a value
@@ -40,6 +43,9 @@ pub struct Cli {
         default_value = "http://localhost:5000"
     )]
     pub url: String,
+    /// Bearer token, for servers started with an access file.
+    #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,

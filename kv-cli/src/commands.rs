@@ -10,7 +10,10 @@ use kvstore_client::{Client, Condition, Event, EventKind, Update, WatchOptions};
 use crate::cli::{Cli, Command, Output};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.url)?;
+    let mut client = Client::new(&cli.url)?;
+    if let Some(token) = &cli.token {
+        client = client.with_token(token)?;
+    }
     let json = cli.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match cli.command {

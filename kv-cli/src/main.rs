@@ -49,7 +49,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(
             Error::NotFound { .. } | Error::PreconditionFailed { .. } | Error::Compacted { .. },
         ) => exit::NOT_FOUND,
-        Some(Error::BadRequest { .. } | Error::InvalidUrl(_)) => exit::USAGE,
+        Some(Error::BadRequest { .. } | Error::InvalidUrl(_) | Error::InvalidToken) => exit::USAGE,
+        Some(Error::Unauthorized { .. } | Error::Forbidden { .. }) => exit::DENIED,
         Some(_) => exit::UNAVAILABLE,
         // Local failures (reading stdin, writing stdout).
         None => exit::UNAVAILABLE,

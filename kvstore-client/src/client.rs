@@ -50,6 +50,8 @@ pub enum Condition {
 pub struct Client {
     pub(crate) http: reqwest::Client,
     pub(crate) base: String,
+    /// `Bearer <token>`, sent with every request and watch.
+    pub(crate) authorization: Option<HeaderValue>,
 }
 
 impl Client {
@@ -59,11 +61,35 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
             return Err(Error::InvalidUrl(url.to_string()));
         }
-        let http = reqwest::Client::builder()
+        let http = Self::http(None)?;
+        Ok(Client {
+            http,
+            base,
+            authorization: None,
+        })
+    }
+
+    /// The same client, authenticating every request with the bearer `token`
+    /// (for servers started with an access file).
+    pub fn with_token(mut self, token: &str) -> Result<Client, Error> {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::InvalidToken)?;
+        value.set_sensitive(true);
+        self.http = Self::http(Some(value.clone()))?;
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    fn http(authorization: Option<HeaderValue>) -> Result<reqwest::Client, Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        Ok(Client { http, base })
+            .map_err(|e| Error::Connection(e.to_string()))
     }
 
     /// The server's base URL.

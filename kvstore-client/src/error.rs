@@ -54,6 +54,21 @@ pub enum Error {
     /// The server's answer could not be understood.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
+    /// The token has characters a header cannot carry.
+    #[error("invalid token: it must be printable ASCII")]
+    InvalidToken,
+    /// No token, or one the server does not know (HTTP 401).
+    #[error("unauthorized: {message}")]
+    Unauthorized {
+        /// The server's message.
+        message: String,
+    },
+    /// The token may not do this (HTTP 403).
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// The server's message.
+        message: String,
+    },
     /// The server URL is not usable.
     #[error("invalid server URL {0:?}: use http://host:port")]
     InvalidUrl(String),
@@ -74,6 +89,8 @@ impl Error {
             (404, "key_not_found") => Error::NotFound {
                 key: key.to_string(),
             },
+            (401, _) => Error::Unauthorized { message },
+            (403, _) => Error::Forbidden { message },
             (412, _) => Error::PreconditionFailed {
                 current: revision,
                 message,

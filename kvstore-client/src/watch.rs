@@ -145,12 +145,46 @@ impl State {
         url
     }
 
+    /// Opens the WebSocket; a refusal with an HTTP error (401, 403, 400) ends the
+    /// watch, anything else is retried.
+    async fn connect(&self) -> Result<Socket, Step> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let mut request = self
+            .url()
+            .into_client_request()
+            .map_err(|e| Step::Fail(Error::InvalidUrl(e.to_string())))?;
+        if let Some(value) = &self.client.authorization {
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(WsError::Http(res)) => {
+                let status = res.status().as_u16();
+                let detail = res
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<kvstore_core::wire::ErrorBody>(b).ok())
+                    .map(|b| b.error);
+                let error = Error::from_status(status, detail, &self.options.prefix);
+                if error.is_transient() {
+                    Err(Step::Retry(error.to_string()))
+                } else {
+                    Err(Step::Fail(error))
+                }
+            }
+            Err(e) => Err(Step::Retry(format!("cannot connect: {e}"))),
+        }
+    }
+
     async fn step(&mut self) -> Step {
         let socket = match &mut self.socket {
             Some(socket) => socket,
-            None => match tokio_tungstenite::connect_async(self.url()).await {
-                Ok((socket, _)) => self.socket.insert(socket),
-                Err(e) => return Step::Retry(format!("cannot connect: {e}")),
+            None => match self.connect().await {
+                Ok(socket) => self.socket.insert(socket),
+                Err(step) => return step,
             },
         };
         let message = match socket.next().await {

@@ -52,6 +52,10 @@ pub struct Options {
     /// Seconds of silence after which a WebSocket watcher is dropped.
     #[arg(long, env = "KVSTORE_PEER_TIMEOUT", default_value_t = 30.0)]
     pub peer_timeout: f64,
+    /// Access file (TOML) of bearer tokens and their roles; without it the server
+    /// is open to anyone who reaches it.
+    #[arg(long, env = "KVSTORE_ACCESS_FILE")]
+    pub access_file: Option<PathBuf>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,

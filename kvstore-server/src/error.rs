@@ -20,6 +20,12 @@ pub enum ApiError {
         /// The limit in bytes.
         max: usize,
     },
+    /// No valid token (HTTP 401).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The token may not do this (HTTP 403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The key does not exist.
     #[error("key {0:?} not found")]
     KeyNotFound(String),
@@ -64,6 +70,8 @@ impl ApiError {
             ApiError::InvalidKey(_) => "invalid_key",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::ValueTooLarge { .. } => "value_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::KeyNotFound(_) => "key_not_found",
             ApiError::PreconditionFailed(..) => "precondition_failed",
             ApiError::Compacted { .. } => "compacted",
@@ -141,6 +149,8 @@ impl ResponseError for ApiError {
             | ApiError::InvalidSnapshot(_) => StatusCode::BAD_REQUEST,
             ApiError::StoreNotEmpty => StatusCode::CONFLICT,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed(..) => StatusCode::PRECONDITION_FAILED,
             ApiError::Compacted { .. } => StatusCode::GONE,
@@ -155,7 +165,11 @@ impl ResponseError for ApiError {
         if self.status_code().is_server_error() {
             log::error!("{self}");
         }
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized(_)) {
+            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(ErrorBody {
             error: self.detail(),
         })
     }

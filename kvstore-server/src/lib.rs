@@ -15,7 +15,12 @@
 //! use kvstore_server::{configure, AppState};
 //!
 //! let (_stop, shutdown) = tokio::sync::watch::channel(false);
-//! let state = AppState { store: Store::open(Config::temporary())?, shutdown, timings: Default::default() };
+//! let state = AppState {
+//!     store: Store::open(Config::temporary())?,
+//!     shutdown,
+//!     timings: Default::default(),
+//!     access: None,
+//! };
 //! let app = test::init_service(App::new().configure(|cfg| configure(cfg, state))).await;
 //!
 //! let put = test::TestRequest::put().uri("/v1/kv/app%2Fmode").set_payload("blue").to_request();
@@ -26,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod auth;
 mod body;
 pub mod config;
 pub mod error;
@@ -67,6 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
 pub async fn run(
     listener: TcpListener,
     store: Store,
+    access: Option<auth::AccessControl>,
     options: &Options,
     stop_signal: impl std::future::Future<Output = ()> + 'static,
 ) -> std::io::Result<()> {
@@ -75,6 +82,7 @@ pub async fn run(
         store: store.clone(),
         shutdown,
         timings: options.timings(),
+        access: access.map(std::sync::Arc::new),
     };
     let mut server = HttpServer::new(move || {
         let state = state.clone();

@@ -21,6 +21,11 @@ fn main() -> ExitCode {
 fn start(options: &Options) -> anyhow::Result<()> {
     let store = Store::open(options.store_config())
         .with_context(|| format!("cannot open the data dir {}", options.data_dir.display()))?;
+    let access = options
+        .access_file
+        .as_deref()
+        .map(kvstore_server::auth::AccessControl::load)
+        .transpose()?;
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
@@ -31,12 +36,19 @@ fn start(options: &Options) -> anyhow::Result<()> {
         options.retain_revisions,
         store.revision()
     );
+    match &access {
+        Some(access) => log::info!("access control on: {} tokens", access.len()),
+        None if !address.ip().is_loopback() => log::warn!(
+            "no --access-file: anyone who reaches {address} can read and write every key"
+        ),
+        None => {}
+    }
     actix_web::rt::System::new().block_on(async move {
         let stop = kvstore_server::shutdown_signal()?;
         // Printed once the store is open, the socket bound and the signal handlers
         // installed, so scripts and tests can wait for this line instead of polling.
         println!("kvstore-server listening on http://{address}");
-        kvstore_server::run(listener, store, options, stop).await
+        kvstore_server::run(listener, store, access, options, stop).await
     })?;
     Ok(())
 }

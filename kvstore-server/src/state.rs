@@ -35,4 +35,6 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Timings of watch streams.
     pub timings: WatchTimings,
+    /// Tokens and roles; `None`: the server is open to everyone.
+    pub access: Option<std::sync::Arc<crate::auth::AccessControl>>,
 }

@@ -8,6 +8,7 @@ use kvstore_core::Precondition;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -110,8 +111,13 @@ pub async fn durable(state: &AppState, revision: u64) -> Result<(), ApiError> {
     }
 }
 
-async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
+    caller.check_read(&key)?;
     let entry = state
         .store
         .get(&key)
@@ -135,10 +141,12 @@ async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
 
 async fn put(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
+    caller.check_write(&key)?;
     let condition = precondition(&req)?;
     let value = read_limited(&req, payload, state.store.config().max_value_bytes).await?;
     let result = state
@@ -151,8 +159,13 @@ async fn put(
         .json(result))
 }
 
-async fn delete(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
+    caller.check_write(&key)?;
     let condition = precondition(&req)?;
     let result = state
         .store
@@ -170,9 +183,14 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+    caller.check_read_some(&query.prefix)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::InvalidRequest(format!(
@@ -183,6 +201,8 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
         .store
         .list(&query.prefix, query.after.as_deref(), limit)
         .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    // What the token may not read is left out; `next` still pages past it.
+    page.entries.retain(|e| caller.can_read(&e.key));
     if let Some(newest) = page.entries.iter().map(|e| e.mod_revision).max() {
         durable(&state, newest).await?;
         page.revision = page.revision.max(newest);

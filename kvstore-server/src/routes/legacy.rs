@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::Precondition;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::pyjson;
@@ -68,6 +69,7 @@ fn body_limit(state: &AppState) -> usize {
 
 async fn get(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -86,6 +88,7 @@ async fn get(
         }
     };
     kvstore_core::key::validate_key(&key).map_err(|e| ApiError::InvalidKey(e.to_string()))?;
+    caller.check_read(&key)?;
     match state
         .store
         .get(&key)
@@ -112,11 +115,13 @@ async fn get(
 
 async fn put(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, body_limit(&state)).await?;
     let PutBody { key, value } = parse(&body)?;
+    caller.check_write(&key)?;
     let serde_json::Value::String(text) = value else {
         return Err(ApiError::InvalidRequest(
             "\"value\" must be a JSON string".into(),

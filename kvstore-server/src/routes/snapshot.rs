@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::wire::{Entry, RestoreResult, SnapshotHeader};
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -31,14 +32,20 @@ fn line<T: serde::Serialize>(value: &T) -> Result<web::Bytes, ApiError> {
     Ok(web::Bytes::from(bytes))
 }
 
-async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn export(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ExportQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
-    let (entries, revision) = state
+    caller.check_read_some(&query.prefix)?;
+    let (mut entries, revision) = state
         .store
         .snapshot(&query.prefix)
         .await
         .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    entries.retain(|e| caller.can_read(&e.key));
     let header = line(&SnapshotHeader {
         format: SnapshotHeader::FORMAT.into(),
         revision,
@@ -79,9 +86,12 @@ fn parse(body: &[u8]) -> Result<(u64, Vec<Entry>), ApiError> {
 
 async fn restore(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // A restore writes everything: it takes a token that may write every key.
+    caller.check_write("")?;
     let body = read_limited(&req, payload, MAX_SNAPSHOT_BYTES).await?;
     let (revision, entries) = parse(&body)?;
     let restored = state

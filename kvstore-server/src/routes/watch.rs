@@ -10,6 +10,7 @@ use kvstore_core::{Watch, WatchItem, WatchOptions};
 use serde::Deserialize;
 use tokio::time::{sleep_until, Instant};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -103,25 +104,40 @@ fn watch_error(e: kvstore_core::Error) -> ApiError {
     }
 }
 
-/// Waits for the next item of `watch`, or for `deadline` (then a progress frame).
-async fn next_frame(watch: &mut Watch, deadline: Instant) -> Outgoing {
-    tokio::select! {
-        item = watch.next() => match item {
-            Ok(item) => Outgoing::from_item(item),
-            Err(e) => Outgoing::error(watch_error(e)),
-        },
-        _ = sleep_until(deadline) => Outgoing::progress(watch.position()),
+/// Whether `caller` may see `item`.
+fn visible(item: &WatchItem, caller: &Caller) -> bool {
+    match item {
+        WatchItem::Event(event) => caller.can_read(&event.key),
+        WatchItem::Entry(entry) => caller.can_read(&entry.key),
+        WatchItem::Synced(_) => true,
+    }
+}
+
+/// Waits for the next item of `watch` that `caller` may see, or for `deadline`
+/// (then a progress frame).
+async fn next_frame(watch: &mut Watch, deadline: Instant, caller: &Caller) -> Outgoing {
+    loop {
+        tokio::select! {
+            item = watch.next() => match item {
+                Ok(item) if visible(&item, caller) => return Outgoing::from_item(item),
+                Ok(_) => continue,
+                Err(e) => return Outgoing::error(watch_error(e)),
+            },
+            _ = sleep_until(deadline) => return Outgoing::progress(watch.position()),
+        }
     }
 }
 
 async fn watch(
     req: HttpRequest,
+    caller: Caller,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<WatchQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
         .into_inner();
+    caller.check_read_some(&query.prefix)?;
     let mut options = WatchOptions {
         prefix: query.prefix,
         start_revision: query.start_revision,
@@ -136,7 +152,13 @@ async fn watch(
         let (res, session, stream) = actix_ws::handle(&req, body)
             .map_err(|e| ApiError::InvalidRequest(format!("WebSocket handshake: {e}")))?;
         let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-        actix_web::rt::spawn(websocket(session, stream, state.into_inner(), options));
+        actix_web::rt::spawn(websocket(
+            session,
+            stream,
+            state.into_inner(),
+            options,
+            caller,
+        ));
         return Ok(res);
     }
     let accepts_sse = req
@@ -165,12 +187,13 @@ async fn watch(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(sse(state.into_inner(), options)))
+        .streaming(sse(state.into_inner(), options, caller)))
 }
 
 fn sse(
     state: std::sync::Arc<AppState>,
     options: WatchOptions,
+    caller: Caller,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> {
     enum Phase {
         Opening(WatchOptions),
@@ -180,6 +203,7 @@ fn sse(
     let progress = state.timings.progress;
     futures_util::stream::unfold(Phase::Opening(options), move |phase| {
         let state = state.clone();
+        let caller = caller.clone();
         async move {
             let mut watch = match phase {
                 Phase::Done => return None,
@@ -204,7 +228,7 @@ fn sse(
             };
             let mut shutdown = state.shutdown.clone();
             let out = tokio::select! {
-                out = next_frame(&mut watch, Instant::now() + progress) => out,
+                out = next_frame(&mut watch, Instant::now() + progress, &caller) => out,
                 _ = shutdown.wait_for(|stop| *stop) => Outgoing::error(ApiError::ShuttingDown),
             };
             let next = if out.last {
@@ -222,6 +246,7 @@ async fn websocket(
     mut stream: actix_ws::MessageStream,
     state: std::sync::Arc<AppState>,
     options: WatchOptions,
+    caller: Caller,
 ) {
     let initial = options.initial;
     let mut watch = match state.store.watch(options).await {
@@ -251,7 +276,7 @@ async fn websocket(
     let mut deadline = Instant::now() + timings.progress;
     let reason = loop {
         tokio::select! {
-            out = next_frame(&mut watch, deadline) => {
+            out = next_frame(&mut watch, deadline, &caller) => {
                 if session.text(out.data).await.is_err() {
                     return;
                 }

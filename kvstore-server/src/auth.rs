@@ -1,0 +1,338 @@
+//! Bearer tokens with roles: which key prefixes a token may read and write.
+//!
+//! The access file (TOML) names roles and tokens. A token is given either as its
+//! SHA-256 hash (`sha256 = "hex"`, so the file carries no secret) or in clear
+//! (`token = "..."`); either way only hashes are kept in memory and compared, in
+//! constant time. Tokens never appear in logs.
+//!
+//! ```toml
+//! [roles.reader]
+//! read = ["app/"]
+//!
+//! [roles.admin]
+//! read = [""]          # "" is every key
+//! write = [""]
+//!
+//! [[tokens]]
+//! name = "dashboard"
+//! role = "reader"
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//!
+//! [[tokens]]
+//! name = "deploy"
+//! role = "admin"
+//! token = "s3cret-deploy-token"
+//! ```
+
+use std::collections::HashMap;
+use std::future::{ready, Ready};
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, FromRequest, HttpRequest};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Why an access file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessFileError {
+    /// It could not be read.
+    #[error("cannot read the access file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML of the expected shape.
+    #[error("invalid access file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRole {
+    #[serde(default)]
+    read: Vec<String>,
+    #[serde(default)]
+    write: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: String,
+    role: String,
+    sha256: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    #[serde(default)]
+    roles: HashMap<String, FileRole>,
+    #[serde(default)]
+    tokens: Vec<FileToken>,
+}
+
+/// What one role may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// Name of the token holding the role (for logs and errors).
+    pub token_name: String,
+    read: Vec<String>,
+    write: Vec<String>,
+}
+
+impl Role {
+    /// May read `key`.
+    pub fn can_read(&self, key: &str) -> bool {
+        self.read.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// May write `key`.
+    pub fn can_write(&self, key: &str) -> bool {
+        self.write.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// May read at least one key under `prefix`.
+    pub fn can_read_some(&self, prefix: &str) -> bool {
+        self.read
+            .iter()
+            .any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
+}
+
+struct TokenEntry {
+    hash: [u8; 32],
+    role: Arc<Role>,
+}
+
+/// The loaded access file.
+pub struct AccessControl {
+    tokens: Vec<TokenEntry>,
+}
+
+impl AccessControl {
+    /// Loads and checks the access file at `path`.
+    pub fn load(path: &Path) -> Result<AccessControl, AccessFileError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AccessFileError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| AccessFileError::Invalid {
+            path: name,
+            message,
+        })
+    }
+
+    /// Parses an access file's text.
+    pub fn parse(text: &str) -> Result<AccessControl, String> {
+        let file: AccessFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut tokens = Vec::with_capacity(file.tokens.len());
+        for token in file.tokens {
+            let role = file.roles.get(&token.role).ok_or_else(|| {
+                format!(
+                    "token {:?} names the unknown role {:?}",
+                    token.name, token.role
+                )
+            })?;
+            let hash = match (&token.sha256, &token.token) {
+                (Some(hex_hash), None) => {
+                    let bytes = hex::decode(hex_hash.trim()).map_err(|_| {
+                        format!("token {:?}: sha256 must be 64 hex digits", token.name)
+                    })?;
+                    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                        format!("token {:?}: sha256 must be 64 hex digits", token.name)
+                    })?
+                }
+                (None, Some(clear)) if !clear.is_empty() => Sha256::digest(clear.as_bytes()).into(),
+                _ => {
+                    return Err(format!(
+                        "token {:?} needs exactly one of sha256 or token",
+                        token.name
+                    ))
+                }
+            };
+            tokens.push(TokenEntry {
+                hash,
+                role: Arc::new(Role {
+                    token_name: token.name,
+                    read: role.read.clone(),
+                    write: role.write.clone(),
+                }),
+            });
+        }
+        Ok(AccessControl { tokens })
+    }
+
+    /// The role of the bearer of `token`, if it is known. Every stored hash is
+    /// compared, in constant time, so timing tells nothing about the tokens.
+    pub fn role_of(&self, token: &str) -> Option<Arc<Role>> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.tokens {
+            if bool::from(entry.hash.ct_eq(&presented)) {
+                found = Some(entry.role.clone());
+            }
+        }
+        found
+    }
+
+    /// How many tokens the file holds.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the file holds no token (then nobody gets in).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Who is calling: everyone (no access file) or the bearer of a known token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The server runs without an access file.
+    Open,
+    /// A known token.
+    Token(Arc<Role>),
+}
+
+impl Caller {
+    /// May read `key`.
+    pub fn can_read(&self, key: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Token(role) => role.can_read(key),
+        }
+    }
+
+    /// 403 unless the caller may read `key`.
+    pub fn check_read(&self, key: &str) -> Result<(), ApiError> {
+        if self.can_read(key) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this token may not read {key:?}"
+            )))
+        }
+    }
+
+    /// 403 unless the caller may write `key`.
+    pub fn check_write(&self, key: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(role) if role.can_write(key) => Ok(()),
+            Caller::Token(_) => Err(ApiError::Forbidden(format!(
+                "this token may not write {key:?}"
+            ))),
+        }
+    }
+
+    /// 403 unless the caller may read some key under `prefix` (what it may not
+    /// read is then left out of lists and watches).
+    pub fn check_read_some(&self, prefix: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token(role) if role.can_read_some(prefix) => Ok(()),
+            Caller::Token(_) => Err(ApiError::Forbidden(format!(
+                "this token may not read anything under {prefix:?}"
+            ))),
+        }
+    }
+}
+
+fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(ApiError::Internal("no application state".into()));
+    };
+    let Some(access) = &state.access else {
+        return Ok(Caller::Open);
+    };
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <token>".into()))?;
+    access
+        .role_of(token)
+        .map(Caller::Token)
+        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(caller_of(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [roles.reader]
+        read = ["app/"]
+        [roles.writer]
+        read = [""]
+        write = ["app/"]
+        [[tokens]]
+        name = "r"
+        role = "reader"
+        sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        [[tokens]]
+        name = "w"
+        role = "writer"
+        token = "writer-secret"
+    "#;
+
+    #[test]
+    fn tokens_map_to_roles_by_hash() -> Result<(), String> {
+        let access = AccessControl::parse(FILE)?;
+        // sha256("test") is the reader's hash.
+        let reader = access.role_of("test").ok_or("reader token")?;
+        assert_eq!(reader.token_name, "r");
+        assert!(
+            reader.can_read("app/x") && !reader.can_read("other") && !reader.can_write("app/x")
+        );
+        assert!(
+            reader.can_read_some("")
+                && reader.can_read_some("app/x/")
+                && !reader.can_read_some("b")
+        );
+        let writer = access.role_of("writer-secret").ok_or("writer token")?;
+        assert!(writer.can_write("app/x") && !writer.can_write("other"));
+        assert!(access.role_of("nope").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let unknown_role = "[[tokens]]\nname = \"x\"\nrole = \"ghost\"\ntoken = \"t\"\n";
+        assert!(AccessControl::parse(unknown_role).is_err_and(|e| e.contains("ghost")));
+        let both =
+            "[roles.r]\n[[tokens]]\nname = \"x\"\nrole = \"r\"\ntoken = \"t\"\nsha256 = \"00\"\n";
+        assert!(AccessControl::parse(both).is_err());
+        let short = "[roles.r]\n[[tokens]]\nname = \"x\"\nrole = \"r\"\nsha256 = \"abcd\"\n";
+        assert!(AccessControl::parse(short).is_err_and(|e| e.contains("64 hex")));
+    }
+}

@@ -1,0 +1,315 @@
+//! Access control: 401 without a known token, 403 outside a token's prefixes,
+//! watches filtered by what the token may read.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kvstore_client::{Client, Error};
+use reqwest::{Method, StatusCode};
+use support::TestServer;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// sha256("reader-token"), so the file carries no secret for the reader.
+const ACCESS: &str = r#"
+[roles.app-reader]
+read = ["app/"]
+
+[roles.app-writer]
+read = [""]
+write = ["app/"]
+
+[roles.admin]
+read = [""]
+write = [""]
+
+[[tokens]]
+name = "reader"
+role = "app-reader"
+sha256 = "4b0e4ef8ff5e3c2e69a1a3bf7aafb7cd2e52c6de21c50a2fd5a1fa0e0cda7c7d"
+
+[[tokens]]
+name = "writer"
+role = "app-writer"
+token = "writer-token"
+
+[[tokens]]
+name = "admin"
+role = "admin"
+token = "admin-token"
+"#;
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+struct Secured {
+    server: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+fn secured_server() -> Result<Secured, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("access.toml");
+    // Keep the hash in the file honest: it is computed here, not trusted.
+    let text = ACCESS.replace(
+        "4b0e4ef8ff5e3c2e69a1a3bf7aafb7cd2e52c6de21c50a2fd5a1fa0e0cda7c7d",
+        &sha256_hex("reader-token"),
+    );
+    std::fs::write(&file, text)?;
+    let file = file.to_string_lossy().into_owned();
+    let server = TestServer::start_with(&["--access-file", &file]);
+    Ok(Secured { server, _dir: dir })
+}
+
+/// Sends a request with an optional token; (status, error code).
+async fn call(
+    url: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, String), Box<dyn std::error::Error>> {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .body(body.to_string());
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().await?;
+    let status = res.status();
+    let code = if status.is_success() {
+        String::new()
+    } else {
+        let body: serde_json::Value = res.json().await?;
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok((status, code))
+}
+
+const SSE: (&str, &str) = ("accept", "text/event-stream");
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_needs_a_known_token() -> TestResult {
+    let secured = secured_server()?;
+    let url = &secured.server.url;
+    let endpoints: Vec<(Method, &str, &str, Vec<(&str, &str)>)> = vec![
+        (Method::GET, "/v1/kv/app/x", "", vec![]),
+        (Method::PUT, "/v1/kv/app/x", "v", vec![]),
+        (Method::DELETE, "/v1/kv/app/x", "", vec![]),
+        (Method::GET, "/v1/kv?prefix=app/", "", vec![]),
+        (Method::GET, "/v1/watch?prefix=app/", "", vec![SSE]),
+        (Method::GET, "/v1/snapshot", "", vec![]),
+        (Method::POST, "/v1/snapshot", "", vec![]),
+        (Method::GET, "/kv?key=app/x", "", vec![]),
+        (
+            Method::PUT,
+            "/kv",
+            r#"{"key": "app/x", "value": "v"}"#,
+            vec![JSON],
+        ),
+    ];
+    for (method, path, body, headers) in &endpoints {
+        for token in [None, Some("not-a-token")] {
+            let (status, code) = call(url, method.clone(), path, token, body, headers).await?;
+            assert_eq!(
+                (status, code.as_str()),
+                (StatusCode::UNAUTHORIZED, "unauthorized"),
+                "{method} {path} with {token:?}"
+            );
+        }
+    }
+    // The WebSocket upgrade is refused the same way.
+    let ws = format!("{}/v1/watch", url.replacen("http", "ws", 1));
+    match tokio_tungstenite::connect_async(ws).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 401);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // Health stays open.
+    let (status, _) = call(url, Method::GET, "/healthz", None, "", &[]).await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_act_only_within_their_prefixes() -> TestResult {
+    let secured = secured_server()?;
+    let url = &secured.server.url;
+    let admin = Client::new(url)?.with_token("admin-token")?;
+    admin.put("app/x", "1").await?;
+    admin.put("other/y", "2").await?;
+
+    let forbidden: Vec<(Method, &str, &str, &str, Vec<(&str, &str)>)> = vec![
+        // The reader reads app/ only, and writes nothing.
+        (Method::GET, "/v1/kv/other/y", "reader-token", "", vec![]),
+        (Method::PUT, "/v1/kv/app/x", "reader-token", "v", vec![]),
+        (Method::DELETE, "/v1/kv/app/x", "reader-token", "", vec![]),
+        (
+            Method::GET,
+            "/v1/kv?prefix=other/",
+            "reader-token",
+            "",
+            vec![],
+        ),
+        (
+            Method::GET,
+            "/v1/watch?prefix=other/",
+            "reader-token",
+            "",
+            vec![SSE],
+        ),
+        (
+            Method::GET,
+            "/v1/snapshot?prefix=other/",
+            "reader-token",
+            "",
+            vec![],
+        ),
+        (Method::GET, "/kv?key=other/y", "reader-token", "", vec![]),
+        (
+            Method::PUT,
+            "/kv",
+            "reader-token",
+            r#"{"key": "app/x", "value": "v"}"#,
+            vec![JSON],
+        ),
+        // The writer writes app/ only; a restore needs a token that writes everything.
+        (Method::PUT, "/v1/kv/other/y", "writer-token", "v", vec![]),
+        (Method::DELETE, "/v1/kv/other/y", "writer-token", "", vec![]),
+        (Method::POST, "/v1/snapshot", "writer-token", "", vec![]),
+    ];
+    for (method, path, token, body, headers) in &forbidden {
+        let (status, code) = call(url, method.clone(), path, Some(token), body, headers).await?;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{method} {path} as {token}"
+        );
+    }
+
+    let reader = Client::new(url)?.with_token("reader-token")?;
+    assert_eq!(reader.get("app/x").await?, b"1");
+    assert!(matches!(
+        reader.get("other/y").await,
+        Err(Error::Forbidden { .. })
+    ));
+    assert!(matches!(
+        reader.put("app/x", "2").await,
+        Err(Error::Forbidden { .. })
+    ));
+    // Listing everything shows only what the reader may read.
+    let keys: Vec<String> = reader
+        .list_all("")
+        .await?
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["app/x"]);
+
+    let writer = Client::new(url)?.with_token("writer-token")?;
+    writer.put("app/x", "3").await?;
+    assert_eq!(writer.get("other/y").await?, b"2");
+    assert!(matches!(
+        writer.put("other/y", "3").await,
+        Err(Error::Forbidden { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_deliver_only_readable_keys() -> TestResult {
+    let secured = secured_server()?;
+    let url = &secured.server.url;
+    let admin = Client::new(url)?.with_token("admin-token")?;
+    let reader = Client::new(url)?.with_token("reader-token")?;
+    let mut watch = Box::pin(reader.watch_with(kvstore_client::WatchOptions {
+        start_revision: Some(1),
+        ..Default::default()
+    }));
+    admin.put("other/secret", "s").await?;
+    admin.put("app/a", "1").await?;
+    admin.put("other/secret", "t").await?;
+    admin.put("app/b", "2").await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(DEADLINE, watch.next())
+            .await?
+            .ok_or("watch ended")??
+        {
+            kvstore_client::Update::Event(event) => seen.push((event.key, event.revision)),
+            _ => continue,
+        }
+    }
+    assert_eq!(seen, [("app/a".to_string(), 2), ("app/b".to_string(), 4)]);
+
+    // A watch on a prefix the token cannot read at all is refused, and the SDK
+    // ends the stream with the error instead of retrying.
+    let mut refused = Box::pin(reader.watch("other/"));
+    match tokio::time::timeout(DEADLINE, refused.next()).await? {
+        Some(Err(Error::Forbidden { .. })) => {}
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn cli_takes_a_token_and_exits_4_when_denied() -> TestResult {
+    let secured = secured_server()?;
+    let kv = support::server_bin().with_file_name("kv");
+    let run = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(&kv);
+        cmd.args(args)
+            .env("KV_URL", &secured.server.url)
+            .env_remove("KV_TOKEN");
+        if let Some(token) = token {
+            cmd.env("KV_TOKEN", token);
+        }
+        cmd.output()
+    };
+    let out = run(Some("admin-token"), &["put", "app/k", "v"])?;
+    assert!(out.status.success(), "{out:?}");
+    let out = run(None, &["get", "app/k"])?;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("kv: unauthorized"));
+    let out = run(Some("reader-token"), &["put", "app/k", "w"])?;
+    assert_eq!(out.status.code(), Some(4));
+    let out = run(Some("reader-token"), &["get", "app/k"])?;
+    assert_eq!(out.stdout, b"v");
+    Ok(())
+}
+
+#[test]
+fn bad_access_files_stop_the_server_with_one_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("access.toml");
+    std::fs::write(
+        &file,
+        "[[tokens]]\nname = \"x\"\nrole = \"missing\"\ntoken = \"t\"\n",
+    )?;
+    let out = std::process::Command::new(support::server_bin())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--access-file")
+        .arg(&file)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown role \"missing\""), "{stderr}");
+    Ok(())
+}
