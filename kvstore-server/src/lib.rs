@@ -35,6 +35,7 @@ pub mod auth;
 mod body;
 pub mod config;
 pub mod error;
+pub mod metrics;
 mod pyjson;
 mod routes;
 pub mod state;
@@ -58,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::watch::configure)
         .configure(routes::legacy::configure)
         .configure(routes::snapshot::configure)
+        .configure(metrics::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
                 "{} {}",
@@ -77,6 +79,8 @@ pub async fn run(
     options: &Options,
     stop_signal: impl std::future::Future<Output = ()> + 'static,
 ) -> std::io::Result<()> {
+    metrics::handle();
+    ::metrics::gauge!("kvstore_watchers").set(0.0);
     let (stop, shutdown) = watch::channel(false);
     let state = AppState {
         store: store.clone(),
@@ -87,6 +91,7 @@ pub async fn run(
     let mut server = HttpServer::new(move || {
         let state = state.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(metrics::record))
             .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
             .configure(move |cfg| configure(cfg, state))
     })

@@ -30,7 +30,7 @@ fn start(options: &Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     log::info!(
-        "data in {}, sync {:?}, keeping {} revisions of history, at revision {}",
+        "listening on {address}; data in {}, sync {:?}, keeping {} revisions of history, at revision {}",
         options.data_dir.display(),
         options.sync,
         options.retain_revisions,

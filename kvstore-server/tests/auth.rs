@@ -115,6 +115,7 @@ async fn every_endpoint_needs_a_known_token() -> TestResult {
         (Method::GET, "/v1/snapshot", "", vec![]),
         (Method::POST, "/v1/snapshot", "", vec![]),
         (Method::GET, "/kv?key=app/x", "", vec![]),
+        (Method::GET, "/metrics", "", vec![]),
         (
             Method::PUT,
             "/kv",

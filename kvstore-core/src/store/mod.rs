@@ -13,6 +13,7 @@ mod watch;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -201,6 +202,7 @@ struct Inner {
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    keys: Arc<AtomicU64>,
     feed: events::Feed,
     config: Config,
 }
@@ -260,6 +262,8 @@ impl Store {
             None => 0,
         };
         let feed = events::Feed::start(&log, last, config.event_buffer);
+        // Counted once here (sled's len walks the tree), then kept by the writer.
+        let keys = Arc::new(AtomicU64::new(kv.len() as u64));
         let (tx, rx) = mpsc::channel(4096);
         let writer_thread = writer::Writer {
             db: db.clone(),
@@ -270,6 +274,7 @@ impl Store {
             sync: config.sync,
             retain: config.retain_revisions,
             sequencer: feed.sequencer(),
+            keys: keys.clone(),
         }
         .spawn(rx)?;
         Ok(Store {
@@ -279,6 +284,7 @@ impl Store {
                 log,
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
+                keys,
                 feed,
                 config,
             }),
@@ -294,6 +300,16 @@ impl Store {
     /// to watchers.
     pub fn revision(&self) -> u64 {
         self.inner.feed.revision()
+    }
+
+    /// How many keys the store holds.
+    pub fn key_count(&self) -> u64 {
+        self.inner.keys.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the data files take on disk.
+    pub fn size_on_disk(&self) -> Result<u64, Error> {
+        Ok(self.inner.db.size_on_disk()?)
     }
 
     /// The oldest revision the change history still holds (one past the current

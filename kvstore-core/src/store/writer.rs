@@ -1,5 +1,9 @@
 //! The single writer: numbers writes, commits them in groups, flushes once per group.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
 use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
@@ -57,6 +61,8 @@ pub(super) struct Writer {
     pub sync: SyncMode,
     pub retain: u64,
     pub sequencer: SequencerHandle,
+    /// Number of keys in the store, kept up to date by this writer.
+    pub keys: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -112,12 +118,22 @@ impl Writer {
             .collect();
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
         if !ops.is_empty() {
+            let started = Instant::now();
             match self.transact(&ops) {
                 Ok((outcomes, last)) => {
+                    self.count_keys(&outcomes);
+                    let flush_started = Instant::now();
                     let durable = match self.sync {
                         SyncMode::Always => self.db.flush().map(|_| ()),
                         SyncMode::None => Ok(()),
                     };
+                    if self.sync == SyncMode::Always {
+                        metrics::histogram!("kvstore_flush_seconds")
+                            .record(flush_started.elapsed().as_secs_f64());
+                    }
+                    metrics::histogram!("kvstore_commit_group_size").record(ops.len() as f64);
+                    metrics::histogram!("kvstore_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     match durable {
                         Ok(()) => {
                             self.last = last;
@@ -153,6 +169,21 @@ impl Writer {
                 Request::Import { reply, .. } => {
                     let _ = reply.send(Err(Error::Closed));
                 }
+            }
+        }
+    }
+
+    /// Follows the number of keys: a put at version 1 created one, a delete removed one.
+    fn count_keys(&self, outcomes: &[Result<Outcome, Error>]) {
+        for outcome in outcomes {
+            match outcome {
+                Ok(Outcome::Put(put)) if put.version == 1 => {
+                    self.keys.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Outcome::Delete(_)) => {
+                    self.keys.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
         }
     }
@@ -198,6 +229,7 @@ impl Writer {
                 },
             )?;
         self.db.flush()?;
+        self.keys.fetch_add(entries.len() as u64, Ordering::Relaxed);
         if first {
             self.last = revision;
             self.sequencer.jump(revision);

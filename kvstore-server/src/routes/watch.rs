@@ -46,6 +46,7 @@ impl Outgoing {
     fn from_item(item: WatchItem) -> Outgoing {
         let (kind, id, frame) = match item {
             WatchItem::Event(event) => {
+                metrics::counter!("kvstore_watch_events_sent_total").increment(1);
                 let kind = match event.kind {
                     kvstore_core::wire::EventKind::Put => "put",
                     kvstore_core::wire::EventKind::Delete => "delete",
@@ -99,7 +100,10 @@ impl Outgoing {
 
 fn watch_error(e: kvstore_core::Error) -> ApiError {
     match e {
-        kvstore_core::Error::Lagged { last } => ApiError::Lagged(last),
+        kvstore_core::Error::Lagged { last } => {
+            metrics::counter!("kvstore_watch_lagged_total").increment(1);
+            ApiError::Lagged(last)
+        }
         other => ApiError::from_store(other, ""),
     }
 }
@@ -201,7 +205,10 @@ fn sse(
         Done,
     }
     let progress = state.timings.progress;
+    let gauge = std::sync::Arc::new(crate::metrics::WatcherGauge::open());
     futures_util::stream::unfold(Phase::Opening(options), move |phase| {
+        // The stream holds the gauge: dropping the stream (the client left) drops it.
+        let _gauge = gauge.clone();
         let state = state.clone();
         let caller = caller.clone();
         async move {
@@ -248,6 +255,7 @@ async fn websocket(
     options: WatchOptions,
     caller: Caller,
 ) {
+    let _gauge = crate::metrics::WatcherGauge::open();
     let initial = options.initial;
     let mut watch = match state.store.watch(options).await {
         Ok(watch) => watch,
