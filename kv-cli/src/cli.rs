@@ -46,6 +46,9 @@ pub struct Cli {
     /// Bearer token, for servers started with an access file.
     #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate(s) (PEM) to trust for an https:// URL, instead of the system's.
+    #[arg(long, global = true, env = "KV_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -111,6 +114,8 @@ pub enum Command {
     /// Check that the server is up and its store usable (exit 0), e.g. for a
     /// container health check.
     Health,
+    /// Measure throughput and latency: put, get, mixed, watch (like redis-benchmark).
+    Bench(crate::bench::Bench),
     /// Print every change under PREFIX as it happens, until Ctrl-C.
     Watch {
         /// Key prefix.

@@ -14,6 +14,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(token) = &cli.token {
         client = client.with_token(token)?;
     }
+    if let Some(ca) = &cli.ca_file {
+        client = client.with_ca_file(ca)?;
+    }
     let json = cli.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -104,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "ok (revision {revision})")?;
             }
         }
+        Command::Bench(bench) => crate::bench::run(&client, bench, json, &mut out).await?,
         Command::Watch {
             prefix,
             from_revision,

@@ -1,5 +1,6 @@
 //! `kv`: the command-line client of kvstore.
 
+mod bench;
 mod cli;
 mod commands;
 
@@ -13,10 +14,11 @@ use cli::{exit, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match &cli.command {
+        cli::Command::Bench(bench) => bench::runtime_builder(bench),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("kv: cannot start: {e}");
@@ -49,7 +51,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(
             Error::NotFound { .. } | Error::PreconditionFailed { .. } | Error::Compacted { .. },
         ) => exit::NOT_FOUND,
-        Some(Error::BadRequest { .. } | Error::InvalidUrl(_) | Error::InvalidToken) => exit::USAGE,
+        Some(
+            Error::BadRequest { .. } | Error::InvalidUrl(_) | Error::InvalidToken | Error::Tls(_),
+        ) => exit::USAGE,
         Some(Error::Unauthorized { .. } | Error::Forbidden { .. }) => exit::DENIED,
         Some(_) => exit::UNAVAILABLE,
         // Local failures (reading stdin, writing stdout).

@@ -1,5 +1,6 @@
 //! The HTTP client: one method per endpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -9,7 +10,7 @@ use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
 use reqwest::Response;
 
 use crate::watch::{self, Update, WatchOptions};
-use crate::Error;
+use crate::{tls, Error};
 
 /// Characters left as they are in a key put into a URL path (`/` stays readable).
 const PATH: &AsciiSet = &NON_ALPHANUMERIC
@@ -52,20 +53,32 @@ pub struct Client {
     pub(crate) base: String,
     /// `Bearer <token>`, sent with every request and watch.
     pub(crate) authorization: Option<HeaderValue>,
+    /// TLS settings for `https://` (shared by requests and watches).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
-    /// A client of the server at `url`, e.g. `http://localhost:5000`.
+    /// A client of the server at `url`, e.g. `http://localhost:5000` or
+    /// `https://kv.example:5000` (verified against the system's roots; see
+    /// [`Client::with_ca_pem`] for a private CA).
     pub fn new(url: &str) -> Result<Client, Error> {
         let base = url.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
+        let https = base.starts_with("https://");
+        if !(base.starts_with("http://") || https) || base.len() < 8 {
             return Err(Error::InvalidUrl(url.to_string()));
         }
-        let http = Self::http(None)?;
+        tls::install_crypto_provider();
+        let tls = if https {
+            Some(Arc::new(tls::config(None)?))
+        } else {
+            None
+        };
+        let http = build_http(None, tls.as_deref())?;
         Ok(Client {
             http,
             base,
             authorization: None,
+            tls,
         })
     }
 
@@ -75,21 +88,29 @@ impl Client {
         let mut value =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::InvalidToken)?;
         value.set_sensitive(true);
-        self.http = Self::http(Some(value.clone()))?;
         self.authorization = Some(value);
-        Ok(self)
+        self.rebuilt()
     }
 
-    fn http(authorization: Option<HeaderValue>) -> Result<reqwest::Client, Error> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(value) = authorization {
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .default_headers(headers)
-            .build()
-            .map_err(|e| Error::Connection(e.to_string()))
+    /// The same client, trusting only the CA certificates in `pem` for `https://`
+    /// (a private CA or a self-signed server certificate).
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Client, Error> {
+        self.tls = Some(Arc::new(tls::config(Some(pem))?));
+        self.rebuilt()
+    }
+
+    /// [`Client::with_ca_pem`] with the certificates read from a file.
+    pub fn with_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))?;
+        self.with_ca_pem(&pem)
+    }
+
+    /// Rebuilds the HTTP client for the current settings.
+    fn rebuilt(mut self) -> Result<Client, Error> {
+        self.http = build_http(self.authorization.as_ref(), self.tls.as_deref())?;
+        Ok(self)
     }
 
     /// The server's base URL.
@@ -265,6 +286,29 @@ impl Client {
     pub fn watch_with(&self, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
         watch::stream(self.clone(), options)
     }
+}
+
+/// The HTTP client for these settings. A plain-HTTP client gets a TLS setup that
+/// trusts nothing, so reqwest never loads the system's roots (which a minimal
+/// container may not have) for a connection that never uses them.
+fn build_http(
+    authorization: Option<&HeaderValue>,
+    tls: Option<&rustls::ClientConfig>,
+) -> Result<reqwest::Client, Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+    }
+    let tls = match tls {
+        Some(config) => config.clone(),
+        None => tls::trust_nothing()?,
+    };
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .default_headers(headers)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| Error::Connection(e.to_string()))
 }
 
 fn with_condition(req: reqwest::RequestBuilder, condition: Condition) -> reqwest::RequestBuilder {

@@ -69,6 +69,9 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// TLS could not be set up (a bad CA file, no usable roots).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server URL is not usable.
     #[error("invalid server URL {0:?}: use http://host:port")]
     InvalidUrl(String),

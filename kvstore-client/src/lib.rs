@@ -38,6 +38,9 @@
 
 mod client;
 mod error;
+mod tls;
+
+pub use tls::install_crypto_provider;
 mod watch;
 
 pub use client::{Client, Condition};

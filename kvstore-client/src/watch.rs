@@ -159,7 +159,14 @@ impl State {
                 .headers_mut()
                 .insert(reqwest::header::AUTHORIZATION, value.clone());
         }
-        match tokio_tungstenite::connect_async(request).await {
+        let connector = self
+            .client
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+        {
             Ok((socket, _)) => Ok(socket),
             Err(WsError::Http(res)) => {
                 let status = res.status().as_u16();

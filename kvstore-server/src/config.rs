@@ -56,6 +56,12 @@ pub struct Options {
     /// is open to anyone who reaches it.
     #[arg(long, env = "KVSTORE_ACCESS_FILE")]
     pub access_file: Option<PathBuf>,
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "KVSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "KVSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,

@@ -39,6 +39,7 @@ pub mod metrics;
 mod pyjson;
 mod routes;
 pub mod state;
+pub mod tls;
 
 use std::net::TcpListener;
 
@@ -76,6 +77,7 @@ pub async fn run(
     listener: TcpListener,
     store: Store,
     access: Option<auth::AccessControl>,
+    tls: Option<rustls::ServerConfig>,
     options: &Options,
     stop_signal: impl std::future::Future<Output = ()> + 'static,
 ) -> std::io::Result<()> {
@@ -88,7 +90,7 @@ pub async fn run(
         timings: options.timings(),
         access: access.map(std::sync::Arc::new),
     };
-    let mut server = HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         let state = state.clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(metrics::record))
@@ -96,8 +98,11 @@ pub async fn run(
             .configure(move |cfg| configure(cfg, state))
     })
     .disable_signals()
-    .shutdown_timeout(10)
-    .listen(listener)?;
+    .shutdown_timeout(10);
+    let mut server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
     if let Some(workers) = options.workers {
         server = server.workers(workers);
     }

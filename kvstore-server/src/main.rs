@@ -26,6 +26,11 @@ fn start(options: &Options) -> anyhow::Result<()> {
         .as_deref()
         .map(kvstore_server::auth::AccessControl::load)
         .transpose()?;
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(kvstore_server::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
@@ -47,8 +52,8 @@ fn start(options: &Options) -> anyhow::Result<()> {
         let stop = kvstore_server::shutdown_signal()?;
         // Printed once the store is open, the socket bound and the signal handlers
         // installed, so scripts and tests can wait for this line instead of polling.
-        println!("kvstore-server listening on http://{address}");
-        kvstore_server::run(listener, store, access, options, stop).await
+        println!("kvstore-server listening on {scheme}://{address}");
+        kvstore_server::run(listener, store, access, tls, options, stop).await
     })?;
     Ok(())
 }

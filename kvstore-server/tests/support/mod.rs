@@ -67,6 +67,8 @@ impl TestServer {
         data_dir: &Path,
         args: &[&str],
     ) -> Result<TestServer, String> {
+        // Tests talk to the server with reqwest directly too.
+        kvstore_client::install_crypto_provider();
         let mut child = Command::new(server_bin())
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -113,7 +115,9 @@ impl TestServer {
 
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
     }
 
     /// Waits (at most `timeout`) for a log line containing `text` (the server logs

@@ -1,0 +1,116 @@
+//! HTTPS and WSS with a certificate generated in the test.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kvstore_client::{Client, Error, Update, WatchOptions};
+use support::TestServer;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct TlsServer {
+    server: TestServer,
+    cert_pem: String,
+    cert_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn tls_server() -> Result<TlsServer, Box<dyn std::error::Error>> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let cert_pem = certified.cert.pem();
+    let dir = tempfile::tempdir()?;
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, &cert_pem)?;
+    std::fs::write(&key_file, certified.signing_key.serialize_pem())?;
+    let server = TestServer::start_with(&[
+        "--tls-cert",
+        &cert_file.to_string_lossy(),
+        "--tls-key",
+        &key_file.to_string_lossy(),
+    ]);
+    Ok(TlsServer {
+        server,
+        cert_pem,
+        cert_file,
+        _dir: dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_wss_round_trip_with_a_private_ca() -> TestResult {
+    let tls = tls_server()?;
+    assert!(tls.server.url.starts_with("https://"), "{}", tls.server.url);
+    let client = Client::new(&tls.server.url)?.with_ca_pem(tls.cert_pem.as_bytes())?;
+    let mut watch = Box::pin(client.watch_with(WatchOptions {
+        start_revision: Some(1),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    client.put("secure/k", "v").await?;
+    assert_eq!(client.get("secure/k").await?, b"v");
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await? {
+        Some(Ok(Update::Event(event))) => {
+            assert_eq!((event.key.as_str(), event.revision), ("secure/k", 1))
+        }
+        other => panic!("expected the put over wss, got {other:?}"),
+    }
+
+    // Without the CA the server's certificate is not trusted.
+    let untrusting = Client::new(&tls.server.url)?;
+    match untrusting.get("secure/k").await {
+        Err(Error::Connection(message)) => {
+            assert!(message.to_lowercase().contains("certificate"), "{message}")
+        }
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+    // Plain HTTP to the TLS port does not get data.
+    let plain = Client::new(&tls.server.url.replacen("https", "http", 1))?;
+    assert!(plain.get("secure/k").await.is_err());
+    Ok(())
+}
+
+#[test]
+fn kv_talks_https_with_a_ca_file() -> TestResult {
+    let tls = tls_server()?;
+    let kv = support::server_bin().with_file_name("kv");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&kv)
+            .args(args)
+            .env("KV_URL", &tls.server.url)
+            .env("KV_CA_FILE", &tls.cert_file)
+            .output()
+    };
+    assert!(run(&["put", "k", "over tls"])?.status.success());
+    assert_eq!(run(&["get", "k"])?.stdout, b"over tls");
+    let out = std::process::Command::new(&kv)
+        .args(["get", "k"])
+        .env("KV_URL", &tls.server.url)
+        .env_remove("KV_CA_FILE")
+        .output()?;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn unreadable_certificates_stop_the_server_with_one_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let bogus = dir.path().join("bogus.pem");
+    std::fs::write(&bogus, "not a certificate")?;
+    let out = std::process::Command::new(support::server_bin())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&bogus)
+        .arg("--tls-key")
+        .arg(&bogus)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    Ok(())
+}
