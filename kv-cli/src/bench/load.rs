@@ -204,10 +204,15 @@ pub async fn run(
 }
 
 /// One client: one request at a time until the plan is done.
-async fn client_loop(client: Client, id: u32, shared: Arc<Shared>) -> (Histogram<u64>, Histogram<u64>) {
+async fn client_loop(
+    client: Client,
+    id: u32,
+    shared: Arc<Shared>,
+) -> (Histogram<u64>, Histogram<u64>) {
     let mut gets = report::histogram();
     let mut puts = report::histogram();
-    let mut rng = SplitMix64(0x9e37_79b9_7f4a_7c15 ^ u64::from(id).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    let mut rng =
+        SplitMix64(0x9e37_79b9_7f4a_7c15 ^ u64::from(id).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
