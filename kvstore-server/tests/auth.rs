@@ -99,6 +99,22 @@ async fn call(
     Ok((status, code))
 }
 
+/// Method, path, body and headers of a request.
+type Call = (
+    Method,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+/// Method, path, token, body and headers of a request.
+type CallAs = (
+    Method,
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+);
+
 const SSE: (&str, &str) = ("accept", "text/event-stream");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
@@ -106,7 +122,7 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 async fn every_endpoint_needs_a_known_token() -> TestResult {
     let secured = secured_server()?;
     let url = &secured.server.url;
-    let endpoints: Vec<(Method, &str, &str, Vec<(&str, &str)>)> = vec![
+    let endpoints: Vec<Call> = vec![
         (Method::GET, "/v1/kv/app/x", "", vec![]),
         (Method::PUT, "/v1/kv/app/x", "v", vec![]),
         (Method::DELETE, "/v1/kv/app/x", "", vec![]),
@@ -155,7 +171,7 @@ async fn tokens_act_only_within_their_prefixes() -> TestResult {
     admin.put("app/x", "1").await?;
     admin.put("other/y", "2").await?;
 
-    let forbidden: Vec<(Method, &str, &str, &str, Vec<(&str, &str)>)> = vec![
+    let forbidden: Vec<CallAs> = vec![
         // The reader reads app/ only, and writes nothing.
         (Method::GET, "/v1/kv/other/y", "reader-token", "", vec![]),
         (Method::PUT, "/v1/kv/app/x", "reader-token", "v", vec![]),

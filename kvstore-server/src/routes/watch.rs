@@ -278,6 +278,7 @@ async fn websocket(
     }
     let timings = state.timings;
     let mut shutdown = state.shutdown.clone();
+    let mut stopping = state.shutdown.clone();
     let mut ping = tokio::time::interval(timings.ping);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
@@ -285,8 +286,23 @@ async fn websocket(
     let reason = loop {
         tokio::select! {
             out = next_frame(&mut watch, deadline, &caller) => {
-                if session.text(out.data).await.is_err() {
-                    return;
+                // A peer that stops reading leaves this send pending once the
+                // buffers are full: bound it by the peer timeout, and let shutdown
+                // cut it short, so a stuck peer is dropped like a silent one.
+                let sent = tokio::select! {
+                    sent = tokio::time::timeout(timings.peer_timeout, session.text(out.data)) => sent,
+                    _ = stopping.wait_for(|stop| *stop) => break CloseReason {
+                        code: CloseCode::Away,
+                        description: Some("server shutting down".into()),
+                    },
+                };
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_closed)) => return,
+                    Err(_elapsed) => {
+                        log::debug!("dropping a silent watch client (not reading)");
+                        return;
+                    }
                 }
                 deadline = Instant::now() + timings.progress;
                 if out.last {
@@ -330,5 +346,6 @@ async fn websocket(
             }
         }
     };
-    let _ = session.close(Some(reason)).await;
+    // The close frame may not get through to a peer that stopped reading.
+    let _ = tokio::time::timeout(timings.peer_timeout, session.close(Some(reason))).await;
 }
