@@ -4,6 +4,7 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Reads the whole body, refusing (413) anything larger than `max` bytes, whether
 /// announced by `Content-Length` or found while reading.
@@ -26,14 +27,25 @@ pub async fn read_limited(
     if announced.is_some_and(|n| n > max) {
         return Err(ApiError::ValueTooLarge { max });
     }
-    let mut body = Vec::with_capacity(announced.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::InvalidRequest(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(ApiError::ValueTooLarge { max });
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(std::time::Duration::from_secs(30), |state| {
+            state.body_timeout
+        });
+    let read = async {
+        let mut body = Vec::with_capacity(announced.unwrap_or(0));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::InvalidRequest(format!("reading the body: {e}")))?;
+            if body.len() + chunk.len() > max {
+                return Err(ApiError::ValueTooLarge { max });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        Ok(body)
+    };
+    // A client that trickles its body (slowloris) gives up its slot.
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
 }

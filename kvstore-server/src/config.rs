@@ -62,6 +62,21 @@ pub struct Options {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, env = "KVSTORE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Most connections each worker thread accepts at once.
+    #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub max_connections: usize,
+    /// Most watch streams one token (or one address, without an access file) may
+    /// hold open.
+    #[arg(
+        long,
+        env = "KVSTORE_MAX_WATCHERS_PER_CLIENT",
+        default_value_t = 10_000
+    )]
+    pub max_watchers_per_client: usize,
+    /// Seconds a request's headers, and separately its body, may take to arrive
+    /// (slow clients get 408).
+    #[arg(long, env = "KVSTORE_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,

@@ -49,6 +49,12 @@ pub enum ApiError {
     /// A snapshot to restore is malformed.
     #[error("invalid snapshot: {0}")]
     InvalidSnapshot(String),
+    /// The client holds as many watch streams as it may.
+    #[error("this client already holds {0} watch streams, the most it may")]
+    TooManyWatchers(usize),
+    /// The request body did not arrive in time.
+    #[error("the request body did not arrive within the request timeout")]
+    RequestTimeout,
     /// No route for this path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
@@ -79,6 +85,8 @@ impl ApiError {
             ApiError::StoreNotEmpty => "store_not_empty",
             ApiError::InvalidSnapshot(_) => "invalid_snapshot",
             ApiError::NotFound(_) => "not_found",
+            ApiError::TooManyWatchers(_) => "too_many_watchers",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::Storage(_, status) if *status == StatusCode::INSUFFICIENT_STORAGE => {
                 "insufficient_storage"
             }
@@ -148,6 +156,8 @@ impl ResponseError for ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidSnapshot(_) => StatusCode::BAD_REQUEST,
             ApiError::StoreNotEmpty => StatusCode::CONFLICT,
+            ApiError::TooManyWatchers(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

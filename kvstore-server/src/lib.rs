@@ -20,6 +20,8 @@
 //!     shutdown,
 //!     timings: Default::default(),
 //!     access: None,
+//!     watchers: kvstore_server::limits::WatcherLimit::new(100),
+//!     body_timeout: std::time::Duration::from_secs(30),
 //! };
 //! let app = test::init_service(App::new().configure(|cfg| configure(cfg, state))).await;
 //!
@@ -35,6 +37,7 @@ pub mod auth;
 mod body;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 mod pyjson;
 mod routes;
@@ -88,6 +91,8 @@ pub async fn run(
         store: store.clone(),
         shutdown,
         timings: options.timings(),
+        watchers: limits::WatcherLimit::new(options.max_watchers_per_client),
+        body_timeout: std::time::Duration::from_secs_f64(options.request_timeout.max(0.1)),
         access: access.map(std::sync::Arc::new),
     };
     let server = HttpServer::new(move || {
@@ -98,7 +103,11 @@ pub async fn run(
             .configure(move |cfg| configure(cfg, state))
     })
     .disable_signals()
-    .shutdown_timeout(10);
+    .shutdown_timeout(10)
+    .max_connections(options.max_connections)
+    .client_request_timeout(std::time::Duration::from_secs_f64(
+        options.request_timeout.max(0.1),
+    ));
     let mut server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,

@@ -37,4 +37,8 @@ pub struct AppState {
     pub timings: WatchTimings,
     /// Tokens and roles; `None`: the server is open to everyone.
     pub access: Option<std::sync::Arc<crate::auth::AccessControl>>,
+    /// Open watch streams per client, bounded.
+    pub watchers: std::sync::Arc<crate::limits::WatcherLimit>,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }

@@ -142,6 +142,13 @@ async fn watch(
         .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
         .into_inner();
     caller.check_read_some(&query.prefix)?;
+    let client = match &caller {
+        Caller::Token(role) => format!("token {}", role.token_name),
+        Caller::Open => req
+            .peer_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
+    };
+    let slot = state.watchers.acquire(client)?;
     let mut options = WatchOptions {
         prefix: query.prefix,
         start_revision: query.start_revision,
@@ -156,13 +163,10 @@ async fn watch(
         let (res, session, stream) = actix_ws::handle(&req, body)
             .map_err(|e| ApiError::InvalidRequest(format!("WebSocket handshake: {e}")))?;
         let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-        actix_web::rt::spawn(websocket(
-            session,
-            stream,
-            state.into_inner(),
-            options,
-            caller,
-        ));
+        actix_web::rt::spawn(async move {
+            websocket(session, stream, state.into_inner(), options, caller).await;
+            drop(slot);
+        });
         return Ok(res);
     }
     let accepts_sse = req
@@ -191,13 +195,14 @@ async fn watch(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(sse(state.into_inner(), options, caller)))
+        .streaming(sse(state.into_inner(), options, caller, slot)))
 }
 
 fn sse(
     state: std::sync::Arc<AppState>,
     options: WatchOptions,
     caller: Caller,
+    slot: crate::limits::WatcherSlot,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> {
     enum Phase {
         Opening(WatchOptions),
@@ -205,10 +210,11 @@ fn sse(
         Done,
     }
     let progress = state.timings.progress;
-    let gauge = std::sync::Arc::new(crate::metrics::WatcherGauge::open());
+    // The stream holds its gauge and its watcher slot: dropping the stream (the
+    // client left) releases both.
+    let held = std::sync::Arc::new((crate::metrics::WatcherGauge::open(), slot));
     futures_util::stream::unfold(Phase::Opening(options), move |phase| {
-        // The stream holds the gauge: dropping the stream (the client left) drops it.
-        let _gauge = gauge.clone();
+        let _held = held.clone();
         let state = state.clone();
         let caller = caller.clone();
         async move {

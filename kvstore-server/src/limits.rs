@@ -1,0 +1,73 @@
+//! Bounds on what one client can hold open: watch streams per token (or per
+//! address on an open server).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::ApiError;
+
+/// Counts open watch streams per client and refuses those over the limit.
+#[derive(Debug)]
+pub struct WatcherLimit {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open watch stream; frees its place when dropped.
+#[derive(Debug)]
+pub struct WatcherSlot {
+    limit: Arc<WatcherLimit>,
+    client: String,
+}
+
+impl WatcherLimit {
+    /// At most `max` watch streams per client.
+    pub fn new(max: usize) -> Arc<WatcherLimit> {
+        Arc::new(WatcherLimit {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more watch stream of `client`, or 429 `too_many_watchers`.
+    pub fn acquire(self: &Arc<Self>, client: String) -> Result<WatcherSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(client.clone()).or_insert(0);
+        if *count >= self.max {
+            return Err(ApiError::TooManyWatchers(self.max));
+        }
+        *count += 1;
+        Ok(WatcherSlot {
+            limit: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut open = self.limit.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_per_client_and_freed_on_drop() {
+        let limit = WatcherLimit::new(2);
+        let a1 = limit.acquire("a".into());
+        let _a2 = limit.acquire("a".into());
+        assert!(limit.acquire("a".into()).is_err());
+        assert!(limit.acquire("b".into()).is_ok());
+        drop(a1);
+        assert!(limit.acquire("a".into()).is_ok());
+    }
+}
