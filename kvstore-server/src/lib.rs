@@ -1,7 +1,8 @@
 //! # kvstore-server
 //!
 //! The HTTP face of [`kvstore_core::Store`]: `/v1/kv` (get, put, delete, list),
-//! `/v1/watch` (WebSocket or Server-Sent Events), `/healthz`, and the legacy `/kv`.
+//! `/v1/watch` (WebSocket or Server-Sent Events), `/healthz`, the legacy `/kv`, and
+//! the OpenAPI document of them all at `/v1/openapi.json` ([`openapi`]).
 //! The binary `kvstore-server` is a thin `main` over [`run`].
 //!
 //! # Example
@@ -39,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 mod pyjson;
 mod routes;
 pub mod state;
@@ -64,6 +66,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::legacy::configure)
         .configure(routes::snapshot::configure)
         .configure(metrics::configure)
+        .configure(openapi::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
                 "{} {}",
@@ -99,7 +102,8 @@ pub async fn run(
         let state = state.clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(metrics::record))
-            .wrap(Logger::new("%a \"%r\" %s %b %Dms"))
+            // Health checks poll every few seconds; they would drown the request log.
+            .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
             .configure(move |cfg| configure(cfg, state))
     })
     .disable_signals()

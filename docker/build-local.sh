@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Builds the kvstore image from docker/Dockerfile without pulling anything: for
+# machines with no registry access (and for the tests).
+#
+#   cargo build --release -p kvstore-server -p kv-cli
+#   docker/build-local.sh [-t TAG] [--bin-dir DIR] [--keep-debug] [-- DOCKER_BUILD_ARGS...]
+#
+# It makes the Dockerfile's two base images locally with `docker import`, from
+# files of this host (so the host must be Linux with glibc, like the image):
+#   - BUILDER_IMAGE: /bin/sh and its libraries, plus the binaries `kvstore-server`
+#     and `kv` from DIR (default: $CARGO_TARGET_DIR/release or target/release) in
+#     /out, which makes the Dockerfile skip compiling;
+#   - RUNTIME_IMAGE: only the shared libraries the binaries load (per `ldd`) and
+#     the dynamic loader, plus /tmp;
+# then runs `docker build -f docker/Dockerfile` on the workspace (sent without
+# target/ and .git/) with those two images as build arguments. The result is
+# tagged TAG (default kvstore:latest, the image docker/compose.yaml runs); the
+# temporary base images and the build stage's intermediate images are removed
+# again. Like the Dockerfile's own build, it leaves out the debug info (it strips
+# copies of the binaries, if `strip` is installed) unless --keep-debug is given.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tag=kvstore:latest
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+strip=true
+while [ $# -gt 0 ]; do
+    case $1 in
+        -t | --tag) tag=$2; shift 2 ;;
+        --bin-dir) bin_dir=$2; shift 2 ;;
+        --keep-debug) strip=false; shift ;;
+        --) shift; break ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "build-local.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+for bin in kvstore-server kv; do
+    if [ ! -x "$bin_dir/$bin" ]; then
+        echo "build-local.sh: $bin_dir/$bin is missing: run \`cargo build --release -p kvstore-server -p kv-cli\` or pass --bin-dir" >&2
+        exit 1
+    fi
+done
+
+suffix="$$-$(date +%s%N)"
+builder_image="kvstore-local-builder:$suffix"
+runtime_image="kvstore-local-runtime:$suffix"
+work=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-build-local.XXXXXX")
+built=false
+
+# Every image id descending from image $1 (for the classic builder's
+# intermediate images, which have no tag).
+descendants() {
+    local base
+    base=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null) || return 0
+    docker image ls -a -q --no-trunc | sort -u | xargs -r docker image inspect -f '{{.Id}} {{.Parent}}' |
+        awk -v base="$base" '
+            { parent[$1] = $2 }
+            END {
+                found[base] = 1
+                do {
+                    more = 0
+                    for (id in parent) if (!(id in found) && (parent[id] in found)) { found[id] = 1; more = 1 }
+                } while (more)
+                for (id in found) if (id != base) print id
+            }'
+}
+
+# Removes image $1 and everything built on it.
+remove_tree() {
+    local ids
+    ids=$(descendants "$1")
+    local base
+    base=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null) || return 0
+    docker image rm "$1" >/dev/null 2>&1 || true
+    # Removing an image also removes its untagged parents, so most of these are
+    # gone by the time their turn comes.
+    for id in $ids $base; do
+        docker image rm "$id" >/dev/null 2>&1 || true
+    done
+}
+
+cleanup() {
+    rm -rf "$work"
+    remove_tree "$builder_image"
+    if $built; then
+        # Only untags: the layer stays as the parent of the image.
+        docker image rm "$runtime_image" >/dev/null 2>&1 || true
+    else
+        remove_tree "$runtime_image"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# Copies file $2 into the tree $1 at the same path, following links.
+put() {
+    mkdir -p "$1$(dirname "$2")"
+    cp -L "$2" "$1$2"
+}
+
+# Copies the shared libraries and loader that binary $2 needs into the tree $1.
+put_libs() {
+    local lib
+    for lib in $(ldd "$2" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        put "$1" "$lib"
+    done
+}
+
+# Imports the tree $1 as image $2, with the PATH of the Debian images.
+import() {
+    tar -C "$1" --numeric-owner --owner=0 --group=0 -cf - . |
+        docker image import \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            - "$2" >/dev/null
+}
+
+echo "build-local.sh: base images from $bin_dir"
+builder="$work/builder"
+runtime="$work/runtime"
+mkdir -p "$builder/bin" "$builder/out/data" "$builder/tmp" "$runtime/tmp"
+chmod 1777 "$builder/tmp" "$runtime/tmp"
+cp -L "$(command -v sh)" "$builder/bin/sh"
+put_libs "$builder" "$builder/bin/sh"
+for bin in kvstore-server kv; do
+    cp -L "$bin_dir/$bin" "$builder/out/$bin"
+    if $strip; then
+        if command -v strip >/dev/null; then
+            strip --strip-debug "$builder/out/$bin"
+        else
+            echo "build-local.sh: no strip command: keeping the debug info of $bin" >&2
+        fi
+    fi
+    put_libs "$runtime" "$builder/out/$bin"
+done
+import "$builder" "$builder_image"
+import "$runtime" "$runtime_image"
+
+echo "build-local.sh: docker build -f docker/Dockerfile -t $tag"
+tar -C "$root" --exclude=./target --exclude=./.git --exclude=./data -cf - . |
+    docker build --force-rm -f docker/Dockerfile \
+        --build-arg "BUILDER_IMAGE=$builder_image" \
+        --build-arg "RUNTIME_IMAGE=$runtime_image" \
+        -t "$tag" "$@" -
+built=true
+echo "build-local.sh: built $tag ($(docker image inspect -f '{{.Size}}' "$tag") bytes)"
