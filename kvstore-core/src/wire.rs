@@ -14,12 +14,14 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// A key with its value and the revisions that describe its history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The key.
     pub key: String,
     /// The value's bytes.
     #[serde(flatten, with = "value_json")]
+    #[cfg_attr(feature = "openapi", schema(value_type = value_json::EncodedValue))]
     pub value: Vec<u8>,
     /// Revision of the put that created the key (since its last deletion).
     pub create_revision: u64,
@@ -30,6 +32,7 @@ pub struct Entry {
 }
 
 /// What a change did to its key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -40,6 +43,7 @@ pub enum EventKind {
 }
 
 /// One numbered change to the store.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Put or delete.
@@ -49,6 +53,7 @@ pub struct Event {
     pub key: String,
     /// The new value (empty for a delete).
     #[serde(flatten, with = "value_json")]
+    #[cfg_attr(feature = "openapi", schema(value_type = value_json::EncodedValue))]
     pub value: Vec<u8>,
     /// The store revision of this change.
     pub revision: u64,
@@ -75,6 +80,7 @@ impl Event {
 }
 
 /// Answer to a successful put.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutResult {
     /// Store revision of the put (the key's new `mod_revision`).
@@ -86,6 +92,7 @@ pub struct PutResult {
 }
 
 /// Answer to a successful delete.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteResult {
     /// Store revision of the delete.
@@ -93,12 +100,14 @@ pub struct DeleteResult {
 }
 
 /// One page of a listing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListPage {
     /// Entries in key order.
     pub entries: Vec<Entry>,
     /// Pass as `after` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub next: Option<String>,
     /// Store revision when the page was read.
     pub revision: u64,
@@ -106,6 +115,7 @@ pub struct ListPage {
 
 /// The first line of a snapshot (`GET /v1/snapshot`); every further line is one
 /// [`Entry`] as JSON.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
     /// Always [`SnapshotHeader::FORMAT`].
@@ -120,6 +130,7 @@ impl SnapshotHeader {
 }
 
 /// Answer to a restore (`POST /v1/snapshot`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreResult {
     /// Entries restored.
@@ -129,6 +140,7 @@ pub struct RestoreResult {
 }
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error itself.
@@ -136,6 +148,7 @@ pub struct ErrorBody {
 }
 
 /// A machine-readable code and a sentence for people.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable code, e.g. `key_not_found`, `precondition_failed`, `compacted`.
@@ -146,6 +159,7 @@ pub struct ErrorDetail {
     /// `precondition_failed`, the oldest kept revision for `compacted`, the last
     /// delivered revision for `lagged`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub revision: Option<u64>,
 }
 
@@ -235,6 +249,28 @@ pub mod value_json {
         value: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         encoding: Option<&'static str>,
+    }
+
+    /// The schema of a value in JSON, for the OpenAPI document: the `value` and
+    /// `encoding` pair that entries and events carry beside their other fields.
+    #[cfg(feature = "openapi")]
+    #[derive(utoipa::ToSchema)]
+    pub struct EncodedValue {
+        /// The value: its bytes as text when they are valid UTF-8, otherwise their
+        /// standard base64 (then `encoding` is `base64`).
+        pub value: String,
+        /// `base64` when `value` is base64; absent when `value` is the text itself.
+        #[schema(nullable = false)]
+        pub encoding: Option<ValueEncoding>,
+    }
+
+    /// How a JSON `value` is encoded when it is not the text itself.
+    #[cfg(feature = "openapi")]
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum ValueEncoding {
+        /// Standard base64 with padding.
+        Base64,
     }
 
     #[derive(Deserialize)]

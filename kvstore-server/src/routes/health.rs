@@ -1,7 +1,8 @@
 //! `/healthz`: 200 while the store answers reads.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use kvstore_core::wire::ErrorBody;
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -10,10 +11,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health));
 }
 
+/// The answer of `/healthz`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// The store's current revision.
+    revision: u64,
+}
+
+/// Whether the server is up and its store answers reads. Needs no token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Up", body = Health),
+        (status = 503, description = "`storage_unavailable`: the store cannot be read",
+         body = ErrorBody),
+    )
+)]
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .store
         .oldest_revision()
         .map_err(|e| ApiError::from_store(e, ""))?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ok", "revision": state.store.revision()})))
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ok",
+        revision: state.store.revision(),
+    }))
 }

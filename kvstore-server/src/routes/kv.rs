@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
+use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult};
 use kvstore_core::Precondition;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
@@ -111,6 +112,38 @@ pub async fn durable(state: &AppState, revision: u64) -> Result<(), ApiError> {
     }
 }
 
+/// Read a key: its value as raw bytes, or as an [`Entry`] with `Accept: application/json`.
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "get_key",
+    params(KeyParam),
+    responses(
+        (status = 200,
+         description = "The value: its raw bytes (`application/octet-stream`, the default), or \
+            the entry as JSON when `Accept` names `application/json`. The metadata is in \
+            the headers either way.",
+         content(
+            (crate::openapi::Binary = "application/octet-stream"),
+            (Entry = "application/json"),
+         ),
+         headers(
+            ("ETag" = String, description = "The key's `mod_revision` in quotes, e.g. `\"42\"`: \
+                send it back as `If-Match` for a compare-and-swap"),
+            ("x-kv-create-revision" = u64, description = "Revision that created the key"),
+            ("x-kv-mod-revision" = u64, description = "Revision of the key's last put"),
+            ("x-kv-version" = u64, description = "Puts since the key was created"),
+            ("x-kv-revision" = u64, description = "The store's current revision"),
+         )),
+        (status = 400, description = "`invalid_key`: empty, over 4 KiB, or not UTF-8 once \
+            percent-decoded", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
+        (status = 404, description = "`key_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` (the value is not durable yet) \
+            or `shutting_down`", body = ErrorBody),
+    )
+)]
 async fn get(
     req: HttpRequest,
     caller: Caller,
@@ -139,6 +172,34 @@ async fn get(
     }
 }
 
+/// Write a key: the body is the value, raw. `If-Match` / `If-None-Match` make it
+/// conditional (compare-and-swap, create-only).
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "put_key",
+    params(KeyParam, IfMatch, IfNoneMatch),
+    request_body(
+        description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default)",
+        content((crate::openapi::Binary = "application/octet-stream")),
+    ),
+    responses(
+        (status = 200, description = "Written, durably", body = PutResult,
+         headers(("ETag" = String, description = "The new `mod_revision` in quotes"))),
+        (status = 400, description = "`invalid_key`, or `invalid_request` (a malformed \
+            `If-Match` / `If-None-Match`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within \
+            `--request-timeout`", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`; `revision` is the key's current \
+            `mod_revision` (absent if the key does not exist)", body = ErrorBody),
+        (status = 413, description = "`value_too_large`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`: the write \
+            may or may not have been applied", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the disk is full", body = ErrorBody),
+    )
+)]
 async fn put(
     req: HttpRequest,
     caller: Caller,
@@ -159,6 +220,23 @@ async fn put(
         .json(result))
 }
 
+/// Delete a key, optionally only if it is at a given `mod_revision` (`If-Match`).
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{key}",
+    tag = "kv",
+    operation_id = "delete_key",
+    params(KeyParam, IfMatch, IfNoneMatch),
+    responses(
+        (status = 200, description = "Deleted, durably", body = DeleteResult),
+        (status = 400, description = "`invalid_key` or `invalid_request`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
+        (status = 404, description = "`key_not_found`", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+    )
+)]
 async fn delete(
     req: HttpRequest,
     caller: Caller,
@@ -175,14 +253,70 @@ async fn delete(
     Ok(HttpResponse::Ok().json(result))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only keys starting with this (absent: every key).
     #[serde(default)]
     prefix: String,
+    /// Most entries in the page.
+    #[param(minimum = 1, maximum = 1000, default = 100, nullable = false)]
     limit: Option<usize>,
+    /// Start after this key (the `next` of the previous page).
+    #[param(nullable = false)]
     after: Option<String>,
 }
 
+/// The key in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("key"), parameter_in = Path)]
+#[allow(dead_code)]
+struct KeyParam(
+    /// The key, percent-decoded once (`app%2Fdb` and `app/db` are the same key); `/`
+    /// is an ordinary character. Non-empty, at most 4 KiB of UTF-8.
+    #[param(min_length = 1)]
+    String,
+);
+
+/// `If-Match`: only if the key is at this `mod_revision`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("If-Match"), parameter_in = Header)]
+#[allow(dead_code)]
+struct IfMatch(
+    /// A `mod_revision` in quotes (`"42"`, as in the `ETag`) for a compare-and-swap,
+    /// or `*`: only if the key exists.
+    #[param(nullable = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#)]
+    Option<String>,
+);
+
+/// `If-None-Match: *`: only if the key does not exist (create-only).
+#[derive(utoipa::IntoParams)]
+#[into_params(names("If-None-Match"), parameter_in = Header)]
+#[allow(dead_code)]
+struct IfNoneMatch(
+    /// Only `*` is supported.
+    #[param(nullable = false, pattern = r"^\*$")]
+    Option<String>,
+);
+
+/// List keys under a prefix, in key order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "kv",
+    operation_id = "list_keys",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page; pass `next` as `after` for the following one",
+         body = ListPage,
+         headers(("x-kv-revision" = u64, description = "The revision the page shows"))),
+        (status = 400, description = "`invalid_request`: a bad query string or `limit`",
+         body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
+         body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
 async fn list(
     req: HttpRequest,
     caller: Caller,

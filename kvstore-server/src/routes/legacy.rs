@@ -9,6 +9,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use kvstore_core::wire::ErrorBody;
 use kvstore_core::Precondition;
 use serde::{Deserialize, Serialize};
 
@@ -23,30 +24,50 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/kv", web::put().to(put));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyQuery {
+    /// The key (else it is read from the JSON body).
+    #[param(nullable = false)]
     key: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of a legacy get (when `?key=` is absent).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = LegacyGetBody)]
 struct GetBody {
+    /// The key.
     key: String,
 }
 
-#[derive(Deserialize)]
+/// The body of a legacy put.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = LegacyPutBody)]
 struct PutBody {
+    /// The key.
     key: String,
+    /// The value: a JSON string (any other JSON type gets `400 invalid_request`).
+    #[schema(value_type = String)]
     value: serde_json::Value,
 }
 
-#[derive(Serialize)]
+/// The legacy answer for an absent key.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LegacyMissing)]
 struct Missing {
+    /// Always 404.
+    #[schema(example = 404)]
     status_code: u16,
+    /// Always `Key Doesn't exist`.
+    #[schema(example = "Key Doesn't exist")]
     error: &'static str,
 }
 
-#[derive(Serialize)]
+/// The legacy answer of a get.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LegacyValue)]
 struct Found<'a> {
+    /// The value (a text value; a binary one cannot be read through `/kv`).
     value: &'a str,
 }
 
@@ -67,6 +88,31 @@ fn body_limit(state: &AppState) -> usize {
     state.store.config().max_value_bytes * 6 + kvstore_core::key::MAX_KEY_BYTES * 6 + 1024
 }
 
+/// Legacy read (the API of the service kvstore replaces): the key comes from `?key=`
+/// or from a JSON body `{"key": K}`.
+#[utoipa::path(
+    get,
+    path = "/kv",
+    tag = "legacy",
+    operation_id = "legacy_get",
+    params(KeyQuery),
+    request_body(
+        description = "`{\"key\": K}`, read only when `?key=` is absent",
+        content((Option<GetBody> = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "`{\"value\": V}` (Python `json.dumps` style, then a \
+            newline)", body = Found),
+        (status = 400, description = "`invalid_key`, or `invalid_request`: no key named, a \
+            malformed body, or a binary value", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "The legacy not-found body, not the usual error body",
+         body = Missing),
+        (status = 408, description = "`request_timeout`", body = ErrorBody),
+        (status = 413, description = "`value_too_large`: the body is too large", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
 async fn get(
     req: HttpRequest,
     caller: Caller,
@@ -113,6 +159,25 @@ async fn get(
     }
 }
 
+/// Legacy write: `{"key": K, "value": V}` with a string value.
+#[utoipa::path(
+    put,
+    path = "/kv",
+    tag = "legacy",
+    operation_id = "legacy_put",
+    request_body(content((PutBody = "application/json"))),
+    responses(
+        (status = 200, description = "`{K: V}` (Python `json.dumps` style, then a newline)",
+         body = std::collections::HashMap<String, String>),
+        (status = 400, description = "`invalid_key`, or `invalid_request`: a malformed body \
+            or a value that is not a string", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`", body = ErrorBody),
+        (status = 413, description = "`value_too_large`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+    )
+)]
 async fn put(
     req: HttpRequest,
     caller: Caller,

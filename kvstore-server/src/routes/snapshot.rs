@@ -4,7 +4,7 @@
 //! order, values binary-safe as everywhere in the API.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::wire::{Entry, RestoreResult, SnapshotHeader};
+use kvstore_core::wire::{Entry, ErrorBody, RestoreResult, SnapshotHeader};
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -20,8 +20,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/snapshot", web::post().to(restore));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ExportQuery {
+    /// Only keys starting with this (absent: every key).
     #[serde(default)]
     prefix: String,
 }
@@ -32,6 +34,24 @@ fn line<T: serde::Serialize>(value: &T) -> Result<web::Bytes, ApiError> {
     Ok(web::Bytes::from(bytes))
 }
 
+/// Export a consistent snapshot of every entry (under `prefix`) as of one revision.
+#[utoipa::path(
+    get,
+    path = "/v1/snapshot",
+    tag = "snapshot",
+    operation_id = "export_snapshot",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "NDJSON: a `SnapshotHeader` line, then one `Entry` per \
+            line in key order",
+         content_type = "application/x-ndjson", body = String,
+         headers(("x-kv-revision" = u64, description = "The revision the snapshot shows"))),
+        (status = 400, description = "`invalid_request`: a bad query string", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
+         body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
 async fn export(
     req: HttpRequest,
     caller: Caller,
@@ -84,6 +104,32 @@ fn parse(body: &[u8]) -> Result<(u64, Vec<Entry>), ApiError> {
     Ok((header.revision, entries))
 }
 
+/// Restore a snapshot into an empty store, keeping every key's value, version and
+/// revisions. Raises no watch events.
+#[utoipa::path(
+    post,
+    path = "/v1/snapshot",
+    tag = "snapshot",
+    operation_id = "restore_snapshot",
+    request_body(
+        description = "A snapshot as `GET /v1/snapshot` gives it: a `SnapshotHeader` line \
+            (`{\"format\":\"kvstore.snapshot.v1\",\"revision\":N}`), then one `Entry` per line",
+        content((crate::openapi::Binary = "application/x-ndjson")),
+    ),
+    responses(
+        (status = 200, description = "Restored", body = RestoreResult),
+        (status = 400, description = "`invalid_snapshot`: the body is not a snapshot",
+         body = ErrorBody),
+        (status = 403, description = "`forbidden`: a restore needs a token that may write \
+            every key", body = ErrorBody),
+        (status = 408, description = "`request_timeout`", body = ErrorBody),
+        (status = 409, description = "`store_not_empty`: restore into a new data dir",
+         body = ErrorBody),
+        (status = 413, description = "`value_too_large`: over 4 GiB", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+    )
+)]
 async fn restore(
     req: HttpRequest,
     caller: Caller,

@@ -5,7 +5,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
-use kvstore_core::wire::Frame;
+use kvstore_core::wire::{ErrorBody, Frame};
 use kvstore_core::{Watch, WatchItem, WatchOptions};
 use serde::Deserialize;
 use tokio::time::{sleep_until, Instant};
@@ -21,13 +21,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/watch", web::get().to(watch));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WatchQuery {
+    /// Only keys starting with this (absent: every key).
     #[serde(default)]
     prefix: String,
+    /// First every change with revision >= this from the history, then live.
+    #[param(nullable = false)]
     start_revision: Option<u64>,
+    /// First the current entries under the prefix, then a `synced` frame, then changes.
     #[serde(default)]
     initial: bool,
+}
+
+/// The headers that pick and resume a watch.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct WatchHeaders {
+    /// `websocket` (with the other WebSocket handshake headers) for a WebSocket watch.
+    #[param(rename = "Upgrade", nullable = false)]
+    upgrade: Option<String>,
+    /// SSE: the last `id:` seen; the stream resumes right after it.
+    #[param(rename = "Last-Event-ID", nullable = false)]
+    last_event_id: Option<u64>,
 }
 
 /// One frame ready to send.
@@ -132,6 +150,38 @@ async fn next_frame(watch: &mut Watch, deadline: Instant, caller: &Caller) -> Ou
     }
 }
 
+/// Watch changes under a prefix: a WebSocket (`Upgrade: websocket`), or Server-Sent
+/// Events with `Accept: text/event-stream`.
+///
+/// Both carry the same JSON frames, each an object whose `type` names it: `put` and
+/// `delete` (an `Event`), `entry` (an `Entry` with `"type":"entry"`, for
+/// `initial=true`), `synced` and `progress` (`{"type":..., "revision": N}`), and
+/// `error` (an `ErrorDetail` with `"type":"error"`: `compacted`, `lagged` or
+/// `shutting_down`), the last frame before the server closes the stream. An SSE
+/// event's `event:` is the frame's type and its `id:` the revision. The stream does
+/// not end by itself.
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    tag = "watch",
+    operation_id = "watch",
+    params(WatchQuery, WatchHeaders),
+    responses(
+        (status = 101, description = "WebSocket: the connection is upgraded; every frame is \
+            a text frame holding one JSON frame. The server ignores what the client sends \
+            apart from pings, pongs and close frames (at most 16 KiB a frame)."),
+        (status = 200, description = "Server-Sent Events, endless: `event:` the frame type, \
+            `id:` its revision, `data:` the JSON frame",
+         content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`: a bad query string or \
+            `Last-Event-ID`, or neither a WebSocket handshake nor `Accept: text/event-stream`",
+         body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
+         body = ErrorBody),
+        (status = 429, description = "`too_many_watchers`: this client already holds \
+            `--max-watchers-per-client` watch streams", body = ErrorBody),
+    )
+)]
 async fn watch(
     req: HttpRequest,
     caller: Caller,

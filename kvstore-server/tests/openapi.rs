@@ -1,0 +1,423 @@
+//! `GET /v1/openapi.json`: an OpenAPI 3 document of every endpoint, generated from
+//! the code, which the real server keeps to: Schemathesis (from PyPI) fuzzes the
+//! server from the document for a bounded time and finds no server error and no
+//! answer that breaks the documented schema.
+//!
+//! Schemathesis is installed by this test into `target/schemathesis-venv` (python3's
+//! venv and pip, the version pinned in `tests/schemathesis/requirements.txt`; kept
+//! for later runs). Without python3 or its venv module the test says SKIPPED, except
+//! under CI (`CI=true`), where it fails instead. Knobs: `KVSTORE_SCHEMATHESIS_SECONDS`
+//! (time budget, default 25) and `KVSTORE_SCHEMATHESIS_SEED` (replay a run's seed).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::TestServer;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Every endpoint and its methods, as the README documents them.
+const ENDPOINTS: &[(&str, &[&str])] = &[
+    ("/v1/kv/{key}", &["get", "put", "delete"]),
+    ("/v1/kv", &["get"]),
+    ("/v1/watch", &["get"]),
+    ("/v1/snapshot", &["get", "post"]),
+    ("/healthz", &["get"]),
+    ("/metrics", &["get"]),
+    ("/kv", &["get", "put"]),
+    ("/v1/openapi.json", &["get"]),
+];
+
+async fn fetch_document(
+    url: &str,
+    token: Option<&str>,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut req = reqwest::Client::new().get(format!("{url}/v1/openapi.json"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await?;
+    assert_eq!(res.status(), 200);
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    Ok(res.json().await?)
+}
+
+/// Every `$ref` in `value`, e.g. `#/components/schemas/Entry`.
+fn refs(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => {
+                        out.insert(r.clone());
+                    }
+                    _ => refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+/// The value at a JSON pointer made of a `$ref` (`#/a/b`).
+fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    doc.pointer(reference.strip_prefix('#')?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResult {
+    let server = TestServer::start();
+    let doc = fetch_document(&server.url, None).await?;
+
+    let version = doc["openapi"].as_str().unwrap_or_default();
+    assert!(version.starts_with("3."), "not OpenAPI 3: {version:?}");
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    let mut expected = BTreeSet::new();
+    for (path, methods) in ENDPOINTS {
+        for method in *methods {
+            expected.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let mut documented = BTreeSet::new();
+    for (path, item) in paths {
+        for method in item.as_object().ok_or("path item")?.keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
+                documented.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    assert_eq!(documented, expected, "documented operations");
+
+    // Every reference resolves.
+    let mut all = BTreeSet::new();
+    refs(&doc, &mut all);
+    for r in &all {
+        assert!(resolve(&doc, r).is_some(), "dangling $ref {r}");
+    }
+
+    // The error body: {"error": {"code", "message", "revision"?}}.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ErrorBody"]["required"],
+        serde_json::json!(["error"])
+    );
+    let detail = &schemas["ErrorDetail"];
+    assert_eq!(detail["required"], serde_json::json!(["code", "message"]));
+    for field in ["code", "message", "revision"] {
+        assert!(
+            detail["properties"][field].is_object(),
+            "ErrorDetail.{field}"
+        );
+    }
+    // Values are strings, base64 when `encoding` says so.
+    let value = &schemas["EncodedValue"];
+    assert_eq!(value["properties"]["value"]["type"], "string");
+    assert!(value["properties"]["encoding"].is_object());
+    assert_eq!(
+        schemas["ValueEncoding"]["enum"],
+        serde_json::json!(["base64"])
+    );
+    let mut entry_refs = BTreeSet::new();
+    refs(&schemas["Entry"], &mut entry_refs);
+    assert!(
+        entry_refs.contains("#/components/schemas/EncodedValue"),
+        "{entry_refs:?}"
+    );
+
+    // Every operation documents its errors with the error body (the legacy
+    // not-found answer aside), and 500 everywhere.
+    let error_body = serde_json::json!({"$ref": "#/components/schemas/ErrorBody"});
+    for (path, item) in paths {
+        for (method, op) in item.as_object().ok_or("path item")? {
+            let responses = op["responses"].as_object().ok_or("responses")?;
+            assert!(responses.contains_key("500"), "{method} {path}: no 500");
+            for (status, response) in responses {
+                if !(status.starts_with('4') || status.starts_with('5')) {
+                    continue;
+                }
+                if path == "/kv" && status == "404" {
+                    continue;
+                }
+                assert_eq!(
+                    response["content"]["application/json"]["schema"], error_body,
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+
+    // Media types.
+    let kv = &paths["/v1/kv/{key}"];
+    let got = &kv["get"]["responses"]["200"]["content"];
+    assert!(got["application/octet-stream"].is_object(), "{got}");
+    assert_eq!(
+        got["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Entry"
+    );
+    assert!(kv["put"]["requestBody"]["content"]["application/octet-stream"].is_object());
+    let headers: Vec<&str> = kv["put"]["parameters"]
+        .as_array()
+        .ok_or("parameters")?
+        .iter()
+        .filter(|p| p["in"] == "header")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(headers, ["If-Match", "If-None-Match"]);
+    let list_params: Vec<&str> = paths["/v1/kv"]["get"]["parameters"]
+        .as_array()
+        .ok_or("parameters")?
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(list_params, ["prefix", "limit", "after"]);
+    assert!(
+        paths["/v1/watch"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object()
+    );
+    assert!(paths["/v1/watch"]["get"]["responses"]["101"].is_object());
+    assert!(
+        paths["/v1/snapshot"]["get"]["responses"]["200"]["content"]["application/x-ndjson"]
+            .is_object()
+    );
+    assert!(
+        paths["/v1/snapshot"]["post"]["requestBody"]["content"]["application/x-ndjson"].is_object()
+    );
+    assert!(paths["/metrics"]["get"]["responses"]["200"]["content"]["text/plain"].is_object());
+
+    // The token is optional (bearer), and not asked for health and this document.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], serde_json::json!([{}, {"bearer": []}]));
+    assert_eq!(
+        paths["/healthz"]["get"]["security"],
+        serde_json::json!([{}])
+    );
+    assert!(paths["/v1/kv/{key}"]["get"]["responses"]["401"].is_object());
+
+    // Every documented operation is served: none answers "no such endpoint".
+    let http = reqwest::Client::new();
+    for (path, methods) in ENDPOINTS {
+        if *path == "/v1/watch" {
+            continue; // below, without a stream
+        }
+        for method in *methods {
+            let url = format!("{}{}", server.url, path.replace("{key}", "probe"));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
+            let res = http.request(method.clone(), &url).send().await?;
+            let status = res.status();
+            let body = res.text().await?;
+            assert!(
+                !body.contains("\"code\":\"not_found\""),
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+        }
+    }
+    let res = http.get(format!("{}/v1/watch", server.url)).send().await?;
+    assert_eq!(res.status(), 400, "a watch without WebSocket or SSE");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_needs_no_token() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("access.toml");
+    std::fs::write(
+        &file,
+        "[roles.admin]\nread = [\"\"]\nwrite = [\"\"]\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"admin-token\"\n",
+    )?;
+    let file = file.to_str().ok_or("path")?;
+    let server = TestServer::start_with(&["--access-file", file]);
+    let without = fetch_document(&server.url, None).await?;
+    let with = fetch_document(&server.url, Some("admin-token")).await?;
+    assert_eq!(without, with);
+    let res = reqwest::get(format!("{}/v1/kv", server.url)).await?;
+    assert_eq!(res.status(), 401, "the rest still needs a token");
+    Ok(())
+}
+
+/// The workspace's `target` dir (the parent of `CARGO_TARGET_TMPDIR`).
+fn target_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).to_path_buf()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Skips the test (or fails it under CI) because `why`.
+fn skip(why: &str) {
+    assert!(!in_ci(), "CI must run Schemathesis, but {why}");
+    println!("SKIPPED: Schemathesis run: {why}");
+    eprintln!("SKIPPED: Schemathesis run: {why}");
+}
+
+/// Runs `cmd` to completion, returning whether it succeeded and its output.
+fn run(cmd: &mut Command) -> (bool, String) {
+    match cmd.stdin(Stdio::null()).output() {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// A venv holding the pinned Schemathesis: reused when it was made from the same
+/// requirements, else built in a side folder and moved into place (so a run that
+/// dies half-way leaves nothing that looks ready). `None` (after `skip`) without
+/// python3 or its venv module.
+fn schemathesis_venv() -> Option<PathBuf> {
+    let requirements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/requirements.txt");
+    let wanted =
+        std::fs::read_to_string(&requirements).expect("tests/schemathesis/requirements.txt");
+    let venv = target_dir().join("schemathesis-venv");
+    let stamp = venv.join("kvstore-requirements.txt");
+    let python = venv.join("bin/python");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Some(venv);
+    }
+    let (ok, out) = run(Command::new("python3").arg("--version"));
+    if !ok {
+        skip(&format!("python3 is missing ({})", out.trim()));
+        return None;
+    }
+    let building = target_dir().join(format!("schemathesis-venv.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    let (ok, out) = run(Command::new("python3").args(["-m", "venv"]).arg(&building));
+    if !ok {
+        let _ = std::fs::remove_dir_all(&building);
+        skip(&format!(
+            "python3 -m venv failed (no venv module or pip?): {}",
+            out.trim()
+        ));
+        return None;
+    }
+    let started = Instant::now();
+    let (ok, out) = run(Command::new(building.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements));
+    if !ok {
+        let _ = std::fs::remove_dir_all(&building);
+        panic!("pip install -r {} failed:\n{out}", requirements.display());
+    }
+    println!("installed Schemathesis in {:.0?}", started.elapsed());
+    std::fs::write(building.join("kvstore-requirements.txt"), &wanted).expect("stamp");
+    let _ = std::fs::remove_dir_all(&venv);
+    if let Err(e) = std::fs::rename(&building, &venv) {
+        // Another run won the race: use its venv.
+        let _ = std::fs::remove_dir_all(&building);
+        assert!(
+            venv.join("bin/python").exists(),
+            "moving the venv into place: {e}"
+        );
+    }
+    Some(venv)
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_or_schema_violation() {
+    let Some(venv) = schemathesis_venv() else {
+        return;
+    };
+    let server = TestServer::start();
+    let seconds = std::env::var("KVSTORE_SCHEMATHESIS_SECONDS").unwrap_or_else(|_| "25".into());
+    let work = tempfile::tempdir().expect("temp dir");
+    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/hooks.py");
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.args(["-m", "schemathesis.cli", "run"])
+        .arg(format!("{}/v1/openapi.json", server.url))
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        // A watch streams until the client leaves: Schemathesis would wait forever.
+        .args(["--exclude-path", "/v1/watch"])
+        .args(["--max-time", &seconds])
+        .args(["--max-examples", "100"])
+        .args(["--request-timeout", "10"])
+        .args(["--generation-database", "none"])
+        .args(["--workers", "2"])
+        .arg("--no-color")
+        .env("SCHEMATHESIS_HOOKS", &hooks)
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Ok(seed) = std::env::var("KVSTORE_SCHEMATHESIS_SEED") {
+        cmd.args(["--seed", &seed]);
+    }
+    let budget: u64 = seconds.parse().unwrap_or(25);
+    let mut child = cmd.spawn().expect("start schemathesis");
+    // Read the output on threads so a full pipe never blocks it.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(budget + 60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    println!("{output}");
+    let status =
+        status.unwrap_or_else(|| panic!("schemathesis ran over its time budget:\n{output}"));
+    assert!(
+        status.success(),
+        "schemathesis found failures ({status}):\n{output}"
+    );
+    // It tested every operation but the watch.
+    assert!(output.contains("Tested: 10"), "{output}");
+    #[cfg(target_os = "linux")]
+    assert!(
+        Path::new(&format!("/proc/{}", server.pid())).exists(),
+        "the server died"
+    );
+}
