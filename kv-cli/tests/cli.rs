@@ -267,7 +267,22 @@ fn watch_into_a_closed_pipe_exits_zero() {
     drop(lines);
     // The next line written hits the closed pipe.
     kv(&server).args(["put", "k", "w"]).assert().success();
-    let out = child.wait_with_output().expect("kv watch ends");
+    // Bounded: a watch that never notices the closed pipe fails the test instead
+    // of hanging the suite.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let out = match done_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.expect("kv watch ends"),
+        Err(_) => {
+            let _ = StdCommand::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("kv watch did not exit after its stdout was closed");
+        }
+    };
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -305,6 +305,9 @@ fn build_http(
     };
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        // Per read, not per request: a long export keeps streaming, a server that
+        // stops answering does not hang the caller.
+        .read_timeout(Duration::from_secs(60))
         .default_headers(headers)
         .tls_backend_preconfigured(tls)
         .build()

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The client holds as many watch streams as it may.
     #[error("this client already holds {0} watch streams, the most it may")]
     TooManyWatchers(usize),
+    /// The request's headers are larger than the limit.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// The request body did not arrive in time.
     #[error("the request body did not arrive within the request timeout")]
     RequestTimeout,
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooManyWatchers(_) => "too_many_watchers",
             ApiError::RequestTimeout => "request_timeout",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::Storage(_, status) if *status == StatusCode::INSUFFICIENT_STORAGE => {
                 "insufficient_storage"
             }
@@ -158,6 +162,7 @@ impl ResponseError for ApiError {
             ApiError::StoreNotEmpty => StatusCode::CONFLICT,
             ApiError::TooManyWatchers(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

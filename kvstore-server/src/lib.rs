@@ -101,6 +101,7 @@ pub async fn run(
     let server = HttpServer::new(move || {
         let state = state.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(limits::bound_headers))
             .wrap(actix_web::middleware::from_fn(metrics::record))
             // Health checks poll every few seconds; they would drown the request log.
             .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))

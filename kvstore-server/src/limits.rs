@@ -1,5 +1,5 @@
-//! Bounds on what one client can hold open: watch streams per token (or per
-//! address on an open server).
+//! Bounds on what one client can send or hold open: header size, and watch
+//! streams per token (or per address on an open server).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,27 @@ impl Drop for WatcherSlot {
             }
         }
     }
+}
+
+/// Most bytes of request headers (names and values) a request may carry. actix
+/// itself only refuses heads over 128 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Middleware: refuses requests whose headers exceed [`MAX_HEADER_BYTES`] with
+/// 431 `headers_too_large`, before any handler runs.
+pub async fn bound_headers(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into());
+    }
+    next.call(req).await
 }
 
 #[cfg(test)]

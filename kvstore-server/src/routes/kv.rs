@@ -97,6 +97,24 @@ fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
 
+/// How long a write may wait for its group to be committed, flushed and published.
+const WRITE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs a write on `key`, bounded by [`WRITE_WAIT`]: a store that stopped making
+/// progress answers 503 instead of holding the request forever.
+pub async fn confirmed<T>(
+    write: impl std::future::Future<Output = Result<T, kvstore_core::Error>>,
+    key: &str,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(WRITE_WAIT, write).await {
+        Ok(result) => result.map_err(|e| ApiError::from_store(e, key)),
+        Err(_) => Err(ApiError::Storage(
+            "the write was not confirmed in time; it may or may not have been applied".into(),
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        )),
+    }
+}
+
 /// How long a read waits for the flush of a write it would show.
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
 
@@ -210,11 +228,7 @@ async fn put(
     caller.check_write(&key)?;
     let condition = precondition(&req)?;
     let value = read_limited(&req, payload, state.store.config().max_value_bytes).await?;
-    let result = state
-        .store
-        .put(key.as_str(), value, condition)
-        .await
-        .map_err(|e| ApiError::from_store(e, &key))?;
+    let result = confirmed(state.store.put(key.as_str(), value, condition), &key).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{}\"", result.revision)))
         .json(result))
@@ -245,11 +259,7 @@ async fn delete(
     let key = key_of(&req)?;
     caller.check_write(&key)?;
     let condition = precondition(&req)?;
-    let result = state
-        .store
-        .delete(key.as_str(), condition)
-        .await
-        .map_err(|e| ApiError::from_store(e, &key))?;
+    let result = confirmed(state.store.delete(key.as_str(), condition), &key).await?;
     Ok(HttpResponse::Ok().json(result))
 }
 

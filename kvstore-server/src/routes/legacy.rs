@@ -192,11 +192,13 @@ async fn put(
             "\"value\" must be a JSON string".into(),
         ));
     };
-    state
-        .store
-        .put(key.as_str(), text.clone().into_bytes(), Precondition::None)
-        .await
-        .map_err(|e| ApiError::from_store(e, &key))?;
+    crate::routes::kv::confirmed(
+        state
+            .store
+            .put(key.as_str(), text.clone().into_bytes(), Precondition::None),
+        &key,
+    )
+    .await?;
     let mut answer = serde_json::Map::new();
     answer.insert(key, serde_json::Value::String(text));
     respond(StatusCode::OK, &answer)
