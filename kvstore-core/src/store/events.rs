@@ -85,11 +85,6 @@ impl Feed {
         let rx = self.events.subscribe();
         (rx, self.revision())
     }
-
-    /// A watch on the published revision.
-    pub fn revisions(&self) -> watch::Receiver<u64> {
-        self.revision.subscribe()
-    }
 }
 
 fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {

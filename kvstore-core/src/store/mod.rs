@@ -203,6 +203,8 @@ struct Inner {
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     keys: Arc<AtomicU64>,
+    /// The last durable revision, raised by the writer before it answers.
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
     feed: events::Feed,
     config: Config,
 }
@@ -264,6 +266,7 @@ impl Store {
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
         let keys = Arc::new(AtomicU64::new(kv.len() as u64));
+        let durable = Arc::new(tokio::sync::watch::channel(last).0);
         let (tx, rx) = mpsc::channel(4096);
         let writer_thread = writer::Writer {
             db: db.clone(),
@@ -275,6 +278,7 @@ impl Store {
             retain: config.retain_revisions,
             sequencer: feed.sequencer(),
             keys: keys.clone(),
+            durable: durable.clone(),
         }
         .spawn(rx)?;
         Ok(Store {
@@ -285,6 +289,7 @@ impl Store {
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
                 keys,
+                durable,
                 feed,
                 config,
             }),
@@ -296,10 +301,10 @@ impl Store {
         &self.inner.config
     }
 
-    /// The store's current revision: the last change that is durable and visible
-    /// to watchers.
+    /// The store's current revision: the last change that is durable (and
+    /// acknowledged). Watchers get it a moment later, once in order.
     pub fn revision(&self) -> u64 {
-        self.inner.feed.revision()
+        *self.inner.durable.borrow()
     }
 
     /// How many keys the store holds.
@@ -325,7 +330,7 @@ impl Store {
     ///
     /// This reads sled directly, so for the moment of a group's flush it can show a
     /// write that is committed but not yet durable (`mod_revision` above
-    /// [`Store::revision`]); [`Store::wait_published`] on that revision waits for it.
+    /// [`Store::revision`]); [`Store::wait_durable`] on that revision waits for it.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         validate_key(key)?;
         match self.inner.kv.get(key.as_bytes())? {
@@ -425,24 +430,19 @@ impl Store {
             .send(Request::Write { op, reply })
             .await
             .map_err(|_| Error::Closed)?;
-        let outcome = answer.await.map_err(|_| Error::Closed)??;
-        let revision = match &outcome {
-            Outcome::Put(r) => r.revision,
-            Outcome::Delete(r) => r.revision,
-        };
-        // Answer once the change is published: then the store revision includes it
-        // and a watch opened afterwards starts after it.
-        self.wait_published(revision).await?;
-        Ok(outcome)
+        // The writer raises the durable revision before it answers, so the store
+        // revision already includes this write and a watch opened from now on
+        // starts after it.
+        answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// Waits until every change through `revision` is durable and published (the
-    /// store revision has reached it).
-    pub async fn wait_published(&self, revision: u64) -> Result<(), Error> {
+    /// Waits until every change through `revision` is durable (the store revision
+    /// has reached it).
+    pub async fn wait_durable(&self, revision: u64) -> Result<(), Error> {
         if self.revision() >= revision {
             return Ok(());
         }
-        let mut revisions = self.inner.feed.revisions();
+        let mut revisions = self.inner.durable.subscribe();
         revisions
             .wait_for(|&r| r >= revision)
             .await
@@ -510,7 +510,7 @@ impl Store {
             total += answer.await.map_err(|_| Error::Closed)??;
             first = false;
         }
-        self.wait_published(revision).await?;
+        self.wait_durable(revision).await?;
         Ok(total)
     }
 

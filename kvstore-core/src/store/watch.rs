@@ -127,7 +127,11 @@ impl Watch {
 
 /// Opens a watch: subscribe to the live feed first, then decide what comes before it.
 pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, Error> {
-    let (live, published) = store.subscribe();
+    let (live, _) = store.subscribe();
+    // Read after subscribing: every change up to it is durable and in the log, and
+    // every change after it comes through `live` (the feed publishes only durable
+    // changes, so it is at or behind this point).
+    let published = store.revision();
     let mut watch = Watch {
         prefix: options.prefix,
         live,
@@ -211,6 +215,6 @@ pub(super) async fn snapshot(
         });
     }
     // Show nothing that is not yet durable.
-    store.wait_published(at).await?;
+    store.wait_durable(at).await?;
     Ok((entries, at))
 }

@@ -63,6 +63,8 @@ pub(super) struct Writer {
     pub sequencer: SequencerHandle,
     /// Number of keys in the store, kept up to date by this writer.
     pub keys: Arc<AtomicU64>,
+    /// The last durable revision, raised before any write of a group is answered.
+    pub durable: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Writer {
@@ -137,6 +139,7 @@ impl Writer {
                     match durable {
                         Ok(()) => {
                             self.last = last;
+                            self.durable.send_replace(last);
                             self.sequencer.durable(last);
                             results = outcomes;
                         }
@@ -232,6 +235,7 @@ impl Writer {
         self.keys.fetch_add(entries.len() as u64, Ordering::Relaxed);
         if first {
             self.last = revision;
+            self.durable.send_replace(revision);
             self.sequencer.jump(revision);
         }
         Ok(entries.len())

@@ -121,7 +121,7 @@ const DURABLE_WAIT: Duration = Duration::from_secs(5);
 /// Waits until `revision` is durable, so a read never shows a write that a crash
 /// could still undo.
 pub async fn durable(state: &AppState, revision: u64) -> Result<(), ApiError> {
-    match tokio::time::timeout(DURABLE_WAIT, state.store.wait_published(revision)).await {
+    match tokio::time::timeout(DURABLE_WAIT, state.store.wait_durable(revision)).await {
         Ok(result) => result.map_err(|e| ApiError::from_store(e, "")),
         Err(_) => Err(ApiError::Storage(
             format!("revision {revision} is not durable yet; the disk may be failing"),
