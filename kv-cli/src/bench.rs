@@ -26,7 +26,9 @@ pub struct Bench {
     /// What to measure.
     #[command(subcommand)]
     pub workload: Workload,
-    /// Threads of the load generator (1: one thread, as every other `kv` command).
+    /// Threads of the load generator. 1 (one thread, as every other `kv` command)
+    /// leaves the other cores to a server on the same machine; more helps only
+    /// when the server runs elsewhere.
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
 }
@@ -48,15 +50,18 @@ Examples:
 pub enum Workload {
     /// Puts of --value-size bytes, over the --keys keys in turn.
     Put(LoadArgs),
-    /// Gets of keys drawn at random among --keys (which are written first).
+    /// Gets of random keys among --keys (written first).
     Get(LoadArgs),
-    /// 90% gets and 10% puts of keys drawn at random among --keys (which are
-    /// written first).
+    /// 90% gets and 10% puts of random keys among --keys (written first).
     Mixed(LoadArgs),
-    /// Watch delivery: --watchers WebSocket watches on --prefix while one writer
-    /// puts --rate times a second for --duration seconds. Reports delivered and
-    /// missed events and the latency from each put's acknowledgement (and, as an
-    /// upper bound, from its sending) to its delivery to each watcher.
+    /// Watch delivery: --watchers watches on --prefix while one writer puts at --rate.
+    ///
+    /// Opens --watchers WebSocket watches on --prefix, waits until all are
+    /// connected, then puts --rate times a second for --duration seconds. Reports
+    /// delivered and missed events (expected: puts × watchers) and the latency from
+    /// each put's acknowledgement (floored at 0) and, as an upper bound, from its
+    /// sending to its delivery to each watcher; with --server-pid, the server's
+    /// memory before, with the watchers idle, after the puts and once they closed.
     Watch(WatchArgs),
 }
 
@@ -97,7 +102,7 @@ pub struct WatchArgs {
 }
 
 /// Keys and values.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Bytes in each value written.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]

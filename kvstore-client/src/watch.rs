@@ -164,8 +164,17 @@ impl State {
             .tls
             .clone()
             .map(tokio_tungstenite::Connector::Rustls);
-        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
-            .await
+        // Frames are small: tungstenite's default 128 KiB read buffer, zeroed on
+        // every read, cost a program with many watches much of its CPU.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(8 * 1024);
+        match tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            false,
+            connector,
+        )
+        .await
         {
             Ok((socket, _)) => Ok(socket),
             Err(WsError::Http(res)) => {

@@ -239,8 +239,8 @@ async fn client_loop(
         };
         let us = micros(sent.elapsed());
         match result {
-            Ok(()) if put => puts.saturating_record(us),
-            Ok(()) => gets.saturating_record(us),
+            Ok(()) if put => report::record(&mut puts, us),
+            Ok(()) => report::record(&mut gets, us),
             Err(e) => shared.failed(&e),
         }
         shared.done.fetch_add(1, Ordering::Relaxed);

@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::StreamExt;
 use kvstore_client::{Client, Update, WatchOptions};
 use serde::Serialize;
 
 use super::report::{self, micros, round1, round3, Latency};
-use super::WatchArgs;
+use super::{DataArgs, WatchArgs};
 
 /// Longest wait for every watcher to connect: this plus 20 ms a watcher.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -189,9 +190,18 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss(args.server_pid)?;
 
-    // 3. The writer.
+    // 3. The writer, on a thread of its own: the watchers keep this one busy, and
+    //    would delay its sending and its noting of acknowledgements.
+    let writer = Writer {
+        client: client.clone(),
+        rate: args.rate,
+        duration: args.duration,
+        data: args.data.clone(),
+        t0: shared.t0,
+        stop: stop.clone(),
+    };
     let writing = Instant::now();
-    let (puts, put_errors, first_put_error) = write(client, &args, &shared, stop).await;
+    let (puts, put_errors, first_put_error) = writer.run_on_own_thread().await?;
     let writing_s = writing.elapsed().as_secs_f64();
 
     // 4. Wait for the deliveries.
@@ -224,7 +234,7 @@ pub async fn run(
     // The figures.
     let mut put_latency = report::histogram();
     for put in puts.values() {
-        put_latency.saturating_record(put.acked_us.saturating_sub(put.sent_us));
+        report::record(&mut put_latency, put.acked_us.saturating_sub(put.sent_us));
     }
     let mut from_ack = report::histogram();
     let mut from_send = report::histogram();
@@ -240,8 +250,8 @@ pub async fn run(
             last_revision = revision;
             if let Some(put) = puts.get(&revision) {
                 delivered += 1;
-                from_ack.saturating_record(at.saturating_sub(put.acked_us));
-                from_send.saturating_record(at.saturating_sub(put.sent_us));
+                report::record(&mut from_ack, at.saturating_sub(put.acked_us));
+                report::record(&mut from_send, at.saturating_sub(put.sent_us));
             }
         }
     }
@@ -328,62 +338,84 @@ async fn watcher(
     watched
 }
 
-/// Puts `rate` times a second for `duration` seconds, each in its own task.
-/// Returns the acknowledged puts by revision, the failures and the first one.
-async fn write(
-    client: &Client,
-    args: &WatchArgs,
-    shared: &Shared,
-    stop: &AtomicBool,
-) -> (HashMap<u64, Put>, u64, Option<String>) {
-    let total = (args.rate * args.duration).round().max(1.0) as u64;
-    let bar = report::progress(total, "put");
-    let value = args.data.value();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::with_capacity(total as usize);
-    for n in 0..total {
-        ticks.tick().await;
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let client = client.clone();
-        let key = args.data.key(n);
-        let value = value.clone();
-        let t0 = shared.t0;
-        tasks.push(tokio::spawn(async move {
-            let sent_us = micros(t0.elapsed());
-            let result = client.put(&key, value).await;
-            let acked_us = micros(t0.elapsed());
-            drop(permit);
-            result.map(|put| (put.revision, Put { sent_us, acked_us }))
-        }));
-        bar.inc(1);
+/// The acknowledged puts by revision, the failures and the first one.
+type Written = (HashMap<u64, Put>, u64, Option<String>);
+
+/// Puts `rate` times a second for `duration` seconds.
+struct Writer {
+    client: Client,
+    rate: f64,
+    duration: f64,
+    data: DataArgs,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Runs [`Writer::write`] on a new thread with a runtime of its own.
+    async fn run_on_own_thread(self) -> anyhow::Result<Written> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kv-bench-writer".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(self.write()));
+                let _ = done.send(result);
+            })?;
+        Ok(written.await.context("the writer thread failed")??)
     }
-    bar.finish_and_clear();
-    let mut puts = HashMap::with_capacity(tasks.len());
-    let mut errors = 0;
-    let mut first_error = None;
-    for task in tasks {
-        match task.await {
-            Ok(Ok((revision, put))) => {
-                puts.insert(revision, put);
+
+    /// Sends each put on schedule in a task of its own (open loop: a slow put does
+    /// not delay the next), noting when it was sent and acknowledged.
+    async fn write(self) -> Written {
+        let total = (self.rate * self.duration).round().max(1.0) as u64;
+        let bar = report::progress(total, "put");
+        let value = self.data.value();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(total as usize);
+        for n in 0..total {
+            ticks.tick().await;
+            if self.stop.load(Ordering::Relaxed) {
+                break;
             }
-            Ok(Err(e)) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| format!("put: {e}"));
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| format!("put: {e}"));
-            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let client = self.client.clone();
+            let key = self.data.key(n);
+            let value = value.clone();
+            let t0 = self.t0;
+            tasks.push(tokio::spawn(async move {
+                let sent_us = micros(t0.elapsed());
+                let result = client.put(&key, value).await;
+                let acked_us = micros(t0.elapsed());
+                drop(permit);
+                result.map(|put| (put.revision, Put { sent_us, acked_us }))
+            }));
+            bar.inc(1);
         }
+        bar.finish_and_clear();
+        let mut puts = HashMap::with_capacity(tasks.len());
+        let mut errors = 0;
+        let mut first_error = None;
+        for task in tasks {
+            let failure = match task.await {
+                Ok(Ok((revision, put))) => {
+                    puts.insert(revision, put);
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            errors += 1;
+            first_error.get_or_insert_with(|| format!("put: {failure}"));
+        }
+        (puts, errors, first_error)
     }
-    (puts, errors, first_error)
 }
 
 fn print(report: &WatchReport, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
