@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use super::codec;
 use crate::wire::Event;
@@ -38,7 +38,6 @@ impl SequencerHandle {
 /// The published side: what watchers subscribe to.
 pub(super) struct Feed {
     events: broadcast::Sender<Arc<Event>>,
-    revision: watch::Sender<u64>,
     sequencer: std_mpsc::Sender<Message>,
 }
 
@@ -46,7 +45,6 @@ impl Feed {
     /// Starts the drainer and the sequencer for `log`, whose last durable revision is `last`.
     pub fn start(log: &sled::Tree, last: u64, capacity: usize) -> Feed {
         let (events, _) = broadcast::channel(capacity.max(1));
-        let (revision, _) = watch::channel(last);
         let (tx, rx) = std_mpsc::channel();
         let subscriber = log.watch_prefix(vec![]);
         let drain_tx = tx.clone();
@@ -55,17 +53,15 @@ impl Feed {
             .spawn(move || drain(subscriber, drain_tx))
             .and_then(|_| {
                 let events = events.clone();
-                let revision = revision.clone();
                 std::thread::Builder::new()
                     .name("kvstore-sequencer".into())
-                    .spawn(move || sequence(rx, last, events, revision))
+                    .spawn(move || sequence(rx, last, events))
             });
         if let Err(e) = spawned {
             log::error!("could not start the event threads: {e}");
         }
         Feed {
             events,
-            revision,
             sequencer: tx,
         }
     }
@@ -74,16 +70,11 @@ impl Feed {
         SequencerHandle(self.sequencer.clone())
     }
 
-    /// The last published revision.
-    pub fn revision(&self) -> u64 {
-        *self.revision.borrow()
-    }
-
-    /// A receiver of every event published after this call, and the revision up to
-    /// which everything was published before it (no gap between the two).
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Event>>, u64) {
-        let rx = self.events.subscribe();
-        (rx, self.revision())
+    /// A receiver of every event published after this call. Events are published
+    /// only once durable, so everything after the store's durable revision read
+    /// after this call comes through it (see `watch::open`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
     }
 }
 
@@ -102,12 +93,7 @@ fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {
     }
 }
 
-fn sequence(
-    rx: std_mpsc::Receiver<Message>,
-    last: u64,
-    events: broadcast::Sender<Arc<Event>>,
-    revision: watch::Sender<u64>,
-) {
+fn sequence(rx: std_mpsc::Receiver<Message>, last: u64, events: broadcast::Sender<Arc<Event>>) {
     let mut pending: BTreeMap<u64, Event> = BTreeMap::new();
     let mut durable = last;
     let mut next = last + 1;
@@ -123,29 +109,16 @@ fn sequence(
                     pending.retain(|&r, _| r > to);
                     durable = durable.max(to);
                     next = to + 1;
-                    revision.send_replace(to);
                 }
             }
         }
-        let mut run = Vec::new();
         while next <= durable {
             let Some(event) = pending.remove(&next) else {
                 break;
             };
-            run.push(event);
-            next += 1;
-        }
-        if run.is_empty() {
-            continue;
-        }
-        // Revision first, then the events: a subscriber that reads the revision
-        // after subscribing never misses an event (see `Feed::subscribe`); one that
-        // subscribed in between skips the ones it already counts as seen. One
-        // revision update per run keeps wake-ups of waiting writers few.
-        revision.send_replace(next - 1);
-        for event in run {
             // No receivers is fine.
             let _ = events.send(Arc::new(event));
+            next += 1;
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::key::{validate_key, KeyError, DEFAULT_MAX_VALUE_BYTES};
 use crate::wire::{DeleteResult, Entry, ListPage, PutResult};
@@ -420,20 +420,20 @@ impl Store {
         }
     }
 
-    fn writer(&self) -> Result<&mpsc::Sender<Request>, Error> {
-        self.inner.writer.as_ref().ok_or(Error::Closed)
+    /// Sends the request `make` builds around a reply channel to the writer, and
+    /// waits for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
+        let writer = self.inner.writer.as_ref().ok_or(Error::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        writer.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)
     }
 
     async fn submit(&self, op: Op) -> Result<Outcome, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.writer()?
-            .send(Request::Write { op, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
         // The writer raises the durable revision before it answers, so the store
         // revision already includes this write and a watch opened from now on
         // starts after it.
-        answer.await.map_err(|_| Error::Closed)?
+        self.ask(|reply| Request::Write { op, reply }).await?
     }
 
     /// Waits until every change through `revision` is durable (the store revision
@@ -453,12 +453,7 @@ impl Store {
     /// Waits until every write submitted before this call is committed, and
     /// returns the last assigned revision.
     async fn barrier(&self) -> Result<u64, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.writer()?
-            .send(Request::Barrier { reply })
-            .await
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)
+        self.ask(|reply| Request::Barrier { reply }).await
     }
 
     /// A consistent copy of every entry under `prefix` as of one revision, in key
@@ -497,17 +492,14 @@ impl Store {
         let mut entries = entries.into_iter().peekable();
         while first || entries.peek().is_some() {
             let chunk: Vec<Entry> = entries.by_ref().take(IMPORT_CHUNK).collect();
-            let (reply, answer) = oneshot::channel();
-            self.writer()?
-                .send(Request::Import {
+            total += self
+                .ask(|reply| Request::Import {
                     entries: chunk,
                     revision,
                     first,
                     reply,
                 })
-                .await
-                .map_err(|_| Error::Closed)?;
-            total += answer.await.map_err(|_| Error::Closed)??;
+                .await??;
             first = false;
         }
         self.wait_durable(revision).await?;
@@ -523,9 +515,5 @@ impl Store {
     /// Subscribes to changes; see [`WatchOptions`] for where the stream starts.
     pub async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
         watch::open(self, options).await
-    }
-
-    fn subscribe(&self) -> (broadcast::Receiver<Arc<crate::wire::Event>>, u64) {
-        self.inner.feed.subscribe()
     }
 }

@@ -127,11 +127,11 @@ impl Watch {
 
 /// Opens a watch: subscribe to the live feed first, then decide what comes before it.
 pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, Error> {
-    let (live, _) = store.subscribe();
+    let live = store.inner.feed.subscribe();
     // Read after subscribing: every change up to it is durable and in the log, and
     // every change after it comes through `live` (the feed publishes only durable
     // changes, so it is at or behind this point).
-    let published = store.revision();
+    let durable = store.revision();
     let mut watch = Watch {
         prefix: options.prefix,
         live,
@@ -139,11 +139,11 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
         queue: VecDeque::new(),
         history_next: 1,
         history_end: 0,
-        position: published,
+        position: durable,
         lagged: false,
     };
     if options.initial {
-        let (entries, at) = snapshot(store, &watch.prefix, published).await?;
+        let (entries, at) = snapshot(store, &watch.prefix, durable).await?;
         watch
             .queue
             .extend(entries.into_values().map(WatchItem::Entry));
@@ -151,7 +151,7 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
         watch.position = at;
     } else if let Some(start) = options.start_revision {
         let start = start.max(1);
-        if start <= published {
+        if start <= durable {
             let oldest = store.oldest_revision()?;
             if start < oldest {
                 return Err(Error::Compacted {
@@ -160,7 +160,7 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
                 });
             }
             watch.history_next = start;
-            watch.history_end = published;
+            watch.history_end = durable;
             watch.position = start - 1;
         } else {
             // A future revision: deliver from there on.
@@ -172,13 +172,13 @@ pub(super) async fn open(store: &Store, options: WatchOptions) -> Result<Watch, 
 
 /// The entries under `prefix` as of one durable revision, and that revision.
 ///
-/// sled has no snapshots, so: scan (which may see some writes after `published`),
+/// sled has no snapshots, so: scan (which may see some writes after `durable`),
 /// ask the writer for the last revision committed by then, and replay the history
 /// between the two over the scan. Every key is then as it was at that revision.
 pub(super) async fn snapshot(
     store: &Store,
     prefix: &str,
-    published: u64,
+    durable: u64,
 ) -> Result<(BTreeMap<String, Entry>, u64), Error> {
     let mut entries = BTreeMap::new();
     for item in store.inner.kv.scan_prefix(prefix.as_bytes()) {
@@ -187,7 +187,7 @@ pub(super) async fn snapshot(
         entries.insert(entry.key.clone(), entry);
     }
     let at = store.barrier().await?;
-    let range = codec::encode_u64(published + 1)..=codec::encode_u64(at);
+    let range = codec::encode_u64(durable + 1)..=codec::encode_u64(at);
     let mut replayed = 0;
     for item in store.inner.log.range(range) {
         let (rev, record) = item?;
@@ -207,10 +207,10 @@ pub(super) async fn snapshot(
             }
         }
     }
-    if replayed != at - published {
+    if replayed != at - durable {
         // Compaction removed part of the span we needed.
         return Err(Error::Compacted {
-            requested: published + 1,
+            requested: durable + 1,
             oldest: store.oldest_revision()?,
         });
     }
