@@ -3,14 +3,15 @@
 //! - `kv`: key bytes -> `create_revision | mod_revision | version | value` (u64s big-endian).
 //! - `log`: revision (u64 big-endian) -> `kind | create_revision | version | key length
 //!   (u32) | key | value`.
-//! - `meta`: `last_revision`, the last assigned revision, as a u64.
+//! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (the `log`
+//!   can be ahead of it after a crash; see `writer::recover`).
 
 use super::Error;
 use crate::wire::{Entry, Event, EventKind};
 
 const HEADER: usize = 24;
 
-/// `meta` key of the last assigned revision.
+/// `meta` key of the last revision applied to `kv`.
 pub const META_LAST: &[u8] = b"last_revision";
 
 /// The stored form of one key's state, without its key.

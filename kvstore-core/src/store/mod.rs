@@ -1,8 +1,9 @@
 //! The embedded, revisioned store on sled.
 //!
 //! Writes go through one writer thread that numbers them (gap-free revisions),
-//! commits each group of waiting writes in one sled transaction over the `kv`, `log`
-//! and `meta` trees, and flushes once per group (group commit). Events come from
+//! applies each group of waiting writes to the `log` (change records, written ahead),
+//! `kv` and `meta` trees, and flushes once per group (group commit); on open, change
+//! records that a crash cut off from `kv` are re-applied. Events come from
 //! sled's own `watch_prefix` subscription on the `log` tree, drained by a dedicated
 //! thread and released in revision order once durable; watchers read them from a
 //! bounded broadcast ring and resume from `log`.
@@ -259,10 +260,7 @@ impl Store {
         let kv = db.open_tree("kv")?;
         let log = db.open_tree("log")?;
         let meta = db.open_tree("meta")?;
-        let last = match meta.get(codec::META_LAST)? {
-            Some(bytes) => codec::decode_u64(&bytes)?,
-            None => 0,
-        };
+        let last = writer::recover(&kv, &log, &meta)?;
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
         let keys = Arc::new(AtomicU64::new(kv.len() as u64));

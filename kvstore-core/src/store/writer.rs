@@ -4,16 +4,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::{Error, Precondition, SyncMode};
-use crate::wire::{DeleteResult, Entry, PutResult};
+use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
 
-/// Most writes committed in one transaction and one flush.
+/// Most writes committed in one group (one flush).
 const MAX_GROUP: usize = 256;
 /// Log records removed per compaction step (kept small so a step never stalls writes).
 const COMPACT_STEP: u64 = 4096;
@@ -121,39 +120,29 @@ impl Writer {
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
         if !ops.is_empty() {
             let started = Instant::now();
-            match self.transact(&ops) {
-                Ok((outcomes, last)) => {
-                    self.count_keys(&outcomes);
-                    let flush_started = Instant::now();
-                    let durable = match self.sync {
-                        SyncMode::Always => self.db.flush().map(|_| ()),
-                        SyncMode::None => Ok(()),
-                    };
-                    if self.sync == SyncMode::Always {
-                        metrics::histogram!("kvstore_flush_seconds")
-                            .record(flush_started.elapsed().as_secs_f64());
-                    }
-                    metrics::histogram!("kvstore_commit_group_size").record(ops.len() as f64);
-                    metrics::histogram!("kvstore_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    match durable {
-                        Ok(()) => {
-                            self.last = last;
-                            self.durable.send_replace(last);
-                            self.sequencer.durable(last);
-                            results = outcomes;
-                        }
-                        Err(e) => {
-                            // The group is applied in memory but its durability is
-                            // unknown: say so, and publish it once a later flush works.
-                            log::error!("flush failed: {e}");
-                            self.last = last;
-                            results = fail_all(ops.len(), &e);
-                        }
-                    }
+            let applied = self.apply_group(&ops);
+            self.count_keys(&applied.results);
+            let failure = match applied.failure {
+                Some(e) => Some(e),
+                // Nothing new to flush (every write refused, no earlier failure).
+                None if applied.last == *self.durable.borrow() => None,
+                None => self.make_durable(),
+            };
+            metrics::histogram!("kvstore_commit_group_size").record(ops.len() as f64);
+            metrics::histogram!("kvstore_commit_seconds").record(started.elapsed().as_secs_f64());
+            // Revisions taken stay taken, even by a failed group: its change records
+            // may be in the log.
+            self.last = applied.last;
+            match failure {
+                None => {
+                    self.durable.send_replace(self.last);
+                    self.sequencer.durable(self.last);
+                    results = applied.results;
                 }
-                Err(e) => {
-                    log::error!("write transaction failed: {e}");
+                Some(e) => {
+                    // Applied in memory (maybe in part) but not known to be durable:
+                    // say so; a later successful flush makes it durable and visible.
+                    log::error!("write failed: {e}");
                     results = fail_all(ops.len(), &e);
                 }
             }
@@ -191,15 +180,126 @@ impl Writer {
         }
     }
 
-    /// Applies `ops` in one transaction, numbering them after `self.last`.
-    fn transact(&self, ops: &[&Op]) -> Result<(Vec<Result<Outcome, Error>>, u64), sled::Error> {
-        let start = self.last;
-        (&self.kv, &self.log, &self.meta)
-            .transaction(|(kv, log, meta)| apply(kv, log, meta, ops, start))
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Abort(e)
-                | sled::transaction::TransactionError::Storage(e) => e,
-            })
+    /// Flushes the group when writes are durable, timing the flush.
+    fn make_durable(&self) -> Option<sled::Error> {
+        if self.sync == SyncMode::None {
+            return None;
+        }
+        let started = Instant::now();
+        let flushed = self.db.flush();
+        metrics::histogram!("kvstore_flush_seconds").record(started.elapsed().as_secs_f64());
+        flushed.err()
+    }
+
+    /// Applies `ops` in order, numbering them after `self.last`, with plain sled
+    /// writes: for each its change record into `log` first, then the key into `kv`;
+    /// after the group, the last revision into `meta`.
+    ///
+    /// A sled transaction or batch would make the group atomic, but each one seals
+    /// and writes sled's log buffer twice, which costs more than the writes. sled
+    /// recovers a prefix of its log after a crash, so a torn group can only leave
+    /// change records past `meta`'s revision whose `kv` side is missing or stale;
+    /// [`recover`] re-applies them on open.
+    fn apply_group(&self, ops: &[&Op]) -> Applied {
+        let mut results = Vec::with_capacity(ops.len());
+        let mut last = self.last;
+        for op in ops {
+            match self.apply_one(op, last + 1) {
+                Step::Done(outcome) => {
+                    last += 1;
+                    results.push(Ok(outcome));
+                }
+                Step::Refused(e) => results.push(Err(e)),
+                Step::Failed { logged, error } => {
+                    if logged {
+                        last += 1;
+                    }
+                    return Applied {
+                        results,
+                        last,
+                        failure: Some(error),
+                    };
+                }
+            }
+        }
+        let failure = if last == self.last {
+            None
+        } else {
+            self.meta
+                .insert(codec::META_LAST, &codec::encode_u64(last))
+                .err()
+        };
+        Applied {
+            results,
+            last,
+            failure,
+        }
+    }
+
+    /// Applies one write as revision `rev` if its condition holds.
+    fn apply_one(&self, op: &Op, rev: u64) -> Step {
+        let (key, precondition) = match op {
+            Op::Put {
+                key, precondition, ..
+            }
+            | Op::Delete { key, precondition } => (key, *precondition),
+        };
+        let current = match self.kv.get(key.as_bytes()) {
+            Ok(Some(bytes)) => match Stored::decode(&bytes) {
+                Ok(stored) => Some(stored),
+                Err(e) => return Step::Refused(e),
+            },
+            Ok(None) => None,
+            Err(error) => {
+                return Step::Failed {
+                    logged: false,
+                    error,
+                }
+            }
+        };
+        let current_rev = current.as_ref().map(|s| s.mod_revision);
+        if matches!(op, Op::Delete { .. }) && current.is_none() {
+            return Step::Refused(Error::KeyNotFound);
+        }
+        if !precondition.holds(current_rev) {
+            return Step::Refused(Error::PreconditionFailed {
+                current: current_rev,
+            });
+        }
+        let stored = match op {
+            Op::Put { value, .. } => Some(Stored {
+                create_revision: current.as_ref().map_or(rev, |s| s.create_revision),
+                mod_revision: rev,
+                version: current.as_ref().map_or(1, |s| s.version + 1),
+                value: value.clone(),
+            }),
+            Op::Delete { .. } => None,
+        };
+        let record = codec::encode_record(key, stored.as_ref());
+        if let Err(error) = self.log.insert(codec::encode_u64(rev), record) {
+            return Step::Failed {
+                logged: false,
+                error,
+            };
+        }
+        let written = match &stored {
+            Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),
+            None => self.kv.remove(key.as_bytes()),
+        };
+        if let Err(error) = written {
+            return Step::Failed {
+                logged: true,
+                error,
+            };
+        }
+        Step::Done(match stored {
+            Some(stored) => Outcome::Put(PutResult {
+                revision: rev,
+                create_revision: stored.create_revision,
+                version: stored.version,
+            }),
+            None => Outcome::Delete(DeleteResult { revision: rev }),
+        })
     }
 
     /// Writes one part of a restore (see [`Request::Import`]).
@@ -243,8 +343,11 @@ impl Writer {
 
     /// Trims the change history to the configured number of revisions, a step at a time.
     fn compact(&self) {
-        // Keep revisions cutoff..=last: exactly `retain` of them.
-        let Some(cutoff) = (self.last + 1).checked_sub(self.retain.max(1)) else {
+        // Keep revisions cutoff..=durable: exactly `retain` of them. (Not counted
+        // from `last`, which a failed group may have raised: its records are needed
+        // to recover it.)
+        let durable = *self.durable.borrow();
+        let Some(cutoff) = (durable + 1).checked_sub(self.retain.max(1)) else {
             return;
         };
         let first = match self.log.first() {
@@ -254,13 +357,13 @@ impl Writer {
         if first >= cutoff {
             return;
         }
-        let end = cutoff.min(first + COMPACT_STEP);
-        let mut batch = sled::Batch::default();
-        for rev in first..end {
-            batch.remove(&codec::encode_u64(rev));
-        }
-        if let Err(e) = self.log.apply_batch(batch) {
-            log::warn!("compacting the change history failed: {e}");
+        // Oldest first, one by one (a batch would cost two writes of sled's log
+        // buffer): a crash part way leaves a shorter history, never a hole.
+        for rev in first..cutoff.min(first + COMPACT_STEP) {
+            if let Err(e) = self.log.remove(codec::encode_u64(rev)) {
+                log::warn!("compacting the change history failed: {e}");
+                return;
+            }
         }
     }
 }
@@ -278,74 +381,138 @@ fn clone_error(e: &sled::Error) -> sled::Error {
     }
 }
 
-type Applied = (Vec<Result<Outcome, Error>>, u64);
+/// What became of one write of a group.
+enum Step {
+    /// Applied at the revision it was given.
+    Done(Outcome),
+    /// Refused (absent key, failed condition, undecodable entry): no revision taken.
+    Refused(Error),
+    /// sled failed; `logged` tells whether the change record, and so the revision,
+    /// was written.
+    Failed { logged: bool, error: sled::Error },
+}
 
-fn apply(
-    kv: &TransactionalTree,
-    log: &TransactionalTree,
-    meta: &TransactionalTree,
-    ops: &[&Op],
-    start: u64,
-) -> ConflictableTransactionResult<Applied, sled::Error> {
-    let mut rev = start;
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        let (key, precondition) = match op {
-            Op::Put {
-                key, precondition, ..
-            }
-            | Op::Delete { key, precondition } => (key, *precondition),
-        };
-        let current = match kv.get(key.as_bytes())? {
-            Some(bytes) => match Stored::decode(&bytes) {
-                Ok(stored) => Some(stored),
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            },
+/// What became of a group.
+struct Applied {
+    /// One per write, up to the one that failed.
+    results: Vec<Result<Outcome, Error>>,
+    /// The last revision taken.
+    last: u64,
+    /// The sled error that stopped the group.
+    failure: Option<sled::Error>,
+}
+
+/// Brings `kv` and `meta` up to the change history after a crash in the middle of a
+/// group (see `Writer::apply_group`), and returns the last revision.
+pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> Result<u64, Error> {
+    let applied = match meta.get(codec::META_LAST)? {
+        Some(bytes) => codec::decode_u64(&bytes)?,
+        None => 0,
+    };
+    let mut last = applied;
+    for item in log.range(codec::encode_u64(applied + 1)..) {
+        let (rev, record) = item?;
+        let event = codec::decode_event(&rev, &record)?;
+        let current = match kv.get(event.key.as_bytes())? {
+            Some(bytes) => Some(Stored::decode(&bytes)?.mod_revision),
             None => None,
         };
-        let current_rev = current.as_ref().map(|s| s.mod_revision);
-        if matches!(op, Op::Delete { .. }) && current.is_none() {
-            results.push(Err(Error::KeyNotFound));
-            continue;
-        }
-        if !precondition.holds(current_rev) {
-            results.push(Err(Error::PreconditionFailed {
-                current: current_rev,
-            }));
-            continue;
-        }
-        rev += 1;
-        match op {
-            Op::Put { value, .. } => {
-                let stored = Stored {
-                    create_revision: current.as_ref().map_or(rev, |s| s.create_revision),
-                    mod_revision: rev,
-                    version: current.as_ref().map_or(1, |s| s.version + 1),
-                    value: value.clone(),
-                };
-                kv.insert(key.as_bytes(), stored.encode())?;
-                log.insert(
-                    &codec::encode_u64(rev),
-                    codec::encode_record(key, Some(&stored)),
-                )?;
-                results.push(Ok(Outcome::Put(PutResult {
-                    revision: rev,
-                    create_revision: stored.create_revision,
-                    version: stored.version,
-                })));
-            }
-            Op::Delete { .. } => {
-                kv.remove(key.as_bytes())?;
-                log.insert(&codec::encode_u64(rev), codec::encode_record(key, None))?;
-                results.push(Ok(Outcome::Delete(DeleteResult { revision: rev })));
+        if current.is_none_or(|current| current < event.revision) {
+            match event.kind {
+                EventKind::Put => {
+                    let stored = Stored {
+                        create_revision: event.create_revision,
+                        mod_revision: event.revision,
+                        version: event.version,
+                        value: event.value,
+                    };
+                    kv.insert(event.key.as_bytes(), stored.encode())?;
+                }
+                EventKind::Delete => {
+                    kv.remove(event.key.as_bytes())?;
+                }
             }
         }
+        last = event.revision;
     }
-    if rev != start {
-        meta.insert(codec::META_LAST, &codec::encode_u64(rev))?;
+    if last != applied {
+        meta.insert(codec::META_LAST, &codec::encode_u64(last))?;
+        meta.flush()?;
+        log::warn!(
+            "recovered revisions {}..={last} of a write group cut short by a crash",
+            applied + 1
+        );
     }
-    Ok((results, rev))
+    Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_record(
+        key: &str,
+        rev: u64,
+        create_revision: u64,
+        version: u64,
+        value: &[u8],
+    ) -> Vec<u8> {
+        codec::encode_record(
+            key,
+            Some(&Stored {
+                create_revision,
+                mod_revision: rev,
+                version,
+                value: value.to_vec(),
+            }),
+        )
+    }
+
+    /// A crash inside a group leaves change records past `meta`'s revision whose
+    /// `kv` side is missing or stale; opening re-applies them, in order.
+    #[test]
+    fn recover_reapplies_a_torn_group() -> Result<(), Error> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let (kv, log, meta) = (
+            db.open_tree("kv")?,
+            db.open_tree("log")?,
+            db.open_tree("meta")?,
+        );
+        let old = Stored {
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            value: b"old".to_vec(),
+        };
+        kv.insert("a", old.encode())?;
+        kv.insert("gone", old.encode())?;
+        log.insert(codec::encode_u64(1), put_record("a", 1, 1, 1, b"old"))?;
+        meta.insert(codec::META_LAST, &codec::encode_u64(1))?;
+        // The torn group: 2 reached kv, 3 and 4 only the log.
+        log.insert(codec::encode_u64(2), put_record("a", 2, 1, 2, b"new"))?;
+        let two = Stored {
+            create_revision: 1,
+            mod_revision: 2,
+            version: 2,
+            value: b"new".to_vec(),
+        };
+        kv.insert("a", two.encode())?;
+        log.insert(codec::encode_u64(3), put_record("b", 3, 3, 1, b"born"))?;
+        log.insert(codec::encode_u64(4), codec::encode_record("gone", None))?;
+
+        assert_eq!(recover(&kv, &log, &meta)?, 4);
+        let get = |key: &str| -> Result<Option<Stored>, Error> {
+            kv.get(key)?.map(|bytes| Stored::decode(&bytes)).transpose()
+        };
+        assert_eq!(get("a")?, Some(two));
+        let b = get("b")?.ok_or_else(|| Error::Corrupt("b was not recovered".into()))?;
+        assert_eq!((b.create_revision, b.mod_revision, b.version), (3, 3, 1));
+        assert_eq!(b.value, b"born");
+        assert_eq!(get("gone")?, None);
+        let last = meta.get(codec::META_LAST)?.map(|b| codec::decode_u64(&b));
+        assert_eq!(last.transpose()?, Some(4));
+        // Nothing left to do the second time.
+        assert_eq!(recover(&kv, &log, &meta)?, 4);
+        Ok(())
+    }
 }
