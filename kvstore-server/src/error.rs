@@ -61,6 +61,14 @@ pub enum ApiError {
     /// No route for this path.
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// The path exists but does not take this method (HTTP 405, with `Allow`).
+    #[error("{method} is not supported here; use one of {allow}")]
+    MethodNotAllowed {
+        /// The method of the request.
+        method: String,
+        /// The methods the path takes, as in the `Allow` header: `GET, PUT, DELETE`.
+        allow: &'static str,
+    },
     /// Writing failed (disk full or I/O error); reads still work.
     #[error("the store cannot write now: {0}")]
     Storage(String, StatusCode),
@@ -88,6 +96,7 @@ impl ApiError {
             ApiError::StoreNotEmpty => "store_not_empty",
             ApiError::InvalidSnapshot(_) => "invalid_snapshot",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TooManyWatchers(_) => "too_many_watchers",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
@@ -167,6 +176,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::KeyNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(..) => StatusCode::PRECONDITION_FAILED,
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Lagged(_) => StatusCode::CONFLICT,
@@ -181,8 +191,14 @@ impl ResponseError for ApiError {
             log::error!("{self}");
         }
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized(_)) {
-            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                res.insert_header((actix_web::http::header::ALLOW, *allow));
+            }
+            _ => {}
         }
         res.json(ErrorBody {
             error: self.detail(),

@@ -48,7 +48,7 @@ pub mod tls;
 
 use std::net::TcpListener;
 
-use actix_web::middleware::Logger;
+use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpRequest, HttpServer};
 use kvstore_core::Store;
 use tokio::sync::watch;
@@ -68,13 +68,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(metrics::configure)
         .configure(openapi::configure)
         .default_service(web::to(|req: HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(ApiError::NotFound(format!(
-                "{} {}",
-                req.method(),
-                req.path()
-            )))
+            Err::<actix_web::HttpResponse, _>(not_found(&req))
         }));
 }
+
+/// The answer to a request no route serves: `404 not_found`.
+pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("{} {}", req.method(), req.path()))
+}
+
+/// The log target of actix's [`Logger`] (its default, set explicitly so that the
+/// check of whether the access log is on asks about the same target).
+const ACCESS_LOG_TARGET: &str = "actix_web::middleware::logger";
 
 /// Serves `store` on `listener` until `stop` completes (see [`shutdown_signal`]),
 /// then stops gracefully: no new connections, requests in flight finish, watch
@@ -98,13 +103,22 @@ pub async fn run(
         body_timeout: std::time::Duration::from_secs_f64(options.request_timeout.max(0.1)),
         access: access.map(std::sync::Arc::new),
     };
+    // Asked once the logger is installed (`main` does that first): with access lines
+    // filtered out (e.g. `RUST_LOG=warn`), the Logger is not mounted at all, so it
+    // costs no per-request work (timing, formatting its fields).
+    let access_log = log::log_enabled!(target: ACCESS_LOG_TARGET, log::Level::Info);
     let server = HttpServer::new(move || {
         let state = state.clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(limits::bound_headers))
             .wrap(actix_web::middleware::from_fn(metrics::record))
-            // Health checks poll every few seconds; they would drown the request log.
-            .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+            .wrap(Condition::new(
+                access_log,
+                Logger::new("%a \"%r\" %s %b %Dms")
+                    .log_target(ACCESS_LOG_TARGET)
+                    // Health checks poll every few seconds; they would drown the request log.
+                    .exclude("/healthz"),
+            ))
             .configure(move |cfg| configure(cfg, state))
     })
     .disable_signals()

@@ -9,13 +9,18 @@
 //! - `kvstore_commit_group_size`, `kvstore_commit_seconds`, `kvstore_flush_seconds`
 //!   (group commit: writes per flush, time per group, time per flush)
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpMessage, HttpResponse};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::auth::Caller;
@@ -78,6 +83,44 @@ async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpRespo
         .body(handle.render()))
 }
 
+/// The route label of a request that a route serves from a default service, where
+/// actix has no pattern to report (`/v1/kv/{key}`): put in the request's extensions
+/// by the handler, read by [`record`].
+#[derive(Clone, Copy)]
+pub(crate) struct RouteLabel(pub &'static str);
+
+/// A request's series: `kvstore_http_requests_total` and
+/// `kvstore_http_request_duration_seconds` with its labels.
+type Handles = (Counter, Histogram);
+/// (route, method, status).
+type SeriesKey = (Cow<'static, str>, Method, u16);
+
+thread_local! {
+    /// Each worker's series by (route, method, status), registered on first use: a
+    /// request then costs one hash lookup, not label strings and two registry
+    /// lookups. Thread-local, as each actix worker is one thread; bounded, as routes
+    /// are patterns and methods the standard ones (see [`record`]).
+    static SERIES: RefCell<HashMap<SeriesKey, Handles>> = RefCell::new(HashMap::new());
+}
+
+/// Registers the series of (route, method, status) with the global recorder.
+fn register(route: &str, method: &Method, status: u16) -> Handles {
+    let route = route.to_string();
+    let method = method.to_string();
+    let counter = metrics::counter!(
+        "kvstore_http_requests_total",
+        "route" => route.clone(),
+        "method" => method.clone(),
+        "status" => status.to_string()
+    );
+    let histogram = metrics::histogram!(
+        "kvstore_http_request_duration_seconds",
+        "route" => route,
+        "method" => method
+    );
+    (counter, histogram)
+}
+
 /// Middleware: counts every request by route pattern (bounded cardinality),
 /// method and status, and records its latency.
 pub async fn record(
@@ -85,24 +128,54 @@ pub async fn record(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
     let res = next.call(req).await?;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!(
-        "kvstore_http_requests_total",
-        "route" => route.clone(),
-        "method" => method.clone(),
-        "status" => status
-    )
-    .increment(1);
-    metrics::histogram!(
-        "kvstore_http_request_duration_seconds",
-        "route" => route,
-        "method" => method
-    )
-    .record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    let req = res.request();
+    // After routing the pattern comes from the matched resource, without matching
+    // the path again.
+    let label = req.extensions().get::<RouteLabel>().copied();
+    let route: Cow<'static, str> = match label {
+        Some(RouteLabel(route)) => Cow::Borrowed(route),
+        None => req
+            .match_pattern()
+            .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
+    };
+    let method = req.method();
+    let status = res.status().as_u16();
+    // Handles are only kept once the recorder is in place (it never changes after),
+    // and for standard methods: any other token is a series of its own, so a
+    // client making them up must not grow the cache.
+    let cached = HANDLE.get().is_some() && is_standard(method);
+    if cached {
+        SERIES.with_borrow_mut(|series| {
+            let (counter, histogram) = series
+                .entry((route, method.clone(), status))
+                .or_insert_with_key(|(route, method, status)| register(route, method, *status));
+            counter.increment(1);
+            histogram.record(seconds);
+        });
+    } else {
+        let (counter, histogram) = register(&route, method, status);
+        counter.increment(1);
+        histogram.record(seconds);
+    }
     Ok(res)
+}
+
+/// One of the methods of RFC 9110 (and PATCH).
+fn is_standard(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ]
+    .contains(method)
 }
 
 /// Counts an open watch stream while alive.

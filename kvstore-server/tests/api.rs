@@ -840,12 +840,17 @@ async fn raw_error_bodies_are_json_with_codes() -> TestResult {
     let http = reqwest::Client::new();
     let base = &server.url;
 
-    // Unknown routes.
+    // Unknown routes (a method a key path does not take: see
+    // `unsupported_methods_on_keys_answer_405`).
     for (method, path) in [
         (reqwest::Method::GET, "/nope"),
         (reqwest::Method::GET, "/v1/nope"),
         (reqwest::Method::GET, "/v2/kv/a"),
-        (reqwest::Method::POST, "/v1/kv/a"),
+        (reqwest::Method::GET, "/v1/kvx"),
+        (reqwest::Method::GET, "/v1/kvx/a"),
+        (reqwest::Method::PUT, "/v1/kv"),
+        (reqwest::Method::POST, "/v1/kv"),
+        (reqwest::Method::DELETE, "/v1/kv?prefix=a"),
     ] {
         let res = http.request(method, format!("{base}{path}")).send().await?;
         expect_error(res, 404, "not_found").await?;
@@ -934,6 +939,61 @@ async fn raw_error_bodies_are_json_with_codes() -> TestResult {
         .await?;
     let error = expect_error(res, 412, "precondition_failed").await?;
     assert_eq!(error["revision"], revision);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_methods_on_keys_answer_405() -> TestResult {
+    let server = TestServer::start();
+    let http = reqwest::Client::new();
+    let base = &server.url;
+    let client = Client::new(base)?;
+    client.put("a", "v").await?;
+    let revision = client.health().await?;
+
+    for method in ["POST", "PATCH", "OPTIONS", "TRACE", "FOO"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        for path in ["/v1/kv/a", "/v1/kv/missing", "/v1/kv/app/db", "/v1/kv/"] {
+            let res = http
+                .request(method.clone(), format!("{base}{path}"))
+                .body("x")
+                .send()
+                .await?;
+            assert_eq!(
+                header(&res, "allow")?,
+                "GET, PUT, DELETE",
+                "{method} {path}"
+            );
+            let error = expect_error(res, 405, "method_not_allowed").await?;
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(message.contains(method.as_str()), "{message}");
+        }
+    }
+    // HEAD is not GET: 405 too, with the header and no body.
+    let res = http.head(format!("{base}/v1/kv/a")).send().await?;
+    assert_eq!(res.status(), 405);
+    assert_eq!(header(&res, "allow")?, "GET, PUT, DELETE");
+
+    // Nothing changed, and the supported methods still work.
+    assert_eq!(client.health().await?, revision);
+    assert_eq!(client.get("a").await?, b"v");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_methods_on_keys_answer_405_before_the_token_check() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("access.toml");
+    std::fs::write(
+        &file,
+        "[roles.admin]\nread = [\"\"]\nwrite = [\"\"]\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"admin-token\"\n",
+    )?;
+    let server = TestServer::start_with(&["--access-file", file.to_str().ok_or("path")?]);
+    let http = reqwest::Client::new();
+    let res = http.post(format!("{}/v1/kv/a", server.url)).send().await?;
+    expect_error(res, 405, "method_not_allowed").await?;
+    let res = http.get(format!("{}/v1/kv/a", server.url)).send().await?;
+    expect_error(res, 401, "unauthorized").await?;
     Ok(())
 }
 
