@@ -983,12 +983,8 @@ async fn unsupported_methods_on_keys_answer_405() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_methods_on_keys_answer_405_before_the_token_check() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("access.toml");
-    std::fs::write(
-        &file,
-        "[roles.admin]\nread = [\"\"]\nwrite = [\"\"]\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"admin-token\"\n",
-    )?;
-    let server = TestServer::start_with(&["--access-file", file.to_str().ok_or("path")?]);
+    let file = support::admin_access_file(dir.path())?;
+    let server = TestServer::start_with(&["--access-file", &file]);
     let http = reqwest::Client::new();
     let res = http.post(format!("{}/v1/kv/a", server.url)).send().await?;
     expect_error(res, 405, "method_not_allowed").await?;

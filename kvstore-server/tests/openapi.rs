@@ -238,15 +238,10 @@ async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_needs_no_token() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("access.toml");
-    std::fs::write(
-        &file,
-        "[roles.admin]\nread = [\"\"]\nwrite = [\"\"]\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"admin-token\"\n",
-    )?;
-    let file = file.to_str().ok_or("path")?;
-    let server = TestServer::start_with(&["--access-file", file]);
+    let file = support::admin_access_file(dir.path())?;
+    let server = TestServer::start_with(&["--access-file", &file]);
     let without = fetch_document(&server.url, None).await?;
-    let with = fetch_document(&server.url, Some("admin-token")).await?;
+    let with = fetch_document(&server.url, Some(support::ADMIN_TOKEN)).await?;
     assert_eq!(without, with);
     let res = reqwest::get(format!("{}/v1/kv", server.url)).await?;
     assert_eq!(res.status(), 401, "the rest still needs a token");

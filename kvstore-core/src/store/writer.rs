@@ -450,22 +450,13 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
 mod tests {
     use super::*;
 
-    fn put_record(
-        key: &str,
-        rev: u64,
-        create_revision: u64,
-        version: u64,
-        value: &[u8],
-    ) -> Vec<u8> {
-        codec::encode_record(
-            key,
-            Some(&Stored {
-                create_revision,
-                mod_revision: rev,
-                version,
-                value: value.to_vec(),
-            }),
-        )
+    fn stored(create_revision: u64, mod_revision: u64, version: u64, value: &[u8]) -> Stored {
+        Stored {
+            create_revision,
+            mod_revision,
+            version,
+            value: value.to_vec(),
+        }
     }
 
     /// A crash inside a group leaves change records past `meta`'s revision whose
@@ -478,26 +469,19 @@ mod tests {
             db.open_tree("log")?,
             db.open_tree("meta")?,
         );
-        let old = Stored {
-            create_revision: 1,
-            mod_revision: 1,
-            version: 1,
-            value: b"old".to_vec(),
-        };
+        let old = stored(1, 1, 1, b"old");
         kv.insert("a", old.encode())?;
         kv.insert("gone", old.encode())?;
-        log.insert(codec::encode_u64(1), put_record("a", 1, 1, 1, b"old"))?;
+        log.insert(codec::encode_u64(1), codec::encode_record("a", Some(&old)))?;
         meta.insert(codec::META_LAST, &codec::encode_u64(1))?;
         // The torn group: 2 reached kv, 3 and 4 only the log.
-        log.insert(codec::encode_u64(2), put_record("a", 2, 1, 2, b"new"))?;
-        let two = Stored {
-            create_revision: 1,
-            mod_revision: 2,
-            version: 2,
-            value: b"new".to_vec(),
-        };
+        let two = stored(1, 2, 2, b"new");
+        log.insert(codec::encode_u64(2), codec::encode_record("a", Some(&two)))?;
         kv.insert("a", two.encode())?;
-        log.insert(codec::encode_u64(3), put_record("b", 3, 3, 1, b"born"))?;
+        log.insert(
+            codec::encode_u64(3),
+            codec::encode_record("b", Some(&stored(3, 3, 1, b"born"))),
+        )?;
         log.insert(codec::encode_u64(4), codec::encode_record("gone", None))?;
 
         assert_eq!(recover(&kv, &log, &meta)?, 4);

@@ -185,3 +185,19 @@ impl Drop for TestServer {
         self.kill();
     }
 }
+
+/// The token [`admin_access_file`] grants read and write on every key.
+pub const ADMIN_TOKEN: &str = "admin-token";
+
+/// Writes `access.toml` in `dir`: one token, [`ADMIN_TOKEN`], that may read and
+/// write every key. Returns the file's path, for `--access-file`.
+pub fn admin_access_file(dir: &Path) -> std::io::Result<String> {
+    let file = dir.join("access.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[roles.admin]\nread = [\"\"]\nwrite = [\"\"]\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\ntoken = \"{ADMIN_TOKEN}\"\n"
+        ),
+    )?;
+    Ok(file.to_string_lossy().into_owned())
+}
