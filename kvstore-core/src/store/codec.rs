@@ -1,8 +1,11 @@
 //! On-disk layout of the three sled trees.
 //!
 //! - `kv`: key bytes -> `create_revision | mod_revision | version | value` (u64s big-endian).
-//! - `log`: revision (u64 big-endian) -> `kind | create_revision | version | key length
-//!   (u32) | key | value`.
+//! - `log`: one item per write group, keyed by the group's first revision (u64
+//!   big-endian): `GROUP | count (u32) | records`, the group's change records at
+//!   consecutive revisions, each `length (u32) | kind | create_revision | version |
+//!   key length (u32) | key | value`. (Stores written before groups were kept whole
+//!   hold one bare record per revision, `kind | ...`; both are read.)
 //! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (the `log`
 //!   can be ahead of it after a crash; see `writer::recover`).
 
@@ -45,6 +48,19 @@ impl Stored {
         })
     }
 
+    /// `(create_revision, mod_revision, version)`.
+    pub fn header(&self) -> (u64, u64, u64) {
+        (self.create_revision, self.mod_revision, self.version)
+    }
+
+    /// The [`Stored::header`] of an encoded entry, without copying its value.
+    pub fn decode_header(bytes: &[u8]) -> Result<(u64, u64, u64), Error> {
+        if bytes.len() < HEADER {
+            return Err(Error::Corrupt("short entry in the kv tree".into()));
+        }
+        Ok((u64_at(bytes, 0)?, u64_at(bytes, 8)?, u64_at(bytes, 16)?))
+    }
+
     pub fn into_entry(self, key: String) -> Entry {
         Entry {
             key,
@@ -69,6 +85,14 @@ pub fn encode_u64(n: u64) -> [u8; 8] {
 
 pub fn decode_u64(bytes: &[u8]) -> Result<u64, Error> {
     u64_at(bytes, 0)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32, Error> {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| Error::Corrupt("truncated number".into()))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, Error> {
@@ -98,8 +122,82 @@ pub fn encode_record(key: &str, stored: Option<&Stored>) -> Vec<u8> {
     out
 }
 
-/// Decodes a `log` tree item into the [`Event`] it records.
+/// First byte of a group item in `log` (a bare record starts with its kind, 1 or 2).
+const GROUP: u8 = 0x10;
+
+/// A `log` item under construction: the change records of one write group.
+pub struct GroupRecord {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl GroupRecord {
+    pub fn new() -> Self {
+        GroupRecord {
+            bytes: vec![GROUP, 0, 0, 0, 0],
+            count: 0,
+        }
+    }
+
+    /// Adds the record of the next revision (see [`encode_record`]).
+    pub fn push(&mut self, key: &str, stored: Option<&Stored>) {
+        let record = encode_record(key, stored);
+        // Records are at most a key and a value, far below u32::MAX.
+        self.bytes
+            .extend_from_slice(&(record.len() as u32).to_be_bytes());
+        self.bytes.extend_from_slice(&record);
+        self.count += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes[1..5].copy_from_slice(&self.count.to_be_bytes());
+        self.bytes
+    }
+}
+
+/// The last revision of the `log` item keyed by `first` (see [`decode_group`]).
+pub fn last_revision(first: &[u8], bytes: &[u8]) -> Result<u64, Error> {
+    let first = decode_u64(first)?;
+    match bytes.first() {
+        Some(&GROUP) => {
+            let count = u32_at(bytes, 1)?;
+            Ok((first + u64::from(count)).saturating_sub(1))
+        }
+        _ => Ok(first),
+    }
+}
+
+/// Decodes a `log` item (a group, or a bare record) into its events, in revision order.
+pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
+    let corrupt = || Error::Corrupt("malformed group in the log tree".into());
+    let first = decode_u64(first)?;
+    if bytes.first() != Some(&GROUP) {
+        return Ok(vec![decode_record(first, bytes)?]);
+    }
+    let count = u32_at(bytes, 1)?;
+    let mut events = Vec::with_capacity(count as usize);
+    let mut at = 5;
+    for revision in (first..).take(count as usize) {
+        let len = u32_at(bytes, at)? as usize;
+        let record = bytes.get(at + 4..at + 4 + len).ok_or_else(corrupt)?;
+        events.push(decode_record(revision, record)?);
+        at += 4 + len;
+    }
+    Ok(events)
+}
+
+/// Decodes a bare `log` tree item into the [`Event`] it records.
+#[cfg(test)]
 pub fn decode_event(revision: &[u8], bytes: &[u8]) -> Result<Event, Error> {
+    decode_record(decode_u64(revision)?, bytes)
+}
+
+/// Decodes one change record of revision `revision`.
+fn decode_record(revision: u64, bytes: &[u8]) -> Result<Event, Error> {
     let corrupt = || Error::Corrupt("malformed record in the log tree".into());
     let kind = match bytes.first() {
         Some(1) => EventKind::Put,
@@ -119,7 +217,7 @@ pub fn decode_event(revision: &[u8], bytes: &[u8]) -> Result<Event, Error> {
         kind,
         key,
         value: bytes[21 + key_len..].to_vec(),
-        revision: decode_u64(revision)?,
+        revision,
         create_revision,
         version,
     })
@@ -166,6 +264,37 @@ mod tests {
             (EventKind::Delete, 43, 0)
         );
         assert!(decode_event(&encode_u64(42), &[1, 0]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn groups_round_trip_and_bare_records_still_read() -> Result<(), Error> {
+        let stored = Stored {
+            create_revision: 7,
+            mod_revision: 7,
+            version: 1,
+            value: b"v".to_vec(),
+        };
+        let mut group = GroupRecord::new();
+        group.push("a", Some(&stored));
+        group.push("b", None);
+        let bytes = group.finish();
+        let events = decode_group(&encode_u64(7), &bytes)?;
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| (e.revision, e.key.as_str(), e.kind))
+            .collect();
+        assert_eq!(
+            seen,
+            [(7, "a", EventKind::Put), (8, "b", EventKind::Delete)]
+        );
+        assert_eq!(last_revision(&encode_u64(7), &bytes)?, 8);
+        assert!(decode_group(&encode_u64(7), &bytes[..bytes.len() - 1]).is_err());
+
+        let bare = encode_record("c", Some(&stored));
+        let events = decode_group(&encode_u64(3), &bare)?;
+        assert_eq!((events.len(), events[0].revision), (1, 3));
+        assert_eq!(last_revision(&encode_u64(3), &bare)?, 3);
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! From sled's `watch_prefix` on the `log` tree to a revision-ordered, durable feed.
+//! From sled's `watch_prefix` on the `log` tree (one event per write group) to a
+//! revision-ordered, durable feed.
 //!
 //! Two threads: the drainer reads sled's `Subscriber` and does nothing else (so sled
 //! writers never block on it); the sequencer holds records until every revision up
@@ -15,7 +16,8 @@ use super::codec;
 use crate::wire::Event;
 
 enum Message {
-    Record(Event),
+    /// The change records of one write group.
+    Records(Vec<Event>),
     Durable(u64),
     /// The store revision moved to this one without changes (a restore).
     Jump(u64),
@@ -81,9 +83,9 @@ impl Feed {
 fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {
     for event in subscriber {
         if let sled::Event::Insert { key, value } = event {
-            match codec::decode_event(&key, &value) {
-                Ok(record) => {
-                    if tx.send(Message::Record(record)).is_err() {
+            match codec::decode_group(&key, &value) {
+                Ok(records) => {
+                    if tx.send(Message::Records(records)).is_err() {
                         return;
                     }
                 }
@@ -99,10 +101,13 @@ fn sequence(rx: std_mpsc::Receiver<Message>, last: u64, events: broadcast::Sende
     let mut next = last + 1;
     for message in rx {
         match message {
-            Message::Record(event) if event.revision >= next => {
-                pending.insert(event.revision, event);
+            Message::Records(events) => {
+                for event in events {
+                    if event.revision >= next {
+                        pending.insert(event.revision, event);
+                    }
+                }
             }
-            Message::Record(_) => {}
             Message::Durable(d) => durable = durable.max(d),
             Message::Jump(to) => {
                 if to >= next {

@@ -98,10 +98,7 @@ impl Watch {
 
     fn read_history(&mut self) -> Result<(), Error> {
         let end = self.history_end.min(self.history_next + HISTORY_CHUNK - 1);
-        let range = codec::encode_u64(self.history_next)..=codec::encode_u64(end);
-        for item in self.log.range(range) {
-            let (rev, record) = item?;
-            let event = codec::decode_event(&rev, &record)?;
+        for event in history(&self.log, self.history_next, end)? {
             if event.revision != self.history_next {
                 // Revisions are gap-free, so a hole means compaction got there first.
                 return Err(Error::Compacted {
@@ -123,6 +120,29 @@ impl Watch {
         }
         Ok(())
     }
+}
+
+/// The changes with revisions `from..=to` still in `log`, in order. The `log` is
+/// keyed by each write group's first revision, so reading starts at the group that
+/// holds `from`.
+fn history(log: &sled::Tree, from: u64, to: u64) -> Result<Vec<Event>, Error> {
+    let mut events = Vec::new();
+    if from > to {
+        return Ok(events);
+    }
+    let start = match log.range(..=codec::encode_u64(from)).next_back() {
+        Some(item) => item?.0,
+        None => codec::encode_u64(from).as_slice().into(),
+    };
+    for item in log.range(start..=codec::encode_u64(to).as_slice().into()) {
+        let (first, record) = item?;
+        events.extend(
+            codec::decode_group(&first, &record)?
+                .into_iter()
+                .filter(|e| (from..=to).contains(&e.revision)),
+        );
+    }
+    Ok(events)
 }
 
 /// Opens a watch: subscribe to the live feed first, then decide what comes before it.
@@ -187,11 +207,8 @@ pub(super) async fn snapshot(
         entries.insert(entry.key.clone(), entry);
     }
     let at = store.barrier().await?;
-    let range = codec::encode_u64(durable + 1)..=codec::encode_u64(at);
     let mut replayed = 0;
-    for item in store.inner.log.range(range) {
-        let (rev, record) = item?;
-        let event = codec::decode_event(&rev, &record)?;
+    for event in history(&store.inner.log, durable + 1, at)? {
         replayed += 1;
         if !event.key.starts_with(prefix) {
             continue;

@@ -1,5 +1,6 @@
 //! The single writer: numbers writes, commits them in groups, flushes once per group.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,8 +15,9 @@ use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
 
 /// Most writes committed in one group (one flush).
 const MAX_GROUP: usize = 256;
-/// Log records removed per compaction step (kept small so a step never stalls writes).
-const COMPACT_STEP: u64 = 4096;
+/// Log items (write groups) removed per compaction step (kept small so a step
+/// never stalls writes).
+const COMPACT_STEP: usize = 1024;
 
 pub(super) enum Op {
     Put {
@@ -192,43 +194,107 @@ impl Writer {
     }
 
     /// Applies `ops` in order, numbering them after `self.last`, with plain sled
-    /// writes: for each its change record into `log` first, then the key into `kv`;
-    /// after the group, the last revision into `meta`.
+    /// writes: the group's change records as one `log` item first, then each key it
+    /// changed into `kv` (once, in its final state), then the last revision into
+    /// `meta`.
     ///
     /// A sled transaction or batch would make the group atomic, but each one seals
     /// and writes sled's log buffer twice, which costs more than the writes. sled
-    /// recovers a prefix of its log after a crash, so a torn group can only leave
-    /// change records past `meta`'s revision whose `kv` side is missing or stale;
-    /// [`recover`] re-applies them on open.
+    /// recovers a prefix of its log after a crash, so a torn group can only leave a
+    /// `log` item past `meta`'s revision whose `kv` side is missing or stale;
+    /// [`recover`] re-applies it on open. One `log` item per group (not per write)
+    /// also means one sled event for the feed and one removal at compaction.
     fn apply_group(&self, ops: &[&Op]) -> Applied {
         let mut results = Vec::with_capacity(ops.len());
+        let mut record = codec::GroupRecord::new();
+        // Each key's state after the group's writes so far.
+        let mut changed: HashMap<&str, Option<Stored>> = HashMap::new();
         let mut last = self.last;
         for op in ops {
-            match self.apply_one(op, last + 1) {
-                Step::Done(outcome) => {
-                    last += 1;
-                    results.push(Ok(outcome));
+            let (key, precondition) = match op {
+                Op::Put {
+                    key, precondition, ..
                 }
-                Step::Refused(e) => results.push(Err(e)),
-                Step::Failed { logged, error } => {
-                    if logged {
-                        last += 1;
-                    }
-                    return Applied {
-                        results,
-                        last,
-                        failure: Some(error),
+                | Op::Delete { key, precondition } => (key.as_str(), *precondition),
+            };
+            let current = match changed.get(key) {
+                Some(state) => state.as_ref().map(Stored::header),
+                None => match self.kv.get(key.as_bytes()) {
+                    Ok(Some(bytes)) => match Stored::decode_header(&bytes) {
+                        Ok(header) => Some(header),
+                        Err(e) => {
+                            results.push(Err(e));
+                            continue;
+                        }
+                    },
+                    Ok(None) => None,
+                    Err(error) => return self.failed(results, error),
+                },
+            };
+            let current_rev = current.map(|(_, mod_revision, _)| mod_revision);
+            if matches!(op, Op::Delete { .. }) && current.is_none() {
+                results.push(Err(Error::KeyNotFound));
+                continue;
+            }
+            if !precondition.holds(current_rev) {
+                results.push(Err(Error::PreconditionFailed {
+                    current: current_rev,
+                }));
+                continue;
+            }
+            last += 1;
+            match op {
+                Op::Put { value, .. } => {
+                    let stored = Stored {
+                        create_revision: current.map_or(last, |(create, _, _)| create),
+                        mod_revision: last,
+                        version: current.map_or(1, |(_, _, version)| version + 1),
+                        value: value.clone(),
                     };
+                    record.push(key, Some(&stored));
+                    results.push(Ok(Outcome::Put(PutResult {
+                        revision: last,
+                        create_revision: stored.create_revision,
+                        version: stored.version,
+                    })));
+                    changed.insert(key, Some(stored));
+                }
+                Op::Delete { .. } => {
+                    record.push(key, None);
+                    results.push(Ok(Outcome::Delete(DeleteResult { revision: last })));
+                    changed.insert(key, None);
                 }
             }
         }
-        let failure = if last == self.last {
-            None
-        } else {
-            self.meta
-                .insert(codec::META_LAST, &codec::encode_u64(last))
-                .err()
-        };
+        if record.is_empty() {
+            return Applied {
+                results,
+                last,
+                failure: None,
+            };
+        }
+        let first = codec::encode_u64(self.last + 1);
+        if let Err(error) = self.log.insert(first, record.finish()) {
+            return self.failed(results, error);
+        }
+        for (key, state) in &changed {
+            let written = match state {
+                Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),
+                None => self.kv.remove(key.as_bytes()),
+            };
+            if let Err(error) = written {
+                // The change records are in the log: their revisions are taken.
+                return Applied {
+                    results,
+                    last,
+                    failure: Some(error),
+                };
+            }
+        }
+        let failure = self
+            .meta
+            .insert(codec::META_LAST, &codec::encode_u64(last))
+            .err();
         Applied {
             results,
             last,
@@ -236,70 +302,14 @@ impl Writer {
         }
     }
 
-    /// Applies one write as revision `rev` if its condition holds.
-    fn apply_one(&self, op: &Op, rev: u64) -> Step {
-        let (key, precondition) = match op {
-            Op::Put {
-                key, precondition, ..
-            }
-            | Op::Delete { key, precondition } => (key, *precondition),
-        };
-        let current = match self.kv.get(key.as_bytes()) {
-            Ok(Some(bytes)) => match Stored::decode(&bytes) {
-                Ok(stored) => Some(stored),
-                Err(e) => return Step::Refused(e),
-            },
-            Ok(None) => None,
-            Err(error) => {
-                return Step::Failed {
-                    logged: false,
-                    error,
-                }
-            }
-        };
-        let current_rev = current.as_ref().map(|s| s.mod_revision);
-        if matches!(op, Op::Delete { .. }) && current.is_none() {
-            return Step::Refused(Error::KeyNotFound);
+    /// A group stopped by `error` before its change records were written: no
+    /// revision taken.
+    fn failed(&self, results: Vec<Result<Outcome, Error>>, error: sled::Error) -> Applied {
+        Applied {
+            results,
+            last: self.last,
+            failure: Some(error),
         }
-        if !precondition.holds(current_rev) {
-            return Step::Refused(Error::PreconditionFailed {
-                current: current_rev,
-            });
-        }
-        let stored = match op {
-            Op::Put { value, .. } => Some(Stored {
-                create_revision: current.as_ref().map_or(rev, |s| s.create_revision),
-                mod_revision: rev,
-                version: current.as_ref().map_or(1, |s| s.version + 1),
-                value: value.clone(),
-            }),
-            Op::Delete { .. } => None,
-        };
-        let record = codec::encode_record(key, stored.as_ref());
-        if let Err(error) = self.log.insert(codec::encode_u64(rev), record) {
-            return Step::Failed {
-                logged: false,
-                error,
-            };
-        }
-        let written = match &stored {
-            Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),
-            None => self.kv.remove(key.as_bytes()),
-        };
-        if let Err(error) = written {
-            return Step::Failed {
-                logged: true,
-                error,
-            };
-        }
-        Step::Done(match stored {
-            Some(stored) => Outcome::Put(PutResult {
-                revision: rev,
-                create_revision: stored.create_revision,
-                version: stored.version,
-            }),
-            None => Outcome::Delete(DeleteResult { revision: rev }),
-        })
     }
 
     /// Writes one part of a restore (see [`Request::Import`]).
@@ -341,28 +351,33 @@ impl Writer {
         Ok(entries.len())
     }
 
-    /// Trims the change history to the configured number of revisions, a step at a time.
+    /// Trims the change history to the configured number of revisions (whole
+    /// groups: at least that many stay), a step at a time.
     fn compact(&self) {
-        // Keep revisions cutoff..=durable: exactly `retain` of them. (Not counted
-        // from `last`, which a failed group may have raised: its records are needed
-        // to recover it.)
+        // Keep revisions cutoff..=durable: `retain` of them. (Not counted from
+        // `last`, which a failed group may have raised: its records are needed to
+        // recover it.)
         let durable = *self.durable.borrow();
         let Some(cutoff) = (durable + 1).checked_sub(self.retain.max(1)) else {
             return;
         };
-        let first = match self.log.first() {
-            Ok(Some((rev, _))) => codec::decode_u64(&rev).unwrap_or(cutoff),
-            _ => return,
-        };
-        if first >= cutoff {
-            return;
-        }
-        // Oldest first, one by one (a batch would cost two writes of sled's log
-        // buffer): a crash part way leaves a shorter history, never a hole.
-        for rev in first..cutoff.min(first + COMPACT_STEP) {
-            if let Err(e) = self.log.remove(codec::encode_u64(rev)) {
-                log::warn!("compacting the change history failed: {e}");
-                return;
+        // Oldest first, one item at a time (a batch would cost two writes of sled's
+        // log buffer): a crash part way leaves a shorter history, never a hole.
+        for item in self.log.iter().take(COMPACT_STEP) {
+            let outcome = item.map_err(Error::from).and_then(|(first, record)| {
+                if codec::last_revision(&first, &record)? >= cutoff {
+                    return Ok(false);
+                }
+                self.log.remove(first)?;
+                Ok(true)
+            });
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    log::warn!("compacting the change history failed: {e}");
+                    return;
+                }
             }
         }
     }
@@ -379,17 +394,6 @@ fn clone_error(e: &sled::Error) -> sled::Error {
         sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
         other => other.clone(),
     }
-}
-
-/// What became of one write of a group.
-enum Step {
-    /// Applied at the revision it was given.
-    Done(Outcome),
-    /// Refused (absent key, failed condition, undecodable entry): no revision taken.
-    Refused(Error),
-    /// sled failed; `logged` tells whether the change record, and so the revision,
-    /// was written.
-    Failed { logged: bool, error: sled::Error },
 }
 
 /// What became of a group.
@@ -411,13 +415,16 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
     };
     let mut last = applied;
     for item in log.range(codec::encode_u64(applied + 1)..) {
-        let (rev, record) = item?;
-        let event = codec::decode_event(&rev, &record)?;
-        let current = match kv.get(event.key.as_bytes())? {
-            Some(bytes) => Some(Stored::decode(&bytes)?.mod_revision),
-            None => None,
-        };
-        if current.is_none_or(|current| current < event.revision) {
+        let (first, record) = item?;
+        for event in codec::decode_group(&first, &record)? {
+            let current = match kv.get(event.key.as_bytes())? {
+                Some(bytes) => Some(Stored::decode_header(&bytes)?.1),
+                None => None,
+            };
+            last = event.revision;
+            if current.is_some_and(|current| current >= event.revision) {
+                continue;
+            }
             match event.kind {
                 EventKind::Put => {
                     let stored = Stored {
@@ -433,7 +440,6 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
                 }
             }
         }
-        last = event.revision;
     }
     if last != applied {
         meta.insert(codec::META_LAST, &codec::encode_u64(last))?;
@@ -474,15 +480,15 @@ mod tests {
         kv.insert("gone", old.encode())?;
         log.insert(codec::encode_u64(1), codec::encode_record("a", Some(&old)))?;
         meta.insert(codec::META_LAST, &codec::encode_u64(1))?;
-        // The torn group: 2 reached kv, 3 and 4 only the log.
+        // Revision 1 as stores before write groups kept it (a bare record); then a
+        // torn group of revisions 2..=4 of which only 2 reached kv.
         let two = stored(1, 2, 2, b"new");
-        log.insert(codec::encode_u64(2), codec::encode_record("a", Some(&two)))?;
+        let mut group = codec::GroupRecord::new();
+        group.push("a", Some(&two));
+        group.push("b", Some(&stored(3, 3, 1, b"born")));
+        group.push("gone", None);
+        log.insert(codec::encode_u64(2), group.finish())?;
         kv.insert("a", two.encode())?;
-        log.insert(
-            codec::encode_u64(3),
-            codec::encode_record("b", Some(&stored(3, 3, 1, b"born"))),
-        )?;
-        log.insert(codec::encode_u64(4), codec::encode_record("gone", None))?;
 
         assert_eq!(recover(&kv, &log, &meta)?, 4);
         let get = |key: &str| -> Result<Option<Stored>, Error> {
