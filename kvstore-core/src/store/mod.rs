@@ -53,7 +53,7 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Bytes of sled page cache.
     pub cache_capacity: u64,
-    /// How many past revisions the change history keeps for resuming watches.
+    /// How many past revisions (at least) the change history keeps for resuming watches.
     pub retain_revisions: u64,
     /// Events buffered for watchers; a watcher further behind than this is lagged.
     pub event_buffer: usize,
