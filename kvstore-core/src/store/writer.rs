@@ -13,8 +13,11 @@ use super::events::SequencerHandle;
 use super::{Error, Precondition, SyncMode};
 use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
 
-/// Most writes committed in one group (one flush).
+/// Most writes committed in one group (one flush, one `log` item).
 const MAX_GROUP: usize = 256;
+/// Value bytes after which a group takes no more writes (a group's `log` item
+/// holds all its values, and every history read of it decodes them all).
+const MAX_GROUP_BYTES: usize = 4 << 20;
 /// Log items (write groups) removed per compaction step (kept small so a step
 /// never stalls writes).
 const COMPACT_STEP: usize = 1024;
@@ -51,6 +54,19 @@ pub(super) enum Request {
         first: bool,
         reply: oneshot::Sender<Result<usize, Error>>,
     },
+}
+
+impl Request {
+    /// Bytes of value this request writes.
+    fn value_len(&self) -> usize {
+        match self {
+            Request::Write {
+                op: Op::Put { value, .. },
+                ..
+            } => value.len(),
+            _ => 0,
+        }
+    }
 }
 
 pub(super) struct Writer {
@@ -91,14 +107,18 @@ impl Writer {
                 let _ = reply.send(self.import(entries, revision, first));
                 continue;
             }
+            let mut bytes = first.value_len();
             group.push(first);
-            while group.len() < MAX_GROUP {
+            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
                     Ok(request @ Request::Import { .. }) => {
                         held = Some(request);
                         break;
                     }
-                    Ok(request) => group.push(request),
+                    Ok(request) => {
+                        bytes += request.value_len();
+                        group.push(request);
+                    }
                     Err(_) => break,
                 }
             }
