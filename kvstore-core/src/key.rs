@@ -6,6 +6,9 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// Default largest value, in bytes (configurable on the server).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// The highest value limit a server may be configured with (1 GiB).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 1 << 30;
+
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {

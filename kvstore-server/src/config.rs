@@ -18,6 +18,15 @@ pub enum Sync {
     None,
 }
 
+/// Parses `--max-value-bytes`: 1 byte to [`kvstore_core::key::MAX_VALUE_BYTES_LIMIT`].
+fn value_limit(text: &str) -> Result<usize, String> {
+    let max = kvstore_core::key::MAX_VALUE_BYTES_LIMIT;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of bytes from 1 to {max}")),
+    }
+}
+
 /// The kvstore server: a key-value store with numbered changes and watches.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvstore-server", version)]
@@ -31,8 +40,8 @@ pub struct Options {
     /// Durability of acknowledged writes.
     #[arg(long, env = "KVSTORE_SYNC", value_enum, default_value_t = Sync::Always)]
     pub sync: Sync,
-    /// Largest value accepted, in bytes.
-    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = kvstore_core::key::DEFAULT_MAX_VALUE_BYTES)]
+    /// Largest value accepted, in bytes (at most 1 GiB).
+    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = kvstore_core::key::DEFAULT_MAX_VALUE_BYTES, value_parser = value_limit)]
     pub max_value_bytes: usize,
     /// Page cache size, in MiB (RSS is about 1.1 × this + 50 MB + ~130 bytes per key).
     #[arg(long, env = "KVSTORE_CACHE_MB", default_value_t = 256)]

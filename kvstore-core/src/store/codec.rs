@@ -163,12 +163,17 @@ impl GroupRecord {
 pub fn last_revision(first: &[u8], bytes: &[u8]) -> Result<u64, Error> {
     let first = decode_u64(first)?;
     match bytes.first() {
-        Some(&GROUP) => {
-            let count = u32_at(bytes, 1)?;
-            Ok((first + u64::from(count)).saturating_sub(1))
-        }
+        Some(&GROUP) => last_of(first, u32_at(bytes, 1)?),
         _ => Ok(first),
     }
+}
+
+/// The last revision of a group of `count` records from `first`.
+fn last_of(first: u64, count: u32) -> Result<u64, Error> {
+    (u64::from(count))
+        .checked_sub(1)
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| Error::Corrupt("a group in the log tree has an impossible size".into()))
 }
 
 /// Decodes a `log` item (a group, or a bare record) into its events, in revision order.
@@ -179,13 +184,19 @@ pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
         return Ok(vec![decode_record(first, bytes)?]);
     }
     let count = u32_at(bytes, 1)?;
-    let mut events = Vec::with_capacity(count as usize);
+    let last = last_of(first, count)?;
+    // The count is not trusted for the allocation: a record takes 25 bytes at least.
+    let mut events = Vec::with_capacity((count as usize).min(bytes.len() / 25));
     let mut at = 5;
-    for revision in (first..).take(count as usize) {
+    for revision in first..=last {
         let len = u32_at(bytes, at)? as usize;
-        let record = bytes.get(at + 4..at + 4 + len).ok_or_else(corrupt)?;
+        let end = (at + 4).checked_add(len).ok_or_else(corrupt)?;
+        let record = bytes.get(at + 4..end).ok_or_else(corrupt)?;
         events.push(decode_record(revision, record)?);
-        at += 4 + len;
+        at = end;
+    }
+    if at != bytes.len() {
+        return Err(corrupt());
     }
     Ok(events)
 }
@@ -290,6 +301,13 @@ mod tests {
         );
         assert_eq!(last_revision(&encode_u64(7), &bytes)?, 8);
         assert!(decode_group(&encode_u64(7), &bytes[..bytes.len() - 1]).is_err());
+        // Trailing bytes, an empty group, and counts that overflow are corrupt.
+        assert!(decode_group(&encode_u64(7), &[bytes.as_slice(), &[0]].concat()).is_err());
+        assert!(decode_group(&encode_u64(7), &GroupRecord::new().finish()).is_err());
+        let huge = [GROUP, 255, 255, 255, 255];
+        assert!(decode_group(&encode_u64(u64::MAX - 1), &huge).is_err());
+        assert!(last_revision(&encode_u64(u64::MAX - 1), &huge).is_err());
+        assert!(decode_group(&encode_u64(1), &huge).is_err());
 
         let bare = encode_record("c", Some(&stored));
         let events = decode_group(&encode_u64(3), &bare)?;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::key::{validate_key, KeyError, DEFAULT_MAX_VALUE_BYTES};
+use crate::key::{validate_key, KeyError, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
 use crate::wire::{DeleteResult, Entry, ListPage, PutResult};
 use codec::decode_entry;
 pub use watch::{Watch, WatchItem, WatchOptions};
@@ -49,7 +49,8 @@ pub struct Config {
     pub temporary: bool,
     /// Durability of acknowledged writes.
     pub sync: SyncMode,
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted, in bytes (at most [`MAX_VALUE_BYTES_LIMIT`]: a larger
+    /// setting counts as that).
     pub max_value_bytes: usize,
     /// Bytes of sled page cache.
     pub cache_capacity: u64,
@@ -241,7 +242,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store described by `config`.
-    pub fn open(config: Config) -> Result<Store, Error> {
+    pub fn open(mut config: Config) -> Result<Store, Error> {
+        config.max_value_bytes = config.max_value_bytes.min(MAX_VALUE_BYTES_LIMIT);
         let db = sled::Config::new()
             .path(&config.path)
             .temporary(config.temporary)
@@ -277,6 +279,7 @@ impl Store {
             sequencer: feed.sequencer(),
             keys: keys.clone(),
             durable: durable.clone(),
+            torn: false,
         }
         .spawn(rx)?;
         Ok(Store {

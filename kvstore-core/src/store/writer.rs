@@ -82,6 +82,8 @@ pub(super) struct Writer {
     pub keys: Arc<AtomicU64>,
     /// The last durable revision, raised before any write of a group is answered.
     pub durable: Arc<tokio::sync::watch::Sender<u64>>,
+    /// A group failed after its `log` item was written (see `Writer::repair`).
+    pub torn: bool,
 }
 
 impl Writer {
@@ -142,8 +144,19 @@ impl Writer {
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
         if !ops.is_empty() {
             let started = Instant::now();
-            let applied = self.apply_group(&ops);
-            self.count_keys(&applied.results);
+            let applied = match self.repair() {
+                Ok(()) => self.apply_group(&ops),
+                Err(error) => Applied {
+                    results: Vec::new(),
+                    last: self.last,
+                    failure: Some(error),
+                    torn: false,
+                },
+            };
+            self.torn |= applied.torn;
+            if applied.failure.is_none() {
+                self.count_keys(&applied.results);
+            }
             let failure = match applied.failure {
                 Some(e) => Some(e),
                 // Nothing new to flush (every write refused, no earlier failure).
@@ -200,6 +213,23 @@ impl Writer {
                 _ => {}
             }
         }
+    }
+
+    /// After a group failed between writing its `log` item and its end, brings `kv`
+    /// and `meta` up to the log (as on open) before any other write: until then
+    /// every write fails.
+    fn repair(&mut self) -> Result<(), sled::Error> {
+        if !self.torn {
+            return Ok(());
+        }
+        recover(&self.kv, &self.log, &self.meta).map_err(|e| match e {
+            Error::Storage(e) => e,
+            other => sled::Error::Unsupported(other.to_string()),
+        })?;
+        self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
+        self.torn = false;
+        log::warn!("the store caught up with its change history after a failed write");
+        Ok(())
     }
 
     /// Flushes the group when writes are durable, timing the flush.
@@ -291,6 +321,7 @@ impl Writer {
                 results,
                 last,
                 failure: None,
+                torn: false,
             };
         }
         let first = codec::encode_u64(self.last + 1);
@@ -303,11 +334,13 @@ impl Writer {
                 None => self.kv.remove(key.as_bytes()),
             };
             if let Err(error) = written {
-                // The change records are in the log: their revisions are taken.
+                // The change records are in the log: their revisions are taken, and
+                // `kv` must catch up with them (see `repair`).
                 return Applied {
                     results,
                     last,
                     failure: Some(error),
+                    torn: true,
                 };
             }
         }
@@ -318,6 +351,7 @@ impl Writer {
         Applied {
             results,
             last,
+            torn: failure.is_some(),
             failure,
         }
     }
@@ -329,6 +363,7 @@ impl Writer {
             results,
             last: self.last,
             failure: Some(error),
+            torn: false,
         }
     }
 
@@ -424,6 +459,8 @@ struct Applied {
     last: u64,
     /// The sled error that stopped the group.
     failure: Option<sled::Error>,
+    /// The group's `log` item is written but `kv` or `meta` may lag behind it.
+    torn: bool,
 }
 
 /// Brings `kv` and `meta` up to the change history after a crash in the middle of a
