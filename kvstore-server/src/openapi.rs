@@ -38,7 +38,8 @@ pub const PATH: &str = "/v1/openapi.json";
             prefix listing and resumable watches.\n\n\
             Every 4xx and 5xx answer has the body `{\"error\": {\"code\": ..., \"message\": ...}}` \
             (`ErrorBody`, plus `revision` where one applies), except the legacy `/kv` not-found \
-            answer. An unknown path gets `404 not_found`.\n\n\
+            answer. An unknown path gets `404 not_found`; a method other than GET, PUT and \
+            DELETE on `/v1/kv/{key}` gets `405 method_not_allowed` with `Allow`.\n\n\
             Values are bytes: raw in `/v1/kv/{key}` bodies, and in JSON a string, the text \
             itself when it is UTF-8, else base64 with `\"encoding\": \"base64\"` beside it.\n\n\
             With an access file (`--access-file`) every request but `/healthz` and this \
