@@ -56,28 +56,22 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
     req.extensions_mut()
         .insert(crate::metrics::RouteLabel(KEY_ROUTE));
     // A standard method is a plain enum value: cloning it allocates nothing.
-    match req.method().clone() {
-        Method::GET => {
-            let caller = Caller::extract(&req).await?;
-            let state = web::Data::<AppState>::extract(&req).await?;
-            Ok(get(req, caller, state).await?)
-        }
-        Method::PUT => {
-            let caller = Caller::extract(&req).await?;
-            let state = web::Data::<AppState>::extract(&req).await?;
-            Ok(put(req, caller, payload, state).await?)
-        }
-        Method::DELETE => {
-            let caller = Caller::extract(&req).await?;
-            let state = web::Data::<AppState>::extract(&req).await?;
-            Ok(delete(req, caller, state).await?)
-        }
-        other => Err(ApiError::MethodNotAllowed {
-            method: other.to_string(),
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
             allow: KEY_METHODS,
         }
-        .into()),
+        .into());
     }
+    let caller = Caller::extract(&req).await?;
+    let state = web::Data::<AppState>::extract(&req).await?;
+    let answer = match method {
+        Method::PUT => put(req, caller, payload, state).await,
+        Method::DELETE => delete(req, caller, state).await,
+        _ => get(req, caller, state).await,
+    };
+    Ok(answer?)
 }
 
 /// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
