@@ -17,6 +17,14 @@ const HEADER: usize = 24;
 /// `meta` key of the last revision applied to `kv`.
 pub const META_LAST: &[u8] = b"last_revision";
 
+/// A stored entry's revisions, without its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
 /// The stored form of one key's state, without its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -48,17 +56,25 @@ impl Stored {
         })
     }
 
-    /// `(create_revision, mod_revision, version)`.
-    pub fn header(&self) -> (u64, u64, u64) {
-        (self.create_revision, self.mod_revision, self.version)
+    /// The entry's revisions.
+    pub fn header(&self) -> Header {
+        Header {
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
     }
 
     /// The [`Stored::header`] of an encoded entry, without copying its value.
-    pub fn decode_header(bytes: &[u8]) -> Result<(u64, u64, u64), Error> {
+    pub fn decode_header(bytes: &[u8]) -> Result<Header, Error> {
         if bytes.len() < HEADER {
             return Err(Error::Corrupt("short entry in the kv tree".into()));
         }
-        Ok((u64_at(bytes, 0)?, u64_at(bytes, 8)?, u64_at(bytes, 16)?))
+        Ok(Header {
+            create_revision: u64_at(bytes, 0)?,
+            mod_revision: u64_at(bytes, 8)?,
+            version: u64_at(bytes, 16)?,
+        })
     }
 
     pub fn into_entry(self, key: String) -> Entry {
@@ -201,12 +217,6 @@ pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
     Ok(events)
 }
 
-/// Decodes a bare `log` tree item into the [`Event`] it records.
-#[cfg(test)]
-pub fn decode_event(revision: &[u8], bytes: &[u8]) -> Result<Event, Error> {
-    decode_record(decode_u64(revision)?, bytes)
-}
-
 /// Decodes one change record of revision `revision`.
 fn decode_record(revision: u64, bytes: &[u8]) -> Result<Event, Error> {
     let corrupt = || Error::Corrupt("malformed record in the log tree".into());
@@ -259,7 +269,7 @@ mod tests {
             version: 2,
             value: b"\x00x".to_vec(),
         };
-        let put = decode_event(&encode_u64(42), &encode_record("app/db", Some(&stored)))?;
+        let put = decode_record(42, &encode_record("app/db", Some(&stored)))?;
         let expected = Event {
             kind: EventKind::Put,
             key: "app/db".into(),
@@ -269,12 +279,12 @@ mod tests {
             version: 2,
         };
         assert_eq!(put, expected);
-        let del = decode_event(&encode_u64(43), &encode_record("app/db", None))?;
+        let del = decode_record(43, &encode_record("app/db", None))?;
         assert_eq!(
             (del.kind, del.revision, del.value.len()),
             (EventKind::Delete, 43, 0)
         );
-        assert!(decode_event(&encode_u64(42), &[1, 0]).is_err());
+        assert!(decode_record(42, &[1, 0]).is_err());
         Ok(())
     }
 

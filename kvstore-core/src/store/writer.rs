@@ -281,7 +281,7 @@ impl Writer {
                     Err(error) => return self.failed(results, error),
                 },
             };
-            let current_rev = current.map(|(_, mod_revision, _)| mod_revision);
+            let current_rev = current.map(|h| h.mod_revision);
             if matches!(op, Op::Delete { .. }) && current.is_none() {
                 results.push(Err(Error::KeyNotFound));
                 continue;
@@ -296,9 +296,9 @@ impl Writer {
             match op {
                 Op::Put { value, .. } => {
                     let stored = Stored {
-                        create_revision: current.map_or(last, |(create, _, _)| create),
+                        create_revision: current.map_or(last, |h| h.create_revision),
                         mod_revision: last,
-                        version: current.map_or(1, |(_, _, version)| version + 1),
+                        version: current.map_or(1, |h| h.version + 1),
                         value: value.clone(),
                     };
                     record.push(key, Some(&stored));
@@ -475,7 +475,7 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
         let (first, record) = item?;
         for event in codec::decode_group(&first, &record)? {
             let current = match kv.get(event.key.as_bytes())? {
-                Some(bytes) => Some(Stored::decode_header(&bytes)?.1),
+                Some(bytes) => Some(Stored::decode_header(&bytes)?.mod_revision),
                 None => None,
             };
             last = event.revision;
