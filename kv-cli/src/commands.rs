@@ -79,13 +79,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Export { prefix } => {
-            let mut chunks = Box::pin(client.export(&prefix).await?);
+            let mut chunks = std::pin::pin!(client.export(&prefix).await?);
             while let Some(chunk) = chunks.next().await {
                 out.write_all(&chunk?)?;
             }
         }
         Command::Import => {
-            let result = client.restore(read_stdin()?).await?;
+            let result = client.restore_stream(stdin_chunks()).await?;
             if json {
                 print_json(&mut out, &result)?;
             } else {
@@ -137,6 +137,24 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Standard input as a stream of chunks, read as the upload goes, so an import
+/// never holds the whole snapshot.
+fn stdin_chunks() -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(tokio::io::stdin()), |stdin| async move {
+        let mut stdin = stdin?;
+        let mut buf = vec![0; 64 * 1024];
+        match stdin.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(stdin)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 fn print_json<T: serde::Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")?;
@@ -149,7 +167,7 @@ async fn watch(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let mut updates = Box::pin(client.watch_with(options));
+    let mut updates = client.watch_with(options);
     while let Some(update) = updates.next().await {
         match update? {
             Update::Reconnecting { reason, delay } => {

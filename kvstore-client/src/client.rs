@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult, RestoreResult};
+use kvstore_core::Condition;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
 use reqwest::Response;
 
-use crate::watch::{self, Update, WatchOptions};
+use crate::watch::{self, Events, Watch, WatchOptions};
 use crate::{tls, Error};
 
 /// Characters left as they are in a key put into a URL path (`/` stays readable).
@@ -33,17 +34,6 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
 /// Percent-encodes `s` for a query string.
 pub(crate) fn query_value(s: &str) -> String {
     utf8_percent_encode(s, QUERY).to_string()
-}
-
-/// The condition of a conditional write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    /// The key's `mod_revision` must be this (compare-and-swap).
-    ModRevision(u64),
-    /// The key must not exist (create-only).
-    Absent,
-    /// The key must exist.
-    Exists,
 }
 
 /// A client of one kvstore server. Cheap to clone; share one per program.
@@ -184,13 +174,14 @@ impl Client {
         decode(check(res, key).await?).await
     }
 
-    /// One page of the entries under `prefix`, in key order: at most `limit` (the
-    /// server's default when `None`), starting after the key `after`.
+    /// One page of the entries under `prefix`, in key order, starting after the key
+    /// `after`: at most `limit` (the server's default, 100, when `None`). The
+    /// arguments come in the order of [`kvstore_core::Storage::list`].
     pub async fn list(
         &self,
         prefix: &str,
-        limit: Option<usize>,
         after: Option<&str>,
+        limit: Option<usize>,
     ) -> Result<ListPage, Error> {
         let mut url = format!("{}/v1/kv?prefix={}", self.base, query_value(prefix));
         if let Some(limit) = limit {
@@ -208,7 +199,7 @@ impl Client {
         let mut entries = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.list(prefix, Some(1000), after.as_deref()).await?;
+            let page = self.list(prefix, after.as_deref(), Some(1000)).await?;
             entries.extend(page.entries);
             match page.next {
                 Some(next) => after = Some(next),
@@ -232,11 +223,26 @@ impl Client {
     /// Restores a snapshot made by [`Client::export`] into the server, whose store
     /// must be empty (else a `store_not_empty` [`Error::BadRequest`]).
     pub async fn restore(&self, snapshot: impl Into<Vec<u8>>) -> Result<RestoreResult, Error> {
+        self.restore_body(reqwest::Body::from(snapshot.into()))
+            .await
+    }
+
+    /// [`Client::restore`] from a stream of chunks, sent as they come: a snapshot
+    /// larger than memory restores without being held whole.
+    pub async fn restore_stream<S, E>(&self, chunks: S) -> Result<RestoreResult, Error>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.restore_body(reqwest::Body::wrap_stream(chunks)).await
+    }
+
+    async fn restore_body(&self, body: reqwest::Body) -> Result<RestoreResult, Error> {
         let res = self
             .http
             .post(format!("{}/v1/snapshot", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(snapshot.into())
+            .body(body)
             .send()
             .await?;
         decode(check(res, "").await?).await
@@ -261,30 +267,16 @@ impl Client {
     /// reconnects by itself after a dropped connection and resumes where it left
     /// off, so each change arrives exactly once; it ends only with an error that
     /// cannot be retried (e.g. [`Error::Compacted`]).
-    pub fn watch(
-        &self,
-        prefix: &str,
-    ) -> impl Stream<Item = Result<kvstore_core::wire::Event, Error>> {
-        use futures_util::StreamExt;
-        watch::stream(
-            self.clone(),
-            WatchOptions {
-                prefix: prefix.to_string(),
-                ..WatchOptions::default()
-            },
-        )
-        .filter_map(|update| async move {
-            match update {
-                Ok(Update::Event(event)) => Some(Ok(event)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            }
-        })
+    pub fn watch(&self, prefix: &str) -> Events {
+        Events::new(self.watch_with(WatchOptions {
+            prefix: prefix.to_string(),
+            ..WatchOptions::default()
+        }))
     }
 
     /// A watch with every option: start revision, initial state, reconnection.
-    pub fn watch_with(&self, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
-        watch::stream(self.clone(), options)
+    pub fn watch_with(&self, options: WatchOptions) -> Watch {
+        watch::Watch::new(self.clone(), options)
     }
 }
 

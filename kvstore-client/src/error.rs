@@ -1,6 +1,7 @@
 //! The client's error type.
 
 use kvstore_core::wire::ErrorDetail;
+use kvstore_core::ErrorCode;
 
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,8 @@ pub enum Error {
     BadRequest {
         /// HTTP status.
         status: u16,
-        /// Stable error code, e.g. `invalid_key`, `value_too_large`.
-        code: String,
+        /// Stable error code, e.g. [`ErrorCode::InvalidKey`], [`ErrorCode::ValueTooLarge`].
+        code: ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -43,8 +44,8 @@ pub enum Error {
     Server {
         /// HTTP status.
         status: u16,
-        /// Stable error code.
-        code: String,
+        /// Stable error code ([`ErrorCode::Unknown`] for an answer without one).
+        code: ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -78,31 +79,34 @@ pub enum Error {
 }
 
 impl Error {
-    /// Builds the error for an HTTP error answer.
+    /// Builds the error for an HTTP error answer: by its code when it has our
+    /// error body, else by its status.
     pub(crate) fn from_status(status: u16, detail: Option<ErrorDetail>, key: &str) -> Error {
         let (code, message, revision) = match detail {
             Some(d) => (d.code, d.message, d.revision),
-            None => (
-                format!("http_{status}"),
-                format!("HTTP status {status}"),
-                None,
-            ),
+            None => (ErrorCode::Unknown, format!("HTTP status {status}"), None),
         };
-        match (status, code.as_str()) {
-            (404, "key_not_found") => Error::NotFound {
+        // An answer without our body (from a proxy, say) goes by its status.
+        let code = match (code, status) {
+            (ErrorCode::Unknown, 401) => ErrorCode::Unauthorized,
+            (ErrorCode::Unknown, 403) => ErrorCode::Forbidden,
+            (code, _) => code,
+        };
+        match code {
+            ErrorCode::KeyNotFound => Error::NotFound {
                 key: key.to_string(),
             },
-            (401, _) => Error::Unauthorized { message },
-            (403, _) => Error::Forbidden { message },
-            (412, _) => Error::PreconditionFailed {
+            ErrorCode::Unauthorized => Error::Unauthorized { message },
+            ErrorCode::Forbidden => Error::Forbidden { message },
+            ErrorCode::PreconditionFailed => Error::PreconditionFailed {
                 current: revision,
                 message,
             },
-            (_, "compacted") => Error::Compacted {
+            ErrorCode::Compacted => Error::Compacted {
                 oldest: revision.unwrap_or(0),
                 message,
             },
-            (500.., _) => Error::Server {
+            _ if status >= 500 => Error::Server {
                 status,
                 code,
                 message,
@@ -112,6 +116,20 @@ impl Error {
                 code,
                 message,
             },
+        }
+    }
+
+    /// The stable code of an error the server answered with; `None` for
+    /// failures on this side (a connection, a decode, a setting).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::NotFound { .. } => Some(ErrorCode::KeyNotFound),
+            Error::PreconditionFailed { .. } => Some(ErrorCode::PreconditionFailed),
+            Error::Compacted { .. } => Some(ErrorCode::Compacted),
+            Error::Unauthorized { .. } => Some(ErrorCode::Unauthorized),
+            Error::Forbidden { .. } => Some(ErrorCode::Forbidden),
+            Error::BadRequest { code, .. } | Error::Server { code, .. } => Some(*code),
+            _ => None,
         }
     }
 

@@ -19,7 +19,7 @@
 //! use kvstore_client::{Client, Condition, Error};
 //!
 //! let client = Client::new("http://localhost:5000")?;
-//! let mut changes = Box::pin(client.watch("app/"));
+//! let mut changes = client.watch("app/");
 //!
 //! let put = client.put("app/mode", "blue").await?;
 //! assert_eq!(client.get("app/mode").await?, b"blue");
@@ -43,9 +43,10 @@ mod tls;
 pub use tls::install_crypto_provider;
 mod watch;
 
-pub use client::{Client, Condition};
+pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
     self, DeleteResult, Entry, Event, EventKind, ListPage, PutResult, RestoreResult,
 };
-pub use watch::{Update, WatchOptions};
+pub use kvstore_core::{Condition, ErrorCode};
+pub use watch::{Events, Update, Watch, WatchOptions};

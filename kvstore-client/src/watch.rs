@@ -5,10 +5,13 @@
 //! error or a server shutdown it reconnects with backoff and asks for
 //! `start_revision = that + 1`, so the program sees every change exactly once.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use kvstore_core::wire::{Entry, Event, Frame};
+use kvstore_core::ErrorCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::query_value;
@@ -83,10 +86,63 @@ enum Step {
     Nothing,
 }
 
-pub(crate) fn stream(
-    client: Client,
-    options: WatchOptions,
-) -> impl Stream<Item = Result<Update, Error>> {
+/// A watch stream, from [`Client::watch_with`]: every [`Update`] in order, across
+/// reconnections. A plain `Stream + Unpin`, so `watch.next().await` needs no pinning.
+pub struct Watch {
+    inner: Pin<Box<dyn Stream<Item = Result<Update, Error>> + Send>>,
+}
+
+impl Watch {
+    pub(crate) fn new(client: Client, options: WatchOptions) -> Watch {
+        Watch {
+            inner: Box::pin(stream(client, options)),
+        }
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<Update, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+/// The changes of a watch alone, from [`Client::watch`]: each [`Event`] once, in
+/// revision order, across reconnections.
+#[derive(Debug)]
+pub struct Events {
+    watch: Watch,
+}
+
+impl Events {
+    pub(crate) fn new(watch: Watch) -> Events {
+        Events { watch }
+    }
+}
+
+impl Stream for Events {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match std::task::ready!(Pin::new(&mut self.watch).poll_next(cx)) {
+                Some(Ok(Update::Event(event))) => return Poll::Ready(Some(Ok(event))),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+fn stream(client: Client, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
     let state = State {
         position: options.start_revision.map(|r| r.saturating_sub(1)),
         synced: false,
@@ -248,8 +304,8 @@ impl State {
                 }
                 Step::Nothing
             }
-            Frame::Error(detail) => match detail.code.as_str() {
-                "lagged" | "shutting_down" => {
+            Frame::Error(detail) => match detail.code {
+                ErrorCode::Lagged | ErrorCode::ShuttingDown => {
                     if let Some(last) = detail.revision {
                         self.position = Some(self.position.map_or(last, |p| p.max(last)));
                     }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kvstore_core::{Config, Precondition, Store, SyncMode, WatchItem, WatchOptions};
+use kvstore_core::{
+    SledConfig as Config, SledStore as Store, Storage, SyncMode, WatchItem, WatchOptions,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -59,7 +61,7 @@ fn bench_get(c: &mut Criterion) {
     rt.block_on(async {
         for i in 0..PUT_KEYS {
             store
-                .put(format!("bench/{i:06}"), value(), Precondition::None)
+                .put(&format!("bench/{i:06}"), value(), None)
                 .await
                 .expect("put");
         }
@@ -68,14 +70,16 @@ fn bench_get(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("existing_key", |b| {
         b.iter(|| {
-            store
-                .get(black_box("bench/000500"))
+            rt.block_on(store.get(black_box("bench/000500")))
                 .expect("get")
                 .expect("the key exists")
         })
     });
     group.bench_function("absent_key", |b| {
-        b.iter(|| store.get(black_box("bench/absent")).expect("get"))
+        b.iter(|| {
+            rt.block_on(store.get(black_box("bench/absent")))
+                .expect("get")
+        })
     });
     group.finish();
 }
@@ -97,11 +101,7 @@ fn timed_puts(rt: &Runtime, store: &Store, in_flight: u64, iters: u64, next: &mu
                 for n in 0..count {
                     let i = base + t + n * in_flight;
                     store
-                        .put(
-                            format!("bench/{:06}", i % PUT_KEYS),
-                            value.clone(),
-                            Precondition::None,
-                        )
+                        .put(&format!("bench/{:06}", i % PUT_KEYS), value.clone(), None)
                         .await
                         .expect("put");
                 }
@@ -146,14 +146,14 @@ fn bench_list(c: &mut Criterion) {
     rt.block_on(async {
         for i in 0..100 {
             store
-                .put(format!("list/{i:03}"), value(), Precondition::None)
+                .put(&format!("list/{i:03}"), value(), None)
                 .await
                 .expect("put");
         }
         for i in 0..1000 {
             for prefix in ["a/", "z/"] {
                 store
-                    .put(format!("{prefix}{i:04}"), value(), Precondition::None)
+                    .put(&format!("{prefix}{i:04}"), value(), None)
                     .await
                     .expect("put");
             }
@@ -163,7 +163,9 @@ fn bench_list(c: &mut Criterion) {
     group.throughput(Throughput::Elements(100));
     group.bench_function("prefix_100", |b| {
         b.iter(|| {
-            let page = store.list(black_box("list/"), None, 100).expect("list");
+            let page = rt
+                .block_on(store.list(black_box("list/"), None, 100))
+                .expect("list");
             assert_eq!(page.entries.len(), 100);
             page
         })
@@ -217,7 +219,7 @@ fn bench_fanout(c: &mut Criterion) {
                         for _ in 0..iters {
                             let start = Instant::now();
                             let put = store
-                                .put("fan/key", value.to_vec(), Precondition::None)
+                                .put("fan/key", value.to_vec(), None)
                                 .await
                                 .expect("put");
                             let mut seen = 0;

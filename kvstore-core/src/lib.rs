@@ -1,7 +1,7 @@
 //! # kvstore-core
 //!
-//! The data model of kvstore and, with the default `store` feature, the embedded
-//! store that keeps it on [sled].
+//! The data model of kvstore, the wire types its server and clients share, and the
+//! storage engines behind one interface.
 //!
 //! - Keys are non-empty UTF-8 strings of at most 4 KiB; `/` is an ordinary character.
 //! - Values are bytes (1 MiB at most by default).
@@ -11,26 +11,33 @@
 //! - Changes are kept in a history so a watcher can resume from any revision still
 //!   retained, and are shown to watchers only once durable, in revision order.
 //!
-//! The [`wire`] and [`key`] modules hold what the server and its clients share; they
-//! build without the store (`default-features = false`), so a client does not
-//! compile sled.
+//! Modules and features:
+//!
+//! | module | feature | what it holds |
+//! | --- | --- | --- |
+//! | [`key`], [`wire`], [`ErrorCode`], [`Condition`] | always | rules for keys, JSON shapes, the error table, write conditions |
+//! | [`storage`] | `storage` | the [`Storage`] interface every engine implements |
+//! | `sled` | `sled` (default) | the embedded engine, [`SledStore`] |
+//!
+//! A client builds this crate with `default-features = false`, so it compiles no
+//! engine.
 //!
 //! # Example
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use kvstore_core::{Config, Precondition, Store, WatchItem, WatchOptions};
+//! use kvstore_core::{Condition, SledConfig, SledStore, Storage, WatchItem, WatchOptions};
 //!
-//! let store = Store::open(Config::temporary())?;
+//! let store = SledStore::open(SledConfig::temporary())?;
 //! let mut watch = store
 //!     .watch(WatchOptions { prefix: "app/".into(), ..Default::default() })
 //!     .await?;
 //!
-//! let first = store.put("app/mode", b"blue".to_vec(), Precondition::None).await?;
+//! let first = store.put("app/mode", b"blue".to_vec(), None).await?;
 //! // Compare-and-swap: only replace the value we read.
 //! store
-//!     .put("app/mode", b"green".to_vec(), Precondition::ModRevision(first.revision))
+//!     .put("app/mode", b"green".to_vec(), Some(Condition::ModRevision(first.revision)))
 //!     .await?;
 //!
 //! let WatchItem::Event(event) = watch.next().await? else { unreachable!() };
@@ -40,11 +47,24 @@
 //! ```
 #![deny(missing_docs)]
 
+mod condition;
+mod error_code;
 pub mod key;
 pub mod wire;
 
-#[cfg(feature = "store")]
-mod store;
+#[cfg(feature = "storage")]
+pub mod storage;
 
-#[cfg(feature = "store")]
-pub use store::{Config, Error, Precondition, Store, SyncMode, Watch, WatchItem, WatchOptions};
+#[cfg(feature = "sled")]
+mod sled;
+
+pub use condition::Condition;
+pub use error_code::ErrorCode;
+
+#[cfg(feature = "storage")]
+pub use storage::{
+    Error, SharedEvent, Snapshot, Status, Storage, Watch, WatchItem, WatchOptions, WatchStream,
+};
+
+#[cfg(feature = "sled")]
+pub use crate::sled::{SledConfig, SledStore, SyncMode};

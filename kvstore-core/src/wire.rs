@@ -13,6 +13,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+pub use crate::error_code::ErrorCode;
+
 /// A key with its value and the revisions that describe its history.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,8 +153,9 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Stable code, e.g. `key_not_found`, `precondition_failed`, `compacted`.
-    pub code: String,
+    /// Stable code, e.g. `key_not_found`, `precondition_failed`, `compacted`
+    /// (the table is [`ErrorCode`]).
+    pub code: ErrorCode,
     /// What went wrong and what to do about it.
     pub message: String,
     /// A revision the error refers to (the key's current `mod_revision` for

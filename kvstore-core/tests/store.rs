@@ -15,8 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_core::key::{KeyError, MAX_KEY_BYTES};
-use kvstore_core::wire::{Entry, Event, EventKind};
-use kvstore_core::{Config, Error, Precondition, Store, SyncMode, Watch, WatchItem, WatchOptions};
+use kvstore_core::wire::{Entry, EventKind};
+use kvstore_core::{
+    Condition, Error, SharedEvent, SledConfig as Config, SledStore as Store, Storage, SyncMode,
+    Watch, WatchItem, WatchOptions,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -41,7 +44,7 @@ async fn open_retrying(config: Config) -> Result<Store, Error> {
     let mut attempts = 0;
     loop {
         match Store::open(config.clone()) {
-            Err(Error::Storage(e)) if attempts < 2000 && is_lock_error(&e) => {
+            Err(Error::Locked(_)) if attempts < 2000 => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -50,17 +53,13 @@ async fn open_retrying(config: Config) -> Result<Store, Error> {
     }
 }
 
-fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
-}
-
 /// The next item of `watch`, failing instead of hanging.
 async fn next_item(watch: &mut Watch) -> Result<WatchItem, Box<dyn std::error::Error>> {
     Ok(tokio::time::timeout(DEADLINE, watch.next()).await??)
 }
 
 /// The next item of `watch`, which must be an event.
-async fn next_event(watch: &mut Watch) -> Result<Arc<Event>, Box<dyn std::error::Error>> {
+async fn next_event(watch: &mut Watch) -> Result<Arc<SharedEvent>, Box<dyn std::error::Error>> {
     match next_item(watch).await? {
         WatchItem::Event(event) => Ok(event),
         other => Err(format!("expected an event, got {other:?}").into()),
@@ -99,10 +98,7 @@ async fn wait_published(store: &Store) -> Result<u64, Box<dyn std::error::Error>
 /// a missing key goes through the writer (its own group, changing nothing, so its own
 /// compaction step is a no-op) and is answered only after the previous group's work.
 async fn writer_barrier(store: &Store) -> TestResult {
-    match store
-        .delete("\u{0}writer-barrier/missing", Precondition::None)
-        .await
-    {
+    match store.delete("\u{0}writer-barrier/missing", None).await {
         Err(Error::KeyNotFound) => Ok(()),
         other => Err(format!("expected KeyNotFound from the barrier delete, got {other:?}").into()),
     }
@@ -134,27 +130,20 @@ async fn revisions_strictly_increase_and_continue_after_reopen() -> TestResult {
         assert_eq!(store.revision(), 0);
         for i in 0..12u32 {
             let put = store
-                .put(
-                    format!("k/{}", i % 5),
-                    format!("v{i}").into_bytes(),
-                    Precondition::None,
-                )
+                .put(&format!("k/{}", i % 5), format!("v{i}").into_bytes(), None)
                 .await?;
             assert_eq!(put.revision, last + 1, "put {i}");
             last = put.revision;
         }
         for key in ["k/0", "k/3"] {
-            let deleted = store.delete(key, Precondition::None).await?;
+            let deleted = store.delete(key, None).await?;
             assert_eq!(deleted.revision, last + 1, "delete of {key}");
             last = deleted.revision;
         }
         // A put after the deletes, so the last revision is a put.
-        last = store
-            .put("k/9", b"after".to_vec(), Precondition::None)
-            .await?
-            .revision;
+        last = store.put("k/9", b"after".to_vec(), None).await?.revision;
         assert_eq!(last, 15);
-        expected = store.list("", None, 100)?.entries;
+        expected = store.list("", None, 100).await?.entries;
         assert_eq!(expected.len(), 4);
         drop(store);
     }
@@ -165,21 +154,20 @@ async fn revisions_strictly_increase_and_continue_after_reopen() -> TestResult {
         last,
         "the reopened store starts at the last revision"
     );
-    assert_eq!(store.list("", None, 100)?.entries, expected);
+    assert_eq!(store.list("", None, 100).await?.entries, expected);
     for entry in &expected {
-        assert_eq!(store.get(&entry.key)?.as_ref(), Some(entry));
+        assert_eq!(store.get(&entry.key).await?.as_ref(), Some(entry));
     }
-    assert_eq!(store.get("k/0")?, None);
-    assert_eq!(store.get("k/3")?, None);
-    assert_eq!(store.get("k/4")?.map(|e| e.value), Some(b"v9".to_vec()));
+    assert_eq!(store.get("k/0").await?, None);
+    assert_eq!(store.get("k/3").await?, None);
+    assert_eq!(
+        store.get("k/4").await?.map(|e| e.value),
+        Some(b"v9".to_vec())
+    );
 
-    let put = store
-        .put("k/0", b"again".to_vec(), Precondition::None)
-        .await?;
+    let put = store.put("k/0", b"again".to_vec(), None).await?;
     assert_eq!(put.revision, last + 1, "revisions continue after reopen");
-    let put2 = store
-        .put("k/1", b"again".to_vec(), Precondition::None)
-        .await?;
+    let put2 = store.put("k/1", b"again".to_vec(), None).await?;
     assert_eq!(put2.revision, last + 2);
 
     // The history survived too, and is seamless with the new writes.
@@ -196,24 +184,22 @@ async fn create_mod_revision_and_version_follow_etcd() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path())?;
     // Something else first, so revisions and versions differ.
-    store
-        .put("other", b"x".to_vec(), Precondition::None)
-        .await?;
+    store.put("other", b"x".to_vec(), None).await?;
 
-    let first = store.put("k", b"1".to_vec(), Precondition::None).await?;
+    let first = store.put("k", b"1".to_vec(), None).await?;
     assert_eq!(first.version, 1);
     assert_eq!(first.create_revision, first.revision);
-    let entry = store.get("k")?.ok_or("k missing")?;
+    let entry = store.get("k").await?.ok_or("k missing")?;
     assert_eq!(
         (entry.create_revision, entry.mod_revision, entry.version),
         (first.revision, first.revision, 1)
     );
 
-    let second = store.put("k", b"2".to_vec(), Precondition::None).await?;
+    let second = store.put("k", b"2".to_vec(), None).await?;
     assert_eq!(second.version, 2);
     assert_eq!(second.create_revision, first.revision);
     assert!(second.revision > first.revision);
-    let entry = store.get("k")?.ok_or("k missing")?;
+    let entry = store.get("k").await?.ok_or("k missing")?;
     assert_eq!(
         (
             entry.create_revision,
@@ -224,18 +210,18 @@ async fn create_mod_revision_and_version_follow_etcd() -> TestResult {
         (first.revision, second.revision, 2, &b"2"[..])
     );
 
-    let deleted = store.delete("k", Precondition::None).await?;
+    let deleted = store.delete("k", None).await?;
     assert_eq!(deleted.revision, second.revision + 1);
-    assert_eq!(store.get("k")?, None);
+    assert_eq!(store.get("k").await?, None);
 
-    let third = store.put("k", b"3".to_vec(), Precondition::None).await?;
+    let third = store.put("k", b"3".to_vec(), None).await?;
     assert_eq!(third.version, 1, "a re-created key starts at version 1");
     assert_eq!(
         third.create_revision, third.revision,
         "and gets a new create_revision"
     );
     assert_eq!(third.revision, deleted.revision + 1);
-    let entry = store.get("k")?.ok_or("k missing")?;
+    let entry = store.get("k").await?.ok_or("k missing")?;
     assert_eq!(
         (entry.create_revision, entry.mod_revision, entry.version),
         (third.revision, third.revision, 1)
@@ -249,23 +235,25 @@ async fn preconditions_and_compare_and_swap() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path())?;
 
-    let created = store.put("k", b"a".to_vec(), Precondition::Absent).await?;
+    let created = store
+        .put("k", b"a".to_vec(), Some(Condition::Absent))
+        .await?;
     let swapped = store
         .put(
             "k",
             b"b".to_vec(),
-            Precondition::ModRevision(created.revision),
+            Some(Condition::ModRevision(created.revision)),
         )
         .await?;
     assert_eq!(swapped.revision, created.revision + 1);
-    assert_eq!(store.get("k")?.map(|e| e.value), Some(b"b".to_vec()));
+    assert_eq!(store.get("k").await?.map(|e| e.value), Some(b"b".to_vec()));
 
     // Stale revision: fails and reports the actual mod_revision.
     match store
         .put(
             "k",
             b"c".to_vec(),
-            Precondition::ModRevision(created.revision),
+            Some(Condition::ModRevision(created.revision)),
         )
         .await
     {
@@ -273,13 +261,13 @@ async fn preconditions_and_compare_and_swap() -> TestResult {
         other => return Err(format!("stale CAS: {other:?}").into()),
     }
     // Create-only on an existing key.
-    match store.put("k", b"c".to_vec(), Precondition::Absent).await {
+    match store.put("k", b"c".to_vec(), Some(Condition::Absent)).await {
         Err(Error::PreconditionFailed { current }) => assert_eq!(current, Some(swapped.revision)),
         other => return Err(format!("Absent on existing key: {other:?}").into()),
     }
     // Exists on a missing key.
     match store
-        .put("missing", b"c".to_vec(), Precondition::Exists)
+        .put("missing", b"c".to_vec(), Some(Condition::Exists))
         .await
     {
         Err(Error::PreconditionFailed { current: None }) => {}
@@ -290,45 +278,47 @@ async fn preconditions_and_compare_and_swap() -> TestResult {
         .put(
             "missing",
             b"c".to_vec(),
-            Precondition::ModRevision(created.revision),
+            Some(Condition::ModRevision(created.revision)),
         )
         .await
     {
         Err(Error::PreconditionFailed { current: None }) => {}
         other => return Err(format!("CAS on missing key: {other:?}").into()),
     }
-    assert_eq!(store.get("missing")?, None);
+    assert_eq!(store.get("missing").await?, None);
     // Delete of a missing key.
-    match store.delete("missing", Precondition::None).await {
+    match store.delete("missing", None).await {
         Err(Error::KeyNotFound) => {}
         other => return Err(format!("delete of missing key: {other:?}").into()),
     }
     // Delete with a stale revision.
     match store
-        .delete("k", Precondition::ModRevision(created.revision))
+        .delete("k", Some(Condition::ModRevision(created.revision)))
         .await
     {
         Err(Error::PreconditionFailed { current }) => assert_eq!(current, Some(swapped.revision)),
         other => return Err(format!("stale CAS delete: {other:?}").into()),
     }
     assert_eq!(
-        store.get("k")?.map(|e| e.value),
+        store.get("k").await?.map(|e| e.value),
         Some(b"b".to_vec()),
         "nothing changed"
     );
 
     // Successful conditional writes, and no revision was spent by the failures.
-    let exists = store.put("k", b"d".to_vec(), Precondition::Exists).await?;
+    let exists = store
+        .put("k", b"d".to_vec(), Some(Condition::Exists))
+        .await?;
     assert_eq!(
         exists.revision,
         swapped.revision + 1,
         "failed writes use no revision"
     );
     let deleted = store
-        .delete("k", Precondition::ModRevision(exists.revision))
+        .delete("k", Some(Condition::ModRevision(exists.revision)))
         .await?;
     assert_eq!(deleted.revision, exists.revision + 1);
-    assert_eq!(store.get("k")?, None);
+    assert_eq!(store.get("k").await?, None);
     assert_eq!(wait_published(&store).await?, deleted.revision);
     assert_eq!(store.revision(), deleted.revision);
     Ok(())
@@ -339,25 +329,17 @@ async fn preconditions_and_compare_and_swap() -> TestResult {
 async fn list_pages_through_a_prefix() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path())?;
-    store.put("o", b"out".to_vec(), Precondition::None).await?;
-    store.put("q", b"out".to_vec(), Precondition::None).await?;
+    store.put("o", b"out".to_vec(), None).await?;
+    store.put("q", b"out".to_vec(), None).await?;
     // Written out of order (7 is coprime with 25, so this visits every i once).
     for n in 0..25u32 {
         let i = (n * 7) % 25;
         store
-            .put(
-                format!("p/{i:02}"),
-                format!("v{i}").into_bytes(),
-                Precondition::None,
-            )
+            .put(&format!("p/{i:02}"), format!("v{i}").into_bytes(), None)
             .await?;
     }
-    store
-        .put("p", b"not under p/".to_vec(), Precondition::None)
-        .await?;
-    store
-        .put("p0", b"not under p/".to_vec(), Precondition::None)
-        .await?;
+    store.put("p", b"not under p/".to_vec(), None).await?;
+    store.put("p0", b"not under p/".to_vec(), None).await?;
     // `store.revision()` may trail the last acknowledged write (see
     // `revision_includes_acknowledged_writes`), so wait for it first.
     let revision = wait_published(&store).await?;
@@ -367,13 +349,13 @@ async fn list_pages_through_a_prefix() -> TestResult {
     let mut after: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = store.list("p/", after.as_deref(), 10)?;
+        let page = store.list("p/", after.as_deref(), 10).await?;
         pages += 1;
         assert!(pages <= 3, "too many pages");
         assert!(page.entries.len() <= 10);
         assert_eq!(page.revision, revision);
         for entry in &page.entries {
-            assert_eq!(store.get(&entry.key)?.as_ref(), Some(entry));
+            assert_eq!(store.get(&entry.key).await?.as_ref(), Some(entry));
         }
         keys.extend(page.entries.iter().map(|e| e.key.clone()));
         match page.next {
@@ -393,23 +375,24 @@ async fn list_pages_through_a_prefix() -> TestResult {
     assert_eq!(pages, 3);
 
     // One page holding everything has no next.
-    let all = store.list("p/", None, 25)?;
+    let all = store.list("p/", None, 25).await?;
     assert_eq!(all.entries.len(), 25);
     assert_eq!(all.next, None);
     // Everything, across prefixes.
-    assert_eq!(store.list("", None, 1000)?.entries.len(), 29);
+    assert_eq!(store.list("", None, 1000).await?.entries.len(), 29);
     // `after` past the prefix's range, and before it.
-    assert!(store.list("p/", Some("p/99"), 10)?.entries.is_empty());
+    assert!(store.list("p/", Some("p/99"), 10).await?.entries.is_empty());
     assert_eq!(
         store
-            .list("p/", Some("a"), 1)?
+            .list("p/", Some("a"), 1)
+            .await?
             .entries
             .first()
             .map(|e| e.key.as_str()),
         Some("p/00")
     );
     // Limit 0 counts as 1, so a pager never mistakes it for the end.
-    let one = store.list("p/", None, 0)?;
+    let one = store.list("p/", None, 0).await?;
     assert_eq!(one.entries.len(), 1);
     assert_eq!(one.next.as_deref(), Some("p/00"));
     Ok(())
@@ -425,29 +408,26 @@ async fn invalid_keys_and_oversized_values_are_refused() -> TestResult {
     let long = "k".repeat(MAX_KEY_BYTES + 1);
     assert_eq!(long.len(), 4097);
 
-    match store.put("", b"v".to_vec(), Precondition::None).await {
+    match store.put("", b"v".to_vec(), None).await {
         Err(Error::InvalidKey(KeyError::Empty)) => {}
         other => return Err(format!("put of empty key: {other:?}").into()),
     }
-    match store
-        .put(long.clone(), b"v".to_vec(), Precondition::None)
-        .await
-    {
+    match store.put(&long.clone(), b"v".to_vec(), None).await {
         Err(Error::InvalidKey(KeyError::TooLong(4097))) => {}
         other => return Err(format!("put of a 4097-byte key: {other:?}").into()),
     }
-    assert!(matches!(store.get(""), Err(Error::InvalidKey(_))));
-    assert!(matches!(store.get(&long), Err(Error::InvalidKey(_))));
+    assert!(matches!(store.get("").await, Err(Error::InvalidKey(_))));
+    assert!(matches!(store.get(&long).await, Err(Error::InvalidKey(_))));
     assert!(matches!(
-        store.delete("", Precondition::None).await,
+        store.delete("", None).await,
         Err(Error::InvalidKey(_))
     ));
     assert!(matches!(
-        store.delete(long.clone(), Precondition::None).await,
+        store.delete(&long.clone(), None).await,
         Err(Error::InvalidKey(_))
     ));
 
-    match store.put("k", vec![0; 65], Precondition::None).await {
+    match store.put("k", vec![0; 65], None).await {
         Err(Error::ValueTooLarge { size: 65, max: 64 }) => {}
         other => return Err(format!("put of a 65-byte value: {other:?}").into()),
     }
@@ -455,15 +435,17 @@ async fn invalid_keys_and_oversized_values_are_refused() -> TestResult {
 
     // The limits themselves are accepted.
     let at_limit = "k".repeat(MAX_KEY_BYTES);
-    let put = store
-        .put(at_limit.clone(), vec![7; 64], Precondition::None)
-        .await?;
+    let put = store.put(&at_limit.clone(), vec![7; 64], None).await?;
     assert_eq!(put.revision, 1);
-    assert_eq!(store.get(&at_limit)?.map(|e| e.value), Some(vec![7; 64]));
-    store
-        .put("empty-value", Vec::new(), Precondition::None)
-        .await?;
-    assert_eq!(store.get("empty-value")?.map(|e| e.value), Some(Vec::new()));
+    assert_eq!(
+        store.get(&at_limit).await?.map(|e| e.value),
+        Some(vec![7; 64])
+    );
+    store.put("empty-value", Vec::new(), None).await?;
+    assert_eq!(
+        store.get("empty-value").await?.map(|e| e.value),
+        Some(Vec::new())
+    );
     Ok(())
 }
 
@@ -473,7 +455,7 @@ async fn watch_sees_changes_under_its_prefix_in_order() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path())?;
     store
-        .put("a/old", b"before the watch".to_vec(), Precondition::None)
+        .put("a/old", b"before the watch".to_vec(), None)
         .await?;
     // Without this wait, the watches could start before "a/old" is published and
     // deliver it (see `live_watch_skips_writes_acknowledged_before_it`).
@@ -502,15 +484,9 @@ async fn watch_sees_changes_under_its_prefix_in_order() -> TestResult {
         let (kind, revision) = match value {
             Some(value) => (
                 EventKind::Put,
-                store
-                    .put(*key, value.to_vec(), Precondition::None)
-                    .await?
-                    .revision,
+                store.put(key, value.to_vec(), None).await?.revision,
             ),
-            None => (
-                EventKind::Delete,
-                store.delete(*key, Precondition::None).await?.revision,
-            ),
+            None => (EventKind::Delete, store.delete(key, None).await?.revision),
         };
         revisions.push(revision);
         if key.starts_with("a/") {
@@ -548,10 +524,8 @@ async fn watch_sees_changes_under_its_prefix_in_order() -> TestResult {
     }
 
     // Nothing else is queued: the next event is the next write under a/.
-    store.put("b/2", b"x".to_vec(), Precondition::None).await?;
-    let sentinel = store
-        .put("a/zz", b"end".to_vec(), Precondition::None)
-        .await?;
+    store.put("b/2", b"x".to_vec(), None).await?;
+    let sentinel = store.put("a/zz", b"end".to_vec(), None).await?;
     let event = next_event(&mut watch).await?;
     assert_eq!(
         (event.key.as_str(), event.revision),
@@ -575,11 +549,7 @@ async fn watch_resumes_from_a_revision_then_continues_live() -> TestResult {
             format!("r/{}", i % 4)
         };
         let put = store
-            .put(
-                key.clone(),
-                format!("v{i}").into_bytes(),
-                Precondition::None,
-            )
+            .put(&key.clone(), format!("v{i}").into_bytes(), None)
             .await?;
         assert_eq!(put.revision, i);
         if key.starts_with("r/") {
@@ -603,32 +573,22 @@ async fn watch_resumes_from_a_revision_then_continues_live() -> TestResult {
         assert!(event.key.starts_with("r/"));
     }
 
-    let live = store
-        .put("r/live", b"21".to_vec(), Precondition::None)
-        .await?;
+    let live = store.put("r/live", b"21".to_vec(), None).await?;
     assert_eq!(live.revision, 21);
     assert_eq!(next_event(&mut all).await?.revision, 21);
     assert_eq!(next_event(&mut only_r).await?.revision, 21);
 
     // No duplicates and nothing skipped: the next events are exactly the next writes.
-    store
-        .put("x/22", b"22".to_vec(), Precondition::None)
-        .await?;
-    store
-        .put("r/23", b"23".to_vec(), Precondition::None)
-        .await?;
+    store.put("x/22", b"22".to_vec(), None).await?;
+    store.put("r/23", b"23".to_vec(), None).await?;
     assert_eq!(next_event(&mut all).await?.revision, 22);
     assert_eq!(next_event(&mut all).await?.revision, 23);
     assert_eq!(next_event(&mut only_r).await?.revision, 23);
 
     // A start in the future delivers from there on.
     let mut future = store.watch(watch_from("", 25)).await?;
-    store
-        .put("r/24", b"24".to_vec(), Precondition::None)
-        .await?;
-    store
-        .put("r/25", b"25".to_vec(), Precondition::None)
-        .await?;
+    store.put("r/24", b"24".to_vec(), None).await?;
+    store.put("r/25", b"25".to_vec(), None).await?;
     assert_eq!(next_event(&mut future).await?.revision, 25);
     Ok(())
 }
@@ -641,17 +601,11 @@ async fn watch_with_initial_state_then_live_events() -> TestResult {
     let store = open(dir.path())?;
     for key in ["k/c", "k/a", "other/x", "k/b", "k/d", "k"] {
         store
-            .put(
-                key,
-                format!("value of {key}").into_bytes(),
-                Precondition::None,
-            )
+            .put(key, format!("value of {key}").into_bytes(), None)
             .await?;
     }
-    store
-        .put("k/a", b"updated".to_vec(), Precondition::None)
-        .await?;
-    store.delete("k/d", Precondition::None).await?;
+    store.put("k/a", b"updated".to_vec(), None).await?;
+    store.delete("k/d", None).await?;
 
     let mut watch = store
         .watch(WatchOptions {
@@ -666,24 +620,20 @@ async fn watch_with_initial_state_then_live_events() -> TestResult {
     let synced = loop {
         match next_item(&mut watch).await? {
             WatchItem::Entry(entry) => {
-                assert_eq!(store.get(&entry.key)?.as_ref(), Some(&entry));
+                assert_eq!(store.get(&entry.key).await?.as_ref(), Some(&entry));
                 keys.push(entry.key);
             }
             WatchItem::Synced(r) => break r,
-            WatchItem::Event(event) => return Err(format!("event before Synced: {event:?}").into()),
+            other => return Err(format!("{other:?} before Synced").into()),
         }
     };
     assert_eq!(keys, ["k/a", "k/b", "k/c"]);
     assert_eq!(synced, revision_at_open);
     assert_eq!(synced, store.revision());
 
-    store
-        .put("other/y", b"x".to_vec(), Precondition::None)
-        .await?;
-    let put = store
-        .put("k/e", b"new".to_vec(), Precondition::None)
-        .await?;
-    let deleted = store.delete("k/a", Precondition::None).await?;
+    store.put("other/y", b"x".to_vec(), None).await?;
+    let put = store.put("k/e", b"new".to_vec(), None).await?;
+    let deleted = store.delete("k/a", None).await?;
     let event = next_event(&mut watch).await?;
     assert!(event.revision > synced);
     assert_eq!((event.key.as_str(), event.revision), ("k/e", put.revision));
@@ -719,12 +669,10 @@ async fn initial_state_with_concurrent_writers_reproduces_the_final_state() -> T
     let store = open(dir.path())?;
     for i in 0..20 {
         store
-            .put(format!("c/{i:02}"), b"seed".to_vec(), Precondition::None)
+            .put(&format!("c/{i:02}"), b"seed".to_vec(), None)
             .await?;
     }
-    store
-        .put("elsewhere", b"x".to_vec(), Precondition::None)
-        .await?;
+    store.put("elsewhere", b"x".to_vec(), None).await?;
 
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let mut started_tx = Some(started_tx);
@@ -737,14 +685,14 @@ async fn initial_state_with_concurrent_writers_reproduces_the_final_state() -> T
             for j in 0..OPS {
                 let key = format!("c/{:02}", (w * 7 + j * 3) % KEYS);
                 let revision = if j % 5 == 4 {
-                    match store.delete(key, Precondition::None).await {
+                    match store.delete(&key, None).await {
                         Ok(deleted) => deleted.revision,
                         Err(Error::KeyNotFound) => continue,
                         Err(e) => return Err(e),
                     }
                 } else {
                     store
-                        .put(key, format!("w{w}-{j}").into_bytes(), Precondition::None)
+                        .put(&key, format!("w{w}-{j}").into_bytes(), None)
                         .await?
                         .revision
                 };
@@ -774,7 +722,7 @@ async fn initial_state_with_concurrent_writers_reproduces_the_final_state() -> T
     for task in tasks {
         last_write = last_write.max(task.await??);
     }
-    assert_eq!(store.list("elsewhere", None, 10)?.entries.len(), 1);
+    assert_eq!(store.list("elsewhere", None, 10).await?.entries.len(), 1);
 
     let mut state: BTreeMap<String, Entry> = BTreeMap::new();
     let synced = loop {
@@ -787,7 +735,7 @@ async fn initial_state_with_concurrent_writers_reproduces_the_final_state() -> T
                 state.insert(entry.key.clone(), entry);
             }
             WatchItem::Synced(r) => break r,
-            WatchItem::Event(event) => return Err(format!("event before Synced: {event:?}").into()),
+            other => return Err(format!("{other:?} before Synced").into()),
         }
     };
     assert!(synced >= before_open);
@@ -823,7 +771,8 @@ async fn initial_state_with_concurrent_writers_reproduces_the_final_state() -> T
     assert_eq!(previous, last_write, "the last write under c/ was seen");
 
     let final_state: BTreeMap<String, Entry> = store
-        .list("c/", None, 1000)?
+        .list("c/", None, 1000)
+        .await?
         .entries
         .into_iter()
         .map(|e| (e.key.clone(), e))
@@ -841,18 +790,14 @@ async fn watch_below_the_compacted_history_fails() -> TestResult {
     let store = Store::open(config)?;
     for i in 0..100u32 {
         store
-            .put(
-                format!("c/{}", i % 7),
-                i.to_string().into_bytes(),
-                Precondition::None,
-            )
+            .put(&format!("c/{}", i % 7), i.to_string().into_bytes(), None)
             .await?;
     }
     // A few more groups, so compaction has run after the 100th write too.
     let mut last = 0;
     for i in 0..3u32 {
         last = store
-            .put("c/more", i.to_string().into_bytes(), Precondition::None)
+            .put("c/more", i.to_string().into_bytes(), None)
             .await?
             .revision;
     }
@@ -860,7 +805,7 @@ async fn watch_below_the_compacted_history_fails() -> TestResult {
     // Compaction runs on the writer thread after it answered; wait until it is done.
     writer_barrier(&store).await?;
 
-    let oldest = store.oldest_revision()?;
+    let oldest = store.status().await?.oldest_revision;
     assert!(oldest > 1, "the history was compacted (oldest {oldest})");
     assert!(
         oldest + 9 <= last,
@@ -874,7 +819,7 @@ async fn watch_below_the_compacted_history_fails() -> TestResult {
         }) => {
             assert_eq!(requested, 1);
             assert_eq!(reported, oldest);
-            assert_eq!(reported, store.oldest_revision()?);
+            assert_eq!(reported, store.status().await?.oldest_revision);
         }
         Ok(_) => return Err("watch from revision 1 opened despite compaction".into()),
         Err(other) => return Err(format!("watch from revision 1: {other:?}").into()),
@@ -890,7 +835,7 @@ async fn watch_below_the_compacted_history_fails() -> TestResult {
         assert_eq!(next_event(&mut watch).await?.revision, rev);
     }
     // The current data is untouched by compaction.
-    assert_eq!(store.list("c/", None, 100)?.entries.len(), 8);
+    assert_eq!(store.list("c/", None, 100).await?.entries.len(), 8);
     Ok(())
 }
 
@@ -910,13 +855,13 @@ async fn concurrent_writers_get_unique_revisions_and_lose_nothing() -> TestResul
             let mut revisions = Vec::new();
             for _ in 0..PER_TASK {
                 loop {
-                    let (n, precondition) = match store.get("counter")? {
-                        None => (0u64, Precondition::Absent),
+                    let (n, precondition) = match store.get("counter").await? {
+                        None => (0u64, Some(Condition::Absent)),
                         Some(entry) => {
                             let text = String::from_utf8(entry.value)
                                 .map_err(|e| Error::Corrupt(e.to_string()))?;
                             let n = text.parse().map_err(|_| Error::Corrupt(text))?;
-                            (n, Precondition::ModRevision(entry.mod_revision))
+                            (n, Some(Condition::ModRevision(entry.mod_revision)))
                         }
                     };
                     match store
@@ -939,7 +884,7 @@ async fn concurrent_writers_get_unique_revisions_and_lose_nothing() -> TestResul
     for task in counters {
         revisions.extend(task.await??);
     }
-    let counter = store.get("counter")?.ok_or("counter missing")?;
+    let counter = store.get("counter").await?.ok_or("counter missing")?;
     assert_eq!(counter.value, b"1600".to_vec());
     assert_eq!(counter.version, TASKS * PER_TASK);
     assert_eq!(Some(&counter.mod_revision), revisions.iter().max());
@@ -952,9 +897,9 @@ async fn concurrent_writers_get_unique_revisions_and_lose_nothing() -> TestResul
             for i in 0..PER_TASK {
                 let put = store
                     .put(
-                        format!("d/{t}/{i:03}"),
+                        &format!("d/{t}/{i:03}"),
                         format!("{t}:{i}").into_bytes(),
-                        Precondition::None,
+                        None,
                     )
                     .await?;
                 assert_eq!((put.version, put.create_revision), (1, put.revision));
@@ -966,11 +911,14 @@ async fn concurrent_writers_get_unique_revisions_and_lose_nothing() -> TestResul
     for task in writers {
         revisions.extend(task.await??);
     }
-    let entries = store.list("d/", None, 10_000)?.entries;
+    let entries = store.list("d/", None, 10_000).await?.entries;
     assert_eq!(entries.len() as u64, TASKS * PER_TASK);
     for t in 0..TASKS {
         for i in 0..PER_TASK {
-            let entry = store.get(&format!("d/{t}/{i:03}"))?.ok_or("missing key")?;
+            let entry = store
+                .get(&format!("d/{t}/{i:03}"))
+                .await?
+                .ok_or("missing key")?;
             assert_eq!(entry.value, format!("{t}:{i}").into_bytes());
         }
     }
@@ -993,9 +941,7 @@ async fn slow_watcher_is_lagged_at_its_position() -> TestResult {
     let mut config = Config::new(dir.path());
     config.event_buffer = 16;
     let store = Store::open(config)?;
-    store
-        .put("before", b"x".to_vec(), Precondition::None)
-        .await?;
+    store.put("before", b"x".to_vec(), None).await?;
     wait_published(&store).await?;
 
     let mut watch = store.watch(watch_prefix("")).await?;
@@ -1004,11 +950,7 @@ async fn slow_watcher_is_lagged_at_its_position() -> TestResult {
     let mut last = 0;
     for i in 0..100u32 {
         last = store
-            .put(
-                format!("k/{i}"),
-                i.to_string().into_bytes(),
-                Precondition::None,
-            )
+            .put(&format!("k/{i}"), i.to_string().into_bytes(), None)
             .await?
             .revision;
     }
@@ -1039,18 +981,18 @@ async fn sync_none_mode_works() -> TestResult {
     assert_eq!(store.config().sync, SyncMode::None);
     let mut watch = store.watch(watch_prefix("s/")).await?;
 
-    let first = store.put("s/a", b"1".to_vec(), Precondition::None).await?;
+    let first = store.put("s/a", b"1".to_vec(), None).await?;
     let second = store
         .put(
             "s/a",
             b"2".to_vec(),
-            Precondition::ModRevision(first.revision),
+            Some(Condition::ModRevision(first.revision)),
         )
         .await?;
     let third = store
-        .put("s/b", b"3".to_vec(), Precondition::Absent)
+        .put("s/b", b"3".to_vec(), Some(Condition::Absent))
         .await?;
-    let deleted = store.delete("s/b", Precondition::None).await?;
+    let deleted = store.delete("s/b", None).await?;
     assert_eq!(
         [
             first.revision,
@@ -1060,7 +1002,7 @@ async fn sync_none_mode_works() -> TestResult {
         ],
         [1, 2, 3, 4]
     );
-    let entry = store.get("s/a")?.ok_or("s/a missing")?;
+    let entry = store.get("s/a").await?.ok_or("s/a missing")?;
     assert_eq!((entry.value.as_slice(), entry.version), (&b"2"[..], 2));
 
     for (kind, key, rev) in [
@@ -1075,21 +1017,18 @@ async fn sync_none_mode_works() -> TestResult {
             (kind, key, rev)
         );
     }
-    store.flush()?;
+    store.flush().await?;
     drop(watch);
     drop(store);
 
     let store = open_retrying(config).await?;
     assert_eq!(store.revision(), 4);
-    assert_eq!(store.get("s/a")?.map(|e| e.value), Some(b"2".to_vec()));
-    assert_eq!(store.get("s/b")?, None);
     assert_eq!(
-        store
-            .put("s/c", b"5".to_vec(), Precondition::None)
-            .await?
-            .revision,
-        5
+        store.get("s/a").await?.map(|e| e.value),
+        Some(b"2".to_vec())
     );
+    assert_eq!(store.get("s/b").await?, None);
+    assert_eq!(store.put("s/c", b"5".to_vec(), None).await?.revision, 5);
     Ok(())
 }
 
@@ -1126,14 +1065,10 @@ async fn revision_includes_acknowledged_writes() -> TestResult {
     let store = open(dir.path())?;
     for i in 0..300u32 {
         let put = store
-            .put(
-                format!("k/{}", i % 10),
-                i.to_string().into_bytes(),
-                Precondition::None,
-            )
+            .put(&format!("k/{}", i % 10), i.to_string().into_bytes(), None)
             .await?;
         let revision = store.revision();
-        let listed = store.list("k/", None, 100)?;
+        let listed = store.list("k/", None, 100).await?;
         assert!(
             revision >= put.revision,
             "after put {i} answered revision {}, store.revision() is {revision}",
@@ -1163,11 +1098,11 @@ async fn live_watch_skips_writes_acknowledged_before_it() -> TestResult {
     let store = open(dir.path())?;
     for i in 0..300u32 {
         let before = store
-            .put("w/before", i.to_string().into_bytes(), Precondition::None)
+            .put("w/before", i.to_string().into_bytes(), None)
             .await?;
         let mut watch = store.watch(watch_prefix("w/")).await?;
         let after = store
-            .put("w/after", i.to_string().into_bytes(), Precondition::None)
+            .put("w/after", i.to_string().into_bytes(), None)
             .await?;
         let event = next_event(&mut watch).await?;
         assert_eq!(

@@ -226,7 +226,7 @@ impl Caller {
         if self.can_read(key) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
+            Err(ApiError::forbidden(format!(
                 "this token may not read {key:?}"
             )))
         }
@@ -237,7 +237,7 @@ impl Caller {
         match self {
             Caller::Open => Ok(()),
             Caller::Token(role) if role.can_write(key) => Ok(()),
-            Caller::Token(_) => Err(ApiError::Forbidden(format!(
+            Caller::Token(_) => Err(ApiError::forbidden(format!(
                 "this token may not write {key:?}"
             ))),
         }
@@ -249,7 +249,7 @@ impl Caller {
         match self {
             Caller::Open => Ok(()),
             Caller::Token(role) if role.can_read_some(prefix) => Ok(()),
-            Caller::Token(_) => Err(ApiError::Forbidden(format!(
+            Caller::Token(_) => Err(ApiError::forbidden(format!(
                 "this token may not read anything under {prefix:?}"
             ))),
         }
@@ -258,7 +258,7 @@ impl Caller {
 
 fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Err(ApiError::Internal("no application state".into()));
+        return Err(ApiError::internal("no application state"));
     };
     let Some(access) = &state.access else {
         return Ok(Caller::Open);
@@ -269,11 +269,11 @@ fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <token>".into()))?;
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
     access
         .role_of(token)
         .map(Caller::Token)
-        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))
+        .ok_or_else(|| ApiError::unauthorized("unknown token"))
 }
 
 impl FromRequest for Caller {

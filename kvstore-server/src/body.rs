@@ -25,7 +25,7 @@ pub async fn read_limited(
         announced.map_or("no length".to_string(), |n| n.to_string())
     );
     if announced.is_some_and(|n| n > max) {
-        return Err(ApiError::ValueTooLarge { max });
+        return Err(ApiError::value_too_large(max));
     }
     let timeout = req
         .app_data::<web::Data<AppState>>()
@@ -36,9 +36,9 @@ pub async fn read_limited(
         let mut body = Vec::with_capacity(announced.unwrap_or(0));
         while let Some(chunk) = payload.next().await {
             let chunk =
-                chunk.map_err(|e| ApiError::InvalidRequest(format!("reading the body: {e}")))?;
+                chunk.map_err(|e| ApiError::invalid_request(format!("reading the body: {e}")))?;
             if body.len() + chunk.len() > max {
-                return Err(ApiError::ValueTooLarge { max });
+                return Err(ApiError::value_too_large(max));
             }
             body.extend_from_slice(&chunk);
         }
@@ -47,5 +47,5 @@ pub async fn read_limited(
     // A client that trickles its body (slowloris) gives up its slot.
     tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| ApiError::RequestTimeout)?
+        .map_err(|_| ApiError::request_timeout())?
 }

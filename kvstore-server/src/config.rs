@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, ValueEnum};
-use kvstore_core::{Config, SyncMode};
+use kvstore_core::{SledConfig, SledStore, Storage, SyncMode};
 
 use crate::state::WatchTimings;
 
@@ -89,12 +91,25 @@ pub struct Options {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,
+    /// Log one line per request (at info, target `kvstore_server::access`).
+    #[arg(long, env = "KVSTORE_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 impl Options {
-    /// The store configuration these flags describe.
-    pub fn store_config(&self) -> Config {
-        let mut config = Config::new(&self.data_dir);
+    /// Opens the store these flags describe: the one place the engine is chosen.
+    pub fn open_store(&self) -> Result<Arc<dyn Storage>, kvstore_core::Error> {
+        Ok(Arc::new(SledStore::open(self.sled_config())?))
+    }
+
+    /// Where the data is, for the start-up line and errors.
+    pub fn describe_store(&self) -> String {
+        format!("data dir {}", self.data_dir.display())
+    }
+
+    /// The configuration of the embedded (sled) store these flags describe.
+    pub fn sled_config(&self) -> SledConfig {
+        let mut config = SledConfig::new(&self.data_dir);
         config.sync = match self.sync {
             Sync::Always => SyncMode::Always,
             Sync::None => SyncMode::None,

@@ -1,30 +1,33 @@
 //! # kvstore-server
 //!
-//! The HTTP face of [`kvstore_core::Store`]: `/v1/kv` (get, put, delete, list),
-//! `/v1/watch` (WebSocket or Server-Sent Events), `/healthz`, the legacy `/kv`, and
-//! the OpenAPI document of them all at `/v1/openapi.json` ([`openapi`]).
-//! The binary `kvstore-server` is a thin `main` over [`run`].
+//! The HTTP face of a [`kvstore_core::Storage`]: `/v1/kv` (get, put, delete, list),
+//! `/v1/watch` (WebSocket or Server-Sent Events), `/v1/snapshot`, `/healthz`,
+//! `/metrics`, the legacy `/kv`, and the OpenAPI document of them all at
+//! `/v1/openapi.json` ([`openapi`]). The binary `kvstore-server` is a thin `main`
+//! over [`run`].
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`app`] (this page) | the app factory: every route and middleware on a given state |
+//! | `routes` | the HTTP routes, one module per resource |
+//! | [`watch`] | the watch pump and its two transports |
+//! | [`error`] | the error answer, from the one table of codes in `kvstore-core` |
+//! | [`config`] | flags and their environment twins; where the engine is chosen |
+//! | [`auth`], [`limits`], [`metrics`], [`tls`] | tokens, bounds, `/metrics`, TLS |
 //!
 //! # Example
 //!
-//! Mount the routes in-process, as the tests of a handler would:
+//! The whole app in-process, as its tests run it:
 //!
 //! ```
 //! # #[actix_web::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use actix_web::{test, App};
-//! use kvstore_core::{Config, Store};
-//! use kvstore_server::{configure, AppState};
+//! use std::sync::Arc;
+//! use actix_web::test;
+//! use kvstore_core::{SledConfig, SledStore};
+//! use kvstore_server::AppState;
 //!
-//! let (_stop, shutdown) = tokio::sync::watch::channel(false);
-//! let state = AppState {
-//!     store: Store::open(Config::temporary())?,
-//!     shutdown,
-//!     timings: Default::default(),
-//!     access: None,
-//!     watchers: kvstore_server::limits::WatcherLimit::new(100),
-//!     body_timeout: std::time::Duration::from_secs(30),
-//! };
-//! let app = test::init_service(App::new().configure(|cfg| configure(cfg, state))).await;
+//! let store = Arc::new(SledStore::open(SledConfig::temporary())?);
+//! let app = test::init_service(kvstore_server::app(AppState::new(store))).await;
 //!
 //! let put = test::TestRequest::put().uri("/v1/kv/app%2Fmode").set_payload("blue").to_request();
 //! assert!(test::call_service(&app, put).await.status().is_success());
@@ -45,20 +48,55 @@ mod pyjson;
 mod routes;
 pub mod state;
 pub mod tls;
+pub mod watch;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpRequest, HttpServer};
-use kvstore_core::Store;
-use tokio::sync::watch;
+use kvstore_core::Storage;
+use tokio::sync::watch as signal;
 
 pub use config::Options;
 pub use error::ApiError;
 pub use state::{AppState, WatchTimings};
 
+/// The log target of the access log (`--access-log`).
+pub const ACCESS_LOG_TARGET: &str = "kvstore_server::access";
+
+/// The whole app on `state`: every route, and the middleware that bounds headers,
+/// counts requests for `/metrics` and (with `state.access_log`) logs them. Used by
+/// [`run`] for each worker, and by tests in-process with `actix_web::test`.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let access_log = state.access_log;
+    App::new()
+        .wrap(actix_web::middleware::from_fn(limits::bound_headers))
+        .wrap(actix_web::middleware::from_fn(metrics::record))
+        .wrap(Condition::new(
+            access_log,
+            Logger::new("%a \"%r\" %s %b %Dms")
+                .log_target(ACCESS_LOG_TARGET)
+                // Health checks poll every few seconds; they would drown the request log.
+                .exclude("/healthz"),
+        ))
+        .configure(|cfg| configure(cfg, state))
+}
+
 /// Mounts every route on `cfg`, with `state` as shared data.
-pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
+fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
     cfg.app_data(web::Data::new(state))
         .configure(routes::health::configure)
         .configure(routes::kv::configure)
@@ -74,19 +112,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
 
 /// The answer to a request no route serves: `404 not_found`.
 pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
-    ApiError::NotFound(format!("{} {}", req.method(), req.path()))
+    ApiError::not_found(format!("{} {}", req.method(), req.path()))
 }
 
-/// The log target of actix's [`Logger`] (its default, set explicitly so that the
-/// check of whether the access log is on asks about the same target).
-const ACCESS_LOG_TARGET: &str = "actix_web::middleware::logger";
-
-/// Serves `store` on `listener` until `stop` completes (see [`shutdown_signal`]),
-/// then stops gracefully: no new connections, requests in flight finish, watch
-/// streams are closed, the store is flushed.
+/// Serves `store` on `listener` until `stop_signal` completes (see
+/// [`shutdown_signal`]), then stops gracefully: no new connections, requests in
+/// flight finish, watch streams are closed, the store is flushed.
 pub async fn run(
     listener: TcpListener,
-    store: Store,
+    store: Arc<dyn Storage>,
     access: Option<auth::AccessControl>,
     tls: Option<rustls::ServerConfig>,
     options: &Options,
@@ -94,39 +128,23 @@ pub async fn run(
 ) -> std::io::Result<()> {
     metrics::handle();
     ::metrics::gauge!("kvstore_watchers").set(0.0);
-    let (stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = signal::channel(false);
     let state = AppState {
         store: store.clone(),
         shutdown,
         timings: options.timings(),
         watchers: limits::WatcherLimit::new(options.max_watchers_per_client),
         body_timeout: std::time::Duration::from_secs_f64(options.request_timeout.max(0.1)),
-        access: access.map(std::sync::Arc::new),
+        access: access.map(Arc::new),
+        access_log: options.access_log,
     };
-    // Asked once the logger is installed (`main` does that first): with access lines
-    // filtered out (e.g. `RUST_LOG=warn`), the Logger is not mounted at all, so it
-    // costs no per-request work (timing, formatting its fields).
-    let access_log = log::log_enabled!(target: ACCESS_LOG_TARGET, log::Level::Info);
-    let server = HttpServer::new(move || {
-        let state = state.clone();
-        App::new()
-            .wrap(actix_web::middleware::from_fn(limits::bound_headers))
-            .wrap(actix_web::middleware::from_fn(metrics::record))
-            .wrap(Condition::new(
-                access_log,
-                Logger::new("%a \"%r\" %s %b %Dms")
-                    .log_target(ACCESS_LOG_TARGET)
-                    // Health checks poll every few seconds; they would drown the request log.
-                    .exclude("/healthz"),
-            ))
-            .configure(move |cfg| configure(cfg, state))
-    })
-    .disable_signals()
-    .shutdown_timeout(10)
-    .max_connections(options.max_connections)
-    .client_request_timeout(std::time::Duration::from_secs_f64(
-        options.request_timeout.max(0.1),
-    ));
+    let server = HttpServer::new(move || app(state.clone()))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .max_connections(options.max_connections)
+        .client_request_timeout(std::time::Duration::from_secs_f64(
+            options.request_timeout.max(0.1),
+        ));
     let mut server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,
@@ -143,12 +161,83 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
-    if let Err(e) = store.flush() {
+    if let Err(e) = store.flush().await {
         log::error!("final flush failed: {e}");
         return Err(std::io::Error::other(e));
     }
     log::info!("stopped at revision {}", store.revision());
     Ok(())
+}
+
+/// A server [`spawn`]ed on a thread of its own; stopped gracefully when dropped.
+pub struct Spawned {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Spawned {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it gracefully (as SIGTERM does the binary) and waits until it has.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the server thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::error!("the server stopped with an error: {e}");
+        }
+    }
+}
+
+/// Serves `store` on `listener` on a new thread with its own runtime, as [`run`]
+/// does, until the returned [`Spawned`] is stopped or dropped: a real server in
+/// the same process, for programs that embed one and for tests.
+pub fn spawn(
+    listener: TcpListener,
+    store: Arc<dyn Storage>,
+    access: Option<auth::AccessControl>,
+    tls: Option<rustls::ServerConfig>,
+    options: Options,
+) -> std::io::Result<Spawned> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(format!("kvstore-server-{addr}"))
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(run(
+                listener,
+                store,
+                access,
+                tls,
+                &options,
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        })?;
+    Ok(Spawned {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 /// A future that completes on SIGTERM or SIGINT. The handlers are installed when

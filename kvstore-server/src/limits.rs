@@ -34,7 +34,13 @@ impl WatcherLimit {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(client.clone()).or_insert(0);
         if *count >= self.max {
-            return Err(ApiError::TooManyWatchers(self.max));
+            return Err(ApiError::new(
+                kvstore_core::ErrorCode::TooManyWatchers,
+                format!(
+                    "this client already holds {} watch streams, the most it may",
+                    self.max
+                ),
+            ));
         }
         *count += 1;
         Ok(WatcherSlot {
@@ -72,7 +78,11 @@ pub async fn bound_headers(
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if size > MAX_HEADER_BYTES {
-        return Err(ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into());
+        return Err(ApiError::new(
+            kvstore_core::ErrorCode::HeadersTooLarge,
+            format!("the request headers are larger than {MAX_HEADER_BYTES} bytes"),
+        )
+        .into());
     }
     next.call(req).await
 }

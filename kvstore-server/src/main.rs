@@ -3,7 +3,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use kvstore_core::Store;
 use kvstore_server::Options;
 
 fn main() -> ExitCode {
@@ -19,8 +18,9 @@ fn main() -> ExitCode {
 }
 
 fn start(options: &Options) -> anyhow::Result<()> {
-    let store = Store::open(options.store_config())
-        .with_context(|| format!("cannot open the data dir {}", options.data_dir.display()))?;
+    let store = options
+        .open_store()
+        .with_context(|| format!("cannot open the {}", options.describe_store()))?;
     let access = options
         .access_file
         .as_deref()
@@ -35,8 +35,9 @@ fn start(options: &Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     log::info!(
-        "listening on {address}; data in {}, sync {:?}, keeping {} revisions of history, at revision {}",
-        options.data_dir.display(),
+        "listening on {address}; engine {}, {}, sync {:?}, keeping {} revisions of history, at revision {}",
+        store.engine(),
+        options.describe_store(),
         options.sync,
         options.retain_revisions,
         store.revision()

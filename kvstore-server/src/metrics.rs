@@ -67,16 +67,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Mounts `/metrics`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(render));
+    cfg.route("/metrics", crate::routes::get_or_head().to(render));
 }
 
 async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let handle = handle().ok_or_else(|| ApiError::Internal("metrics are not installed".into()))?;
-    let store = &state.store;
-    metrics::gauge!("kvstore_store_revision").set(store.revision() as f64);
-    metrics::gauge!("kvstore_keys").set(store.key_count() as f64);
-    if let Ok(bytes) = store.size_on_disk() {
-        metrics::gauge!("kvstore_disk_bytes").set(bytes as f64);
+    let handle = handle().ok_or_else(|| ApiError::internal("metrics are not installed"))?;
+    metrics::gauge!("kvstore_store_revision").set(state.store.revision() as f64);
+    // A store that cannot answer now still lets the rest be scraped.
+    if let Ok(status) = state.store.status().await {
+        metrics::gauge!("kvstore_keys").set(status.keys as f64);
+        if let Some(bytes) = status.size_on_disk {
+            metrics::gauge!("kvstore_disk_bytes").set(bytes as f64);
+        }
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -214,7 +214,7 @@ async fn document() -> Result<HttpResponse, ApiError> {
     let json = JSON
         .get_or_init(|| Doc::openapi().to_json().map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| ApiError::Internal(format!("encoding the OpenAPI document: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("encoding the OpenAPI document: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json.as_str()))
@@ -222,5 +222,5 @@ async fn document() -> Result<HttpResponse, ApiError> {
 
 /// Mounts `GET /v1/openapi.json` (open: no token needed).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(PATH, web::get().to(document));
+    cfg.route(PATH, crate::routes::get_or_head().to(document));
 }

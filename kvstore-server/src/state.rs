@@ -1,8 +1,9 @@
 //! What every handler shares.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_core::Store;
+use kvstore_core::Storage;
 use tokio::sync::watch;
 
 /// Timings of watch streams.
@@ -29,16 +30,43 @@ impl Default for WatchTimings {
 /// Application state handed to every handler.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store.
-    pub store: Store,
+    /// The store, whichever engine it is on.
+    pub store: Arc<dyn Storage>,
     /// Becomes `true` when the server starts shutting down; watch streams end then.
     pub shutdown: watch::Receiver<bool>,
     /// Timings of watch streams.
     pub timings: WatchTimings,
     /// Tokens and roles; `None`: the server is open to everyone.
-    pub access: Option<std::sync::Arc<crate::auth::AccessControl>>,
+    pub access: Option<Arc<crate::auth::AccessControl>>,
     /// Open watch streams per client, bounded.
-    pub watchers: std::sync::Arc<crate::limits::WatcherLimit>,
+    pub watchers: Arc<crate::limits::WatcherLimit>,
     /// How long a request body may take to arrive.
-    pub body_timeout: std::time::Duration,
+    pub body_timeout: Duration,
+    /// Log every request (`--access-log`).
+    pub access_log: bool,
+}
+
+impl AppState {
+    /// The state of a server on `store` with the default limits and timings, open
+    /// to everyone, that never shuts down by itself: for tests and embedding (see
+    /// [`crate::app`]).
+    pub fn new(store: Arc<dyn Storage>) -> AppState {
+        AppState {
+            store,
+            shutdown: watch::channel(false).1,
+            timings: WatchTimings::default(),
+            access: None,
+            watchers: crate::limits::WatcherLimit::new(10_000),
+            body_timeout: Duration::from_secs(30),
+            access_log: false,
+        }
+    }
+}
+
+/// Completes once the server starts shutting down (never, for a state whose
+/// shutdown sender is gone, as in [`AppState::new`]).
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

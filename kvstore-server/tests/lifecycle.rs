@@ -274,7 +274,7 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     match restored_client.restore(snapshot).await {
         Err(Error::BadRequest {
             status: 409, code, ..
-        }) => assert_eq!(code, "store_not_empty"),
+        }) => assert_eq!(code.as_str(), "store_not_empty"),
         other => panic!("expected store_not_empty, got {other:?}"),
     }
     match restored_client
@@ -283,7 +283,7 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     {
         Err(Error::BadRequest {
             status: 400, code, ..
-        }) => assert_eq!(code, "invalid_snapshot"),
+        }) => assert_eq!(code.as_str(), "invalid_snapshot"),
         other => panic!("expected invalid_snapshot, got {other:?}"),
     }
     Ok(())

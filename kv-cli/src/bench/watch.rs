@@ -300,7 +300,7 @@ async fn watcher(
     mut stop: tokio::sync::watch::Receiver<bool>,
     capacity: usize,
 ) -> Watched {
-    let mut updates = Box::pin(client.watch_with(options));
+    let mut updates = client.watch_with(options);
     let mut watched = Watched {
         events: Vec::with_capacity(capacity),
         reconnects: 0,

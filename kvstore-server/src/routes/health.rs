@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health));
+    cfg.route("/healthz", super::get_or_head().to(health));
 }
 
 /// The answer of `/healthz`.
@@ -17,6 +17,9 @@ pub struct Health {
     /// Always `ok`.
     #[schema(example = "ok")]
     status: &'static str,
+    /// The storage engine: `sled` or `etcd`.
+    #[schema(example = "sled")]
+    engine: &'static str,
     /// The store's current revision.
     revision: u64,
 }
@@ -35,12 +38,13 @@ pub struct Health {
     )
 )]
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .oldest_revision()
-        .map_err(|e| ApiError::from_store(e, ""))?;
+    let status = state.store.status().await.map_err(|e| {
+        let engine = state.store.engine();
+        ApiError::from(e).prefixed(&format!("the {engine} store does not answer"))
+    })?;
     Ok(HttpResponse::Ok().json(Health {
         status: "ok",
-        revision: state.store.revision(),
+        engine: status.engine,
+        revision: status.revision,
     }))
 }

@@ -1,12 +1,10 @@
 //! `/v1/kv`: get, put, delete and list.
 
-use std::time::Duration;
-
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult};
-use kvstore_core::Precondition;
+use kvstore_core::Condition;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -32,7 +30,7 @@ const MAX_LIMIT: usize = 1000;
 /// mounted with, kept so that dashboards and alerts go on matching.
 const KEY_ROUTE: &str = "/v1/kv/{key:.*}";
 /// The methods a key path takes (the `Allow` header of a 405).
-const KEY_METHODS: &str = "GET, PUT, DELETE";
+const KEY_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 /// Mounts `/v1/kv` (the list) and `/v1/kv/{key}` without a pattern that actix would
 /// match with a regex on every request: a scope (a prefix, matched on `/` boundaries,
@@ -40,14 +38,15 @@ const KEY_METHODS: &str = "GET, PUT, DELETE";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/kv")
-            .route("", web::get().to(list))
+            .route("", super::get_or_head().to(list))
             .default_service(web::to(key)),
     );
 }
 
 /// Everything under `/v1/kv` but `GET /v1/kv`: a key path, dispatched by method to
-/// [`get`], [`put`] or [`delete`], their arguments extracted in the order the routes
-/// did. Another method gets `405 method_not_allowed` (before any token check).
+/// [`get`] (also for HEAD), [`put`] or [`delete`], their arguments extracted in the
+/// order the routes did. Another method gets `405 method_not_allowed` (before any
+/// token check).
 async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, actix_web::Error> {
     if req.match_info().unprocessed().is_empty() {
         // `/v1/kv` itself with another method than GET: no such endpoint, as before.
@@ -57,12 +56,11 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
         .insert(crate::metrics::RouteLabel(KEY_ROUTE));
     // A standard method is a plain enum value: cloning it allocates nothing.
     let method = req.method().clone();
-    if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
-        return Err(ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            allow: KEY_METHODS,
-        }
-        .into());
+    if !matches!(
+        method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    ) {
+        return Err(ApiError::method_not_allowed(&method, KEY_METHODS).into());
     }
     let caller = Caller::extract(&req).await?;
     let state = web::Data::<AppState>::extract(&req).await?;
@@ -80,14 +78,12 @@ fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
         .uri()
         .path()
         .strip_prefix(PATH_PREFIX)
-        .ok_or_else(|| ApiError::InvalidKey("the key is missing from the path".into()))?;
+        .ok_or_else(|| ApiError::invalid_key("the key is missing from the path"))?;
     let key = percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| {
-            ApiError::InvalidKey("the key is not valid UTF-8 once percent-decoded".into())
-        })?
+        .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?
         .into_owned();
-    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::InvalidKey(e.to_string()))?;
+    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
     Ok(key)
 }
 
@@ -98,80 +94,74 @@ fn wants_json(req: &HttpRequest) -> bool {
         .is_some_and(|v| v.contains("application/json"))
 }
 
+/// A header's value as text, trimmed.
+fn header_text<'a>(
+    req: &'a HttpRequest,
+    name: &header::HeaderName,
+) -> Result<Option<&'a str>, ApiError> {
+    req.headers()
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::invalid_request(format!("the {name} header is not text")))
+        })
+        .transpose()
+}
+
 /// The write condition from `If-Match` / `If-None-Match`.
-fn precondition(req: &HttpRequest) -> Result<Precondition, ApiError> {
-    let text = |name: header::HeaderName| -> Result<Option<&str>, ApiError> {
-        req.headers()
-            .get(&name)
-            .map(|v| {
-                v.to_str()
-                    .map(str::trim)
-                    .map_err(|_| ApiError::InvalidRequest(format!("the {name} header is not text")))
-            })
-            .transpose()
-    };
-    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
-        (None, None) => Ok(Precondition::None),
-        (None, Some("*")) => Ok(Precondition::Absent),
-        (Some("*"), None) => Ok(Precondition::Exists),
+fn condition(req: &HttpRequest) -> Result<Option<Condition>, ApiError> {
+    match (
+        header_text(req, &header::IF_MATCH)?,
+        header_text(req, &header::IF_NONE_MATCH)?,
+    ) {
+        (None, None) => Ok(None),
+        (None, Some("*")) => Ok(Some(Condition::Absent)),
+        (Some("*"), None) => Ok(Some(Condition::Exists)),
         (Some(tag), None) => tag
             .trim_start_matches("W/")
             .trim_matches('"')
             .parse()
-            .map(Precondition::ModRevision)
+            .map(|revision| Some(Condition::ModRevision(revision)))
             .map_err(|_| {
-                ApiError::InvalidRequest(format!(
+                ApiError::invalid_request(format!(
                     "If-Match must be a revision in quotes, like \"42\", or *; got {tag:?}"
                 ))
             }),
-        (None, Some(other)) => Err(ApiError::InvalidRequest(format!(
+        (None, Some(other)) => Err(ApiError::invalid_request(format!(
             "only If-None-Match: * (create-only) is supported; got {other:?}"
         ))),
-        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
-            "give If-Match or If-None-Match, not both".into(),
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(
+            "give If-Match or If-None-Match, not both",
         )),
     }
+}
+
+/// Whether a read's `If-None-Match` names the entry's tag (`"<mod_revision>"`, or
+/// `*`): then the client's copy is current and the answer is `304 Not Modified`.
+/// Tags that are not ours never match.
+fn not_modified(req: &HttpRequest, mod_revision: u64) -> Result<bool, ApiError> {
+    let Some(tags) = header_text(req, &header::IF_NONE_MATCH)? else {
+        return Ok(false);
+    };
+    Ok(tags.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || tag
+                .trim_start_matches("W/")
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse::<u64>().ok())
+                == Some(mod_revision)
+    }))
 }
 
 fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
 
-/// How long a write may wait for its group to be committed, flushed and published.
-const WRITE_WAIT: Duration = Duration::from_secs(30);
-
-/// Runs a write on `key`, bounded by [`WRITE_WAIT`]: a store that stopped making
-/// progress answers 503 instead of holding the request forever.
-pub async fn confirmed<T>(
-    write: impl std::future::Future<Output = Result<T, kvstore_core::Error>>,
-    key: &str,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(WRITE_WAIT, write).await {
-        Ok(result) => result.map_err(|e| ApiError::from_store(e, key)),
-        Err(_) => Err(ApiError::Storage(
-            "the write was not confirmed in time; it may or may not have been applied".into(),
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-        )),
-    }
-}
-
-/// How long a read waits for the flush of a write it would show.
-const DURABLE_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits until `revision` is durable, so a read never shows a write that a crash
-/// could still undo.
-pub async fn durable(state: &AppState, revision: u64) -> Result<(), ApiError> {
-    // Almost always so: no timer to arm and cancel.
-    if state.store.revision() >= revision {
-        return Ok(());
-    }
-    match tokio::time::timeout(DURABLE_WAIT, state.store.wait_durable(revision)).await {
-        Ok(result) => result.map_err(|e| ApiError::from_store(e, "")),
-        Err(_) => Err(ApiError::Storage(
-            format!("revision {revision} is not durable yet; the disk may be failing"),
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-        )),
-    }
+/// The tag of an entry at `mod_revision`: the revision in quotes.
+fn etag(mod_revision: u64) -> String {
+    format!("\"{mod_revision}\"")
 }
 
 /// Read a key: its value as raw bytes, or as an [`Entry`] with `Accept: application/json`.
@@ -216,16 +206,23 @@ async fn get(
     let entry = state
         .store
         .get(&key)
+        .await
         .map_err(|e| ApiError::from_store(e, &key))?
-        .ok_or_else(|| ApiError::KeyNotFound(key.clone()))?;
-    durable(&state, entry.mod_revision).await?;
-    let mut res = HttpResponse::Ok();
-    res.insert_header((header::ETAG, format!("\"{}\"", entry.mod_revision)))
+        .ok_or_else(|| ApiError::key_not_found(&key))?;
+    let unchanged = not_modified(&req, entry.mod_revision)?;
+    let mut res = if unchanged {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::ETAG, etag(entry.mod_revision)))
         .insert_header((CREATE_REVISION, number(entry.create_revision)))
         .insert_header((MOD_REVISION, number(entry.mod_revision)))
         .insert_header((VERSION, number(entry.version)))
         .insert_header((STORE_REVISION, number(state.store.revision())));
-    if wants_json(&req) {
+    if unchanged {
+        Ok(res.finish())
+    } else if wants_json(&req) {
         Ok(res.json(entry))
     } else {
         Ok(res
@@ -270,11 +267,15 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
-    let condition = precondition(&req)?;
-    let value = read_limited(&req, payload, state.store.config().max_value_bytes).await?;
-    let result = confirmed(state.store.put(key.as_str(), value, condition), &key).await?;
+    let condition = condition(&req)?;
+    let value = read_limited(&req, payload, state.store.max_value_bytes()).await?;
+    let result = state
+        .store
+        .put(&key, value, condition)
+        .await
+        .map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{}\"", result.revision)))
+        .insert_header((header::ETAG, etag(result.revision)))
         .json(result))
 }
 
@@ -302,8 +303,12 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
-    let condition = precondition(&req)?;
-    let result = confirmed(state.store.delete(key.as_str(), condition), &key).await?;
+    let condition = condition(&req)?;
+    let result = state
+        .store
+        .delete(&key, condition)
+        .await
+        .map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok().json(result))
 }
 
@@ -377,24 +382,21 @@ async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
     caller.check_read_some(&query.prefix)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(ApiError::invalid_request(format!(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
     let mut page = state
         .store
         .list(&query.prefix, query.after.as_deref(), limit)
+        .await
         .map_err(|e| ApiError::from_store(e, &query.prefix))?;
     // What the token may not read is left out; `next` still pages past it.
     page.entries.retain(|e| caller.can_read(&e.key));
-    if let Some(newest) = page.entries.iter().map(|e| e.mod_revision).max() {
-        durable(&state, newest).await?;
-        page.revision = page.revision.max(newest);
-    }
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
         .json(page))

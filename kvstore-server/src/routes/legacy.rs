@@ -10,7 +10,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::wire::ErrorBody;
-use kvstore_core::Precondition;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -20,7 +19,7 @@ use crate::pyjson;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kv", web::get().to(get))
+    cfg.route("/kv", super::get_or_head().to(get))
         .route("/kv", web::put().to(put));
 }
 
@@ -72,7 +71,7 @@ struct Found<'a> {
 }
 
 fn respond<T: Serialize>(status: StatusCode, body: &T) -> Result<HttpResponse, ApiError> {
-    let bytes = pyjson::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let bytes = pyjson::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(HttpResponse::build(status)
         .content_type("application/json")
         .body(bytes))
@@ -80,12 +79,12 @@ fn respond<T: Serialize>(status: StatusCode, body: &T) -> Result<HttpResponse, A
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("the body must be a JSON object: {e}")))
+        .map_err(|e| ApiError::invalid_request(format!("the body must be a JSON object: {e}")))
 }
 
 fn body_limit(state: &AppState) -> usize {
     // Room for the key, the JSON quoting and escapes around the largest value.
-    state.store.config().max_value_bytes * 6 + kvstore_core::key::MAX_KEY_BYTES * 6 + 1024
+    state.store.max_value_bytes() * 6 + kvstore_core::key::MAX_KEY_BYTES * 6 + 1024
 }
 
 /// Legacy read (the API of the service kvstore replaces): the key comes from `?key=`
@@ -120,24 +119,25 @@ async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<KeyQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
     let key = match query.into_inner().key {
         Some(key) => key,
         None => {
             let body = read_limited(&req, payload, body_limit(&state)).await?;
             if body.is_empty() {
-                return Err(ApiError::InvalidRequest(
-                    "name the key: ?key=K or a JSON body {\"key\": K}".into(),
+                return Err(ApiError::invalid_request(
+                    "name the key: ?key=K or a JSON body {\"key\": K}",
                 ));
             }
             parse::<GetBody>(&body)?.key
         }
     };
-    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::InvalidKey(e.to_string()))?;
+    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
     caller.check_read(&key)?;
     match state
         .store
         .get(&key)
+        .await
         .map_err(|e| ApiError::from_store(e, &key))?
     {
         None => respond(
@@ -147,12 +147,9 @@ async fn get(
                 error: "Key Doesn't exist",
             },
         ),
-        Some(entry) => match crate::routes::kv::durable(&state, entry.mod_revision)
-            .await
-            .map(|()| std::str::from_utf8(&entry.value))?
-        {
+        Some(entry) => match std::str::from_utf8(&entry.value) {
             Ok(value) => respond(StatusCode::OK, &Found { value }),
-            Err(_) => Err(ApiError::InvalidRequest(format!(
+            Err(_) => Err(ApiError::invalid_request(format!(
                 "the value of {key:?} is binary; read it with GET /v1/kv/{{key}}"
             ))),
         },
@@ -188,17 +185,13 @@ async fn put(
     let PutBody { key, value } = parse(&body)?;
     caller.check_write(&key)?;
     let serde_json::Value::String(text) = value else {
-        return Err(ApiError::InvalidRequest(
-            "\"value\" must be a JSON string".into(),
-        ));
+        return Err(ApiError::invalid_request("\"value\" must be a JSON string"));
     };
-    crate::routes::kv::confirmed(
-        state
-            .store
-            .put(key.as_str(), text.clone().into_bytes(), Precondition::None),
-        &key,
-    )
-    .await?;
+    state
+        .store
+        .put(&key, text.clone().into_bytes(), None)
+        .await
+        .map_err(|e| ApiError::from_store(e, &key))?;
     let mut answer = serde_json::Map::new();
     answer.insert(key, serde_json::Value::String(text));
     respond(StatusCode::OK, &answer)

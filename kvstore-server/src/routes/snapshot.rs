@@ -1,22 +1,28 @@
 //! `/v1/snapshot`: export every entry at one revision, and restore into an empty store.
 //!
 //! The format is NDJSON: a [`SnapshotHeader`] line, then one entry per line in key
-//! order, values binary-safe as everywhere in the API.
+//! order, values binary-safe as everywhere in the API. Both directions stream: an
+//! export is written as the store reads it, a restore is written as it arrives, so
+//! neither holds a whole snapshot.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::{StreamExt, TryStreamExt};
 use kvstore_core::wire::{Entry, ErrorBody, RestoreResult, SnapshotHeader};
+use kvstore_core::{ErrorCode, Snapshot};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use crate::auth::Caller;
-use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest snapshot accepted by a restore.
-const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+/// Entries sent to the client per chunk of an export.
+const EXPORT_CHUNK: usize = 256;
+/// Entries parsed ahead of the store during a restore.
+const RESTORE_AHEAD: usize = 256;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/snapshot", web::get().to(export))
+    cfg.route("/v1/snapshot", super::get_or_head().to(export))
         .route("/v1/snapshot", web::post().to(restore));
 }
 
@@ -28,10 +34,10 @@ struct ExportQuery {
     prefix: String,
 }
 
-fn line<T: serde::Serialize>(value: &T) -> Result<web::Bytes, ApiError> {
-    let mut bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    bytes.push(b'\n');
-    Ok(web::Bytes::from(bytes))
+fn push_line<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| ApiError::internal(e.to_string()))?;
+    out.push(b'\n');
+    Ok(())
 }
 
 /// Export a consistent snapshot of every entry (under `prefix`) as of one revision.
@@ -58,50 +64,128 @@ async fn export(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ExportQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
     caller.check_read_some(&query.prefix)?;
-    let (mut entries, revision) = state
+    let Snapshot { revision, entries } = state
         .store
         .snapshot(&query.prefix)
         .await
         .map_err(|e| ApiError::from_store(e, &query.prefix))?;
-    entries.retain(|e| caller.can_read(&e.key));
-    let header = line(&SnapshotHeader {
-        format: SnapshotHeader::FORMAT.into(),
-        revision,
-    })?;
-    let lines = std::iter::once(Ok(header)).chain(entries.into_iter().map(|e| line(&e)));
+    let mut header = Vec::new();
+    push_line(
+        &mut header,
+        &SnapshotHeader {
+            format: SnapshotHeader::FORMAT.into(),
+            revision,
+        },
+    )?;
+    // An error part way ends the body early: the client sees a broken transfer,
+    // never a snapshot that looks complete.
+    let lines = entries
+        .map_err(ApiError::from)
+        .try_filter(move |entry| std::future::ready(caller.can_read(&entry.key)))
+        .chunks(EXPORT_CHUNK)
+        .map(|chunk| {
+            let mut out = Vec::new();
+            for entry in chunk {
+                push_line(&mut out, &entry?)?;
+            }
+            Ok::<_, ApiError>(web::Bytes::from(out))
+        });
+    let body =
+        futures_util::stream::once(std::future::ready(Ok(web::Bytes::from(header)))).chain(lines);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header((crate::routes::kv::STORE_REVISION, revision))
-        .streaming(futures_util::stream::iter(lines)))
+        .streaming(body))
 }
 
-/// Parses a snapshot: its revision and entries, or which line is wrong.
-fn parse(body: &[u8]) -> Result<(u64, Vec<Entry>), ApiError> {
-    let mut lines = body
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace));
+/// Reads a restore body line by line, within `max_line` bytes a line and
+/// `timeout` between chunks.
+struct Lines {
+    payload: web::Payload,
+    buf: Vec<u8>,
+    /// Number of the last line handed out.
+    number: usize,
+    max_line: usize,
+    timeout: std::time::Duration,
+    done: bool,
+}
+
+impl Lines {
+    /// The next line that is not blank, with its number; `None` at the end.
+    async fn next(&mut self) -> Result<Option<(usize, Vec<u8>)>, ApiError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                self.number += 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some((self.number, line)));
+            }
+            if self.buf.len() > self.max_line {
+                return Err(ApiError::value_too_large(self.max_line));
+            }
+            if self.done {
+                if self.buf.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                self.number += 1;
+                return Ok(Some((self.number, std::mem::take(&mut self.buf))));
+            }
+            match tokio::time::timeout(self.timeout, self.payload.next()).await {
+                Err(_) => return Err(ApiError::request_timeout()),
+                Ok(None) => self.done = true,
+                Ok(Some(chunk)) => self
+                    .buf
+                    .extend_from_slice(&chunk.map_err(|e| {
+                        ApiError::invalid_request(format!("reading the body: {e}"))
+                    })?),
+            }
+        }
+    }
+}
+
+/// The snapshot's revision, from its first line.
+async fn header(lines: &mut Lines) -> Result<u64, ApiError> {
     let (_, first) = lines
         .next()
-        .ok_or_else(|| ApiError::InvalidSnapshot("the snapshot is empty".into()))?;
-    let header: SnapshotHeader = serde_json::from_slice(first)
-        .map_err(|e| ApiError::InvalidSnapshot(format!("line 1 is not a snapshot header: {e}")))?;
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidSnapshot, "the snapshot is empty"))?;
+    let header: SnapshotHeader = serde_json::from_slice(&first).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidSnapshot,
+            format!("invalid snapshot: line 1 is not a snapshot header: {e}"),
+        )
+    })?;
     if header.format != SnapshotHeader::FORMAT {
-        return Err(ApiError::InvalidSnapshot(format!(
-            "unknown format {:?}; expected {:?}",
-            header.format,
-            SnapshotHeader::FORMAT
-        )));
+        return Err(ApiError::new(
+            ErrorCode::InvalidSnapshot,
+            format!(
+                "invalid snapshot: unknown format {:?}; expected {:?}",
+                header.format,
+                SnapshotHeader::FORMAT
+            ),
+        ));
     }
-    let entries = lines
-        .map(|(n, l)| {
-            serde_json::from_slice::<Entry>(l)
-                .map_err(|e| ApiError::InvalidSnapshot(format!("line {}: {e}", n + 1)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((header.revision, entries))
+    Ok(header.revision)
+}
+
+/// Parses the entry lines into `tx` as they arrive, stopping at the first bad one.
+async fn parse_entries(mut lines: Lines, tx: mpsc::Sender<Result<Entry, kvstore_core::Error>>) {
+    loop {
+        let parsed = match lines.next().await {
+            Ok(None) => return,
+            Ok(Some((n, line))) => serde_json::from_slice::<Entry>(&line)
+                .map_err(|e| kvstore_core::Error::InvalidSnapshot(format!("line {n}: {e}"))),
+            Err(e) => Err(kvstore_core::Error::InvalidSnapshot(e.to_string())),
+        };
+        let failed = parsed.is_err();
+        if tx.send(parsed).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Restore a snapshot into an empty store, keeping every key's value, version and
@@ -125,25 +209,41 @@ fn parse(body: &[u8]) -> Result<(u64, Vec<Entry>), ApiError> {
         (status = 408, description = "`request_timeout`", body = ErrorBody),
         (status = 409, description = "`store_not_empty`: restore into a new data dir",
          body = ErrorBody),
-        (status = 413, description = "`value_too_large`: over 4 GiB", body = ErrorBody),
+        (status = 413, description = "`value_too_large`: a value over the limit", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn restore(
-    req: HttpRequest,
     caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // A restore writes everything: it takes a token that may write every key.
     caller.check_write("")?;
-    let body = read_limited(&req, payload, MAX_SNAPSHOT_BYTES).await?;
-    let (revision, entries) = parse(&body)?;
-    let restored = state
+    let mut lines = Lines {
+        payload,
+        buf: Vec::new(),
+        number: 0,
+        // A line is an entry: its key and its value, each escaped as JSON (6 bytes
+        // a byte at worst), with room for the rest.
+        max_line: (state.store.max_value_bytes() + kvstore_core::key::MAX_KEY_BYTES) * 6 + 1024,
+        timeout: state.body_timeout,
+        done: false,
+    };
+    let revision = header(&mut lines).await?;
+    // The request body is read on this worker (it cannot move between threads);
+    // the store takes its entries from a bounded channel.
+    let (tx, mut rx) = mpsc::channel(RESTORE_AHEAD);
+    actix_web::rt::spawn(parse_entries(lines, tx));
+    let entries = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let result = state
         .store
-        .restore(revision, entries)
+        .restore(Snapshot {
+            revision,
+            entries: Box::pin(entries),
+        })
         .await
         .map_err(|e| ApiError::from_store(e, ""))?;
-    Ok(HttpResponse::Ok().json(RestoreResult { restored, revision }))
+    Ok(HttpResponse::Ok().json(result))
 }

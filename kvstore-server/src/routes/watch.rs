@@ -4,21 +4,20 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
-use kvstore_core::wire::{ErrorBody, Frame};
-use kvstore_core::{Watch, WatchItem, WatchOptions};
+use kvstore_core::wire::ErrorBody;
+use kvstore_core::WatchOptions;
 use serde::Deserialize;
-use tokio::time::{sleep_until, Instant};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::watch::{sse, websocket, Pump};
 
 /// Largest frame a watch client may send (it has nothing big to say).
 const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/watch", web::get().to(watch));
+    cfg.route("/v1/watch", super::get_or_head().to(watch));
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -46,108 +45,6 @@ struct WatchHeaders {
     /// SSE: the last `id:` seen; the stream resumes right after it.
     #[param(rename = "Last-Event-ID", nullable = false)]
     last_event_id: Option<u64>,
-}
-
-/// One frame ready to send.
-struct Outgoing {
-    /// SSE event name: the frame's `type`.
-    kind: &'static str,
-    /// SSE `id:` (the revision a client resumes after).
-    id: Option<u64>,
-    /// The JSON text.
-    data: String,
-    /// The stream ends after this frame.
-    last: bool,
-}
-
-impl Outgoing {
-    fn from_item(item: WatchItem) -> Outgoing {
-        let (kind, id, frame) = match item {
-            WatchItem::Event(event) => {
-                metrics::counter!("kvstore_watch_events_sent_total").increment(1);
-                let kind = match event.kind {
-                    kvstore_core::wire::EventKind::Put => "put",
-                    kvstore_core::wire::EventKind::Delete => "delete",
-                };
-                let data = serde_json::to_string(&*event);
-                return Outgoing::json(kind, Some(event.revision), data);
-            }
-            WatchItem::Entry(entry) => ("entry", None, Frame::Entry(entry)),
-            WatchItem::Synced(revision) => ("synced", Some(revision), Frame::Synced { revision }),
-        };
-        Outgoing::json(kind, id, serde_json::to_string(&frame))
-    }
-
-    fn progress(revision: u64) -> Outgoing {
-        let frame = Frame::Progress { revision };
-        Outgoing::json("progress", Some(revision), serde_json::to_string(&frame))
-    }
-
-    fn error(error: ApiError) -> Outgoing {
-        let frame = Frame::Error(error.detail());
-        let mut out = Outgoing::json("error", None, serde_json::to_string(&frame));
-        out.last = true;
-        out
-    }
-
-    fn json(kind: &'static str, id: Option<u64>, data: serde_json::Result<String>) -> Outgoing {
-        match data {
-            Ok(data) => Outgoing {
-                kind,
-                id,
-                data,
-                last: false,
-            },
-            Err(e) => Outgoing::error(ApiError::Internal(format!("encoding a frame: {e}"))),
-        }
-    }
-
-    fn sse(&self) -> String {
-        let mut out = String::with_capacity(self.data.len() + 32);
-        if let Some(id) = self.id {
-            out.push_str(&format!("id: {id}\n"));
-        }
-        out.push_str("event: ");
-        out.push_str(self.kind);
-        out.push_str("\ndata: ");
-        out.push_str(&self.data);
-        out.push_str("\n\n");
-        out
-    }
-}
-
-fn watch_error(e: kvstore_core::Error) -> ApiError {
-    match e {
-        kvstore_core::Error::Lagged { last } => {
-            metrics::counter!("kvstore_watch_lagged_total").increment(1);
-            ApiError::Lagged(last)
-        }
-        other => ApiError::from_store(other, ""),
-    }
-}
-
-/// Whether `caller` may see `item`.
-fn visible(item: &WatchItem, caller: &Caller) -> bool {
-    match item {
-        WatchItem::Event(event) => caller.can_read(&event.key),
-        WatchItem::Entry(entry) => caller.can_read(&entry.key),
-        WatchItem::Synced(_) => true,
-    }
-}
-
-/// Waits for the next item of `watch` that `caller` may see, or for `deadline`
-/// (then a progress frame).
-async fn next_frame(watch: &mut Watch, deadline: Instant, caller: &Caller) -> Outgoing {
-    loop {
-        tokio::select! {
-            item = watch.next() => match item {
-                Ok(item) if visible(&item, caller) => return Outgoing::from_item(item),
-                Ok(_) => continue,
-                Err(e) => return Outgoing::error(watch_error(e)),
-            },
-            _ = sleep_until(deadline) => return Outgoing::progress(watch.position()),
-        }
-    }
 }
 
 /// Watch changes under a prefix: a WebSocket (`Upgrade: websocket`), or Server-Sent
@@ -189,7 +86,7 @@ async fn watch(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<WatchQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?
         .into_inner();
     caller.check_read_some(&query.prefix)?;
     let client = match &caller {
@@ -198,7 +95,6 @@ async fn watch(
             .peer_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
     };
-    let slot = state.watchers.acquire(client)?;
     let mut options = WatchOptions {
         prefix: query.prefix,
         start_revision: query.start_revision,
@@ -210,13 +106,13 @@ async fn watch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if is_upgrade {
+        let slot = state.watchers.acquire(client)?;
         let (res, session, stream) = actix_ws::handle(&req, body)
-            .map_err(|e| ApiError::InvalidRequest(format!("WebSocket handshake: {e}")))?;
+            .map_err(|e| ApiError::invalid_request(format!("WebSocket handshake: {e}")))?;
         let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-        actix_web::rt::spawn(async move {
-            websocket(session, stream, state.into_inner(), options, caller).await;
-            drop(slot);
-        });
+        let pump = Pump::new(&state, options, caller, slot);
+        let (timings, shutdown) = (state.timings, state.shutdown.clone());
+        actix_web::rt::spawn(websocket::serve(session, stream, pump, timings, shutdown));
         return Ok(res);
     }
     let accepts_sse = req
@@ -225,10 +121,9 @@ async fn watch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if !accepts_sse {
-        return Err(ApiError::InvalidRequest(
+        return Err(ApiError::invalid_request(
             "a watch is a WebSocket (Upgrade: websocket) or Server-Sent Events \
-             (Accept: text/event-stream)"
-                .into(),
+             (Accept: text/event-stream)",
         ));
     }
     if let Some(last) = req.headers().get("last-event-id") {
@@ -236,172 +131,16 @@ async fn watch(
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| ApiError::InvalidRequest("Last-Event-ID must be a revision".into()))?;
+            .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be a revision"))?;
         // The client already has the state up to `last`: resume right after it.
         options.start_revision = Some(last + 1);
         options.initial = false;
     }
+    let slot = state.watchers.acquire(client)?;
+    let pump = Pump::new(&state, options, caller, slot);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(sse(state.into_inner(), options, caller, slot)))
-}
-
-fn sse(
-    state: std::sync::Arc<AppState>,
-    options: WatchOptions,
-    caller: Caller,
-    slot: crate::limits::WatcherSlot,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> {
-    enum Phase {
-        Opening(WatchOptions),
-        Open(Box<Watch>),
-        Done,
-    }
-    let progress = state.timings.progress;
-    // The stream holds its gauge and its watcher slot: dropping the stream (the
-    // client left) releases both.
-    let held = std::sync::Arc::new((crate::metrics::WatcherGauge::open(), slot));
-    futures_util::stream::unfold(Phase::Opening(options), move |phase| {
-        let _held = held.clone();
-        let state = state.clone();
-        let caller = caller.clone();
-        async move {
-            let mut watch = match phase {
-                Phase::Done => return None,
-                Phase::Open(watch) => watch,
-                Phase::Opening(options) => {
-                    let initial = options.initial;
-                    let out = match state.store.watch(options).await {
-                        Ok(watch) if !initial => {
-                            let out = Outgoing::progress(watch.position());
-                            return Some((
-                                Ok(web::Bytes::from(out.sse())),
-                                Phase::Open(Box::new(watch)),
-                            ));
-                        }
-                        Ok(watch) => {
-                            return Some((Ok(web::Bytes::new()), Phase::Open(Box::new(watch))))
-                        }
-                        Err(e) => Outgoing::error(watch_error(e)),
-                    };
-                    return Some((Ok(web::Bytes::from(out.sse())), Phase::Done));
-                }
-            };
-            let mut shutdown = state.shutdown.clone();
-            let out = tokio::select! {
-                out = next_frame(&mut watch, Instant::now() + progress, &caller) => out,
-                _ = shutdown.wait_for(|stop| *stop) => Outgoing::error(ApiError::ShuttingDown),
-            };
-            let next = if out.last {
-                Phase::Done
-            } else {
-                Phase::Open(watch)
-            };
-            Some((Ok(web::Bytes::from(out.sse())), next))
-        }
-    })
-}
-
-async fn websocket(
-    mut session: actix_ws::Session,
-    mut stream: actix_ws::MessageStream,
-    state: std::sync::Arc<AppState>,
-    options: WatchOptions,
-    caller: Caller,
-) {
-    let _gauge = crate::metrics::WatcherGauge::open();
-    let initial = options.initial;
-    let mut watch = match state.store.watch(options).await {
-        Ok(watch) => watch,
-        Err(e) => {
-            let out = Outgoing::error(watch_error(e));
-            let _ = session.text(out.data).await;
-            let _ = session.close(Some(CloseCode::Policy.into())).await;
-            return;
-        }
-    };
-    // Tell the client where the stream starts, so it can resume even before the
-    // first change (the initial state ends with its own `synced` marker instead).
-    if !initial
-        && session
-            .text(Outgoing::progress(watch.position()).data)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let timings = state.timings;
-    let mut shutdown = state.shutdown.clone();
-    let mut stopping = state.shutdown.clone();
-    let mut ping = tokio::time::interval(timings.ping);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = Instant::now();
-    let mut deadline = Instant::now() + timings.progress;
-    let reason = loop {
-        tokio::select! {
-            out = next_frame(&mut watch, deadline, &caller) => {
-                // A peer that stops reading leaves this send pending once the
-                // buffers are full: bound it by the peer timeout, and let shutdown
-                // cut it short, so a stuck peer is dropped like a silent one.
-                let sent = tokio::select! {
-                    sent = tokio::time::timeout(timings.peer_timeout, session.text(out.data)) => sent,
-                    _ = stopping.wait_for(|stop| *stop) => break CloseReason {
-                        code: CloseCode::Away,
-                        description: Some("server shutting down".into()),
-                    },
-                };
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_closed)) => return,
-                    Err(_elapsed) => {
-                        log::debug!("dropping a silent watch client (not reading)");
-                        return;
-                    }
-                }
-                deadline = Instant::now() + timings.progress;
-                if out.last {
-                    break CloseReason::from(CloseCode::Policy);
-                }
-            }
-            message = stream.recv() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None => break CloseCode::Normal.into(),
-                Some(Ok(_)) => heard = Instant::now(),
-                Some(Err(e)) => {
-                    log::debug!("watch client sent a bad frame: {e}");
-                    break CloseReason {
-                        code: CloseCode::Protocol,
-                        description: Some(e.to_string()),
-                    };
-                }
-            },
-            _ = ping.tick() => {
-                if heard.elapsed() > timings.peer_timeout {
-                    log::debug!("dropping a silent watch client");
-                    break CloseReason {
-                        code: CloseCode::Away,
-                        description: Some("no pong".into()),
-                    };
-                }
-                if session.ping(b"").await.is_err() {
-                    return;
-                }
-            }
-            _ = shutdown.wait_for(|stop| *stop) => {
-                break CloseReason {
-                    code: CloseCode::Away,
-                    description: Some("server shutting down".into()),
-                };
-            }
-        }
-    };
-    // The close frame may not get through to a peer that stopped reading.
-    let _ = tokio::time::timeout(timings.peer_timeout, session.close(Some(reason))).await;
+        .streaming(sse::body(pump)))
 }

@@ -1,6 +1,12 @@
-//! Starting the real `kvstore-server` binary for a test: an ephemeral port, a temp
-//! data dir, and the bound address read from its first stdout line (no sleeping).
-//! Shared by the server's and the CLI's integration tests.
+//! Starting a real server for a test: an ephemeral port, a temp data dir, and the
+//! bound address known before the first request (no sleeping).
+//!
+//! The server's own tests run the `kvstore-server` binary (they can kill it, signal
+//! it, read its logs), reading the address from its first stdout line. Other
+//! packages' tests (the CLI's) start the same server in-process through the
+//! library (`kvstore_server::spawn`), so they need no binary of another package:
+//! `cargo test -p kv-cli` works on a clean target dir. Stopping an in-process
+//! server is always graceful.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -8,26 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `kvstore-server` binary of this build.
+/// The `kvstore-server` binary of this build (in the server's own tests).
 pub fn server_bin() -> PathBuf {
-    if let Some(path) = option_env!("CARGO_BIN_EXE_kvstore-server") {
-        return PathBuf::from(path);
+    match option_env!("CARGO_BIN_EXE_kvstore-server") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("only the server's own tests run the kvstore-server binary"),
     }
-    // Other packages' tests: the binary sits in the target dir next to `deps/`.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("kvstore-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }
 
-/// A running server that is killed when dropped.
+/// How a test server runs.
+enum Running {
+    Process(Child),
+    InProcess(kvstore_server::Spawned),
+}
+
+/// A running server that is killed (or, in-process, stopped) when dropped.
 pub struct TestServer {
-    child: Option<Child>,
+    running: Option<Running>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
     /// The data dir (kept when `dir` is passed in).
@@ -69,6 +72,9 @@ impl TestServer {
     ) -> Result<TestServer, String> {
         // Tests talk to the server with reqwest directly too.
         kvstore_client::install_crypto_provider();
+        if option_env!("CARGO_BIN_EXE_kvstore-server").is_none() {
+            return Self::start_in_process(listen, data_dir, args);
+        }
         let mut child = Command::new(server_bin())
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -105,10 +111,58 @@ impl TestServer {
             });
         }
         Ok(TestServer {
-            child: Some(child),
+            running: Some(Running::Process(child)),
             url: url.to_string(),
             data_dir: data_dir.to_path_buf(),
             logs: log_rx,
+            _temp: None,
+        })
+    }
+
+    /// The server through the library, on a thread of this process.
+    fn start_in_process(
+        listen: &str,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<TestServer, String> {
+        use clap::Parser;
+        let data = data_dir.to_string_lossy();
+        let argv = ["kvstore-server", "--listen", listen, "--data-dir", &*data]
+            .into_iter()
+            .chain(args.iter().copied());
+        let options = kvstore_server::Options::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let access = options
+            .access_file
+            .as_deref()
+            .map(kvstore_server::auth::AccessControl::load)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        // A store stopped a moment ago on the same data dir may still hold its lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match options.open_store() {
+                Err(kvstore_core::Error::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.map_err(|e| e.to_string())?,
+            }
+        };
+        let tls = match (&options.tls_cert, &options.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(kvstore_server::tls::server_config(cert, key).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = std::net::TcpListener::bind(options.listen).map_err(|e| e.to_string())?;
+        let spawned = kvstore_server::spawn(listener, store, access, tls, options)
+            .map_err(|e| e.to_string())?;
+        let (_, logs) = std::sync::mpsc::channel();
+        Ok(TestServer {
+            url: format!("{scheme}://{}", spawned.addr()),
+            running: Some(Running::InProcess(spawned)),
+            data_dir: data_dir.to_path_buf(),
+            logs,
             _temp: None,
         })
     }
@@ -136,7 +190,7 @@ impl TestServer {
 
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
-        if let Some(child) = &self.child {
+        if let Some(Running::Process(child)) = &self.running {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -145,7 +199,9 @@ impl TestServer {
 
     /// Waits (at most `timeout`) for the process to exit, after a signal.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
+        let Some(Running::Process(mut child)) = self.running.take() else {
+            return None;
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -160,16 +216,25 @@ impl TestServer {
         }
     }
 
-    /// The server's process id.
+    /// The server's process id (this process's, in-process).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        match &self.running {
+            Some(Running::Process(child)) => child.id(),
+            _ => std::process::id(),
+        }
     }
 
-    /// Kills the server with SIGKILL and waits for it.
+    /// Kills the server with SIGKILL and waits for it (in-process: stops it).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match self.running.take() {
+            Some(Running::Process(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Some(Running::InProcess(spawned)) => {
+                let _ = spawned.stop();
+            }
+            None => {}
         }
     }
 

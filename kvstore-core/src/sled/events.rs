@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::codec;
+use crate::storage::SharedEvent;
 use crate::wire::Event;
 
 enum Message {
@@ -39,7 +40,7 @@ impl SequencerHandle {
 
 /// The published side: what watchers subscribe to.
 pub(super) struct Feed {
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<SharedEvent>>,
     sequencer: std_mpsc::Sender<Message>,
 }
 
@@ -75,7 +76,7 @@ impl Feed {
     /// A receiver of every event published after this call. Events are published
     /// only once durable, so everything after the store's durable revision read
     /// after this call comes through it (see `watch::open`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
         self.events.subscribe()
     }
 }
@@ -95,7 +96,11 @@ fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {
     }
 }
 
-fn sequence(rx: std_mpsc::Receiver<Message>, last: u64, events: broadcast::Sender<Arc<Event>>) {
+fn sequence(
+    rx: std_mpsc::Receiver<Message>,
+    last: u64,
+    events: broadcast::Sender<Arc<SharedEvent>>,
+) {
     let mut pending: BTreeMap<u64, Event> = BTreeMap::new();
     let mut durable = last;
     let mut next = last + 1;
@@ -122,7 +127,7 @@ fn sequence(rx: std_mpsc::Receiver<Message>, last: u64, events: broadcast::Sende
                 break;
             };
             // No receivers is fine.
-            let _ = events.send(Arc::new(event));
+            let _ = events.send(SharedEvent::new(event));
             next += 1;
         }
     }

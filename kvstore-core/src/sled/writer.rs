@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
-use super::{Error, Precondition, SyncMode};
+use super::export::{Capture, Exports};
+use super::{storage_error, OrStorage, SyncMode};
+use crate::condition::Condition;
+use crate::storage::Error;
 use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
 
 /// Most writes committed in one group (one flush, one `log` item).
@@ -21,16 +23,18 @@ const MAX_GROUP_BYTES: usize = 4 << 20;
 /// Log items (write groups) removed per compaction step (kept small so a step
 /// never stalls writes).
 const COMPACT_STEP: usize = 1024;
+/// `meta` key present while a restore is under way (see [`ImportStep`]).
+const META_RESTORING: &[u8] = b"restoring";
 
 pub(super) enum Op {
     Put {
         key: String,
         value: Vec<u8>,
-        precondition: Precondition,
+        condition: Option<Condition>,
     },
     Delete {
         key: String,
-        precondition: Precondition,
+        condition: Option<Condition>,
     },
 }
 
@@ -44,16 +48,31 @@ pub(super) enum Request {
         op: Op,
         reply: oneshot::Sender<Result<Outcome, Error>>,
     },
-    /// Answered with the last assigned revision once every earlier write is committed.
-    Barrier { reply: oneshot::Sender<u64> },
-    /// Part of a restore: entries written as they are, with their revisions. The
-    /// first part requires an empty store and sets the store revision to `revision`.
+    /// Starts an export at the last assigned revision (see `export`).
+    Export {
+        prefix: Vec<u8>,
+        reply: oneshot::Sender<Arc<Capture>>,
+    },
+    /// A step of a restore.
     Import {
         entries: Vec<Entry>,
-        revision: u64,
-        first: bool,
+        step: ImportStep,
         reply: oneshot::Sender<Result<usize, Error>>,
     },
+}
+
+/// The steps of a restore. `Begin` requires an empty store and refuses every other
+/// write until `Commit` (which sets the store revision) or `Abort` (which removes
+/// what was imported). A marker in `meta` says a restore is under way, so one cut
+/// short by a crash is removed on open.
+pub(super) enum ImportStep {
+    Begin,
+    /// Entries written as they are, revisions included.
+    Entries,
+    Commit {
+        revision: u64,
+    },
+    Abort,
 }
 
 impl Request {
@@ -84,6 +103,10 @@ pub(super) struct Writer {
     pub durable: Arc<tokio::sync::watch::Sender<u64>>,
     /// A group failed after its `log` item was written (see `Writer::repair`).
     pub torn: bool,
+    /// Exports under way, which need the state of each key before it changes.
+    pub exports: Exports,
+    /// A restore is under way: other writes are refused.
+    pub restoring: bool,
 }
 
 impl Writer {
@@ -91,29 +114,34 @@ impl Writer {
         std::thread::Builder::new()
             .name("kvstore-writer".into())
             .spawn(move || self.run(rx))
-            .map_err(|e| Error::Storage(sled::Error::Io(e)))
+            .map_err(|e| Error::Unavailable(format!("cannot start the writer: {e}")))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut held = None;
         while let Some(first) = held.take().or_else(|| rx.blocking_recv()) {
-            if let Request::Import {
-                entries,
-                revision,
-                first,
-                reply,
-            } = first
-            {
-                // Imports go alone, between groups.
-                let _ = reply.send(self.import(entries, revision, first));
-                continue;
-            }
+            // Imports and exports go alone, between groups.
+            let first = match first {
+                Request::Import {
+                    entries,
+                    step,
+                    reply,
+                } => {
+                    let _ = reply.send(self.import(entries, step));
+                    continue;
+                }
+                Request::Export { prefix, reply } => {
+                    let _ = reply.send(self.exports.register(self.last, prefix));
+                    continue;
+                }
+                write => write,
+            };
             let mut bytes = first.value_len();
             group.push(first);
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(request @ Request::Import { .. }) => {
+                    Ok(request @ (Request::Import { .. } | Request::Export { .. })) => {
                         held = Some(request);
                         break;
                     }
@@ -138,14 +166,20 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Write { op, .. } => Some(op),
-                Request::Barrier { .. } | Request::Import { .. } => None,
+                Request::Import { .. } | Request::Export { .. } => None,
             })
             .collect();
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
-        if !ops.is_empty() {
+        if self.restoring {
+            results = fail_all(
+                ops.len(),
+                &Error::Unavailable("a restore is under way; write when it is done".into()),
+            );
+        } else if !ops.is_empty() {
             let started = Instant::now();
+            let capturing = !self.exports.prune();
             let applied = match self.repair() {
-                Ok(()) => self.apply_group(&ops),
+                Ok(()) => self.apply_group(&ops, capturing),
                 Err(error) => Applied {
                     results: Vec::new(),
                     last: self.last,
@@ -190,12 +224,10 @@ impl Writer {
                     // The requester may have gone away; nothing to do then.
                     let _ = reply.send(result);
                 }
-                Request::Barrier { reply } => {
-                    let _ = reply.send(self.last);
-                }
                 Request::Import { reply, .. } => {
                     let _ = reply.send(Err(Error::Closed));
                 }
+                Request::Export { .. } => {}
             }
         }
     }
@@ -218,14 +250,11 @@ impl Writer {
     /// After a group failed between writing its `log` item and its end, brings `kv`
     /// and `meta` up to the log (as on open) before any other write: until then
     /// every write fails.
-    fn repair(&mut self) -> Result<(), sled::Error> {
+    fn repair(&mut self) -> Result<(), Error> {
         if !self.torn {
             return Ok(());
         }
-        recover(&self.kv, &self.log, &self.meta).map_err(|e| match e {
-            Error::Storage(e) => e,
-            other => sled::Error::Unsupported(other.to_string()),
-        })?;
+        recover(&self.kv, &self.log, &self.meta)?;
         self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
         self.torn = false;
         log::warn!("the store caught up with its change history after a failed write");
@@ -233,14 +262,14 @@ impl Writer {
     }
 
     /// Flushes the group when writes are durable, timing the flush.
-    fn make_durable(&self) -> Option<sled::Error> {
+    fn make_durable(&self) -> Option<Error> {
         if self.sync == SyncMode::None {
             return None;
         }
         let started = Instant::now();
         let flushed = self.db.flush();
         metrics::histogram!("kvstore_flush_seconds").record(started.elapsed().as_secs_f64());
-        flushed.err()
+        flushed.err().map(storage_error)
     }
 
     /// Applies `ops` in order, numbering them after `self.last`, with plain sled
@@ -254,39 +283,46 @@ impl Writer {
     /// `log` item past `meta`'s revision whose `kv` side is missing or stale;
     /// [`recover`] re-applies it on open. One `log` item per group (not per write)
     /// also means one sled event for the feed and one removal at compaction.
-    fn apply_group(&self, ops: &[&Op]) -> Applied {
+    ///
+    /// With `capturing`, each key's state before its first change of the group is
+    /// handed to the exports under way, before `kv` changes.
+    fn apply_group(&self, ops: &[&Op], capturing: bool) -> Applied {
         let mut results = Vec::with_capacity(ops.len());
         let mut record = codec::GroupRecord::new();
         // Each key's state after the group's writes so far.
         let mut changed: HashMap<&str, Option<Stored>> = HashMap::new();
         let mut last = self.last;
         for op in ops {
-            let (key, precondition) = match op {
-                Op::Put {
-                    key, precondition, ..
+            let (key, condition) = match op {
+                Op::Put { key, condition, .. } | Op::Delete { key, condition } => {
+                    (key.as_str(), *condition)
                 }
-                | Op::Delete { key, precondition } => (key.as_str(), *precondition),
             };
             let current = match changed.get(key) {
                 Some(state) => state.as_ref().map(Stored::header),
-                None => match self.kv.get(key.as_bytes()) {
-                    Ok(Some(bytes)) => match Stored::decode_header(&bytes) {
-                        Ok(header) => Some(header),
+                None => {
+                    let found = match self.kv.get(key.as_bytes()) {
+                        Ok(found) => found,
+                        Err(error) => return self.failed(results, storage_error(error)),
+                    };
+                    if capturing {
+                        self.exports.record(key.as_bytes(), found.as_ref());
+                    }
+                    match found.as_deref().map(Stored::decode_header).transpose() {
+                        Ok(header) => header,
                         Err(e) => {
                             results.push(Err(e));
                             continue;
                         }
-                    },
-                    Ok(None) => None,
-                    Err(error) => return self.failed(results, error),
-                },
+                    }
+                }
             };
             let current_rev = current.map(|h| h.mod_revision);
             if matches!(op, Op::Delete { .. }) && current.is_none() {
                 results.push(Err(Error::KeyNotFound));
                 continue;
             }
-            if !precondition.holds(current_rev) {
+            if condition.is_some_and(|c| !c.holds(current_rev)) {
                 results.push(Err(Error::PreconditionFailed {
                     current: current_rev,
                 }));
@@ -326,7 +362,7 @@ impl Writer {
         }
         let first = codec::encode_u64(self.last + 1);
         if let Err(error) = self.log.insert(first, record.finish()) {
-            return self.failed(results, error);
+            return self.failed(results, storage_error(error));
         }
         for (key, state) in &changed {
             let written = match state {
@@ -339,7 +375,7 @@ impl Writer {
                 return Applied {
                     results,
                     last,
-                    failure: Some(error),
+                    failure: Some(storage_error(error)),
                     torn: true,
                 };
             }
@@ -347,7 +383,8 @@ impl Writer {
         let failure = self
             .meta
             .insert(codec::META_LAST, &codec::encode_u64(last))
-            .err();
+            .err()
+            .map(storage_error);
         Applied {
             results,
             last,
@@ -358,7 +395,7 @@ impl Writer {
 
     /// A group stopped by `error` before its change records were written: no
     /// revision taken.
-    fn failed(&self, results: Vec<Result<Outcome, Error>>, error: sled::Error) -> Applied {
+    fn failed(&self, results: Vec<Result<Outcome, Error>>, error: Error) -> Applied {
         Applied {
             results,
             last: self.last,
@@ -367,43 +404,56 @@ impl Writer {
         }
     }
 
-    /// Writes one part of a restore (see [`Request::Import`]).
-    fn import(&mut self, entries: Vec<Entry>, revision: u64, first: bool) -> Result<usize, Error> {
-        if first && (self.last != 0 || !self.kv.is_empty()) {
-            return Err(Error::NotEmpty);
-        }
-        let mut batch = sled::Batch::default();
-        for entry in &entries {
-            let stored = Stored {
-                create_revision: entry.create_revision,
-                mod_revision: entry.mod_revision,
-                version: entry.version,
-                value: entry.value.clone(),
-            };
-            batch.insert(entry.key.as_bytes(), stored.encode());
-        }
-        (&self.kv, &self.meta)
-            .transaction(|(kv, meta)| {
-                kv.apply_batch(&batch)?;
-                if first {
-                    meta.insert(codec::META_LAST, &codec::encode_u64(revision))?;
+    /// Runs one step of a restore (see [`ImportStep`]).
+    fn import(&mut self, entries: Vec<Entry>, step: ImportStep) -> Result<usize, Error> {
+        match step {
+            ImportStep::Begin => {
+                if self.restoring || self.last != 0 || !self.kv.is_empty() {
+                    return Err(Error::NotEmpty);
                 }
-                Ok(())
-            })
-            .map_err(
-                |e: sled::transaction::TransactionError<sled::Error>| match e {
-                    sled::transaction::TransactionError::Abort(e)
-                    | sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
-                },
-            )?;
-        self.db.flush()?;
-        self.keys.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        if first {
-            self.last = revision;
-            self.durable.send_replace(revision);
-            self.sequencer.jump(revision);
+                self.meta.insert(META_RESTORING, &[1]).or_storage()?;
+                self.db.flush().or_storage()?;
+                self.restoring = true;
+                Ok(0)
+            }
+            _ if !self.restoring => Err(Error::Unavailable("no restore is under way".into())),
+            ImportStep::Entries => {
+                let mut batch = sled::Batch::default();
+                for entry in &entries {
+                    let stored = Stored {
+                        create_revision: entry.create_revision,
+                        mod_revision: entry.mod_revision,
+                        version: entry.version,
+                        value: entry.value.clone(),
+                    };
+                    batch.insert(entry.key.as_bytes(), stored.encode());
+                }
+                self.kv.apply_batch(batch).or_storage()?;
+                self.db.flush().or_storage()?;
+                Ok(entries.len())
+            }
+            ImportStep::Commit { revision } => {
+                self.meta
+                    .insert(codec::META_LAST, &codec::encode_u64(revision))
+                    .or_storage()?;
+                self.meta.remove(META_RESTORING).or_storage()?;
+                self.db.flush().or_storage()?;
+                self.restoring = false;
+                // Counted, not summed: a snapshot may name a key twice.
+                self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
+                self.last = revision;
+                self.durable.send_replace(revision);
+                self.sequencer.jump(revision);
+                Ok(0)
+            }
+            ImportStep::Abort => {
+                self.restoring = false;
+                undo_restore(&self.kv, &self.meta)?;
+                self.db.flush().or_storage()?;
+                self.keys.store(0, Ordering::Relaxed);
+                Ok(0)
+            }
         }
-        Ok(entries.len())
     }
 
     /// Trims the change history to the configured number of revisions (whole
@@ -419,11 +469,11 @@ impl Writer {
         // Oldest first, one item at a time (a batch would cost two writes of sled's
         // log buffer): a crash part way leaves a shorter history, never a hole.
         for item in self.log.iter().take(COMPACT_STEP) {
-            let outcome = item.map_err(Error::from).and_then(|(first, record)| {
+            let outcome = item.or_storage().and_then(|(first, record)| {
                 if codec::last_revision(&first, &record)? >= cutoff {
                     return Ok(false);
                 }
-                self.log.remove(first)?;
+                self.log.remove(first).or_storage()?;
                 Ok(true)
             });
             match outcome {
@@ -438,17 +488,15 @@ impl Writer {
     }
 }
 
-fn fail_all(n: usize, e: &sled::Error) -> Vec<Result<Outcome, Error>> {
-    (0..n)
-        .map(|_| Err(Error::Storage(clone_error(e))))
-        .collect()
+fn fail_all(n: usize, e: &Error) -> Vec<Result<Outcome, Error>> {
+    (0..n).map(|_| Err(e.clone())).collect()
 }
 
-fn clone_error(e: &sled::Error) -> sled::Error {
-    match e {
-        sled::Error::Io(io) => sled::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        other => other.clone(),
-    }
+/// Removes what an unfinished restore imported (the store was empty before it).
+fn undo_restore(kv: &sled::Tree, meta: &sled::Tree) -> Result<(), Error> {
+    kv.clear().or_storage()?;
+    meta.remove(META_RESTORING).or_storage()?;
+    Ok(())
 }
 
 /// What became of a group.
@@ -458,7 +506,7 @@ struct Applied {
     /// The last revision taken.
     last: u64,
     /// The sled error that stopped the group.
-    failure: Option<sled::Error>,
+    failure: Option<Error>,
     /// The group's `log` item is written but `kv` or `meta` may lag behind it.
     torn: bool,
 }
@@ -466,15 +514,21 @@ struct Applied {
 /// Brings `kv` and `meta` up to the change history after a crash in the middle of a
 /// group (see `Writer::apply_group`), and returns the last revision.
 pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> Result<u64, Error> {
-    let applied = match meta.get(codec::META_LAST)? {
+    if meta.get(META_RESTORING).or_storage()?.is_some() {
+        // A restore was cut short: it began on an empty store, so empty it is again.
+        undo_restore(kv, meta)?;
+        meta.flush().or_storage()?;
+        log::warn!("removed the entries of a restore that did not finish");
+    }
+    let applied = match meta.get(codec::META_LAST).or_storage()? {
         Some(bytes) => codec::decode_u64(&bytes)?,
         None => 0,
     };
     let mut last = applied;
     for item in log.range(codec::encode_u64(applied + 1)..) {
-        let (first, record) = item?;
+        let (first, record) = item.or_storage()?;
         for event in codec::decode_group(&first, &record)? {
-            let current = match kv.get(event.key.as_bytes())? {
+            let current = match kv.get(event.key.as_bytes()).or_storage()? {
                 Some(bytes) => Some(Stored::decode_header(&bytes)?.mod_revision),
                 None => None,
             };
@@ -490,17 +544,19 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
                         version: event.version,
                         value: event.value,
                     };
-                    kv.insert(event.key.as_bytes(), stored.encode())?;
+                    kv.insert(event.key.as_bytes(), stored.encode())
+                        .or_storage()?;
                 }
                 EventKind::Delete => {
-                    kv.remove(event.key.as_bytes())?;
+                    kv.remove(event.key.as_bytes()).or_storage()?;
                 }
             }
         }
     }
     if last != applied {
-        meta.insert(codec::META_LAST, &codec::encode_u64(last))?;
-        meta.flush()?;
+        meta.insert(codec::META_LAST, &codec::encode_u64(last))
+            .or_storage()?;
+        meta.flush().or_storage()?;
         log::warn!(
             "recovered revisions {}..={last} of a write group cut short by a crash",
             applied + 1
@@ -525,7 +581,7 @@ mod tests {
     /// A crash inside a group leaves change records past `meta`'s revision whose
     /// `kv` side is missing or stale; opening re-applies them, in order.
     #[test]
-    fn recover_reapplies_a_torn_group() -> Result<(), Error> {
+    fn recover_reapplies_a_torn_group() -> Result<(), Box<dyn std::error::Error>> {
         let db = sled::Config::new().temporary(true).open()?;
         let (kv, log, meta) = (
             db.open_tree("kv")?,
@@ -549,7 +605,10 @@ mod tests {
 
         assert_eq!(recover(&kv, &log, &meta)?, 4);
         let get = |key: &str| -> Result<Option<Stored>, Error> {
-            kv.get(key)?.map(|bytes| Stored::decode(&bytes)).transpose()
+            kv.get(key)
+                .or_storage()?
+                .map(|bytes| Stored::decode(&bytes))
+                .transpose()
         };
         assert_eq!(get("a")?, Some(two));
         let b = get("b")?.ok_or_else(|| Error::Corrupt("b was not recovered".into()))?;

@@ -1,0 +1,505 @@
+//! The embedded engine, on [sled](https://docs.rs/sled/0.34.7).
+//!
+//! Writes go through one writer thread that numbers them (gap-free revisions),
+//! applies each group of waiting writes to the `log` (change records, written ahead),
+//! `kv` and `meta` trees, and flushes once per group (group commit); on open, change
+//! records that a crash cut off from `kv` are re-applied. Events come from
+//! sled's own `watch_prefix` subscription on the `log` tree, drained by a dedicated
+//! thread and released in revision order once durable; watchers read them from a
+//! bounded broadcast ring and resume from `log`.
+//!
+//! Reads wait (a bounded time) until the revisions they show are durable, so
+//! nothing a reader saw can be undone by a crash. A snapshot streams the `kv` tree
+//! in key order while the writer keeps, for the snapshot, the state at its revision
+//! of each key it changes meanwhile (see `export`). A restore writes the entries as
+//! they are, revisions included, and refuses other writes until it is done.
+
+mod codec;
+mod events;
+mod export;
+mod watch;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::condition::Condition;
+use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
+use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
+use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use codec::decode_entry;
+use writer::{Op, Outcome, Request};
+
+/// Entries written per step of a restore.
+const IMPORT_CHUNK: usize = 1000;
+
+/// How long a read waits for the flush of a write it would show.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a write may wait for its group to be committed and flushed.
+const WRITE_WAIT: Duration = Duration::from_secs(30);
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Every write is flushed before it is acknowledged or shown to watchers;
+    /// concurrent writes share one flush.
+    #[default]
+    Always,
+    /// Writes are acknowledged once in memory and reach disk by sled's background
+    /// flush (every 500 ms): a crash can lose the last half second of writes.
+    None,
+}
+
+/// How to open a [`SledStore`].
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    /// Folder of the data files (created if missing).
+    pub path: PathBuf,
+    /// Remove the data when the store is dropped (for tests and examples).
+    pub temporary: bool,
+    /// Durability of acknowledged writes.
+    pub sync: SyncMode,
+    /// Largest value accepted, in bytes (at most [`MAX_VALUE_BYTES_LIMIT`]: a larger
+    /// setting counts as that).
+    pub max_value_bytes: usize,
+    /// Bytes of sled page cache.
+    pub cache_capacity: u64,
+    /// How many past revisions (at least) the change history keeps for resuming watches.
+    pub retain_revisions: u64,
+    /// Events buffered for watchers; a watcher further behind than this is lagged.
+    pub event_buffer: usize,
+}
+
+impl SledConfig {
+    /// Defaults for a store in `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SledConfig {
+            path: path.into(),
+            temporary: false,
+            sync: SyncMode::Always,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            cache_capacity: 256 * 1024 * 1024,
+            retain_revisions: 100_000,
+            event_buffer: 4096,
+        }
+    }
+
+    /// A store in a fresh folder of its own under the system temp dir, removed
+    /// when the store is dropped.
+    pub fn temporary() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = format!("kvstore-{}-{n}-{nanos}", std::process::id());
+        let mut config = SledConfig::new(std::env::temp_dir().join(dir));
+        config.temporary = true;
+        config
+    }
+}
+
+/// A sled error in our terms: a full disk, or storage that cannot serve.
+pub(crate) fn storage_error(e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) =>
+        {
+            Error::DiskFull(io.to_string())
+        }
+        sled::Error::Io(io) => Error::Unavailable(format!("storage error: {io}")),
+        sled::Error::Corruption { .. } => Error::Corrupt(e.to_string()),
+        other => Error::Unavailable(format!("storage error: {other}")),
+    }
+}
+
+/// `?` on sled results inside this engine.
+pub(crate) trait OrStorage<T> {
+    fn or_storage(self) -> Result<T, Error>;
+}
+
+impl<T> OrStorage<T> for Result<T, sled::Error> {
+    fn or_storage(self) -> Result<T, Error> {
+        self.map_err(storage_error)
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    kv: sled::Tree,
+    log: sled::Tree,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Request>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    keys: Arc<AtomicU64>,
+    /// The last durable revision, raised by the writer before it answers.
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
+    feed: events::Feed,
+    config: SledConfig,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer after a final flush; waiting for it
+        // means the data files are released (and a temporary store removed) when
+        // the last handle goes.
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The embedded store; cheap to clone, usable from any thread. Its operations are
+/// those of [`Storage`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), kvstore_core::Error> {
+/// use kvstore_core::{SledConfig, SledStore, Storage};
+/// let store = SledStore::open(SledConfig::temporary())?;
+/// let put = store.put("app/db/url", b"postgres://db".to_vec(), None).await?;
+/// let entry = store.get("app/db/url").await?.expect("just written");
+/// assert_eq!(entry.value, b"postgres://db");
+/// assert_eq!(entry.mod_revision, put.revision);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store described by `config`.
+    pub fn open(mut config: SledConfig) -> Result<SledStore, Error> {
+        config.max_value_bytes = config.max_value_bytes.min(MAX_VALUE_BYTES_LIMIT);
+        let db = sled::Config::new()
+            .path(&config.path)
+            .temporary(config.temporary)
+            .cache_capacity(config.cache_capacity)
+            .open()
+            .map_err(|e| match e {
+                // sled reports a held lock as an I/O error with this text.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    Error::Locked(config.path.clone())
+                }
+                other => storage_error(other),
+            })?;
+        let kv = db.open_tree("kv").or_storage()?;
+        let log = db.open_tree("log").or_storage()?;
+        let meta = db.open_tree("meta").or_storage()?;
+        let last = writer::recover(&kv, &log, &meta)?;
+        let feed = events::Feed::start(&log, last, config.event_buffer);
+        // Counted once here (sled's len walks the tree), then kept by the writer.
+        let keys = Arc::new(AtomicU64::new(kv.len() as u64));
+        let durable = Arc::new(tokio::sync::watch::channel(last).0);
+        let (tx, rx) = mpsc::channel(4096);
+        let writer_thread = writer::Writer {
+            db: db.clone(),
+            kv: kv.clone(),
+            log: log.clone(),
+            meta,
+            last,
+            sync: config.sync,
+            retain: config.retain_revisions,
+            sequencer: feed.sequencer(),
+            keys: keys.clone(),
+            durable: durable.clone(),
+            torn: false,
+            exports: export::Exports::default(),
+            restoring: false,
+        }
+        .spawn(rx)?;
+        Ok(SledStore {
+            inner: Arc::new(Inner {
+                db,
+                kv,
+                log,
+                writer: Some(tx),
+                writer_thread: Some(writer_thread),
+                keys,
+                durable,
+                feed,
+                config,
+            }),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &SledConfig {
+        &self.inner.config
+    }
+
+    /// The last durable (and acknowledged) revision. Watchers get it a moment
+    /// later, once in order.
+    fn durable_revision(&self) -> u64 {
+        *self.inner.durable.borrow()
+    }
+
+    /// The oldest revision the change history still holds (one past the current
+    /// revision when the history is empty).
+    fn oldest_revision(&self) -> Result<u64, Error> {
+        match self.inner.log.first().or_storage()? {
+            Some((rev, _)) => codec::decode_u64(&rev),
+            None => Ok(self.durable_revision() + 1),
+        }
+    }
+
+    /// Sends the request `make` builds around a reply channel to the writer, and
+    /// waits for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
+        let writer = self.inner.writer.as_ref().ok_or(Error::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        writer.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+
+    /// Hands `op` to the writer and waits (bounded by [`WRITE_WAIT`]) for its
+    /// answer. The writer raises the durable revision before it answers, so the
+    /// store revision already includes the write and a watch opened from now on
+    /// starts after it.
+    async fn submit(&self, op: Op) -> Result<Outcome, Error> {
+        let answer = self.ask(|reply| Request::Write { op, reply });
+        match tokio::time::timeout(WRITE_WAIT, answer).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Unavailable(
+                "the write was not confirmed in time; it may or may not have been applied".into(),
+            )),
+        }
+    }
+
+    /// Waits until every change through `revision` is durable (the store revision
+    /// has reached it).
+    async fn wait_durable(&self, revision: u64) -> Result<(), Error> {
+        if self.durable_revision() >= revision {
+            return Ok(());
+        }
+        let mut revisions = self.inner.durable.subscribe();
+        revisions
+            .wait_for(|&r| r >= revision)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Like [`SledStore::wait_durable`], for a read that would show `revision`: a
+    /// read never shows a write a crash could undo, and answers `unavailable`
+    /// rather than hang when flushes stop (a failing disk).
+    async fn readable(&self, revision: u64) -> Result<(), Error> {
+        // Almost always so: no timer to arm and cancel.
+        if self.durable_revision() >= revision {
+            return Ok(());
+        }
+        match tokio::time::timeout(DURABLE_WAIT, self.wait_durable(revision)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(format!(
+                "revision {revision} is not durable yet; the disk may be failing"
+            ))),
+        }
+    }
+
+    /// The entries under `prefix` as of one revision, streamed; see `export`.
+    async fn export(&self, prefix: &str) -> Result<(export::Export, u64), Error> {
+        let capture = self
+            .ask(|reply| Request::Export {
+                prefix: prefix.as_bytes().to_vec(),
+                reply,
+            })
+            .await?;
+        let revision = capture.revision();
+        // Show nothing that is not yet durable.
+        self.wait_durable(revision).await?;
+        Ok((
+            export::Export::new(self.inner.kv.clone(), capture),
+            revision,
+        ))
+    }
+
+    /// Writes `entries` (part of a restore at `revision`) as they are.
+    async fn import(&self, entries: Vec<Entry>, step: writer::ImportStep) -> Result<usize, Error> {
+        self.ask(|reply| Request::Import {
+            entries,
+            step,
+            reply,
+        })
+        .await?
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for SledStore {
+    fn engine(&self) -> &'static str {
+        "sled"
+    }
+
+    fn revision(&self) -> u64 {
+        self.durable_revision()
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        self.inner.config.max_value_bytes
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
+        validate_key(key)?;
+        let entry = match self.inner.kv.get(key.as_bytes()).or_storage()? {
+            Some(bytes) => decode_entry(key.as_bytes(), &bytes)?,
+            None => return Ok(None),
+        };
+        // sled shows a group's writes before its flush ends.
+        self.readable(entry.mod_revision).await?;
+        Ok(Some(entry))
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, Error> {
+        let revision = self.durable_revision();
+        let start = match after {
+            Some(after) if after >= prefix => {
+                let mut k = after.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let limit = limit.max(1);
+        let mut entries = Vec::new();
+        let mut more = false;
+        for item in self.inner.kv.range(start..) {
+            let (k, v) = item.or_storage()?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if entries.len() == limit {
+                more = true;
+                break;
+            }
+            entries.push(decode_entry(&k, &v)?);
+        }
+        let newest = entries.iter().map(|e| e.mod_revision).max().unwrap_or(0);
+        self.readable(newest).await?;
+        let next = match (more, entries.last()) {
+            (true, Some(last)) => Some(last.key.clone()),
+            _ => None,
+        };
+        Ok(ListPage {
+            entries,
+            next,
+            revision: revision.max(newest),
+        })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        condition: Option<Condition>,
+    ) -> Result<PutResult, Error> {
+        validate_key(key)?;
+        let max = self.inner.config.max_value_bytes;
+        if value.len() > max {
+            return Err(Error::ValueTooLarge {
+                size: value.len(),
+                max,
+            });
+        }
+        let op = Op::Put {
+            key: key.to_string(),
+            value,
+            condition,
+        };
+        match self.submit(op).await? {
+            Outcome::Put(result) => Ok(result),
+            Outcome::Delete(_) => Err(Error::Corrupt("writer answered a put with a delete".into())),
+        }
+    }
+
+    async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error> {
+        validate_key(key)?;
+        let op = Op::Delete {
+            key: key.to_string(),
+            condition,
+        };
+        match self.submit(op).await? {
+            Outcome::Delete(result) => Ok(result),
+            Outcome::Put(_) => Err(Error::Corrupt("writer answered a delete with a put".into())),
+        }
+    }
+
+    async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
+        watch::open(self, options).await
+    }
+
+    async fn snapshot(&self, prefix: &str) -> Result<Snapshot, Error> {
+        let (export, revision) = self.export(prefix).await?;
+        Ok(Snapshot {
+            revision,
+            entries: Box::pin(export.into_stream()),
+        })
+    }
+
+    /// Keys, values, revisions and versions are kept; the store continues at the
+    /// snapshot's revision + 1. Writes are refused while the restore runs; one that
+    /// fails part way (a bad entry, a broken upload) leaves the store empty again.
+    async fn restore(&self, snapshot: Snapshot) -> Result<RestoreResult, Error> {
+        let Snapshot {
+            revision,
+            mut entries,
+        } = snapshot;
+        let max = self.inner.config.max_value_bytes;
+        self.import(Vec::new(), writer::ImportStep::Begin).await?;
+        // From here on, a failure (or this future being dropped) must undo the
+        // entries written so far.
+        let mut undo = export::UndoImport::new(self.inner.writer.clone());
+        let mut restored = 0;
+        let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+        loop {
+            let next = entries.next().await;
+            let end = next.is_none();
+            if let Some(entry) = next {
+                let entry = entry?;
+                check_entry(&entry, revision, max)?;
+                chunk.push(entry);
+            }
+            if chunk.len() == IMPORT_CHUNK || (end && !chunk.is_empty()) {
+                restored += self
+                    .import(std::mem::take(&mut chunk), writer::ImportStep::Entries)
+                    .await?;
+            }
+            if end {
+                break;
+            }
+        }
+        self.import(Vec::new(), writer::ImportStep::Commit { revision })
+            .await?;
+        undo.disarm();
+        Ok(RestoreResult { restored, revision })
+    }
+
+    async fn status(&self) -> Result<Status, Error> {
+        Ok(Status {
+            engine: "sled",
+            revision: self.durable_revision(),
+            oldest_revision: self.oldest_revision()?,
+            keys: self.inner.keys.load(Ordering::Relaxed),
+            size_on_disk: self.inner.db.size_on_disk().ok(),
+        })
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.inner.db.flush().or_storage()?;
+        Ok(())
+    }
+}

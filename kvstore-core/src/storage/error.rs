@@ -1,0 +1,105 @@
+//! The errors of every storage engine, in terms of the data model only.
+
+use std::path::PathBuf;
+
+use crate::error_code::ErrorCode;
+use crate::key::KeyError;
+
+/// Everything that can go wrong in a store, whatever its engine. No variant carries
+/// an engine's own error type: an engine describes its failures in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is not acceptable.
+    #[error(transparent)]
+    InvalidKey(#[from] KeyError),
+    /// The value is larger than the configured limit.
+    #[error("the value is {size} bytes; the limit is {max} bytes")]
+    ValueTooLarge {
+        /// Size of the refused value.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The key does not exist.
+    #[error("key not found")]
+    KeyNotFound,
+    /// A compare-and-swap or create-only condition did not hold.
+    #[error("precondition failed: {}", match current {
+        Some(r) => format!("the key's mod_revision is {r}"),
+        None => "the key does not exist".to_string(),
+    })]
+    PreconditionFailed {
+        /// The key's current `mod_revision`, `None` when it does not exist.
+        current: Option<u64>,
+    },
+    /// The history no longer holds the requested revision.
+    #[error("revision {requested} is compacted; the oldest revision kept is {oldest}")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision still available.
+        oldest: u64,
+    },
+    /// A watcher fell too far behind the live feed.
+    #[error("the watcher fell behind; resume from revision {}", last + 1)]
+    Lagged {
+        /// The last revision the watcher was given (or passed over).
+        last: u64,
+    },
+    /// A restore needs an empty store.
+    #[error("the store is not empty; restore a snapshot into an empty store")]
+    NotEmpty,
+    /// A snapshot to restore is malformed.
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+    /// The storage cannot serve now: an I/O error, a write not confirmed in time, a
+    /// cluster out of reach. A write that fails this way may or may not have been
+    /// applied.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The disk is full. A write that fails this way may or may not have been applied.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    /// The data dir is in use by another process.
+    #[error("the data dir {0} is in use by another kvstore-server (its lock is held)")]
+    Locked(PathBuf),
+    /// Stored data could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// The stable code of this error, as the HTTP API reports it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidKey(_) => ErrorCode::InvalidKey,
+            Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            Error::KeyNotFound => ErrorCode::KeyNotFound,
+            Error::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
+            Error::Compacted { .. } => ErrorCode::Compacted,
+            Error::Lagged { .. } => ErrorCode::Lagged,
+            Error::NotEmpty => ErrorCode::StoreNotEmpty,
+            Error::InvalidSnapshot(_) => ErrorCode::InvalidSnapshot,
+            Error::Closed => ErrorCode::ShuttingDown,
+            Error::Unavailable(_) | Error::Locked(_) => ErrorCode::StorageUnavailable,
+            Error::DiskFull(_) => ErrorCode::InsufficientStorage,
+            Error::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The revision the error refers to: the key's current `mod_revision` for a
+    /// failed condition, the oldest kept revision for `compacted`, the last
+    /// delivered one for `lagged`.
+    pub fn revision(&self) -> Option<u64> {
+        match self {
+            Error::PreconditionFailed { current } => *current,
+            Error::Compacted { oldest, .. } => Some(*oldest),
+            Error::Lagged { last } => Some(*last),
+            _ => None,
+        }
+    }
+}

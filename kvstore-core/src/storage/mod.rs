@@ -1,0 +1,118 @@
+//! The storage interface: what the server asks of an engine, whichever it is.
+//!
+//! [`Storage`] is object-safe; the server holds an `Arc<dyn Storage>` and never a
+//! concrete engine. Every engine keeps the same promises:
+//!
+//! - Every change gets a store-wide revision that only grows. Each key records its
+//!   `create_revision`, `mod_revision` and `version`, as in etcd.
+//! - A write is acknowledged once durable, and a read never shows a write that a
+//!   crash could still undo.
+//! - A watch delivers every change under its prefix in revision order, with no gap
+//!   and no duplicate, from any revision the history still holds; its
+//!   [`Watch::position`] is always safe to resume after.
+//! - A snapshot shows every entry under a prefix as of one revision, streamed.
+//!
+//! What one engine needs and another does not (waiting until a read is durable,
+//! retrying a member that died) stays inside that engine.
+
+mod error;
+mod event;
+mod snapshot;
+mod watch;
+
+pub use error::Error;
+pub use event::SharedEvent;
+pub use snapshot::{check_entry, EntryStream, Snapshot};
+pub use watch::{Watch, WatchItem, WatchOptions, WatchStream};
+
+use crate::condition::Condition;
+use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+
+/// What a store reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The engine's name: `sled` or `etcd`.
+    pub engine: &'static str,
+    /// The store's current revision.
+    pub revision: u64,
+    /// The oldest revision the change history still holds (one past `revision`
+    /// when it holds none).
+    pub oldest_revision: u64,
+    /// How many keys the store holds.
+    pub keys: u64,
+    /// Bytes the data takes on disk, where the engine knows it.
+    pub size_on_disk: Option<u64>,
+}
+
+/// A store of keys and values with numbered changes and watches. See the module
+/// docs for what every implementation promises.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), kvstore_core::Error> {
+/// use std::sync::Arc;
+/// use kvstore_core::{Condition, SledConfig, SledStore, Storage};
+///
+/// let store: Arc<dyn Storage> = Arc::new(SledStore::open(SledConfig::temporary())?);
+/// let put = store.put("app/mode", b"blue".to_vec(), None).await?;
+/// store
+///     .put("app/mode", b"green".to_vec(), Some(Condition::ModRevision(put.revision)))
+///     .await?;
+/// let entry = store.get("app/mode").await?.expect("just written");
+/// assert_eq!((entry.value.as_slice(), entry.version), (&b"green"[..], 2));
+/// # Ok(()) }
+/// ```
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The engine's name (`sled`, `etcd`), for logs and `/healthz`.
+    fn engine(&self) -> &'static str;
+
+    /// The store's current revision as far as this process knows without asking
+    /// anyone: every acknowledged write is at or below it.
+    fn revision(&self) -> u64;
+
+    /// The largest value a put accepts, in bytes.
+    fn max_value_bytes(&self) -> usize;
+
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, Error>;
+
+    /// Up to `limit` (at least 1) entries whose keys start with `prefix`, in key
+    /// order, starting after the key `after` when given; `next` is set when more
+    /// follow.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, Error>;
+
+    /// Sets `key` to `value` if `condition` holds (always, for `None`).
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        condition: Option<Condition>,
+    ) -> Result<PutResult, Error>;
+
+    /// Deletes `key` if it exists and `condition` holds; [`Error::KeyNotFound`] if it
+    /// does not exist (and no revision is taken).
+    async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error>;
+
+    /// Subscribes to changes; [`WatchOptions`] says where the stream starts.
+    async fn watch(&self, options: WatchOptions) -> Result<Watch, Error>;
+
+    /// Every entry under `prefix` as of one revision, streamed in key order.
+    async fn snapshot(&self, prefix: &str) -> Result<Snapshot, Error>;
+
+    /// Restores `snapshot` into this store, which must be empty (else
+    /// [`Error::NotEmpty`]). A restore raises no watch events. Each engine documents
+    /// which revisions the restored keys get.
+    async fn restore(&self, snapshot: Snapshot) -> Result<RestoreResult, Error>;
+
+    /// The store's status; an error when the engine cannot be reached or read.
+    async fn status(&self) -> Result<Status, Error>;
+
+    /// Makes every acknowledged write durable (before a graceful stop).
+    async fn flush(&self) -> Result<(), Error>;
+}

@@ -1,0 +1,212 @@
+//! The one watch loop: open the store's watch, give the initial state or the
+//! opening progress frame, then every change the caller may read, a progress
+//! frame after each quiet interval, and a last `error` frame when the watch ends
+//! (`compacted`, `lagged`, `shutting_down`). Transports pull [`Frame`]s from it
+//! and only frame and send them.
+//!
+//! A change's JSON comes from the store's shared event, encoded once for every
+//! watcher that receives it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kvstore_core::wire::Frame as WireFrame;
+use kvstore_core::{ErrorCode, Storage, Watch, WatchItem, WatchOptions};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::limits::WatcherSlot;
+use crate::metrics::WatcherGauge;
+use crate::state::{stopping, AppState};
+
+/// One frame ready to send.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The frame's `type` (the SSE event name): `put`, `delete`, `entry`,
+    /// `synced`, `progress` or `error`.
+    pub kind: &'static str,
+    /// The revision a client resumes after (the SSE `id:`), where there is one.
+    pub id: Option<u64>,
+    /// The JSON frame.
+    pub json: Bytes,
+    /// For an `error` frame, its code; the stream ends after it.
+    pub error: Option<ErrorCode>,
+}
+
+impl Frame {
+    fn encoded(kind: &'static str, id: Option<u64>, frame: &WireFrame) -> Frame {
+        match serde_json::to_vec(frame) {
+            Ok(json) => Frame {
+                kind,
+                id,
+                json: Bytes::from(json),
+                error: None,
+            },
+            Err(e) => Frame::error(ApiError::internal(format!("encoding a frame: {e}"))),
+        }
+    }
+
+    fn progress(revision: u64) -> Frame {
+        Frame::encoded(
+            "progress",
+            Some(revision),
+            &WireFrame::Progress { revision },
+        )
+    }
+
+    fn error(error: ApiError) -> Frame {
+        let mut frame = Frame::encoded("error", None, &WireFrame::Error(error.detail()));
+        frame.error = Some(error.code());
+        frame
+    }
+
+    fn of(item: WatchItem) -> Frame {
+        match item {
+            WatchItem::Event(event) => {
+                metrics::counter!("kvstore_watch_events_sent_total").increment(1);
+                let kind = match event.kind {
+                    kvstore_core::wire::EventKind::Put => "put",
+                    kvstore_core::wire::EventKind::Delete => "delete",
+                };
+                Frame {
+                    kind,
+                    id: Some(event.revision),
+                    json: event.json(),
+                    error: None,
+                }
+            }
+            WatchItem::Entry(entry) => Frame::encoded("entry", None, &WireFrame::Entry(entry)),
+            WatchItem::Synced(revision) => {
+                Frame::encoded("synced", Some(revision), &WireFrame::Synced { revision })
+            }
+            WatchItem::Progress(revision) => Frame::progress(revision),
+        }
+    }
+
+    /// Whether the stream ends after this frame.
+    pub fn is_last(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The frame as one Server-Sent Event: `id:` its revision, `event:` its type,
+    /// `data:` the JSON.
+    pub fn sse(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.json.len() + 48);
+        if let Some(id) = self.id {
+            out.extend_from_slice(format!("id: {id}\n").as_bytes());
+        }
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(self.kind.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(&self.json);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+/// A store error that ends a watch, as the frame's error.
+fn watch_error(e: kvstore_core::Error) -> ApiError {
+    if matches!(e, kvstore_core::Error::Lagged { .. }) {
+        metrics::counter!("kvstore_watch_lagged_total").increment(1);
+    }
+    ApiError::from(e)
+}
+
+/// One watch's loop; see the module docs.
+pub struct Pump {
+    store: Arc<dyn Storage>,
+    options: WatchOptions,
+    caller: Caller,
+    watch: Option<Watch>,
+    /// The initial state (if asked for) is delivered: progress frames may follow.
+    synced: bool,
+    progress: Duration,
+    deadline: Instant,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+    /// Counted among the open watchers, and holding a place of its client's, for
+    /// as long as the pump lives.
+    _held: (WatcherGauge, WatcherSlot),
+}
+
+impl Pump {
+    /// The loop of a watch with `options` for `caller`, holding `slot`.
+    pub fn new(state: &AppState, options: WatchOptions, caller: Caller, slot: WatcherSlot) -> Pump {
+        let progress = state.timings.progress;
+        Pump {
+            store: state.store.clone(),
+            synced: !options.initial,
+            options,
+            caller,
+            watch: None,
+            progress,
+            deadline: Instant::now() + progress,
+            shutdown: state.shutdown.clone(),
+            done: false,
+            _held: (WatcherGauge::open(), slot),
+        }
+    }
+
+    /// The next frame to send; `None` after the last one. Cancel-safe: a transport
+    /// may drop the future to serve its own events and call again.
+    pub async fn next(&mut self) -> Option<Frame> {
+        if self.done {
+            return None;
+        }
+        let frame = self.produce().await;
+        self.done = frame.is_last();
+        self.deadline = Instant::now() + self.progress;
+        Some(frame)
+    }
+
+    async fn produce(&mut self) -> Frame {
+        let mut shutdown = self.shutdown.clone();
+        let watch = match &mut self.watch {
+            Some(watch) => watch,
+            None => {
+                let opened = tokio::select! {
+                    opened = self.store.watch(self.options.clone()) => opened,
+                    () = stopping(&mut shutdown) => return Frame::error(ApiError::shutting_down()),
+                };
+                let watch = match opened {
+                    Ok(watch) => self.watch.insert(watch),
+                    Err(e) => return Frame::error(watch_error(e)),
+                };
+                // Tell the client where the stream starts, so it can resume even
+                // before the first change (an initial state ends with `synced`).
+                if self.synced {
+                    return Frame::progress(watch.position());
+                }
+                watch
+            }
+        };
+        loop {
+            tokio::select! {
+                item = watch.next() => match item {
+                    Ok(item) => {
+                        let visible = match &item {
+                            WatchItem::Event(event) => self.caller.can_read(&event.key),
+                            WatchItem::Entry(entry) => self.caller.can_read(&entry.key),
+                            WatchItem::Synced(_) => {
+                                self.synced = true;
+                                true
+                            }
+                            WatchItem::Progress(_) => self.synced,
+                        };
+                        if visible {
+                            return Frame::of(item);
+                        }
+                    }
+                    Err(e) => return Frame::error(watch_error(e)),
+                },
+                () = sleep_until(self.deadline), if self.synced => {
+                    return Frame::progress(watch.position());
+                }
+                () = stopping(&mut shutdown) => return Frame::error(ApiError::shutting_down()),
+            }
+        }
+    }
+}
