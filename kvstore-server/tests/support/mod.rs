@@ -3,6 +3,8 @@
 //! Shared by the server's and the CLI's integration tests.
 #![allow(dead_code)]
 
+pub mod venv;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
