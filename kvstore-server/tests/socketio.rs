@@ -741,6 +741,37 @@ async fn clients_that_stop_taking_packets_are_dropped() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_changes_reach_a_polling_client_over_bounded_polls() -> TestResult {
+    const VALUE: usize = 400 * 1024;
+    let server = TestServer::start();
+    let polling = Polling::open(&server).await?;
+    assert_eq!(polling.post(&server, "40").await?, (200, "ok".into()));
+    poll_packets(&server, &polling, 2).await?;
+    for i in 0..4 {
+        put(&server, &format!("big{i}"), i.to_string().repeat(VALUE)).await?;
+    }
+    // Every change arrives, none twice, and no answer is much over 1 MiB (what
+    // is queued beyond that waits for the next poll).
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let (status, body) = polling.get(&server).await?;
+        assert_eq!(status, 200);
+        assert!(
+            body.len() < 1024 * 1024 + VALUE + 1024,
+            "{} bytes",
+            body.len()
+        );
+        for packet in body.split(SEP).filter(|p| *p != "2") {
+            let data: Value = serde_json::from_str(packet.strip_prefix("42").ok_or("no event")?)?;
+            got.push(data[1]["data"].as_str().ok_or("no data")?.len());
+        }
+    }
+    let expected = "Key: big0 set with value: ".len() + VALUE;
+    assert_eq!(got, [expected; 4]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_are_refused_with_connect_error_and_counted_against_the_limit() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = TestServer::start_with(&[

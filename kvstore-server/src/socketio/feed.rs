@@ -57,14 +57,15 @@ impl Feed {
 pub fn packet(event: &Event) -> String {
     let (name, text) = match event.kind {
         EventKind::Put => {
-            let value = match std::str::from_utf8(&event.value) {
-                Ok(text) => text.to_string(),
-                Err(_) => format!("<binary, {} bytes>", event.value.len()),
+            let text = match std::str::from_utf8(&event.value) {
+                Ok(value) => format!("Key: {} set with value: {value}", event.key),
+                Err(_) => format!(
+                    "Key: {} set with value: <binary, {} bytes>",
+                    event.key,
+                    event.value.len()
+                ),
             };
-            (
-                "key_update",
-                format!("Key: {} set with value: {value}", event.key),
-            )
+            ("key_update", text)
         }
         EventKind::Delete => ("key_delete", format!("Key: {} deleted", event.key)),
     };

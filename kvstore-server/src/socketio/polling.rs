@@ -6,9 +6,13 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::engine::{self, Packet};
-use super::session::{self, End, Incoming, Session, Transport, OUTBOX};
+use super::session::{self, End, Incoming, Session, Transport};
 use super::{HttpError, MAX_PAYLOAD};
 use crate::body::read_limited;
+
+/// A poll is answered with what is queued, up to about this many bytes (one packet
+/// more at most); the rest waits for the next poll.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// A payload as Engine.IO clients expect it.
 pub fn text(body: String) -> HttpResponse {
@@ -39,9 +43,14 @@ pub async fn poll(session: Arc<Session>) -> Result<HttpResponse, HttpError> {
         _ = transport.wait_for(|t| matches!(t, Transport::Upgrading | Transport::WebSocket)) => {}
         _ = session::ended(&mut ended) => {}
     }
-    while packets.len() < OUTBOX {
+    let mut bytes: usize = packets.iter().map(String::len).sum();
+    while bytes < MAX_ANSWER_BYTES {
         match outbox.try_recv() {
-            Ok(out) => packets.push(out.encode()),
+            Ok(out) => {
+                let packet = out.encode();
+                bytes += packet.len() + 1;
+                packets.push(packet);
+            }
             Err(_) => break,
         }
     }
