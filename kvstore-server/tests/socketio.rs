@@ -162,19 +162,12 @@ impl Watcher {
 
     /// Waits for it to exit; its status code.
     async fn exit_code(&mut self) -> Result<Option<i32>, BoxError> {
-        let child = &mut self.child;
-        within("kv_watch.py to exit", async {
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    return Ok::<_, std::io::Error>(status.code());
-                }
-                // The process has no event to wait on here but its exit; this only
-                // polls for it, the test goes on the moment it has happened.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await?
-        .map_err(Into::into)
+        // Its stdout closes when it exits.
+        while let Some(line) = within("kv_watch.py to exit", self.lines.recv()).await? {
+            self.seen.push(line);
+        }
+        let status = tokio::task::block_in_place(|| self.child.wait())?;
+        Ok(status.code())
     }
 }
 
