@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod openapi;
 mod pyjson;
 mod routes;
+mod socketio;
 pub mod state;
 pub mod tls;
 pub mod watch;
@@ -105,6 +106,7 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::snapshot::configure)
         .configure(metrics::configure)
         .configure(openapi::configure)
+        .configure(socketio::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(not_found(&req))
         }));

@@ -9,6 +9,8 @@
 //! server is always graceful.
 #![allow(dead_code)]
 
+pub mod venv;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
