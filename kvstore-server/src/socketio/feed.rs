@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use kvstore_core::wire::{Event, EventKind};
-use kvstore_core::{Watch, WatchItem, WatchOptions};
+use kvstore_core::{SharedEvent, Watch, WatchItem, WatchOptions};
 
 use super::{engine, protocol};
 use crate::auth::Caller;
@@ -42,7 +42,7 @@ impl Feed {
 
     /// The next change `caller` may read (others are passed over). Cancel-safe.
     /// Fails with [`kvstore_core::Error::Lagged`] when the client fell too far behind.
-    pub async fn next(&mut self, caller: &Caller) -> Result<Arc<Event>, kvstore_core::Error> {
+    pub async fn next(&mut self, caller: &Caller) -> Result<Arc<SharedEvent>, kvstore_core::Error> {
         loop {
             if let WatchItem::Event(event) = self.watch.next().await? {
                 if caller.can_read(&event.key) {

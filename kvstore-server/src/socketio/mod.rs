@@ -95,10 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get))
             .route(web::post().to(post))
             .default_service(web::to(|req: HttpRequest| async move {
-                Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
-                    method: req.method().to_string(),
-                    allow: "GET, POST",
-                })
+                Err::<HttpResponse, _>(ApiError::method_not_allowed(req.method(), "GET, POST"))
             })),
     );
 }
@@ -109,17 +106,15 @@ pub struct Handshake {
     address: String,
     /// The caller its `Authorization` header names, or why it names none; `None`
     /// without the header.
-    header_caller: Option<Result<Caller, String>>,
+    header_caller: Option<Result<Caller, ApiError>>,
 }
 
 impl Handshake {
     fn of(req: &HttpRequest) -> Handshake {
-        let header_caller = req.headers().contains_key(AUTHORIZATION).then(|| {
-            Caller::extract(req).into_inner().map_err(|e| match e {
-                ApiError::Unauthorized(message) => message,
-                other => other.to_string(),
-            })
-        });
+        let header_caller = req
+            .headers()
+            .contains_key(AUTHORIZATION)
+            .then(|| Caller::extract(req).into_inner());
         Handshake {
             address: req
                 .peer_addr()
@@ -157,7 +152,7 @@ impl ResponseError for HttpError {
             HttpError::Engine(kind, _) => HttpResponse::BadRequest().json(serde_json::json!({
                 "code": kind.code(),
                 "message": kind.message(),
-                "error": ApiError::InvalidRequest(self.to_string()).detail(),
+                "error": ApiError::invalid_request(self.to_string()).detail(),
             })),
             HttpError::Api(e) => e.error_response(),
         }
@@ -211,7 +206,7 @@ fn random_id() -> Result<String, HttpError> {
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut bytes)
-        .map_err(|_| ApiError::Internal("no random numbers for a session id".into()))?;
+        .map_err(|_| ApiError::internal("no random numbers for a session id"))?;
     Ok(hex::encode(bytes))
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use kvstore_core::wire::Event;
+use kvstore_core::SharedEvent;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -80,7 +80,7 @@ pub enum Out {
     /// An Engine.IO packet.
     Packet(String),
     /// A change for the client.
-    Change(Arc<Event>),
+    Change(Arc<SharedEvent>),
 }
 
 impl Out {
@@ -363,17 +363,13 @@ impl Task {
             Some(serde_json::Value::String(token)) => access
                 .role_of(token)
                 .map(Caller::Token)
-                .ok_or_else(|| ApiError::Unauthorized("unknown token".into())),
-            Some(_) => Err(ApiError::Unauthorized(
-                "the auth token must be a string".into(),
-            )),
+                .ok_or_else(|| ApiError::unauthorized("unknown token")),
+            Some(_) => Err(ApiError::unauthorized("the auth token must be a string")),
             None => match &self.handshake.header_caller {
-                Some(Ok(caller)) => Ok(caller.clone()),
-                Some(Err(message)) => Err(ApiError::Unauthorized(message.clone())),
-                None => Err(ApiError::Unauthorized(
+                Some(result) => result.clone(),
+                None => Err(ApiError::unauthorized(
                     "send the token in the CONNECT auth ({\"token\": ...}) or as \
-                     Authorization: Bearer <token>"
-                        .into(),
+                     Authorization: Bearer <token>",
                 )),
             },
         }
@@ -381,7 +377,7 @@ impl Task {
 }
 
 /// The next change for a client in the namespace; never, for one outside it.
-async fn next_change(joined: &mut Option<Joined>) -> Result<Arc<Event>, kvstore_core::Error> {
+async fn next_change(joined: &mut Option<Joined>) -> Result<Arc<SharedEvent>, kvstore_core::Error> {
     match joined {
         Some(joined) => joined.feed.next(&joined.caller).await,
         None => std::future::pending().await,
