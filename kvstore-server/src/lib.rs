@@ -37,6 +37,7 @@
 pub mod auth;
 mod body;
 pub mod config;
+mod console;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -67,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::snapshot::configure)
         .configure(metrics::configure)
         .configure(openapi::configure)
+        .configure(console::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(not_found(&req))
         }));
