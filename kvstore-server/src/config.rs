@@ -89,6 +89,11 @@ pub struct Options {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,
+    /// An origin (`https://app.example.com`, or `*` for any) whose browser apps may
+    /// call the API, with a bearer token; repeatable, comma-separated in the
+    /// variable. None by default: no CORS headers, and the console needs none.
+    #[arg(long, env = "KVSTORE_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
+    pub cors_origin: Vec<String>,
 }
 
 impl Options {

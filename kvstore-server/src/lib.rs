@@ -38,6 +38,7 @@ pub mod auth;
 mod body;
 pub mod config;
 mod console;
+mod cors;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -109,6 +110,7 @@ pub async fn run(
     // filtered out (e.g. `RUST_LOG=warn`), the Logger is not mounted at all, so it
     // costs no per-request work (timing, formatting its fields).
     let access_log = log::log_enabled!(target: ACCESS_LOG_TARGET, log::Level::Info);
+    let cors_origins = options.cors_origin.clone();
     let server = HttpServer::new(move || {
         let state = state.clone();
         App::new()
@@ -120,6 +122,11 @@ pub async fn run(
                     .log_target(ACCESS_LOG_TARGET)
                     // Health checks poll every few seconds; they would drown the request log.
                     .exclude("/healthz"),
+            ))
+            .wrap(cors::middleware(&cors_origins))
+            .wrap(Condition::new(
+                !cors_origins.is_empty(),
+                actix_web::middleware::from_fn(cors::json_errors),
             ))
             .configure(move |cfg| configure(cfg, state))
     })
