@@ -55,7 +55,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/ui")
             .route("", web::get().to(redirect))
-            .route("/", web::get().to(|| asset(INDEX, "text/html; charset=utf-8")))
+            .route(
+                "/",
+                web::get().to(|| asset(INDEX, "text/html; charset=utf-8")),
+            )
             .route(
                 "/app.js",
                 web::get().to(|| asset(APP_JS, "text/javascript; charset=utf-8")),
@@ -218,7 +221,11 @@ mod tests {
 
     #[test]
     fn the_page_loads_only_its_own_assets() {
-        for (name, text) in [("index.html", INDEX), ("app.js", APP_JS), ("style.css", STYLE)] {
+        for (name, text) in [
+            ("index.html", INDEX),
+            ("app.js", APP_JS),
+            ("style.css", STYLE),
+        ] {
             for outside in ["http://", "https://", "//cdn", "@import"] {
                 assert!(!text.contains(outside), "{name} refers to {outside}");
             }

@@ -6,6 +6,8 @@ const PAGE = 1000;          // keys per list request (the API's most)
 const FEED_KEEP = 200;      // changes kept in the live panel
 const SHOW_BYTES = 64 * 1024; // hex and base64 views show at most this much
 const RETRY_MS = 3000;      // between checks while the server is unreachable
+const MIN_NEW_ROWS = 100;   // a "page" of the list shows at least this many more rows
+const MAX_REQUESTS = 20;    // ... or stops after this many list requests
 // After a folder's last key on a page, skip the rest of that folder: its row is shown.
 const AFTER_ALL = "\u{10FFFF}";
 
@@ -176,6 +178,7 @@ async function probe() {
 
 function setFeedDropped(on, text) {
   $("notice-feed").hidden = !on;
+  $("feed-state").textContent = on ? "dropped" : state.feedPaused ? "paused" : "live";
   if (text) $("notice-feed-text").textContent = text;
   setConn();
 }
@@ -294,6 +297,9 @@ async function route() {
   const { prefix, key } = here();
   if (prefix !== state.listedPrefix) {
     state.prefix = prefix;
+    // A filter is for one folder's names.
+    state.filter = "";
+    $("filter").value = "";
     renderCrumbs();
     await loadList();
   }
@@ -342,27 +348,33 @@ async function loadList() {
   await loadPage(seq);
 }
 
+// Reads list pages until at least MIN_NEW_ROWS more rows show (a page of keys
+// deep in a few folders adds only those folders' rows) or the folder ends.
 async function loadPage(seq = state.loadSeq) {
-  const q = new URLSearchParams({ prefix: state.prefix, limit: String(PAGE) });
-  if (state.next) q.set("after", state.next);
-  let page;
-  try {
-    const res = await api("/v1/kv?" + q);
-    page = await res.json();
-  } catch (e) {
-    failed("Listing " + (state.prefix || "all keys"), e);
-    $("list-status").textContent = "Could not list this folder.";
-    return;
-  }
-  if (seq !== state.loadSeq) return; // another folder was opened meanwhile
-  for (const entry of page.entries) addEntry(entry);
-  state.listRevision = page.revision;
-  seeRevision(page.revision);
-  if (page.next) {
-    const folder = folderOf(page.next.slice(state.prefix.length));
-    state.next = folder ? state.prefix + folder + AFTER_ALL : page.next;
-  } else {
-    state.next = null;
+  const before = state.rows.size;
+  for (let requests = 0; requests < MAX_REQUESTS; requests++) {
+    const q = new URLSearchParams({ prefix: state.prefix, limit: String(PAGE) });
+    if (state.next) q.set("after", state.next);
+    let page;
+    try {
+      const res = await api("/v1/kv?" + q);
+      page = await res.json();
+    } catch (e) {
+      failed("Listing " + (state.prefix || "all keys"), e);
+      $("list-status").textContent = "Could not list this folder.";
+      return;
+    }
+    if (seq !== state.loadSeq) return; // another folder was opened meanwhile
+    for (const entry of page.entries) addEntry(entry);
+    state.listRevision = page.revision;
+    seeRevision(page.revision);
+    if (page.next) {
+      const folder = folderOf(page.next.slice(state.prefix.length));
+      state.next = folder ? state.prefix + folder + AFTER_ALL : page.next;
+    } else {
+      state.next = null;
+    }
+    if (state.next == null || state.rows.size - before >= MIN_NEW_ROWS) break;
   }
   renderRows();
 }
@@ -554,6 +566,7 @@ function renderOpen() {
     return;
   }
   notice.hidden = !open.updatedAt;
+  notice.classList.toggle("info", !!open.updatedAt);
   if (open.updatedAt) notice.textContent = `Updated live at revision ${open.updatedAt.toLocaleString("en")}.`;
   const { text, json, modes, preferred } = modesFor(open.bytes);
   if (!state.mode || !modes.includes(state.mode)) state.mode = preferred;
@@ -812,10 +825,7 @@ function connectFeed() {
   const es = new EventSource(url);
   state.feed = es;
   setConn();
-  es.addEventListener("open", () => {
-    setFeedDropped(false);
-    $("feed-state").textContent = state.feedPaused ? "paused" : "live";
-  });
+  es.addEventListener("open", () => setFeedDropped(false));
   es.addEventListener("progress", (ev) => {
     const frame = JSON.parse(ev.data);
     state.lastId = frame.revision;
