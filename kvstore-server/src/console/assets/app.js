@@ -396,11 +396,14 @@ function sortedRows() {
   return [...state.rows.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
-let renderPending = false;
-function scheduleRender() {
-  if (renderPending) return;
-  renderPending = true;
-  requestAnimationFrame(() => { renderPending = false; renderRows(); });
+// Live changes re-render the list at most once a frame, flashing the rows they touched.
+let renderPending = null;
+function scheduleRender(name) {
+  if (!renderPending) {
+    renderPending = new Set();
+    requestAnimationFrame(() => { const changed = renderPending; renderPending = null; renderRows(changed); });
+  }
+  if (name != null) renderPending.add(name);
 }
 
 function renderRows(changed) {
@@ -924,7 +927,7 @@ $("feed-clear").addEventListener("click", () => {
 function upsertKeyRow(key, { revision, version, size }) {
   const name = key.slice(state.prefix.length);
   state.rows.set(name, { kind: "key", name, key, mod_revision: revision, version, size });
-  renderRows(new Set([name]));
+  scheduleRender(name);
 }
 
 async function applyToList(frame) {
@@ -935,7 +938,7 @@ async function applyToList(frame) {
     if (folder) {
       if (state.rows.has(folder) || !loaded(folder)) return;
       state.rows.set(folder, { kind: "folder", name: folder });
-      renderRows(new Set([folder]));
+      scheduleRender(folder);
     } else if (state.rows.has(name) || loaded(name)) {
       upsertKeyRow(frame.key, { revision: frame.revision, version: frame.version, size: frameBytes(frame).length });
     }
