@@ -116,8 +116,11 @@ fn tools() -> Result<Tools, String> {
         .get_or_init(|| match find_tools() {
             Some(tools) => Ok(tools),
             None => {
-                install_tools()?;
-                find_tools().ok_or_else(|| "chromium or chromedriver still missing".into())
+                install_tools()
+                    .map_err(|why| format!("no chromium and chromedriver on PATH, and {why}"))?;
+                find_tools().ok_or_else(|| {
+                    "chromium or chromedriver is still missing after apt-get install".into()
+                })
             }
         })
         .clone()
@@ -617,6 +620,18 @@ async fn edit(b: &Browser) -> TestResult {
     )
     .await?;
     assert_eq!(b.crumbs().await?, ["All keys", "app/"]);
+    assert_eq!(kv_ok(url, &["get", "app/config"]), r#"{"color":"blue"}"#);
+
+    // Creating a key that exists is refused (If-None-Match: *), showing the one there.
+    b.click("#new-key").await?;
+    b.until("the new key form", "!document.querySelector('#editor').hidden && document.querySelector('#editor-key').value === 'app/'").await?;
+    b.type_into("#editor-key", "config").await?;
+    b.type_into("#editor-value", "a second one").await?;
+    b.click("#save").await?;
+    b.until("the refusal", "!document.querySelector('#conflict').hidden && document.querySelector('#conflict-title').textContent === 'That key already exists'").await?;
+    assert_eq!(b.text("#conflict-theirs").await?, r#"{"color":"blue"}"#);
+    b.click_text("Take theirs, drop mine").await?;
+    b.until("the existing value", "!document.querySelector('#view').hidden && document.querySelector('#view-value').textContent.includes('blue')").await?;
     assert_eq!(kv_ok(url, &["get", "app/config"]), r#"{"color":"blue"}"#);
 
     // Edit; meanwhile someone else changes it with `kv put`.
@@ -1143,6 +1158,45 @@ async fn login_sets_an_http_only_strict_cookie_that_reads_watches_and_writes_onl
     assert!(
         removal.starts_with("kv_token=;") && removal.contains("Max-Age=0"),
         "{removal}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_tls_the_login_cookie_is_secure() -> TestResult {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let server = secured_server(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &cert.to_string_lossy(),
+            "--tls-key",
+            &key.to_string_lossy(),
+        ],
+    )?;
+    assert!(server.url.starts_with("https://"));
+    kvstore_client::install_crypto_provider();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            certified.cert.pem().as_bytes(),
+        )?])
+        .build()?;
+    let res = https
+        .post(format!("{}/ui/login", server.url))
+        .header("x-kv-console", "1")
+        .json(&json!({ "token": "reader-token" }))
+        .send()
+        .await?;
+    assert_eq!(res.status(), StatusCode::OK);
+    let set_cookie = res.headers()["set-cookie"].to_str()?;
+    assert!(
+        set_cookie.contains("Secure") && set_cookie.contains("HttpOnly"),
+        "{set_cookie}"
     );
     Ok(())
 }
