@@ -24,7 +24,7 @@ const state = {
   filter: "",
   open: null,         // {key, bytes, meta: {mod_revision, create_revision, version}, deleted}
   mode: null,         // how the open value is shown
-  editing: null,      // {key, isNew, base: revision | 0 (must be absent), binary, changedOnServer}
+  editing: null,      // {key, isNew, base: revision | 0 (must be absent), binary, theirs}
   lastId: null,       // the newest revision the feed has seen
   revision: 0,
   feed: null,         // the EventSource
@@ -111,6 +111,7 @@ function frameBytes(frame) {
   return frame.encoding === "base64" ? fromBase64(frame.value) : utf8.encode(frame.value);
 }
 
+// The size of a listed entry's (or a frame's) value, without decoding it.
 function entrySize(entry) {
   if (entry.encoding === "base64") {
     const v = entry.value;
@@ -216,7 +217,17 @@ function seeRevision(rev) {
 
 function showLogin(message) {
   closeFeed();
+  // Nothing read with the previous token stays on the page.
+  closeEditor();
+  closeDetail();
   state.session = null;
+  state.listedPrefix = null;
+  state.rows = new Map();
+  state.lastId = null;
+  $("rows").replaceChildren();
+  $("feed-list").replaceChildren();
+  state.feedWaiting = [];
+  $("feed-empty").hidden = false;
   $("app").hidden = true;
   $("logout").hidden = true;
   $("who").hidden = true;
@@ -270,7 +281,6 @@ $("login-form").addEventListener("submit", async (ev) => {
 
 $("logout").addEventListener("click", async () => {
   try { await api("/ui/logout", { method: "POST" }); } catch (e) { failed("Logging out", e); return; }
-  closeEditor();
   showLogin("Logged out.");
 });
 
@@ -519,6 +529,9 @@ $("rows").addEventListener("keydown", (ev) => {
 function closeDetail() {
   state.open = null;
   $("view").hidden = true;
+  $("view-key").textContent = "";
+  $("view-meta").replaceChildren();
+  $("view-value").textContent = "";
   $("editor").hidden = true;
   $("detail-empty").hidden = false;
   $("detail-title").textContent = "Value";
@@ -630,6 +643,7 @@ $("delete").addEventListener("click", async () => {
     // Only the revision the user looked at: a change made meanwhile is not deleted unseen.
     await api(keyPath(open.key), { method: "DELETE", headers: { "if-match": `"${open.meta.mod_revision}"` } });
     say(`Deleted “${open.key}”.`);
+    if (state.rows.delete(open.key.slice(state.prefix.length))) scheduleRender();
     go(state.prefix);
   } catch (e) {
     if (e instanceof ApiError && e.code === "precondition_failed") {
@@ -652,7 +666,7 @@ function startEdit(isNew = false, prefill = "") {
     binary = text === null;
     value = binary ? toBase64(open.bytes) : text;
   }
-  state.editing = { key: isNew ? null : open.key, isNew, base: isNew ? 0 : open.meta.mod_revision, binary, changedOnServer: null, original: value };
+  state.editing = { key: isNew ? null : open.key, isNew, base: isNew ? 0 : open.meta.mod_revision, binary, theirs: null };
   $("view").hidden = true;
   $("detail-empty").hidden = true;
   $("editor").hidden = false;
@@ -940,7 +954,7 @@ async function applyToList(frame) {
       state.rows.set(folder, { kind: "folder", name: folder });
       scheduleRender(folder);
     } else if (state.rows.has(name) || loaded(name)) {
-      upsertKeyRow(frame.key, { revision: frame.revision, version: frame.version, size: frameBytes(frame).length });
+      upsertKeyRow(frame.key, { revision: frame.revision, version: frame.version, size: entrySize(frame) });
     }
   } else if (folder) {
     if (!state.rows.has(folder)) return;
@@ -956,28 +970,27 @@ async function applyToList(frame) {
 }
 
 function applyToOpen(frame) {
+  const open = state.open;
+  // (A revision already shown is our own save coming back.)
+  if (open && open.key === frame.key && !(open.meta && frame.revision <= open.meta.mod_revision)) {
+    state.open = frame.type === "put"
+      ? {
+        key: open.key, bytes: frameBytes(frame), deleted: false, updatedAt: frame.revision,
+        meta: { mod_revision: frame.revision, create_revision: frame.create_revision, version: frame.version },
+      }
+      : { key: open.key, bytes: new Uint8Array(), meta: null, deleted: true, deletedAt: frame.revision };
+    if (!state.editing) renderOpen();
+  }
   const ed = state.editing;
   if (ed && ed.key === frame.key) {
-    ed.changedOnServer = frame.revision;
+    // The editor keeps what was typed; the save (still against the revision the
+    // edit started from) will show both versions.
     const n = $("editor-notice");
     n.hidden = false;
     n.textContent = frame.type === "put"
       ? `Someone changed this key (revision ${frame.revision}) while you edit: saving will show both versions first.`
       : `Someone deleted this key (revision ${frame.revision}) while you edit: saving will show you first.`;
-    return;
   }
-  const open = state.open;
-  if (!open || open.key !== frame.key) return;
-  if (open.meta && frame.revision <= open.meta.mod_revision) return; // already shown (our own save)
-  if (frame.type === "put") {
-    state.open = {
-      key: open.key, bytes: frameBytes(frame), deleted: false, updatedAt: frame.revision,
-      meta: { mod_revision: frame.revision, create_revision: frame.create_revision, version: frame.version },
-    };
-  } else {
-    state.open = { key: open.key, bytes: new Uint8Array(), meta: null, deleted: true, deletedAt: frame.revision };
-  }
-  if (!state.editing) renderOpen();
 }
 
 // Reads the folder and the open key again (after the server came back).
