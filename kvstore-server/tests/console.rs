@@ -919,10 +919,14 @@ async fn read_only(b: &Browser) -> TestResult {
         "green"
     );
 
-    // Log out: the cookie is gone and the page asks again.
+    // Log out: the cookie is gone, nothing read with it stays, and the page asks again.
     b.click("#logout").await?;
     b.until("the login form", "!document.querySelector('#login').hidden")
         .await?;
+    let left = b
+        .js("return document.querySelectorAll('#rows tr, #feed-list li').length + document.querySelector('#view-value').textContent.length")
+        .await?;
+    assert_eq!(left, json!(0));
     assert_eq!(
         b.js("return fetch('/v1/kv/app/mode').then(r => r.status)")
             .await?,
