@@ -1009,6 +1009,11 @@ document.addEventListener("keydown", (ev) => {
   if (ev.key === "/") { ev.preventDefault(); $("filter").focus(); }
 });
 
+// The skip link moves the focus itself: the address's "#" holds the folder and key.
+document.querySelector(".skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  $("list-region").focus();
+});
 $("notice-message-close").addEventListener("click", () => { $("notice-message").hidden = true; });
 $("retry").addEventListener("click", () => { clearTimeout(state.retryTimer); probe(); });
 
