@@ -250,7 +250,9 @@ impl Browser {
                     what.replace(|c: char| !c.is_alphanumeric(), "-")
                 );
                 let _ = self.shot(&name).await;
-                let text = self.js("return document.body.innerText").await?;
+                let text = self
+                    .js("return document.body.innerText.slice(0, 3000)")
+                    .await?;
                 return Err(format!(
                     "timed out waiting for {what} ({condition}); the page said:\n{}",
                     text.as_str().unwrap_or_default()
@@ -513,7 +515,11 @@ async fn browse(b: &Browser) -> TestResult {
     assert!(!b.visible("#more").await?);
     b.shot("browse-paged").await?;
 
-    // Without the mouse: "/" to the filter, Tab to the first match, arrows, Enter.
+    // Without the mouse: the skip link, "/" to the filter, Tab to the first match,
+    // arrows, Enter.
+    b.js("document.querySelector('.skip').focus()").await?;
+    b.keys(&Key::Enter.to_string()).await?;
+    b.until("the list focused", "document.activeElement.id === 'list-region' && document.querySelectorAll('#rows tr').length === 1200").await?;
     b.js("document.activeElement.blur()").await?;
     b.keys("/").await?;
     b.until(
