@@ -353,6 +353,16 @@ impl Drop for Browser {
     }
 }
 
+/// Runs `scenario` in a fresh browser, or says SKIPPED when there is none.
+async fn in_browser(test: &str, scenario: impl AsyncFnOnce(&Browser) -> TestResult) -> TestResult {
+    let Some(browser) = Browser::open(test).await? else {
+        return Ok(());
+    };
+    let result = scenario(&browser).await;
+    browser.close().await;
+    result
+}
+
 fn target_dir() -> PathBuf {
     let bin = support::server_bin();
     bin.parent()
@@ -414,12 +424,7 @@ fn kv_put(url: &str, extra: &[&str], key: &str, value: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browse_folders_with_breadcrumbs_filter_paging_and_the_keyboard() -> TestResult {
-    let Some(browser) = Browser::open("browse").await? else {
-        return Ok(());
-    };
-    let result = browse(&browser).await;
-    browser.close().await;
-    result
+    in_browser("browse", browse).await
 }
 
 async fn browse(b: &Browser) -> TestResult {
@@ -588,12 +593,7 @@ async fn browse(b: &Browser) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_edit_with_a_conflict_from_kv_put_and_delete_with_confirmation() -> TestResult {
-    let Some(browser) = Browser::open("edit").await? else {
-        return Ok(());
-    };
-    let result = edit(&browser).await;
-    browser.close().await;
-    result
+    in_browser("edit", edit).await
 }
 
 async fn edit(b: &Browser) -> TestResult {
@@ -712,12 +712,7 @@ async fn edit(b: &Browser) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_with_kv_put_appear_without_reload_and_the_feed_pauses() -> TestResult {
-    let Some(browser) = Browser::open("live").await? else {
-        return Ok(());
-    };
-    let result = live(&browser).await;
-    browser.close().await;
-    result
+    in_browser("live", live).await
 }
 
 async fn live(b: &Browser) -> TestResult {
@@ -822,12 +817,7 @@ async fn server_revision(url: &str) -> Fallible<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_token_sees_no_edit_controls_and_its_writes_are_refused() -> TestResult {
-    let Some(browser) = Browser::open("read-only").await? else {
-        return Ok(());
-    };
-    let result = read_only(&browser).await;
-    browser.close().await;
-    result
+    in_browser("read-only", read_only).await
 }
 
 const ACCESS: &str = r#"
@@ -943,12 +933,7 @@ async fn read_only(b: &Browser) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_says_when_the_server_is_unreachable_and_resumes_the_feed() -> TestResult {
-    let Some(browser) = Browser::open("unreachable").await? else {
-        return Ok(());
-    };
-    let result = unreachable_server(&browser).await;
-    browser.close().await;
-    result
+    in_browser("unreachable", unreachable_server).await
 }
 
 async fn unreachable_server(b: &Browser) -> TestResult {
