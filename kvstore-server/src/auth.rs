@@ -113,6 +113,16 @@ impl Role {
             .iter()
             .any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
     }
+
+    /// The key prefixes it may read (`""` is every key).
+    pub fn read_prefixes(&self) -> &[String] {
+        &self.read
+    }
+
+    /// The key prefixes it may write.
+    pub fn write_prefixes(&self) -> &[String] {
+        &self.write
+    }
 }
 
 struct TokenEntry {
@@ -263,12 +273,19 @@ fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let Some(access) = &state.access else {
         return Ok(Caller::Open);
     };
-    let token = req
+    let bearer = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .map(str::trim);
+    // The console's login cookie stands in for the header (EventSource cannot send one).
+    let cookie = bearer
+        .is_none()
+        .then(|| crate::console::cookie_token(req))
+        .flatten();
+    let token = bearer
+        .or(cookie.as_deref())
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
     access
         .role_of(token)

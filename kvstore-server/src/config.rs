@@ -94,6 +94,11 @@ pub struct Options {
     /// Log one line per request (at info, target `kvstore_server::access`).
     #[arg(long, env = "KVSTORE_ACCESS_LOG")]
     pub access_log: bool,
+    /// An origin (`https://app.example.com`, or `*` for any) whose browser apps may
+    /// call the API, with a bearer token; repeatable, comma-separated in the
+    /// variable. None by default: no CORS headers, and the console needs none.
+    #[arg(long, env = "KVSTORE_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
+    pub cors_origin: Vec<String>,
 }
 
 impl Options {

@@ -40,6 +40,8 @@
 pub mod auth;
 mod body;
 pub mod config;
+mod console;
+mod cors;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -69,7 +71,8 @@ pub use state::{AppState, WatchTimings};
 pub const ACCESS_LOG_TARGET: &str = "kvstore_server::access";
 
 /// The whole app on `state`: every route, and the middleware that bounds headers,
-/// counts requests for `/metrics` and (with `state.access_log`) logs them. Used by
+/// counts requests for `/metrics`, (with `state.access_log`) logs them and (with
+/// `state.cors_origins`) answers CORS. Used by
 /// [`run`] for each worker, and by tests in-process with `actix_web::test`.
 pub fn app(
     state: AppState,
@@ -83,6 +86,7 @@ pub fn app(
     >,
 > {
     let access_log = state.access_log;
+    let cors_origins = state.cors_origins.clone();
     App::new()
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))
@@ -92,6 +96,11 @@ pub fn app(
                 .log_target(ACCESS_LOG_TARGET)
                 // Health checks poll every few seconds; they would drown the request log.
                 .exclude("/healthz"),
+        ))
+        .wrap(cors::middleware(&cors_origins))
+        .wrap(Condition::new(
+            !cors_origins.is_empty(),
+            actix_web::middleware::from_fn(cors::json_errors),
         ))
         .configure(|cfg| configure(cfg, state))
 }
@@ -107,6 +116,7 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(metrics::configure)
         .configure(openapi::configure)
         .configure(socketio::configure)
+        .configure(console::configure)
         .default_service(web::to(|req: HttpRequest| async move {
             Err::<actix_web::HttpResponse, _>(not_found(&req))
         }));
@@ -139,6 +149,7 @@ pub async fn run(
         body_timeout: std::time::Duration::from_secs_f64(options.request_timeout.max(0.1)),
         access: access.map(Arc::new),
         access_log: options.access_log,
+        cors_origins: options.cors_origin.clone(),
     };
     let server = HttpServer::new(move || app(state.clone()))
         .disable_signals()

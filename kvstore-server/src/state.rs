@@ -44,6 +44,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Log every request (`--access-log`).
     pub access_log: bool,
+    /// Origins whose browser apps may call the API (`--cors-origin`); none: no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             watchers: crate::limits::WatcherLimit::new(10_000),
             body_timeout: Duration::from_secs(30),
             access_log: false,
+            cors_origins: Vec::new(),
         }
     }
 }
