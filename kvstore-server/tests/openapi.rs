@@ -258,11 +258,11 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
-/// Skips the test (or fails it under CI) because `why`.
+/// Skips the test because `why`, or fails it under CI (`CI=true`, or
+/// `KVSTORE_REQUIRE_PYTHON=1` as `.ci/run` sets).
 fn skip(why: &str) {
     assert!(!in_ci(), "CI must run Schemathesis, but {why}");
-    println!("SKIPPED: Schemathesis run: {why}");
-    eprintln!("SKIPPED: Schemathesis run: {why}");
+    support::skip("KVSTORE_REQUIRE_PYTHON", "Schemathesis", why);
 }
 
 /// Runs `cmd` to completion, returning whether it succeeded and its output.

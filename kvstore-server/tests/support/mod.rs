@@ -201,3 +201,20 @@ pub fn admin_access_file(dir: &Path) -> std::io::Result<String> {
     )?;
     Ok(file.to_string_lossy().into_owned())
 }
+
+/// Says that `test` did not run because `why`, or fails it when the environment
+/// variable `require` is `1` (CI sets those: a skip there is a failure).
+///
+/// The line goes to the process's stdout and stderr through `std::io` handles,
+/// which the test harness does not capture (it captures `print!` and `eprint!`
+/// only), so `cargo test` shows it even when the test passes.
+#[track_caller]
+pub fn skip(require: &str, test: &str, why: &str) {
+    use std::io::Write;
+    let required = std::env::var(require).is_ok_and(|v| v == "1");
+    assert!(!required, "{require}=1, but {test} cannot run: {why}");
+    let line = format!("SKIPPED {test}: {why} (with {require}=1 this fails)\n");
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
