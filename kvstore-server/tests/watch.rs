@@ -1166,9 +1166,11 @@ async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut server = TestServer::start_in(dir.path(), &[]);
-    let addr = server.addr().to_string();
-    let client = Client::new(&server.url)?;
+    // Restarts keep this address (held by the test, so no other test can take it
+    // while the server is down).
+    let held = support::HeldAddress::new()?;
+    let mut server = held.start(dir.path(), &[])?;
+    let client = Client::new(&held.url)?;
 
     let put = |key: &'static str, value: &'static str| {
         let client = client.clone();
@@ -1180,7 +1182,7 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
     let p1 = put("r/a", "1").await?;
     put("x/other", "x").await?;
     let p2 = put("r/b", "2").await?;
-    let mut sse = Sse::connect(&server.url, "prefix=r%2F&start_revision=1", None).await?;
+    let mut sse = Sse::connect(&held.url, "prefix=r%2F&start_revision=1", None).await?;
     assert_eq!(sse.next_change().await?, p1);
     assert_eq!(sse.next_change().await?, p2);
     let seen = p2.revision;
@@ -1190,16 +1192,15 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
     let deleted = client.delete("r/b").await?;
     let d4 = Change::new(deleted.revision, "delete", "r/b", "");
     put("x/other", "y").await?;
-    server.kill();
+    held.kill(&mut server);
     drop(sse);
 
     // ...and some after the restart, on the same address and data.
-    let server = TestServer::try_start_at(&addr, dir.path(), &[])?;
-    assert_eq!(server.url, format!("http://{addr}"));
+    let mut server = held.start(dir.path(), &[])?;
     let p5 = put("r/c", "5").await?;
     put("x/other", "z").await?;
 
-    let mut sse = Sse::connect(&server.url, "prefix=r%2F", Some(seen)).await?;
+    let mut sse = Sse::connect(&held.url, "prefix=r%2F", Some(seen)).await?;
     for expected in [&p3, &d4, &p5] {
         assert_eq!(&sse.next_change().await?, expected);
     }
@@ -1209,14 +1210,13 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
 
     // A second crash with this stream open: it ends, and resuming from its last
     // id gives only what came after.
-    let mut server = server;
-    server.kill();
+    held.kill(&mut server);
     while let Ok(Some(event)) = sse.next_or_end().await {
         assert_eq!(event.event, "progress", "{event:?}");
     }
-    let server = TestServer::try_start_at(&addr, dir.path(), &[])?;
+    let _server = held.start(dir.path(), &[])?;
     let p7 = put("r/e", "7").await?;
-    let mut sse = Sse::connect(&server.url, "prefix=r%2F", Some(p6.revision)).await?;
+    let mut sse = Sse::connect(&held.url, "prefix=r%2F", Some(p6.revision)).await?;
     assert_eq!(sse.next_change().await?, p7);
     let p8 = put("r/a", "8").await?;
     assert_eq!(sse.next_change().await?, p8);

@@ -218,3 +218,100 @@ pub fn skip(require: &str, test: &str, why: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// A loopback address that a test holds from start to end, relaying each
+/// connection to the server behind it at that moment. A server restarted behind it
+/// keeps the address its clients know, and no other test can take that address
+/// while the server is down (as it could take a freed port). While no server is
+/// behind it, connections are accepted and closed at once, as a refused one would
+/// be for a client.
+pub struct HeldAddress {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    addr: std::net::SocketAddr,
+    backend: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HeldAddress {
+    /// Binds a fresh loopback port and starts relaying (to nothing yet).
+    pub fn new() -> std::io::Result<HeldAddress> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let backend: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::spawn({
+            let backend = backend.clone();
+            let stop = stop.clone();
+            move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = conn else { continue };
+                    let target = *backend.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(target) = target {
+                        std::thread::spawn(move || relay(client, target));
+                    }
+                }
+            }
+        });
+        Ok(HeldAddress {
+            url: format!("http://{addr}"),
+            addr,
+            backend,
+            stop,
+        })
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Starts a server on `data_dir` and relays new connections to it.
+    pub fn start(&self, data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
+        let server = TestServer::try_start_in(data_dir, args)?;
+        let target = server.addr().parse().map_err(|e| format!("{e}"))?;
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+        Ok(server)
+    }
+
+    /// Stops relaying, then kills `server` with SIGKILL: no new connection can reach
+    /// whatever takes its port next.
+    pub fn kill(&self, server: &mut TestServer) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        server.kill();
+    }
+}
+
+impl Drop for HeldAddress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies bytes both ways between `client` and a new connection to `target` until
+/// either side ends; then closes both, as the end of a direct connection would.
+fn relay(client: std::net::TcpStream, target: std::net::SocketAddr) {
+    use std::net::Shutdown;
+    let Ok(server) = std::net::TcpStream::connect(target) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut &server, &mut &client);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+    let _ = upstream.join();
+}
