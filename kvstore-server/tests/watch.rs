@@ -1059,7 +1059,10 @@ fn parse_frames(buf: &mut Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, BoxError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
-    let server = TestServer::start_with(&["--ping-interval", "0.2", "--peer-timeout", "1"]);
+    // The peer timeout is ten ping intervals, so a live peer whose pongs are late
+    // on a loaded machine is not taken for a silent one.
+    const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+    let server = TestServer::start_with(&["--ping-interval", "0.2", "--peer-timeout", "2"]);
     let client = Client::new(&server.url)?;
 
     // A peer that reads but never answers pings: the server closes it.
@@ -1117,7 +1120,7 @@ async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
         // Never before the peer timeout (a lower bound only).
         let closed_after = closed_after.ok_or("no close frame")?;
         assert!(
-            closed_after >= Duration::from_secs(1),
+            closed_after >= PEER_TIMEOUT,
             "dropped after {closed_after:?}"
         );
         Ok::<(), BoxError>(())
@@ -1129,8 +1132,9 @@ async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
         let mut ws = ws_connect(&server.url, "prefix=alive%2F").await?;
         let mut pings = 0;
         // Letting time pass is the point here: keep reading (and so answering
-        // pings) until well past the peer timeout. Pings arrive every 0.2 s.
-        while started.elapsed() < Duration::from_millis(1600) {
+        // pings) until well past the peer timeout, and until a few pings came
+        // (every 0.2 s, later on a loaded machine: the count is not timed).
+        while started.elapsed() < PEER_TIMEOUT * 3 / 2 || pings < 3 {
             match within("a ping", ws.next())
                 .await?
                 .ok_or("the watch ended")??
@@ -1143,7 +1147,7 @@ async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
                 other => return Err(format!("a live peer got {other:?}").into()),
             }
         }
-        assert!(pings >= 3, "only {pings} pings in {:?}", started.elapsed());
+        println!("live peer: {pings} pings in {:?}", started.elapsed());
         let put = client.put("alive/k", "still here").await?;
         let change = ws_change(&mut ws).await?;
         assert_eq!(
@@ -1275,7 +1279,8 @@ async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestRes
     // does not tell: once it reads, the server's send completes and the overdue
     // peer check may then drop it, or the watch may report `lagged`.
     let (logged, server) = tokio::task::spawn_blocking(move || {
-        let logged = server.wait_for_log("dropping a silent watch client", Duration::from_secs(6));
+        // Waits on the line; the bound is only a safety net, fifteen peer timeouts.
+        let logged = server.wait_for_log("dropping a silent watch client", Duration::from_secs(30));
         (logged, server)
     })
     .await?;
