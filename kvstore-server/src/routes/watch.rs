@@ -178,6 +178,9 @@ async fn next_frame(watch: &mut Watch, deadline: Instant, caller: &Caller) -> Ou
          body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
          body = ErrorBody),
+        (status = 410, description = "`compacted` (Server-Sent Events): `start_revision` or \
+            `Last-Event-ID` asks for history older than what is kept (`revision`: the oldest \
+            kept). A WebSocket watch gets the `error` frame instead.", body = ErrorBody),
         (status = 429, description = "`too_many_watchers`: this client already holds \
             `--max-watchers-per-client` watch streams", body = ErrorBody),
     )
@@ -241,21 +244,26 @@ async fn watch(
         options.start_revision = Some(last + 1);
         options.initial = false;
     }
+    // Opened before answering, so that a watch the store refuses (its history is
+    // compacted) gets its HTTP status, 410, rather than a 200 and an error event.
+    let initial = options.initial;
+    let watch = state.store.watch(options).await.map_err(watch_error)?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(sse(state.into_inner(), options, caller, slot)))
+        .streaming(sse(state.into_inner(), watch, initial, caller, slot)))
 }
 
 fn sse(
     state: std::sync::Arc<AppState>,
-    options: WatchOptions,
+    watch: Watch,
+    initial: bool,
     caller: Caller,
     slot: crate::limits::WatcherSlot,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> {
     enum Phase {
-        Opening(WatchOptions),
+        Opening(Box<Watch>, bool),
         Open(Box<Watch>),
         Done,
     }
@@ -263,7 +271,8 @@ fn sse(
     // The stream holds its gauge and its watcher slot: dropping the stream (the
     // client left) releases both.
     let held = std::sync::Arc::new((crate::metrics::WatcherGauge::open(), slot));
-    futures_util::stream::unfold(Phase::Opening(options), move |phase| {
+    let opening = Phase::Opening(Box::new(watch), initial);
+    futures_util::stream::unfold(opening, move |phase| {
         let _held = held.clone();
         let state = state.clone();
         let caller = caller.clone();
@@ -271,22 +280,12 @@ fn sse(
             let mut watch = match phase {
                 Phase::Done => return None,
                 Phase::Open(watch) => watch,
-                Phase::Opening(options) => {
-                    let initial = options.initial;
-                    let out = match state.store.watch(options).await {
-                        Ok(watch) if !initial => {
-                            let out = Outgoing::progress(watch.position());
-                            return Some((
-                                Ok(web::Bytes::from(out.sse())),
-                                Phase::Open(Box::new(watch)),
-                            ));
-                        }
-                        Ok(watch) => {
-                            return Some((Ok(web::Bytes::new()), Phase::Open(Box::new(watch))))
-                        }
-                        Err(e) => Outgoing::error(watch_error(e)),
-                    };
-                    return Some((Ok(web::Bytes::from(out.sse())), Phase::Done));
+                Phase::Opening(watch, false) => {
+                    let out = Outgoing::progress(watch.position());
+                    return Some((Ok(web::Bytes::from(out.sse())), Phase::Open(watch)));
+                }
+                Phase::Opening(watch, true) => {
+                    return Some((Ok(web::Bytes::new()), Phase::Open(watch)));
                 }
             };
             let mut shutdown = state.shutdown.clone();
