@@ -891,19 +891,44 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> 
         .await?
         .is_none());
 
-    // SSE, by start_revision or Last-Event-ID: an error event, then the end.
+    // SSE, by start_revision or Last-Event-ID: HTTP 410 `compacted` with the
+    // JSON error body (README's error table), not a stream.
+    let http = reqwest::Client::new();
     for (query, last_event_id) in [
         ("prefix=c%2F&start_revision=1", None),
+        ("prefix=c%2F&start_revision=40", None),
         ("prefix=c%2F", Some(5)),
     ] {
-        let mut sse = Sse::connect(&server.url, query, last_event_id).await?;
-        let event = sse.next().await?;
-        assert_eq!(event.event, "error", "{event:?}");
-        assert_eq!(event.data["type"], "error", "{event:?}");
-        assert_eq!(event.data["code"], "compacted", "{event:?}");
-        assert_eq!(event.data["revision"], oldest, "{event:?}");
-        assert!(sse.next_or_end().await?.is_none(), "the SSE stream goes on");
+        let mut req = http
+            .get(format!("{}/v1/watch?{query}", server.url))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let res = within("the SSE answer", req.send()).await??;
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = within("the SSE body", res.text()).await??;
+        assert_eq!(status, 410, "{query} {last_event_id:?}: {body}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}"
+        );
+        let body: Value = serde_json::from_str(&body)?;
+        assert_eq!(body["error"]["code"], "compacted", "{body}");
+        assert_eq!(body["error"]["revision"], oldest, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
+    // From the oldest kept revision on, a stream.
+    let mut sse = Sse::connect(&server.url, "prefix=c%2F&start_revision=41", None).await?;
+    assert_eq!(sse.next_change().await?.revision, oldest);
     Ok(())
 }
 
