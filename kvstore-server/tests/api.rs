@@ -428,6 +428,83 @@ async fn list_pages_through_a_prefix() -> TestResult {
     Ok(())
 }
 
+/// README: "default 100" for a listing's `limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_without_a_limit_gives_pages_of_100() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let mut writers = Vec::new();
+    for w in 0..5 {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..30 {
+                client.put(&format!("d/{:03}", w * 30 + i), "v").await?;
+            }
+            Ok::<(), ClientError>(())
+        }));
+    }
+    for writer in writers {
+        within("a writer", writer).await???;
+    }
+    let expected: Vec<String> = (0..150).map(|i| format!("d/{i:03}")).collect();
+
+    let first = client.list("d/", None, None).await?;
+    let keys: Vec<String> = first.entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(keys, expected[..100]);
+    assert_eq!(first.next.as_deref(), Some("d/099"));
+    let rest = client.list("d/", None, first.next.as_deref()).await?;
+    let keys: Vec<String> = rest.entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(keys, expected[100..]);
+    assert_eq!(rest.next, None);
+
+    // Raw, with no query string at all.
+    let body: Value = reqwest::get(format!("{}/v1/kv", server.url))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        body["entries"].as_array().map(Vec::len),
+        Some(100),
+        "{body}"
+    );
+    assert_eq!(body["next"], "d/099");
+    Ok(())
+}
+
+/// README: values are "1 MiB at most by default".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_value_limit_is_one_mib() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let largest: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let put = client.put("max", largest.clone()).await?;
+    assert_eq!(client.get("max").await?, largest);
+
+    let mut over = largest.clone();
+    over.push(0);
+    let res = http
+        .put(format!("{}/v1/kv/over", server.url))
+        .body(over.clone())
+        .send()
+        .await?;
+    let error = expect_error(res, 413, "value_too_large").await?;
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1048576"), "{message}");
+    match client.put("over", over).await {
+        Err(ClientError::BadRequest { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (413, "value_too_large"))
+        }
+        other => panic!("expected 413 value_too_large, got {other:?}"),
+    }
+    assert!(matches!(
+        client.get("over").await,
+        Err(ClientError::NotFound { .. })
+    ));
+    assert_eq!(client.health().await?, put.revision, "nothing else written");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_values_round_trip_raw_and_as_base64() -> TestResult {
     let server = TestServer::start();
