@@ -1356,6 +1356,78 @@ fn a_slow_body_gets_408_request_timeout_and_stores_nothing() -> TestResult {
     h.finish("slow body")
 }
 
+/// Reads one answer's head (and no more) off `tcp`: its status.
+fn status_of(tcp: &mut TcpStream) -> Result<u16, String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&head))),
+            Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))
+}
+
+/// README: connections are bounded "by --max-connections" (per worker thread): one
+/// over the limit is not served until another closes.
+#[test]
+fn a_connection_over_max_connections_waits_for_one_to_close() -> TestResult {
+    let server = TestServer::start_with(&["--max-connections", "2", "--workers", "1"]);
+    let addr = server.addr();
+    // Two connections, each in the middle of a request (its body half sent), so
+    // the server holds them for its 30 s request timeout, not just a keep-alive.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        let head = format!(
+            "PUT /v1/kv/held{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Length: 2\r\n\r\nv"
+        );
+        tcp.write_all(head.as_bytes())?;
+        held.push(tcp);
+    }
+    // Both are accepted: a request on each gets through to the handler. (The server
+    // logs each body it starts reading.)
+    for served in 0..2 {
+        assert!(
+            server.wait_for_log("reading the body of PUT /v1/kv/held", IO_TIMEOUT),
+            "only {served} of the two connections were served"
+        );
+    }
+    // A third: the kernel completes its handshake, but the server does not take it.
+    let mut third = TcpStream::connect(addr)?;
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    third.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = [0u8; 256];
+    match third.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Ok(n) => panic!(
+            "a third connection was served over --max-connections 2: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("a third connection failed: {e}"),
+    }
+    // One held request finishes and its connection closes: the third is served.
+    let mut first = held.remove(0);
+    first.write_all(b"w")?;
+    assert_eq!(status_of(&mut first)?, 200);
+    drop(first);
+    third.set_read_timeout(Some(IO_TIMEOUT))?;
+    assert_eq!(status_of(&mut third)?, 200, "the third, once one closed");
+    Ok(())
+}
+
 #[test]
 fn a_client_holds_at_most_max_watchers() -> TestResult {
     let h = Harness::start(&[
