@@ -1604,3 +1604,61 @@ fn a_64_kib_header_is_refused_and_stores_nothing() -> TestResult {
     assert_eq!(revision(h.addr())?, before);
     h.finish("64 KiB header")
 }
+
+/// README: 431 `headers_too_large` when "the request headers are over 16 KiB"
+/// (names and values): exactly 16 KiB is served, one byte more is refused with the
+/// JSON error body, and nothing of it is stored.
+#[test]
+fn headers_over_16_kib_get_431_headers_too_large_at_the_edge() -> TestResult {
+    const LIMIT: usize = 16 * 1024;
+    let h = Harness::start(&[])?;
+    // What `request` sends besides the pad (a put of a one-byte value).
+    let fixed: usize = [
+        ("host", "localhost"),
+        ("connection", "close"),
+        ("content-length", "1"),
+    ]
+    .iter()
+    .map(|(name, value)| name.len() + value.len())
+    .sum();
+    let put = |key: &str, header_bytes: usize| {
+        let pad = vec![b'a'; header_bytes - fixed - "x-pad".len()];
+        let target = format!("/v1/kv/{key}");
+        exchange(
+            h.addr(),
+            &request("PUT", target.as_bytes(), &[("X-Pad", &pad)], b"v"),
+            false,
+        )
+    };
+
+    let before = revision(h.addr())?;
+    let at = put("edge", LIMIT)?.ok_or("no answer to 16 KiB of headers")?;
+    assert_eq!(
+        at.status,
+        200,
+        "16 KiB of headers: {} {}",
+        at.head,
+        at.text()
+    );
+    h.model
+        .borrow_mut()
+        .insert("edge".to_string(), b"v".to_vec());
+    assert_eq!(revision(h.addr())?, before + 1);
+
+    let over = put("over", LIMIT + 1)?.ok_or("no answer to 16 KiB + 1 of headers")?;
+    assert_eq!(over.status, 431, "{}", over.head);
+    assert_eq!(
+        over.error_code().as_deref(),
+        Some("headers_too_large"),
+        "{}",
+        over.text()
+    );
+    let message = over.json().map(|b| b["error"]["message"].to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("16384")),
+        "{message:?}"
+    );
+    assert_eq!(get(h.addr(), "/v1/kv/over")?.status, 404, "stored");
+    assert_eq!(revision(h.addr())?, before + 1);
+    h.finish("16 KiB header edge")
+}
