@@ -236,6 +236,75 @@ async fn a_full_disk_refuses_writes_with_507_and_keeps_serving_reads_and_watches
     Ok(())
 }
 
+/// An I/O error that is not a full disk (here: the file size limit of the
+/// process) answers 503 `storage_unavailable` with the JSON error body, refuses
+/// later writes too, and reads and watches go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_write_gets_503_storage_unavailable_and_reads_go_on() -> TestResult {
+    let server = TestServer::start_with_file_size_limit(1024, &[]);
+    let client = Client::new(&server.url)?;
+    let mut watch = Box::pin(client.watch_with(WatchOptions {
+        start_revision: Some(1),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    client.put("first", "still here").await?;
+    let value = vec![b'x'; 4000];
+    let mut acked = 1;
+    let failed = loop {
+        match client.put(&format!("fill/{acked}"), value.clone()).await {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 2000, "8 MB written under a 1 MiB file size limit");
+    };
+    match &failed {
+        Error::Server { status, code, .. } => {
+            assert_eq!((*status, code.as_str()), (503, "storage_unavailable"));
+        }
+        other => panic!("expected 503 storage_unavailable, got {other:?}"),
+    }
+    // Raw: the JSON error body, and the store still refuses writes.
+    let res = reqwest::Client::new()
+        .put(format!("{}/v1/kv/after", server.url))
+        .body("small")
+        .send()
+        .await?;
+    assert_eq!(res.status(), 503);
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: serde_json::Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    // Reads and watches go on.
+    assert_eq!(client.get("first").await?, b"still here");
+    assert_eq!(client.get("fill/1").await?, value);
+    client.health().await?;
+    for revision in 1..=acked {
+        match tokio::time::timeout(DEADLINE, watch.next())
+            .await?
+            .ok_or("watch ended")??
+        {
+            Update::Event(event) => assert_eq!(event.revision, revision as u64),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 fn comparable(entries: Vec<Entry>) -> BTreeMap<String, (Vec<u8>, u64, u64, u64)> {
     entries
         .into_iter()

@@ -315,3 +315,63 @@ fn relay(client: std::net::TcpStream, target: std::net::SocketAddr) {
     let _ = server.shutdown(Shutdown::Both);
     let _ = upstream.join();
 }
+
+impl TestServer {
+    /// A server on a fresh temp data dir whose process may write files of at most
+    /// `kib` KiB (`ulimit -f`, with SIGXFSZ ignored): past that every write to its
+    /// store fails with an I/O error (EFBIG) that is not a full disk.
+    pub fn start_with_file_size_limit(kib: u64, args: &[&str]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        // The same start-up as `try_start_at`, through a shell that sets the limit
+        // and then becomes the server (so `pid` and signals still reach it).
+        kvstore_client::install_crypto_provider();
+        let mut child = Command::new("bash")
+            .args([
+                "-c",
+                "trap '' XFSZ; ulimit -f \"$1\" || exit 1; shift; exec \"$@\"",
+                "bash",
+                &kib.to_string(),
+            ])
+            .arg(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(temp.path())
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| {
+                    "info,kvstore_server=debug,actix_web=warn,actix_server=warn".into()
+                }),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bash runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let Some(url) = line.trim().strip_prefix("kvstore-server listening on ") else {
+            let output = child.wait_with_output().expect("the server's output");
+            panic!(
+                "server did not start: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let (log_tx, log_rx) = std::sync::mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[server] {line}");
+                    let _ = log_tx.send(line);
+                }
+            });
+        }
+        TestServer {
+            child: Some(child),
+            url: url.to_string(),
+            data_dir: temp.path().to_path_buf(),
+            logs: log_rx,
+            _temp: Some(temp),
+        }
+    }
+}
