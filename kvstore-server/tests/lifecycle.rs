@@ -342,6 +342,10 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
 
     let target = TestServer::start();
     let restored_client = Client::new(&target.url)?;
+    // Watchers of the empty store, open before the restore: live, and from
+    // revision 1 (ahead of the empty store, so live too).
+    let mut watching = live_watch(&target, "").await?;
+    let mut from_start = live_watch(&target, "start_revision=1").await?;
     let restored = restored_client.restore(snapshot.clone()).await?;
     assert_eq!((restored.restored, restored.revision), (3, 6));
     assert_eq!(
@@ -351,6 +355,15 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     assert_eq!(restored_client.get("bin").await?, binary);
     // Revisions continue after the snapshot's.
     assert_eq!(restored_client.put("new", "v").await?.revision, 7);
+    // A restore raises no watch events: the first change either watcher gets is
+    // the put after it.
+    for watch in [&mut watching, &mut from_start] {
+        assert_eq!(
+            tokio::time::timeout(DEADLINE, watch.recv()).await?,
+            Some((7, "put", "new".to_string(), b"v".to_vec())),
+            "a watcher open during the restore"
+        );
+    }
 
     match restored_client.restore(snapshot).await {
         Err(Error::BadRequest {
@@ -368,6 +381,52 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
         other => panic!("expected invalid_snapshot, got {other:?}"),
     }
     Ok(())
+}
+
+/// A change as a watcher saw it: (revision, kind, key, value).
+type Seen = (u64, &'static str, String, Vec<u8>);
+
+fn seen_of(event: &kvstore_client::Event) -> Seen {
+    let kind = match event.kind {
+        kvstore_client::EventKind::Put => "put",
+        kvstore_client::EventKind::Delete => "delete",
+    };
+    (event.revision, kind, event.key.clone(), event.value.clone())
+}
+
+/// A WebSocket watch on every key with `query`, straight to `server` (no
+/// reconnecting), open once this returns: every change it is sent, until the
+/// connection ends (a SIGKILL ends it).
+async fn live_watch(
+    server: &TestServer,
+    query: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Seen>, String> {
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/v1/watch?{query}", server.url.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| "the WebSocket handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    // The opening progress frame: the watch is live from here on.
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) if text.contains("progress") => {}
+        other => return Err(format!("no opening progress frame: {other:?}")),
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            // Changes only: progress frames do not parse as one.
+            if let Ok(event) = serde_json::from_str::<kvstore_client::Event>(text.as_str()) {
+                if tx.send(seen_of(&event)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Several rounds of: concurrent writers, SIGKILL at a random moment, restart on the
