@@ -431,15 +431,21 @@ async fn live_watch(
 
 /// Several rounds of: concurrent writers, SIGKILL at a random moment, restart on the
 /// same data dir. Every acknowledged write must survive, revisions never go back,
-/// and a watcher that resumes across the restarts sees every revision exactly once.
+/// a watcher that resumes across the restarts sees every revision exactly once,
+/// and nothing any watcher saw is undone by a crash: each change seen is in the
+/// history after the restarts, at the same revision with the same key and value
+/// (a change seen before it was durable could be lost, its revision then reused
+/// by another write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
     const ROUNDS: usize = 4;
     const WRITERS: usize = 8;
     let data = tempfile::tempdir()?;
-    let mut server = TestServer::start_in(data.path(), &[]);
-    let addr = server.addr().to_string();
-    let client = Client::new(&server.url)?;
+    // Clients talk to an address held for the whole test, so a restart behind it
+    // keeps the address even if another test takes the old port meanwhile.
+    let held = support::HeldAddress::new()?;
+    let mut server = held.start(data.path(), &[])?;
+    let client = Client::new(&held.url)?;
 
     // The watcher reconnects by itself across the restarts (same address).
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -451,15 +457,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         tokio::spawn(async move {
             while let Some(update) = updates.next().await {
                 if let Ok(Update::Event(event)) = update {
-                    let _ = seen_tx.send(event.revision);
+                    let _ = seen_tx.send(seen_of(&event));
                 }
             }
         })
     };
 
     let acked: Arc<Mutex<BTreeMap<String, (String, u64)>>> = Arc::default();
+    let mut seen_live: Vec<Seen> = Vec::new();
     let mut last_max = 0;
     for round in 0..ROUNDS {
+        // Live watchers of this round: they see changes the moment they are
+        // published, up to the kill.
+        let mut live = Vec::new();
+        for _ in 0..2 {
+            live.push(live_watch(&server, "").await?);
+        }
         let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut writers = Vec::new();
         for w in 0..WRITERS {
@@ -493,9 +506,14 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
                 .ok_or("writers stopped")?;
             round_revisions.push(revision);
         }
-        server.kill();
+        held.kill(&mut server);
         for writer in writers {
             writer.await?;
+        }
+        for mut watch in live {
+            while let Some(change) = tokio::time::timeout(DEADLINE, watch.recv()).await? {
+                seen_live.push(change);
+            }
         }
         while let Ok(revision) = count_rx.try_recv() {
             round_revisions.push(revision);
@@ -507,7 +525,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         );
         last_max = round_revisions.iter().max().copied().unwrap_or(last_max);
 
-        server = TestServer::try_start_at(&addr, data.path(), &[])?;
+        server = held.start(data.path(), &[])?;
         let acked_so_far = acked.lock().expect("lock").clone();
         for (key, (value, revision)) in acked_so_far {
             let entry = client.get_entry(&key).await?;
@@ -520,14 +538,54 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
     let current = client.health().await?;
     assert!(current >= last_max);
     let mut seen = Vec::new();
-    while seen.last().is_none_or(|&last| last < current) {
-        let revision = tokio::time::timeout(DEADLINE, seen_rx.recv())
+    while seen.last().is_none_or(|s: &Seen| s.0 < current) {
+        let change = tokio::time::timeout(DEADLINE, seen_rx.recv())
             .await
             .map_err(|_| format!("watcher stuck after {:?}", seen.last()))?
             .ok_or("watcher ended")?;
-        seen.push(revision);
+        seen.push(change);
     }
     watcher.abort();
-    assert_eq!(seen, (1..=current).collect::<Vec<_>>());
+
+    // What the store's history holds now, from a fresh watch.
+    let mut history: BTreeMap<u64, Seen> = BTreeMap::new();
+    let mut replay = Box::pin(client.watch_with(WatchOptions {
+        start_revision: Some(1),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    while history.len() < current as usize {
+        match tokio::time::timeout(DEADLINE, replay.next())
+            .await?
+            .ok_or("the history ended")??
+        {
+            Update::Event(event) => {
+                history.insert(event.revision, seen_of(&event));
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    println!(
+        "{} changes seen live before a kill, {} by the resuming watcher, history of {current}",
+        seen_live.len(),
+        seen.len()
+    );
+    for change in seen_live.iter().chain(&seen) {
+        assert_eq!(
+            history.get(&change.0),
+            Some(change),
+            "a watcher saw this change (right), but the history after the crashes has \
+             (left) at its revision"
+        );
+    }
+    let revisions: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    if revisions != (1..=current).collect::<Vec<_>>() {
+        let got: std::collections::BTreeSet<u64> = revisions.iter().copied().collect();
+        let missing: Vec<u64> = (1..=current).filter(|r| !got.contains(r)).collect();
+        panic!(
+            "the resuming watcher saw {} changes for revisions 1..={current}; missing {missing:?}",
+            revisions.len()
+        );
+    }
     Ok(())
 }
