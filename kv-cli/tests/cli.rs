@@ -9,6 +9,9 @@ use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};
 use assert_cmd::Command;
 use support::TestServer;
 
+/// Safety net for each wait on a `kv` process; a healthy run never gets near it.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn kv(server: &TestServer) -> Command {
     let mut cmd = Command::cargo_bin("kv").expect("kv binary");
     cmd.env("KV_URL", &server.url);
@@ -157,23 +160,44 @@ fn help_documents_exit_codes() {
 struct Watcher {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Its stderr, line by line.
+    errors: std::sync::mpsc::Receiver<String>,
 }
 
 impl Watcher {
     fn start(server: &TestServer, args: &[&str]) -> Watcher {
+        Watcher::start_at(&server.url, args)
+    }
+
+    fn start_at(url: &str, args: &[&str]) -> Watcher {
         let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
             .arg("watch")
             .args(args)
-            .env("KV_URL", &server.url)
+            .env("KV_URL", url)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("kv watch starts");
         let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, errors) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         Watcher {
             child,
             lines: BufReader::new(stdout).lines(),
+            errors,
         }
+    }
+
+    /// The next line on stderr (waiting at most [`WAIT`]).
+    fn error_line(&self) -> String {
+        self.errors
+            .recv_timeout(WAIT)
+            .expect("a line on kv watch's stderr")
     }
 
     fn line(&mut self) -> String {
@@ -233,18 +257,25 @@ fn watch_json_and_initial_state() {
     assert_eq!(watch.interrupt(), Some(0));
 }
 
+/// README: "`kv watch` reconnects by itself (saying so on stderr) and resumes
+/// where it stopped."
 #[test]
-fn watch_stays_up_across_a_server_restart() {
+fn watch_stays_up_across_a_server_restart_and_says_it_reconnects() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut first = TestServer::start_in(data.path(), &[]);
+    // The watch's address, held by the test across the restart.
+    let held = support::HeldAddress::new().expect("a loopback port");
+    let mut first = held.start(data.path(), &[]).expect("the server starts");
     kv(&first).args(["put", "k", "before"]).assert().success();
-    let mut watch = Watcher::start(&first, &["--from-revision", "1"]);
+    let mut watch = Watcher::start_at(&held.url, &["--from-revision", "1"]);
     assert_eq!(watch.line(), "PUT k = before (revision 1)");
 
-    let addr = first.addr().to_string();
-    first.kill();
-    let second =
-        TestServer::try_start_at(&addr, data.path(), &[]).expect("restart on the same port");
+    held.kill(&mut first);
+    let said = watch.error_line();
+    assert!(
+        said.starts_with("kv: ") && said.contains("reconnecting in"),
+        "{said}"
+    );
+    let second = held.start(data.path(), &[]).expect("the server restarts");
     kv(&second).args(["put", "k", "after"]).assert().success();
     // Exactly once, with the revision continuing after the restart.
     assert_eq!(watch.line(), "PUT k = after (revision 2)");
