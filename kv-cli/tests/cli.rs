@@ -200,6 +200,23 @@ impl Watcher {
             .expect("a line on kv watch's stderr")
     }
 
+    /// Waits (at most [`WAIT`]) for the process to exit: its code, and its stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + WAIT;
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kv watch did not exit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let stderr: Vec<String> = self.errors.iter().collect();
+        (code, stderr.join("\n"))
+    }
+
     fn line(&mut self) -> String {
         self.lines
             .next()
@@ -280,6 +297,91 @@ fn watch_stays_up_across_a_server_restart_and_says_it_reconnects() {
     // Exactly once, with the revision continuing after the restart.
     assert_eq!(watch.line(), "PUT k = after (revision 2)");
     assert_eq!(watch.interrupt(), Some(0));
+}
+
+/// README: exit code 1 for "history compacted".
+#[test]
+fn watch_from_a_compacted_revision_exits_1_with_one_line() {
+    let server = TestServer::start_with(&["--retain-revisions", "5"]);
+    for i in 0..40 {
+        kv(&server)
+            .args(["put", &format!("k{}", i % 3), "v"])
+            .assert()
+            .success();
+    }
+    // Each put waited for the one before, and the writer trims the history after
+    // answering a group: revision 1 is long gone.
+    let watch = Watcher::start(&server, &["--from-revision", "1"]);
+    let (code, stderr) = watch.exit();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: ") && stderr.contains("compacted"),
+        "{stderr}"
+    );
+}
+
+/// README: exit code 2 for "value too large", against a server of this build on
+/// its default limit of 1 MiB.
+#[test]
+fn a_value_over_the_limit_exits_2_with_one_line() {
+    let server = TestServer::start();
+    let (code, stderr) =
+        failure_of(
+            kv(&server)
+                .args(["put", "big", "-"])
+                .write_stdin(vec![b'x'; 1024 * 1024 + 1]),
+        );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: ") && stderr.contains("value_too_large"),
+        "{stderr}"
+    );
+    let (code, _) = failure_of(kv(&server).args(["get", "big"]));
+    assert_eq!(code, 1, "nothing stored");
+    kv(&server)
+        .args(["put", "big", "-"])
+        .write_stdin(vec![b'x'; 1024 * 1024])
+        .assert()
+        .success();
+}
+
+/// README: exit code 3 for "server error" (here a 503 `storage_unavailable`: the
+/// server may not grow its files any more).
+#[test]
+fn a_server_error_exits_3_with_one_line() {
+    let server = TestServer::start_with_file_size_limit(1024, &[]);
+    let value = vec![b'x'; 4000];
+    let mut puts = 0;
+    let (code, stderr) = loop {
+        let out = kv(&server)
+            .args(["put", &format!("fill/{puts}"), "-"])
+            .write_stdin(value.clone())
+            .output()
+            .expect("kv runs");
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            break (out.status.code().unwrap_or(-1), stderr);
+        }
+        puts += 1;
+        assert!(puts < 2000, "8 MB written under a 1 MiB file size limit");
+    };
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: server error (storage_unavailable)"),
+        "{stderr}"
+    );
+    // Reads still work.
+    assert_eq!(
+        kv(&server)
+            .args(["get", "fill/0"])
+            .output()
+            .expect("kv runs")
+            .stdout,
+        value
+    );
 }
 
 #[test]
