@@ -384,6 +384,62 @@ fn a_server_error_exits_3_with_one_line() {
     );
 }
 
+/// README: "`kv export [PREFIX] > backup.ndjson` and `kv import < backup.ndjson` do
+/// the same" as the snapshot endpoints: through a pipe, every key comes across
+/// with its value, revisions and version.
+#[test]
+fn export_piped_into_import_copies_the_store() {
+    let source = TestServer::start();
+    kv(&source).args(["put", "app/a", "1"]).assert().success();
+    kv(&source).args(["put", "app/a", "2"]).assert().success();
+    let blob: Vec<u8> = (0..=255u8).collect();
+    kv(&source)
+        .args(["put", "blob", "-"])
+        .write_stdin(blob.clone())
+        .assert()
+        .success();
+    kv(&source).args(["put", "gone", "x"]).assert().success();
+    kv(&source).args(["del", "gone"]).assert().success();
+
+    let target = TestServer::start();
+    let mut export = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+        .arg("export")
+        .env("KV_URL", &source.url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kv export starts");
+    let pipe = export.stdout.take().expect("piped");
+    let import = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+        .arg("import")
+        .env("KV_URL", &target.url)
+        .stdin(Stdio::from(pipe))
+        .output()
+        .expect("kv import runs");
+    assert!(export.wait().expect("kv export ends").success());
+    assert!(import.status.success(), "{import:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&import.stdout),
+        "restored 2 entries (revision 5)\n"
+    );
+
+    let listing = |server: &TestServer| -> serde_json::Value {
+        serde_json::from_str(&stdout_of(kv(server).args(["-o", "json", "ls"]))).expect("JSON")
+    };
+    assert_eq!(listing(&target), listing(&source));
+    assert_eq!(
+        kv(&target)
+            .args(["get", "blob"])
+            .output()
+            .expect("kv runs")
+            .stdout,
+        blob
+    );
+    assert_eq!(
+        stdout_of(kv(&target).args(["put", "next", "v"])),
+        "OK (revision 6)\n"
+    );
+}
+
 #[test]
 fn watch_into_a_closed_pipe_exits_zero() {
     let server = TestServer::start();
