@@ -367,8 +367,15 @@ async fn websocket(
             message = stream.recv() => match message {
                 Some(Ok(Message::Ping(bytes))) => {
                     heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() {
-                        return;
+                    // Bounded like every send: a peer that pings but does not read
+                    // would otherwise hold this loop for ever.
+                    match tokio::time::timeout(timings.peer_timeout, session.pong(&bytes)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_closed)) => return,
+                        Err(_elapsed) => {
+                            log::debug!("dropping a silent watch client (not reading)");
+                            return;
+                        }
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => break CloseCode::Normal.into(),
@@ -389,8 +396,13 @@ async fn websocket(
                         description: Some("no pong".into()),
                     };
                 }
-                if session.ping(b"").await.is_err() {
-                    return;
+                match tokio::time::timeout(timings.peer_timeout, session.ping(b"")).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_closed)) => return,
+                    Err(_elapsed) => {
+                        log::debug!("dropping a silent watch client (not reading)");
+                        return;
+                    }
                 }
             }
             _ = shutdown.wait_for(|stop| *stop) => {
