@@ -1262,6 +1262,7 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
 /// after the peer timeout, or the peer would never be dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestResult {
+    // --sync none: this is about the watch path, and the writes are many.
     let server = TestServer::start_with(&[
         "--ping-interval",
         "0.2",
@@ -1269,6 +1270,8 @@ async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestRes
         "2",
         "--event-buffer",
         "64",
+        "--sync",
+        "none",
     ]);
     let client = Client::new(&server.url)?;
     let addr: std::net::SocketAddr = server.addr().parse()?;
@@ -1282,8 +1285,10 @@ async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestRes
     .await??;
     assert_eq!(ws_frame(&mut ws).await?["type"], "progress");
 
-    // Fill the buffers towards the client, well within the peer timeout.
-    let value = "v".repeat(4096);
+    // Fill the buffers towards the client, well within the peer timeout: 25 MB,
+    // far more than the kernel's socket buffers hold (4 MiB at most here; with
+    // 6 MB the sends never blocked, and the test passed without the send timeout).
+    let value = "v".repeat(16 * 1024);
     let mut writers = Vec::new();
     for w in 0..4 {
         let client = client.clone();
