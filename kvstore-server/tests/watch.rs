@@ -1330,3 +1330,46 @@ async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestRes
     );
     Ok(())
 }
+
+/// The same for a peer that keeps talking (pings, so it never looks silent) but
+/// stopped reading: once the server's answers to it (pongs) fill the buffers,
+/// the answer it is sending must give up after the peer timeout too, or the
+/// peer, its task and its watcher slot would be kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_talks_but_never_reads_is_dropped() -> TestResult {
+    let server = TestServer::start_with(&["--ping-interval", "0.2", "--peer-timeout", "2"]);
+    let addr: std::net::SocketAddr = server.addr().parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = within("connecting", socket.connect(addr)).await??;
+    let (mut ws, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(ws_url(&server.url, "prefix=talker%2F"), tcp),
+    )
+    .await??;
+    assert_eq!(ws_frame(&mut ws).await?["type"], "progress");
+    // Pings with the largest payload, as fast as they go, never reading: each
+    // gets a pong of the same size, which this client leaves unread.
+    let flood = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        let mut sent = 0u64;
+        while ws.send(Message::Ping(vec![7u8; 125].into())).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    // The verdict is the server's debug line; the bound is a safety net (fifteen
+    // peer timeouts).
+    let (logged, server) = tokio::task::spawn_blocking(move || {
+        let logged = server.wait_for_log("dropping a silent watch client", Duration::from_secs(30));
+        (logged, server)
+    })
+    .await?;
+    flood.abort();
+    drop(server);
+    assert!(
+        logged,
+        "a peer that stopped reading was kept for over fifteen peer timeouts"
+    );
+    Ok(())
+}
