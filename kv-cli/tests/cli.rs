@@ -9,6 +9,9 @@ use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};
 use assert_cmd::Command;
 use support::TestServer;
 
+/// Safety net for each wait on a `kv` process; a healthy run never gets near it.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn kv(server: &TestServer) -> Command {
     let mut cmd = Command::cargo_bin("kv").expect("kv binary");
     cmd.env("KV_URL", &server.url);
@@ -157,23 +160,61 @@ fn help_documents_exit_codes() {
 struct Watcher {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Its stderr, line by line.
+    errors: std::sync::mpsc::Receiver<String>,
 }
 
 impl Watcher {
     fn start(server: &TestServer, args: &[&str]) -> Watcher {
+        Watcher::start_at(&server.url, args)
+    }
+
+    fn start_at(url: &str, args: &[&str]) -> Watcher {
         let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
             .arg("watch")
             .args(args)
-            .env("KV_URL", &server.url)
+            .env("KV_URL", url)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("kv watch starts");
         let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, errors) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         Watcher {
             child,
             lines: BufReader::new(stdout).lines(),
+            errors,
         }
+    }
+
+    /// The next line on stderr (waiting at most [`WAIT`]).
+    fn error_line(&self) -> String {
+        self.errors
+            .recv_timeout(WAIT)
+            .expect("a line on kv watch's stderr")
+    }
+
+    /// Waits (at most [`WAIT`]) for the process to exit: its code, and its stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + WAIT;
+        let code = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kv watch did not exit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let stderr: Vec<String> = self.errors.iter().collect();
+        (code, stderr.join("\n"))
     }
 
     fn line(&mut self) -> String {
@@ -233,22 +274,187 @@ fn watch_json_and_initial_state() {
     assert_eq!(watch.interrupt(), Some(0));
 }
 
+/// README: "`kv watch` reconnects by itself (saying so on stderr) and resumes
+/// where it stopped."
 #[test]
-fn watch_stays_up_across_a_server_restart() {
+fn watch_stays_up_across_a_server_restart_and_says_it_reconnects() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut first = TestServer::start_in(data.path(), &[]);
+    // The watch's address, held by the test across the restart.
+    let held = support::HeldAddress::new().expect("a loopback port");
+    let mut first = held.start(data.path(), &[]).expect("the server starts");
     kv(&first).args(["put", "k", "before"]).assert().success();
-    let mut watch = Watcher::start(&first, &["--from-revision", "1"]);
+    let mut watch = Watcher::start_at(&held.url, &["--from-revision", "1"]);
     assert_eq!(watch.line(), "PUT k = before (revision 1)");
 
-    let addr = first.addr().to_string();
-    first.kill();
-    let second =
-        TestServer::try_start_at(&addr, data.path(), &[]).expect("restart on the same port");
+    held.kill(&mut first);
+    let said = watch.error_line();
+    assert!(
+        said.starts_with("kv: ") && said.contains("reconnecting in"),
+        "{said}"
+    );
+    let second = held.start(data.path(), &[]).expect("the server restarts");
     kv(&second).args(["put", "k", "after"]).assert().success();
     // Exactly once, with the revision continuing after the restart.
     assert_eq!(watch.line(), "PUT k = after (revision 2)");
     assert_eq!(watch.interrupt(), Some(0));
+}
+
+/// README: exit code 1 for "history compacted".
+#[test]
+fn watch_from_a_compacted_revision_exits_1_with_one_line() {
+    let server = TestServer::start_with(&["--retain-revisions", "5"]);
+    for i in 0..40 {
+        kv(&server)
+            .args(["put", &format!("k{}", i % 3), "v"])
+            .assert()
+            .success();
+    }
+    // Each put waited for the one before, and the writer trims the history after
+    // answering a group: revision 1 is long gone.
+    let watch = Watcher::start(&server, &["--from-revision", "1"]);
+    let (code, stderr) = watch.exit();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: ") && stderr.contains("compacted"),
+        "{stderr}"
+    );
+}
+
+/// README: exit code 2 for "value too large", against a server of this build on
+/// its default limit of 1 MiB.
+#[test]
+fn a_value_over_the_limit_exits_2_with_one_line() {
+    let server = TestServer::start();
+    let (code, stderr) =
+        failure_of(
+            kv(&server)
+                .args(["put", "big", "-"])
+                .write_stdin(vec![b'x'; 1024 * 1024 + 1]),
+        );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: ") && stderr.contains("value_too_large"),
+        "{stderr}"
+    );
+    let (code, _) = failure_of(kv(&server).args(["get", "big"]));
+    assert_eq!(code, 1, "nothing stored");
+    kv(&server)
+        .args(["put", "big", "-"])
+        .write_stdin(vec![b'x'; 1024 * 1024])
+        .assert()
+        .success();
+}
+
+/// README: exit code 3 for "server error" (here a 503 `storage_unavailable`: a
+/// restore is under way, which refuses every write until it ends).
+#[test]
+fn a_server_error_exits_3_with_one_line() {
+    use std::io::Write as _;
+    let server = TestServer::start();
+    // A restore whose upload stalls after its first entry.
+    let mut upload = std::net::TcpStream::connect(server.addr()).expect("connect");
+    let lines = "{\"format\":\"kvstore.snapshot.v1\",\"revision\":3}\n\
+        {\"key\":\"a\",\"value\":\"1\",\"create_revision\":1,\"mod_revision\":3,\"version\":2}\n";
+    write!(
+        upload,
+        "POST /v1/snapshot HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-ndjson\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{lines}\r\n",
+        lines.len()
+    )
+    .expect("send the start of a restore");
+    // A put that cannot succeed (and changes nothing) tells when the restore runs:
+    // 412 before (exit 1), 503 once it has begun (exit 3).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (code, stderr) = loop {
+        let (code, stderr) =
+            failure_of(kv(&server).args(["put", "probe", "v", "--if-revision", "999999"]));
+        if code != 1 || std::time::Instant::now() > deadline {
+            break (code, stderr);
+        }
+    };
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kv: server error (storage_unavailable)"),
+        "{stderr}"
+    );
+    let (code, stderr) = failure_of(kv(&server).args(["put", "k", "v"]));
+    assert_eq!((code, stderr.lines().count()), (3, 1), "{stderr}");
+    // The upload breaks off: the restore is undone and writes go on.
+    drop(upload);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kv(&server)
+        .args(["put", "k", "v"])
+        .output()
+        .expect("kv runs")
+        .status
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "writes stay refused");
+    }
+    assert_eq!(
+        stdout_of(kv(&server).arg("ls")),
+        "k\n",
+        "the restore left nothing"
+    );
+}
+
+/// README: "`kv export [PREFIX] > backup.ndjson` and `kv import < backup.ndjson` do
+/// the same" as the snapshot endpoints: through a pipe, every key comes across
+/// with its value, revisions and version.
+#[test]
+fn export_piped_into_import_copies_the_store() {
+    let source = TestServer::start();
+    kv(&source).args(["put", "app/a", "1"]).assert().success();
+    kv(&source).args(["put", "app/a", "2"]).assert().success();
+    let blob: Vec<u8> = (0..=255u8).collect();
+    kv(&source)
+        .args(["put", "blob", "-"])
+        .write_stdin(blob.clone())
+        .assert()
+        .success();
+    kv(&source).args(["put", "gone", "x"]).assert().success();
+    kv(&source).args(["del", "gone"]).assert().success();
+
+    let target = TestServer::start();
+    let mut export = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+        .arg("export")
+        .env("KV_URL", &source.url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kv export starts");
+    let pipe = export.stdout.take().expect("piped");
+    let import = StdCommand::new(assert_cmd::cargo::cargo_bin("kv"))
+        .arg("import")
+        .env("KV_URL", &target.url)
+        .stdin(Stdio::from(pipe))
+        .output()
+        .expect("kv import runs");
+    assert!(export.wait().expect("kv export ends").success());
+    assert!(import.status.success(), "{import:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&import.stdout),
+        "restored 2 entries (revision 5)\n"
+    );
+
+    let listing = |server: &TestServer| -> serde_json::Value {
+        serde_json::from_str(&stdout_of(kv(server).args(["-o", "json", "ls"]))).expect("JSON")
+    };
+    assert_eq!(listing(&target), listing(&source));
+    assert_eq!(
+        kv(&target)
+            .args(["get", "blob"])
+            .output()
+            .expect("kv runs")
+            .stdout,
+        blob
+    );
+    assert_eq!(
+        stdout_of(kv(&target).args(["put", "next", "v"])),
+        "OK (revision 6)\n"
+    );
 }
 
 #[test]

@@ -38,12 +38,10 @@ type Change = (EventKind, String, Vec<u8>, u64);
 #[test]
 fn image_serves_persists_across_containers_and_stops_gracefully() {
     if let Err(why) = docker_engine() {
-        let required = std::env::var("KVSTORE_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
-        assert!(!required, "KVSTORE_REQUIRE_DOCKER=1 but {why}");
-        // Written to stderr directly so that it shows without --nocapture.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED docker image test: no Docker engine ({why})"
+        support::skip(
+            "KVSTORE_REQUIRE_DOCKER",
+            "the docker image test",
+            &format!("no Docker engine ({why})"),
         );
         return;
     }

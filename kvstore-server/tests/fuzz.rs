@@ -1293,21 +1293,27 @@ fn raw_websocket_frames() -> TestResult {
 // ---------------------------------------------------------------------------
 // Limits
 
+/// How long a test waits for an answer that a 1 s timeout must bring: many times
+/// that timeout (a loaded machine is slow), yet well below the 30 s default, so a
+/// server that ignored `--request-timeout 1` would still fail.
+const TIMEOUT_ANSWER: Duration = Duration::from_secs(15);
+
 #[test]
 fn a_slow_body_gets_408_request_timeout_and_stores_nothing() -> TestResult {
     let h = Harness::start(&["--request-timeout", "1"])?;
     let before = revision(h.addr())?;
     let mut tcp = TcpStream::connect(h.addr())?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    // A body that never completes in time (a byte now and then of a million):
+    // only the body timeout can answer it.
     tcp.write_all(
-        b"PUT /v1/kv/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nstart",
+        b"PUT /v1/kv/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\nstart",
     )?;
     let started = Instant::now();
-    // Trickle a byte now and then, never finishing within the timeout.
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
     tcp.set_read_timeout(Some(Duration::from_millis(200)))?;
-    while started.elapsed() < Duration::from_secs(8) {
+    while started.elapsed() < TIMEOUT_ANSWER {
         let _ = tcp.write_all(b".");
         match tcp.read(&mut chunk) {
             Ok(0) => break,
@@ -1322,20 +1328,24 @@ fn a_slow_body_gets_408_request_timeout_and_stores_nothing() -> TestResult {
     }
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&answer).into_owned();
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "after {elapsed:?}: {text:?}"
+    );
     let body = &text[text.find("\r\n\r\n").map_or(0, |i| i + 4)..];
     let body: Value = serde_json::from_str(body)?;
     assert_eq!(body["error"]["code"], "request_timeout", "{text}");
     assert!(
-        elapsed < Duration::from_secs(5),
-        "answered after {elapsed:?}"
+        elapsed >= Duration::from_millis(900),
+        "answered after {elapsed:?}, before the timeout"
     );
+    println!("slow body: 408 after {elapsed:?}");
     assert_eq!(get(h.addr(), "/v1/kv/slow")?.status, 404, "nothing stored");
     assert_eq!(revision(h.addr())?, before);
 
     // Headers that never end: actix answers 408 itself, before any route.
     let mut tcp = TcpStream::connect(h.addr())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.set_read_timeout(Some(TIMEOUT_ANSWER))?;
     tcp.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")?;
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
@@ -1344,6 +1354,78 @@ fn a_slow_body_gets_408_request_timeout_and_stores_nothing() -> TestResult {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(revision(h.addr())?, before);
     h.finish("slow body")
+}
+
+/// Reads one answer's head (and no more) off `tcp`: its status.
+fn status_of(tcp: &mut TcpStream) -> Result<u16, String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&head))),
+            Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))
+}
+
+/// README: connections are bounded "by --max-connections" (per worker thread): one
+/// over the limit is not served until another closes.
+#[test]
+fn a_connection_over_max_connections_waits_for_one_to_close() -> TestResult {
+    let server = TestServer::start_with(&["--max-connections", "2", "--workers", "1"]);
+    let addr = server.addr();
+    // Two connections, each in the middle of a request (its body half sent), so
+    // the server holds them for its 30 s request timeout, not just a keep-alive.
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        let head = format!(
+            "PUT /v1/kv/held{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Length: 2\r\n\r\nv"
+        );
+        tcp.write_all(head.as_bytes())?;
+        held.push(tcp);
+    }
+    // Both are accepted: a request on each gets through to the handler. (The server
+    // logs each body it starts reading.)
+    for served in 0..2 {
+        assert!(
+            server.wait_for_log("reading the body of PUT /v1/kv/held", IO_TIMEOUT),
+            "only {served} of the two connections were served"
+        );
+    }
+    // A third: the kernel completes its handshake, but the server does not take it.
+    let mut third = TcpStream::connect(addr)?;
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    third.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = [0u8; 256];
+    match third.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        Ok(n) => panic!(
+            "a third connection was served over --max-connections 2: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("a third connection failed: {e}"),
+    }
+    // One held request finishes and its connection closes: the third is served.
+    let mut first = held.remove(0);
+    first.write_all(b"w")?;
+    assert_eq!(status_of(&mut first)?, 200);
+    drop(first);
+    third.set_read_timeout(Some(IO_TIMEOUT))?;
+    assert_eq!(status_of(&mut third)?, 200, "the third, once one closed");
+    Ok(())
 }
 
 #[test]
@@ -1521,4 +1603,62 @@ fn a_64_kib_header_is_refused_and_stores_nothing() -> TestResult {
     assert_eq!(get(h.addr(), "/v1/kv/big-header")?.status, 404, "stored");
     assert_eq!(revision(h.addr())?, before);
     h.finish("64 KiB header")
+}
+
+/// README: 431 `headers_too_large` when "the request headers are over 16 KiB"
+/// (names and values): exactly 16 KiB is served, one byte more is refused with the
+/// JSON error body, and nothing of it is stored.
+#[test]
+fn headers_over_16_kib_get_431_headers_too_large_at_the_edge() -> TestResult {
+    const LIMIT: usize = 16 * 1024;
+    let h = Harness::start(&[])?;
+    // What `request` sends besides the pad (a put of a one-byte value).
+    let fixed: usize = [
+        ("host", "localhost"),
+        ("connection", "close"),
+        ("content-length", "1"),
+    ]
+    .iter()
+    .map(|(name, value)| name.len() + value.len())
+    .sum();
+    let put = |key: &str, header_bytes: usize| {
+        let pad = vec![b'a'; header_bytes - fixed - "x-pad".len()];
+        let target = format!("/v1/kv/{key}");
+        exchange(
+            h.addr(),
+            &request("PUT", target.as_bytes(), &[("X-Pad", &pad)], b"v"),
+            false,
+        )
+    };
+
+    let before = revision(h.addr())?;
+    let at = put("edge", LIMIT)?.ok_or("no answer to 16 KiB of headers")?;
+    assert_eq!(
+        at.status,
+        200,
+        "16 KiB of headers: {} {}",
+        at.head,
+        at.text()
+    );
+    h.model
+        .borrow_mut()
+        .insert("edge".to_string(), b"v".to_vec());
+    assert_eq!(revision(h.addr())?, before + 1);
+
+    let over = put("over", LIMIT + 1)?.ok_or("no answer to 16 KiB + 1 of headers")?;
+    assert_eq!(over.status, 431, "{}", over.head);
+    assert_eq!(
+        over.error_code().as_deref(),
+        Some("headers_too_large"),
+        "{}",
+        over.text()
+    );
+    let message = over.json().map(|b| b["error"]["message"].to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("16384")),
+        "{message:?}"
+    );
+    assert_eq!(get(h.addr(), "/v1/kv/over")?.status, 404, "stored");
+    assert_eq!(revision(h.addr())?, before + 1);
+    h.finish("16 KiB header edge")
 }

@@ -182,11 +182,23 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_with_507_and_keeps_serving_reads_and_watches() -> TestResult {
+    const TEST: &str = "the full-disk test";
     if !is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        support::skip(
+            "KVSTORE_REQUIRE_ROOT",
+            TEST,
+            "mounting a small tmpfs needs root",
+        );
         return Ok(());
     }
-    let disk = SmallDisk::mount("3m")?;
+    let disk = match SmallDisk::mount("3m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            let why = format!("mounting a small tmpfs failed: {}", why.trim());
+            support::skip("KVSTORE_REQUIRE_ROOT", TEST, &why);
+            return Ok(());
+        }
+    };
     let server = TestServer::start_in(&disk.dir.path().join("data"), &[]);
     let client = Client::new(&server.url)?;
     let mut watch = Box::pin(client.watch_with(WatchOptions {
@@ -212,6 +224,75 @@ async fn a_full_disk_refuses_writes_with_507_and_keeps_serving_reads_and_watches
     assert_eq!(client.get("first").await?, b"still here");
     client.health().await?;
     // The watcher got every acknowledged write, in order.
+    for revision in 1..=acked {
+        match tokio::time::timeout(DEADLINE, watch.next())
+            .await?
+            .ok_or("watch ended")??
+        {
+            Update::Event(event) => assert_eq!(event.revision, revision as u64),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error that is not a full disk (here: the file size limit of the
+/// process) answers 503 `storage_unavailable` with the JSON error body, refuses
+/// later writes too, and reads and watches go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_write_gets_503_storage_unavailable_and_reads_go_on() -> TestResult {
+    let server = TestServer::start_with_file_size_limit(1024, &[]);
+    let client = Client::new(&server.url)?;
+    let mut watch = Box::pin(client.watch_with(WatchOptions {
+        start_revision: Some(1),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    client.put("first", "still here").await?;
+    let value = vec![b'x'; 4000];
+    let mut acked = 1;
+    let failed = loop {
+        match client.put(&format!("fill/{acked}"), value.clone()).await {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 2000, "8 MB written under a 1 MiB file size limit");
+    };
+    match &failed {
+        Error::Server { status, code, .. } => {
+            assert_eq!((*status, code.as_str()), (503, "storage_unavailable"));
+        }
+        other => panic!("expected 503 storage_unavailable, got {other:?}"),
+    }
+    // Raw: the JSON error body, and the store still refuses writes.
+    let res = reqwest::Client::new()
+        .put(format!("{}/v1/kv/after", server.url))
+        .body("small")
+        .send()
+        .await?;
+    assert_eq!(res.status(), 503);
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: serde_json::Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    // Reads and watches go on.
+    assert_eq!(client.get("first").await?, b"still here");
+    assert_eq!(client.get("fill/1").await?, value);
+    client.health().await?;
     for revision in 1..=acked {
         match tokio::time::timeout(DEADLINE, watch.next())
             .await?
@@ -261,6 +342,10 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
 
     let target = TestServer::start();
     let restored_client = Client::new(&target.url)?;
+    // Watchers of the empty store, open before the restore: live, and from
+    // revision 1 (ahead of the empty store, so live too).
+    let mut watching = live_watch(&target, "").await?;
+    let mut from_start = live_watch(&target, "start_revision=1").await?;
     let restored = restored_client.restore(snapshot.clone()).await?;
     assert_eq!((restored.restored, restored.revision), (3, 6));
     assert_eq!(
@@ -270,6 +355,15 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     assert_eq!(restored_client.get("bin").await?, binary);
     // Revisions continue after the snapshot's.
     assert_eq!(restored_client.put("new", "v").await?.revision, 7);
+    // A restore raises no watch events: the first change either watcher gets is
+    // the put after it.
+    for watch in [&mut watching, &mut from_start] {
+        assert_eq!(
+            tokio::time::timeout(DEADLINE, watch.recv()).await?,
+            Some((7, "put", "new".to_string(), b"v".to_vec())),
+            "a watcher open during the restore"
+        );
+    }
 
     match restored_client.restore(snapshot).await {
         Err(Error::BadRequest {
@@ -289,17 +383,69 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     Ok(())
 }
 
+/// A change as a watcher saw it: (revision, kind, key, value).
+type Seen = (u64, &'static str, String, Vec<u8>);
+
+fn seen_of(event: &kvstore_client::Event) -> Seen {
+    let kind = match event.kind {
+        kvstore_client::EventKind::Put => "put",
+        kvstore_client::EventKind::Delete => "delete",
+    };
+    (event.revision, kind, event.key.clone(), event.value.clone())
+}
+
+/// A WebSocket watch on every key with `query`, straight to `server` (no
+/// reconnecting), open once this returns: every change it is sent, until the
+/// connection ends (a SIGKILL ends it).
+async fn live_watch(
+    server: &TestServer,
+    query: &str,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Seen>, String> {
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/v1/watch?{query}", server.url.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| "the WebSocket handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    // The opening progress frame: the watch is live from here on.
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) if text.contains("progress") => {}
+        other => return Err(format!("no opening progress frame: {other:?}")),
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            // Changes only: progress frames do not parse as one.
+            if let Ok(event) = serde_json::from_str::<kvstore_client::Event>(text.as_str()) {
+                if tx.send(seen_of(&event)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Several rounds of: concurrent writers, SIGKILL at a random moment, restart on the
 /// same data dir. Every acknowledged write must survive, revisions never go back,
-/// and a watcher that resumes across the restarts sees every revision exactly once.
+/// a watcher that resumes across the restarts sees every revision exactly once,
+/// and nothing any watcher saw is undone by a crash: each change seen is in the
+/// history after the restarts, at the same revision with the same key and value
+/// (a change seen before it was durable could be lost, its revision then reused
+/// by another write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
     const ROUNDS: usize = 4;
     const WRITERS: usize = 8;
     let data = tempfile::tempdir()?;
-    let mut server = TestServer::start_in(data.path(), &[]);
-    let addr = server.addr().to_string();
-    let client = Client::new(&server.url)?;
+    // Clients talk to an address held for the whole test, so a restart behind it
+    // keeps the address even if another test takes the old port meanwhile.
+    let held = support::HeldAddress::new()?;
+    let mut server = held.start(data.path(), &[])?;
+    let client = Client::new(&held.url)?;
 
     // The watcher reconnects by itself across the restarts (same address).
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -311,15 +457,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         tokio::spawn(async move {
             while let Some(update) = updates.next().await {
                 if let Ok(Update::Event(event)) = update {
-                    let _ = seen_tx.send(event.revision);
+                    let _ = seen_tx.send(seen_of(&event));
                 }
             }
         })
     };
 
     let acked: Arc<Mutex<BTreeMap<String, (String, u64)>>> = Arc::default();
+    let mut seen_live: Vec<Seen> = Vec::new();
     let mut last_max = 0;
     for round in 0..ROUNDS {
+        // Live watchers of this round: they see changes the moment they are
+        // published, up to the kill.
+        let mut live = Vec::new();
+        for _ in 0..2 {
+            live.push(live_watch(&server, "").await?);
+        }
         let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut writers = Vec::new();
         for w in 0..WRITERS {
@@ -353,9 +506,14 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
                 .ok_or("writers stopped")?;
             round_revisions.push(revision);
         }
-        server.kill();
+        held.kill(&mut server);
         for writer in writers {
             writer.await?;
+        }
+        for mut watch in live {
+            while let Some(change) = tokio::time::timeout(DEADLINE, watch.recv()).await? {
+                seen_live.push(change);
+            }
         }
         while let Ok(revision) = count_rx.try_recv() {
             round_revisions.push(revision);
@@ -367,7 +525,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         );
         last_max = round_revisions.iter().max().copied().unwrap_or(last_max);
 
-        server = TestServer::try_start_at(&addr, data.path(), &[])?;
+        server = held.start(data.path(), &[])?;
         let acked_so_far = acked.lock().expect("lock").clone();
         for (key, (value, revision)) in acked_so_far {
             let entry = client.get_entry(&key).await?;
@@ -380,14 +538,54 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
     let current = client.health().await?;
     assert!(current >= last_max);
     let mut seen = Vec::new();
-    while seen.last().is_none_or(|&last| last < current) {
-        let revision = tokio::time::timeout(DEADLINE, seen_rx.recv())
+    while seen.last().is_none_or(|s: &Seen| s.0 < current) {
+        let change = tokio::time::timeout(DEADLINE, seen_rx.recv())
             .await
             .map_err(|_| format!("watcher stuck after {:?}", seen.last()))?
             .ok_or("watcher ended")?;
-        seen.push(revision);
+        seen.push(change);
     }
     watcher.abort();
-    assert_eq!(seen, (1..=current).collect::<Vec<_>>());
+
+    // What the store's history holds now, from a fresh watch.
+    let mut history: BTreeMap<u64, Seen> = BTreeMap::new();
+    let mut replay = Box::pin(client.watch_with(WatchOptions {
+        start_revision: Some(1),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    while history.len() < current as usize {
+        match tokio::time::timeout(DEADLINE, replay.next())
+            .await?
+            .ok_or("the history ended")??
+        {
+            Update::Event(event) => {
+                history.insert(event.revision, seen_of(&event));
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    println!(
+        "{} changes seen live before a kill, {} by the resuming watcher, history of {current}",
+        seen_live.len(),
+        seen.len()
+    );
+    for change in seen_live.iter().chain(&seen) {
+        assert_eq!(
+            history.get(&change.0),
+            Some(change),
+            "a watcher saw this change (right), but the history after the crashes has \
+             (left) at its revision"
+        );
+    }
+    let revisions: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    if revisions != (1..=current).collect::<Vec<_>>() {
+        let got: std::collections::BTreeSet<u64> = revisions.iter().copied().collect();
+        let missing: Vec<u64> = (1..=current).filter(|r| !got.contains(r)).collect();
+        panic!(
+            "the resuming watcher saw {} changes for revisions 1..={current}; missing {missing:?}",
+            revisions.len()
+        );
+    }
     Ok(())
 }

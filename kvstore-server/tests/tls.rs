@@ -67,9 +67,28 @@ async fn https_and_wss_round_trip_with_a_private_ca() -> TestResult {
         }
         other => panic!("expected a certificate error, got {other:?}"),
     }
-    // Plain HTTP to the TLS port does not get data.
+    // Plain HTTP to the TLS port does not get data, nor an HTTP answer: the
+    // connection is refused at the TLS layer.
     let plain = Client::new(&tls.server.url.replacen("https", "http", 1))?;
-    assert!(plain.get("secure/k").await.is_err());
+    match plain.get("secure/k").await {
+        Err(Error::Connection(message)) => println!("plain HTTP to the TLS port: {message}"),
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    // On the wire: what comes back to a plain request is a TLS alert record
+    // (content type 21, a TLS 1.x version), or nothing; never an HTTP answer.
+    let mut tcp = std::net::TcpStream::connect(tls.server.addr())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    std::io::Write::write_all(
+        &mut tcp,
+        b"GET /v1/kv/secure/k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut answer);
+    assert!(
+        answer.is_empty() || (answer[0] == 21 && answer.get(1) == Some(&3)),
+        "a plain request to the TLS port got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
     Ok(())
 }
 

@@ -75,6 +75,9 @@ struct WatchHeaders {
          body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
          body = ErrorBody),
+        (status = 410, description = "`compacted` (Server-Sent Events): `start_revision` or \
+            `Last-Event-ID` asks for history older than what is kept (`revision`: the oldest \
+            kept). A WebSocket watch gets the `error` frame instead.", body = ErrorBody),
         (status = 429, description = "`too_many_watchers`: this client already holds \
             `--max-watchers-per-client` watch streams", body = ErrorBody),
     )
@@ -137,7 +140,12 @@ async fn watch(
         options.initial = false;
     }
     let slot = state.watchers.acquire(client)?;
-    let pump = Pump::new(&state, options, caller, slot);
+    let mut pump = Pump::new(&state, options, caller, slot);
+    // Opened before answering, so that a watch the store refuses (its history is
+    // compacted) gets its HTTP status, 410, rather than a 200 and an error event.
+    // (A WebSocket watch gets the error frame: a browser cannot read the status of
+    // a refused handshake.)
+    pump.open().await?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -121,6 +121,8 @@ pub struct Pump {
     options: WatchOptions,
     caller: Caller,
     watch: Option<Watch>,
+    /// The frame that says where the stream starts has been given.
+    announced: bool,
     /// The initial state (if asked for) is delivered: progress frames may follow.
     synced: bool,
     progress: Duration,
@@ -142,12 +144,29 @@ impl Pump {
             options,
             caller,
             watch: None,
+            announced: false,
             progress,
             deadline: Instant::now() + progress,
             shutdown: state.shutdown.clone(),
             done: false,
             _held: (WatcherGauge::open(), slot),
         }
+    }
+
+    /// Opens the store's watch now, before anything is sent, so that a watch the
+    /// store refuses (its history is compacted) can be the HTTP answer itself.
+    /// Without it, the first [`Pump::next`] opens the watch and a refusal is the
+    /// stream's one `error` frame.
+    pub async fn open(&mut self) -> Result<(), ApiError> {
+        if self.watch.is_none() {
+            let watch = self
+                .store
+                .watch(self.options.clone())
+                .await
+                .map_err(watch_error)?;
+            self.watch = Some(watch);
+        }
+        Ok(())
     }
 
     /// The next frame to send; `None` after the last one. Cancel-safe: a transport
@@ -171,18 +190,20 @@ impl Pump {
                     opened = self.store.watch(self.options.clone()) => opened,
                     () = stopping(&mut shutdown) => return Frame::error(ApiError::shutting_down()),
                 };
-                let watch = match opened {
+                match opened {
                     Ok(watch) => self.watch.insert(watch),
                     Err(e) => return Frame::error(watch_error(e)),
-                };
-                // Tell the client where the stream starts, so it can resume even
-                // before the first change (an initial state ends with `synced`).
-                if self.synced {
-                    return Frame::progress(watch.position());
                 }
-                watch
             }
         };
+        if !self.announced {
+            self.announced = true;
+            // Tell the client where the stream starts, so it can resume even
+            // before the first change (an initial state ends with `synced`).
+            if self.synced {
+                return Frame::progress(watch.position());
+            }
+        }
         loop {
             tokio::select! {
                 item = watch.next() => match item {

@@ -43,16 +43,11 @@ pub async fn serve(
                 // buffers are full: bound it by the peer timeout, and let shutdown
                 // cut it short, so a stuck peer is dropped like a silent one.
                 let sent = tokio::select! {
-                    sent = tokio::time::timeout(timings.peer_timeout, session.text(text)) => sent,
+                    sent = bounded(timings.peer_timeout, session.text(text)) => sent,
                     () = stopping(&mut shutdown) => break away("server shutting down"),
                 };
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_closed)) => return,
-                    Err(_elapsed) => {
-                        log::debug!("dropping a silent watch client (not reading)");
-                        return;
-                    }
+                if !sent {
+                    return;
                 }
                 match frame.error {
                     None => {}
@@ -63,7 +58,7 @@ pub async fn serve(
             message = stream.recv() => match message {
                 Some(Ok(Message::Ping(bytes))) => {
                     heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() {
+                    if !bounded(timings.peer_timeout, session.pong(&bytes)).await {
                         return;
                     }
                 }
@@ -84,7 +79,7 @@ pub async fn serve(
                     log::debug!("dropping a silent watch client");
                     break away("no pong");
                 }
-                if session.ping(b"").await.is_err() {
+                if !bounded(timings.peer_timeout, session.ping(b"")).await {
                     return;
                 }
             }
@@ -92,4 +87,21 @@ pub async fn serve(
     };
     // The close frame may not get through to a peer that stopped reading.
     let _ = tokio::time::timeout(timings.peer_timeout, session.close(Some(reason))).await;
+}
+
+/// Whether a send to the peer went through within `timeout`. Every send (text,
+/// ping, pong) shares one bounded channel, so a peer that stops reading leaves any
+/// of them pending once the buffers are full: it is dropped like a silent one.
+async fn bounded<E>(
+    timeout: std::time::Duration,
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_closed)) => false,
+        Err(_elapsed) => {
+            log::debug!("dropping a silent watch client (not reading)");
+            false
+        }
+    }
 }

@@ -77,10 +77,17 @@ impl TestServer {
         if option_env!("CARGO_BIN_EXE_kvstore-server").is_none() {
             return Self::start_in_process(listen, data_dir, args);
         }
-        let mut child = Command::new(server_bin())
+        let mut command = Command::new(server_bin());
+        command
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(args)
+            .args(args);
+        Self::start_process(command, data_dir)
+    }
+
+    /// Runs `command` (which ends up as the server) and waits for its first line.
+    fn start_process(mut command: Command, data_dir: &Path) -> Result<TestServer, String> {
+        let mut child = command
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| {
@@ -267,4 +274,146 @@ pub fn admin_access_file(dir: &Path) -> std::io::Result<String> {
         ),
     )?;
     Ok(file.to_string_lossy().into_owned())
+}
+
+/// Says that `test` did not run because `why`, or fails it when the environment
+/// variable `require` is `1` (CI sets those: a skip there is a failure).
+///
+/// The line goes to the process's stdout and stderr through `std::io` handles,
+/// which the test harness does not capture (it captures `print!` and `eprint!`
+/// only), so `cargo test` shows it even when the test passes.
+#[track_caller]
+pub fn skip(require: &str, test: &str, why: &str) {
+    use std::io::Write;
+    let required = std::env::var(require).is_ok_and(|v| v == "1");
+    assert!(!required, "{require}=1, but {test} cannot run: {why}");
+    let line = format!("SKIPPED {test}: {why} (with {require}=1 this fails)\n");
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// A loopback address that a test holds from start to end, relaying each
+/// connection to the server behind it at that moment. A server restarted behind it
+/// keeps the address its clients know, and no other test can take that address
+/// while the server is down (as it could take a freed port). While no server is
+/// behind it, connections are accepted and closed at once, as a refused one would
+/// be for a client.
+pub struct HeldAddress {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    addr: std::net::SocketAddr,
+    backend: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HeldAddress {
+    /// Binds a fresh loopback port and starts relaying (to nothing yet).
+    pub fn new() -> std::io::Result<HeldAddress> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let backend: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::spawn({
+            let backend = backend.clone();
+            let stop = stop.clone();
+            move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = conn else { continue };
+                    let target = *backend.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(target) = target {
+                        std::thread::spawn(move || relay(client, target));
+                    }
+                }
+            }
+        });
+        Ok(HeldAddress {
+            url: format!("http://{addr}"),
+            addr,
+            backend,
+            stop,
+        })
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Starts a server on `data_dir` and relays new connections to it.
+    pub fn start(&self, data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
+        let server = TestServer::try_start_in(data_dir, args)?;
+        let target = server.addr().parse().map_err(|e| format!("{e}"))?;
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+        Ok(server)
+    }
+
+    /// Stops relaying, then kills `server` with SIGKILL: no new connection can reach
+    /// whatever takes its port next.
+    pub fn kill(&self, server: &mut TestServer) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        server.kill();
+    }
+}
+
+impl Drop for HeldAddress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies bytes both ways between `client` and a new connection to `target` until
+/// either side ends; then closes both, as the end of a direct connection would.
+fn relay(client: std::net::TcpStream, target: std::net::SocketAddr) {
+    use std::net::Shutdown;
+    let Ok(server) = std::net::TcpStream::connect(target) else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let upstream = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut &server, &mut &client);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+    let _ = upstream.join();
+}
+
+impl TestServer {
+    /// A server on a fresh temp data dir whose process may write files of at most
+    /// `kib` KiB (`ulimit -f`, with SIGXFSZ ignored): past that every write to its
+    /// store fails with an I/O error (EFBIG) that is not a full disk.
+    pub fn start_with_file_size_limit(kib: u64, args: &[&str]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        // Through a shell that sets the limit and then becomes the server (so `pid`
+        // and signals still reach it).
+        kvstore_client::install_crypto_provider();
+        let mut command = Command::new("bash");
+        command
+            .args([
+                "-c",
+                "trap '' XFSZ; ulimit -f \"$1\" || exit 1; shift; exec \"$@\"",
+                "bash",
+                &kib.to_string(),
+            ])
+            .arg(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(temp.path())
+            .args(args);
+        let mut server = Self::start_process(command, temp.path())
+            .unwrap_or_else(|e| panic!("server did not start: {e}"));
+        server._temp = Some(temp);
+        server
+    }
 }
