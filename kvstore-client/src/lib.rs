@@ -13,13 +13,25 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), kvstore_client::Error> {
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A real server in this process, on a free port (the example's localhost:5000).
+//! # let store = std::sync::Arc::new(kvstore_core::SledStore::open(kvstore_core::SledConfig::temporary())?);
+//! # let options = <kvstore_server::Options as clap::Parser>::try_parse_from(["kvstore-server"])?;
+//! # let server = kvstore_server::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, store, None, None, options)?;
+//! # let url = format!("http://{}", server.addr());
 //! use futures_util::StreamExt;
-//! use kvstore_client::{Client, Condition, Error};
+//! use kvstore_client::{Client, Condition, Error, Update, WatchOptions};
 //!
-//! let client = Client::new("http://localhost:5000")?;
-//! let mut changes = client.watch("app/");
+//! let client = Client::new(&url)?; // e.g. "http://localhost:5000"
+//! // Every change after the store's current revision, even those made before the
+//! // watch has connected.
+//! let from = client.health().await? + 1;
+//! let mut changes = client.watch_with(WatchOptions {
+//!     prefix: "app/".into(),
+//!     start_revision: Some(from),
+//!     ..WatchOptions::default()
+//! });
 //!
 //! let put = client.put("app/mode", "blue").await?;
 //! assert_eq!(client.get("app/mode").await?, b"blue");
@@ -27,11 +39,13 @@
 //! // Compare-and-swap: fails if someone wrote in between.
 //! match client.put_if("app/mode", "green", Condition::ModRevision(put.revision)).await {
 //!     Ok(_) | Err(Error::PreconditionFailed { .. }) => {}
-//!     Err(e) => return Err(e),
+//!     Err(e) => return Err(e.into()),
 //! }
 //!
-//! let event = changes.next().await.expect("the watch is open")?;
-//! assert_eq!(event.key, "app/mode");
+//! let Some(Ok(Update::Event(event))) = changes.next().await else {
+//!     panic!("the watch ended")
+//! };
+//! assert_eq!((event.key.as_str(), event.revision), ("app/mode", put.revision));
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]

@@ -70,6 +70,7 @@ pub const PATH: &str = "/v1/openapi.json";
         RestoreResult,
         ErrorBody,
         ErrorDetail,
+        kvstore_core::ErrorCode,
         EventKind,
         EncodedValue,
         ValueEncoding
@@ -117,8 +118,29 @@ impl Modify for Doc {
                 add_shared_errors(operation);
                 optional_body_is_not_null(operation);
             }
+            item.head = item.get.as_ref().map(head_of);
         }
     }
+}
+
+/// The HEAD operation of a GET: the same statuses and headers, no body (actix leaves
+/// the body of an answer to HEAD unsent).
+fn head_of(get: &Operation) -> Operation {
+    let mut head = get.clone();
+    head.operation_id = get.operation_id.as_ref().map(|id| format!("{id}_head"));
+    head.summary = get
+        .summary
+        .as_ref()
+        .map(|summary| format!("{summary} (HEAD: the same answer without its body)"));
+    head.description =
+        Some("The answer GET gives, with its status and headers, without the body.".into());
+    head.request_body = None;
+    for response in head.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            response.content.clear();
+        }
+    }
+    head
 }
 
 /// Adds `401` (to operations that take a token) and `500` (to all).

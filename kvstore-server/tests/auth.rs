@@ -287,7 +287,7 @@ async fn watches_deliver_only_readable_keys() -> TestResult {
 #[test]
 fn cli_takes_a_token_and_exits_4_when_denied() -> TestResult {
     let secured = secured_server()?;
-    let kv = support::server_bin().with_file_name("kv");
+    let kv = support::kv_bin();
     let run = |token: Option<&str>, args: &[&str]| {
         let mut cmd = std::process::Command::new(&kv);
         cmd.args(args)

@@ -218,14 +218,8 @@ struct Binaries {
 
 impl Binaries {
     fn of_this_build() -> Binaries {
-        let server = support::server_bin();
-        let dir = server.parent().expect("target dir").to_path_buf();
-        let kv = dir.join(format!("kv{}", std::env::consts::EXE_SUFFIX));
-        assert!(
-            kv.exists(),
-            "{} is missing: build it first (`cargo build --workspace`, or run `cargo test --workspace`)",
-            kv.display()
-        );
+        let kv = support::kv_bin();
+        let dir = kv.parent().expect("target dir").to_path_buf();
         Binaries { dir, kv }
     }
 }

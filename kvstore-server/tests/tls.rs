@@ -95,7 +95,7 @@ async fn https_and_wss_round_trip_with_a_private_ca() -> TestResult {
 #[test]
 fn kv_talks_https_with_a_ca_file() -> TestResult {
     let tls = tls_server()?;
-    let kv = support::server_bin().with_file_name("kv");
+    let kv = support::kv_bin();
     let run = |args: &[&str]| {
         std::process::Command::new(&kv)
             .args(args)

@@ -170,7 +170,7 @@ fn etag(mod_revision: u64) -> String {
     path = "/v1/kv/{key}",
     tag = "kv",
     operation_id = "get_key",
-    params(KeyParam),
+    params(KeyParam, IfNoneMatchTag),
     responses(
         (status = 200,
          description = "The value: its raw bytes (`application/octet-stream`, the default), or \
@@ -188,8 +188,14 @@ fn etag(mod_revision: u64) -> String {
             ("x-kv-version" = u64, description = "Puts since the key was created"),
             ("x-kv-revision" = u64, description = "The store's current revision"),
          )),
+        (status = 304, description = "Not modified: `If-None-Match` names the key's current tag \
+            (or is `*`); the headers are those of a 200, there is no body",
+         headers(
+            ("ETag" = String, description = "The key's `mod_revision` in quotes"),
+            ("x-kv-mod-revision" = u64, description = "Revision of the key's last put"),
+         )),
         (status = 400, description = "`invalid_key`: empty, over 4 KiB, or not UTF-8 once \
-            percent-decoded", body = ErrorBody),
+            percent-decoded; `invalid_request`: an `If-None-Match` that is not text", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
         (status = 404, description = "`key_not_found`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` (the value is not durable yet) \
@@ -355,6 +361,17 @@ struct IfMatch(
 struct IfNoneMatch(
     /// Only `*` is supported.
     #[param(nullable = false, pattern = r"^\*$")]
+    Option<String>,
+);
+
+/// `If-None-Match` on a read: the tags the client holds.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("If-None-Match"), parameter_in = Header)]
+#[allow(dead_code)]
+struct IfNoneMatchTag(
+    /// Tags (`"42"`, as in the `ETag`), comma-separated, or `*`: when one is the key's
+    /// current tag the answer is `304 Not Modified`.
+    #[param(nullable = false)]
     Option<String>,
 );
 

@@ -24,6 +24,34 @@ pub fn server_bin() -> PathBuf {
     }
 }
 
+/// The `kv` binary of this build, next to `kvstore-server`, for the server's tests
+/// that drive the real CLI. It belongs to another package, so it is built here (a
+/// no-op when it is current): `cargo test -p kvstore-server` works on a clean
+/// target dir too.
+pub fn kv_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let server = server_bin();
+        let dir = server.parent().ok_or("no target dir")?;
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "kv-cli", "--bin", "kv"]);
+        // The profile of this build: its binaries sit in target/<profile>/.
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        let kv = dir.join(format!("kv{}", std::env::consts::EXE_SUFFIX));
+        if status.success() && kv.exists() {
+            Ok(kv)
+        } else {
+            Err(format!("building {} failed ({status})", kv.display()))
+        }
+    });
+    built.clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// How a test server runs.
 enum Running {
     Process(Child),

@@ -1,0 +1,248 @@
+//! The whole app in-process, through the app factory (`kvstore_server::app`) and
+//! `actix_web::test`: no socket, no binary. Also the error table against the README.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::test::{self, TestRequest};
+use kvstore_core::{ErrorCode, SledConfig, SledStore};
+use kvstore_server::AppState;
+use serde_json::Value;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn state() -> Result<(AppState, tempfile::TempDir), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = SledStore::open(SledConfig::new(dir.path()))?;
+    Ok((AppState::new(Arc::new(store)), dir))
+}
+
+#[actix_web::test]
+async fn the_app_serves_reads_writes_lists_and_snapshots_in_process() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+
+    let put = TestRequest::put()
+        .uri("/v1/kv/app/db")
+        .set_payload("postgres://db")
+        .to_request();
+    let put: Value = test::call_and_read_body_json(&app, put).await;
+    assert_eq!(put["revision"], 1);
+
+    let get = TestRequest::get().uri("/v1/kv/app%2Fdb").to_request();
+    let res = test::call_service(&app, get).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers().get(header::ETAG).map(|v| v.as_bytes()),
+        Some(&b"\"1\""[..])
+    );
+    assert_eq!(test::read_body(res).await, "postgres://db");
+
+    let list = TestRequest::get().uri("/v1/kv?prefix=app/").to_request();
+    let list: Value = test::call_and_read_body_json(&app, list).await;
+    assert_eq!(list["entries"][0]["key"], "app/db");
+
+    let snapshot = TestRequest::get().uri("/v1/snapshot").to_request();
+    let body = test::call_and_read_body(&app, snapshot).await;
+    let lines: Vec<Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines[0]["revision"], 1);
+    assert_eq!(lines[1]["value"], "postgres://db");
+
+    let delete = TestRequest::delete().uri("/v1/kv/app/db").to_request();
+    assert_eq!(
+        test::call_service(&app, delete).await.status(),
+        StatusCode::OK
+    );
+    let gone = TestRequest::get().uri("/v1/kv/app/db").to_request();
+    let res = test::call_service(&app, gone).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "key_not_found");
+    Ok(())
+}
+
+/// `If-None-Match` with the tag a client holds: 304 while the key is unchanged,
+/// with the entry's headers and no body; 200 with the value once it changed.
+#[actix_web::test]
+async fn a_read_with_the_current_tag_answers_304_until_the_key_changes() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+    let put = TestRequest::put()
+        .uri("/v1/kv/k")
+        .set_payload("one")
+        .to_request();
+    test::call_service(&app, put).await;
+
+    let read = |tags: &str| {
+        TestRequest::get()
+            .uri("/v1/kv/k")
+            .insert_header((header::IF_NONE_MATCH, tags.to_string()))
+            .to_request()
+    };
+    for tags in ["\"1\"", "W/\"1\"", "\"7\", \"1\"", "*"] {
+        let res = test::call_service(&app, read(tags)).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::NOT_MODIFIED,
+            "If-None-Match: {tags}"
+        );
+        assert_eq!(
+            res.headers().get(header::ETAG).map(|v| v.as_bytes()),
+            Some(&b"\"1\""[..])
+        );
+        assert_eq!(
+            res.headers().get("x-kv-mod-revision").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert!(test::read_body(res).await.is_empty(), "a 304 has no body");
+    }
+    // Another tag, or one that is not ours: the value.
+    for tags in ["\"2\"", "\"one\"", "1"] {
+        let res = test::call_service(&app, read(tags)).await;
+        assert_eq!(res.status(), StatusCode::OK, "If-None-Match: {tags}");
+        assert_eq!(test::read_body(res).await, "one");
+    }
+
+    let put = TestRequest::put()
+        .uri("/v1/kv/k")
+        .set_payload("two")
+        .to_request();
+    test::call_service(&app, put).await;
+    let res = test::call_service(&app, read("\"1\"")).await;
+    assert_eq!(res.status(), StatusCode::OK, "changed since");
+    assert_eq!(
+        res.headers().get(header::ETAG).map(|v| v.as_bytes()),
+        Some(&b"\"2\""[..])
+    );
+    assert_eq!(test::read_body(res).await, "two");
+    // An absent key is not "not modified", whatever the tag.
+    let res = test::call_service(
+        &app,
+        TestRequest::get()
+            .uri("/v1/kv/absent")
+            .insert_header((header::IF_NONE_MATCH, "*"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// Every GET route answers HEAD with GET's status and headers.
+#[actix_web::test]
+async fn head_answers_like_get_on_every_get_route() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+    let put = TestRequest::put()
+        .uri("/v1/kv/k")
+        .set_payload("v")
+        .to_request();
+    test::call_service(&app, put).await;
+    let routes = [
+        "/healthz",
+        "/v1/kv/k",
+        "/v1/kv/absent",
+        "/v1/kv?prefix=",
+        "/v1/snapshot",
+        "/kv?key=k",
+        "/kv?key=absent",
+        "/metrics",
+        "/v1/openapi.json",
+        "/v1/watch",
+    ];
+    for uri in routes {
+        let get = test::call_service(&app, TestRequest::get().uri(uri).to_request()).await;
+        let head = test::call_service(
+            &app,
+            TestRequest::default()
+                .method(Method::HEAD)
+                .uri(uri)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(head.status(), get.status(), "HEAD {uri}");
+        for name in [header::CONTENT_TYPE, header::ETAG] {
+            assert_eq!(
+                head.headers().get(&name),
+                get.headers().get(&name),
+                "HEAD {uri}: {name}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The README's error table lists every code of [`ErrorCode`], each with its
+/// status, and nothing else.
+#[test]
+fn the_readme_error_table_is_the_error_code_table() {
+    let readme = include_str!("../../README.md");
+    let table = readme
+        .split("### Errors")
+        .nth(1)
+        .and_then(|rest| {
+            rest.split("\n\n")
+                .find(|block| block.starts_with("| status"))
+        })
+        .expect("the README has an error table under ### Errors");
+    let mut documented = BTreeMap::new();
+    for row in table.lines().skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let status: u16 = cells[1].parse().expect("a status");
+        for code in cells[2].split(',') {
+            let code = code.trim().trim_matches('`');
+            assert!(
+                documented.insert(code.to_string(), status).is_none(),
+                "{code} twice in the README"
+            );
+        }
+    }
+    let table: BTreeMap<String, u16> = ErrorCode::ALL
+        .iter()
+        .map(|code| (code.as_str().to_string(), code.status()))
+        .collect();
+    assert_eq!(documented, table);
+}
+
+/// On the wire, an answer to HEAD carries GET's headers (its `Content-Length`
+/// included) and no body: the next answer on the connection follows at once.
+#[test]
+fn head_over_a_real_connection_sends_no_body() -> TestResult {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SledStore::open(SledConfig::new(dir.path()))?);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let options = <kvstore_server::Options as clap::Parser>::try_parse_from(["kvstore-server"])?;
+    let server = kvstore_server::spawn(listener, store, None, None, options)?;
+    let mut put = std::net::TcpStream::connect(server.addr())?;
+    put.write_all(
+        b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue",
+    )?;
+    let mut answer = String::new();
+    put.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let mut tcp = std::net::TcpStream::connect(server.addr())?;
+    tcp.write_all(
+        b"HEAD /v1/kv/k HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut both = String::new();
+    tcp.read_to_string(&mut both)?;
+    let (head, rest) = both
+        .split_once("\r\n\r\n")
+        .ok_or("no end of the HEAD answer")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("content-length: 5"), "{head}");
+    assert!(head.contains("etag: \"1\""), "{head}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200"),
+        "a body came after HEAD: {rest:?}"
+    );
+    server.stop()?;
+    Ok(())
+}
