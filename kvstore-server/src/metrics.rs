@@ -8,11 +8,25 @@
 //! - `kvstore_store_revision`, `kvstore_keys`, `kvstore_disk_bytes`
 //! - `kvstore_commit_group_size`, `kvstore_commit_seconds`, `kvstore_flush_seconds`
 //!   (group commit: writes per flush, time per group, time per flush)
+//! - `kvstore_metrics_pending_samples`: histogram samples recorded since the last
+//!   drain, as this scrape found them (at most [`MAX_PENDING_SAMPLES`])
+//!
+//! # Memory
+//!
+//! The exporter keeps every histogram sample (16 bytes and more) until it folds it
+//! into its buckets, which only a render or its "upkeep" does: a server nobody
+//! scrapes would grow by each request. So the recorder is wrapped to count the
+//! samples it is handed: from [`DRAIN_EVERY`] on, a thread of its own runs the
+//! exporter's upkeep, and a recording that finds [`MAX_PENDING_SAMPLES`] waiting
+//! runs it in place. What the metrics hold is then fixed by the number of series,
+//! not by the number of requests, however often `/metrics` is read.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -20,8 +34,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -35,34 +53,170 @@ const SECONDS: &[f64] = &[
 /// Writes per commit group.
 const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// Pending histogram samples at which the drain thread is woken.
+pub const DRAIN_EVERY: usize = 4096;
+/// Most histogram samples ever waiting for a drain: a recording that brings the
+/// count here drains in place (the drain thread may be starved of CPU).
+pub const MAX_PENDING_SAMPLES: usize = 2 * DRAIN_EVERY;
 
-/// Installs the process-wide recorder (once; later calls reuse it). `None` if
-/// another recorder was installed first.
+/// The installed recorder's handle and its count of samples not yet drained.
+struct Installed {
+    handle: PrometheusHandle,
+    pending: Arc<Pending>,
+}
+
+static INSTALLED: OnceLock<Option<Installed>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it) and its drain
+/// thread. `None` if another recorder was installed first.
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("kvstore_commit_group_size".into()),
-                        GROUP_SIZES,
-                    )
-                });
-            match builder.map(|b| b.install_recorder()) {
-                Ok(Ok(handle)) => Some(handle),
-                Ok(Err(e)) => {
-                    log::warn!("metrics are off: {e}");
-                    None
-                }
-                Err(e) => {
-                    log::warn!("metrics are off: {e}");
-                    None
-                }
+    installed().map(|i| &i.handle)
+}
+
+/// Histogram samples recorded and not yet folded into the exporter's buckets (an
+/// upper bound: a sample drained while it was being counted counts until the
+/// next drain). At most [`MAX_PENDING_SAMPLES`] plus one a recording thread.
+pub fn pending_samples() -> Option<usize> {
+    installed().map(|i| i.pending.samples.load(Ordering::Relaxed))
+}
+
+fn installed() -> Option<&'static Installed> {
+    INSTALLED.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<Installed> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("kvstore_commit_group_size".into()),
+                GROUP_SIZES,
+            )
+        });
+    let recorder = match builder {
+        Ok(builder) => builder.build_recorder(),
+        Err(e) => {
+            log::warn!("metrics are off: {e}");
+            return None;
+        }
+    };
+    let handle = recorder.handle();
+    let (wake, woken) = mpsc::sync_channel(1);
+    let pending = Arc::new(Pending {
+        samples: AtomicUsize::new(0),
+        handle: handle.clone(),
+        wake,
+    });
+    let bounded = Bounded {
+        inner: recorder,
+        pending: pending.clone(),
+    };
+    if let Err(e) = metrics::set_global_recorder(bounded) {
+        log::warn!("metrics are off: {e}");
+        return None;
+    }
+    let drainer = pending.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kvstore-metrics".into())
+        .spawn(move || {
+            // Ends only with the process: the sender lives in the global recorder.
+            for () in woken {
+                drainer.drain();
             }
-        })
-        .as_ref()
+        });
+    if let Err(e) = spawned {
+        // Recordings still drain in place at MAX_PENDING_SAMPLES.
+        log::warn!("could not start the metrics drain thread: {e}");
+    }
+    Some(Installed { handle, pending })
+}
+
+/// Samples handed to the exporter since its last drain.
+struct Pending {
+    samples: AtomicUsize,
+    handle: PrometheusHandle,
+    wake: SyncSender<()>,
+}
+
+impl Pending {
+    /// Counts `n` samples just recorded (after recording them, so that the count is
+    /// never below what waits), and has them drained when there are enough.
+    fn recorded(&self, n: usize) {
+        let before = self.samples.fetch_add(n, Ordering::Relaxed);
+        let now = before + n;
+        if now >= MAX_PENDING_SAMPLES {
+            self.drain();
+        } else if before < DRAIN_EVERY && now >= DRAIN_EVERY {
+            // Full: a drain is already due.
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    /// Folds every waiting sample into the exporter's buckets.
+    fn drain(&self) {
+        // Reset first: samples recorded during the upkeep are counted again (over,
+        // never under, what waits).
+        self.samples.store(0, Ordering::Relaxed);
+        self.handle.run_upkeep();
+    }
+
+    /// What a render is about to drain: the count, reset.
+    fn take(&self) -> usize {
+        self.samples.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// The exporter's recorder with each histogram counted into [`Pending`].
+struct Bounded {
+    inner: PrometheusRecorder,
+    pending: Arc<Pending>,
+}
+
+/// A histogram of the exporter whose samples are counted.
+struct Counted {
+    inner: Histogram,
+    pending: Arc<Pending>,
+}
+
+impl HistogramFn for Counted {
+    fn record(&self, value: f64) {
+        self.inner.record(value);
+        self.pending.recorded(1);
+    }
+
+    fn record_many(&self, value: f64, count: usize) {
+        self.inner.record_many(value, count);
+        self.pending.recorded(count);
+    }
+}
+
+impl Recorder for Bounded {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.inner.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(Arc::new(Counted {
+            inner: self.inner.register_histogram(key, metadata),
+            pending: self.pending.clone(),
+        }))
+    }
 }
 
 /// Mounts `/metrics`.
@@ -71,7 +225,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let handle = handle().ok_or_else(|| ApiError::Internal("metrics are not installed".into()))?;
+    let installed =
+        installed().ok_or_else(|| ApiError::Internal("metrics are not installed".into()))?;
+    // The render drains every histogram.
+    metrics::gauge!("kvstore_metrics_pending_samples").set(installed.pending.take() as f64);
     let store = &state.store;
     metrics::gauge!("kvstore_store_revision").set(store.revision() as f64);
     metrics::gauge!("kvstore_keys").set(store.key_count() as f64);
@@ -80,7 +237,7 @@ async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpRespo
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(handle.render()))
+        .body(installed.handle.render()))
 }
 
 /// The route label of a request that a route serves from a default service, where
@@ -145,7 +302,7 @@ pub async fn record(
     // Handles are only kept once the recorder is in place (it never changes after),
     // and for standard methods: any other token is a series of its own, so a
     // client making them up must not grow the cache.
-    let cached = HANDLE.get().is_some() && is_standard(method);
+    let cached = INSTALLED.get().is_some() && is_standard(method);
     if cached {
         SERIES.with_borrow_mut(|series| {
             let (counter, histogram) = series
