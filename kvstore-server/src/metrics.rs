@@ -18,8 +18,9 @@
 //! scrapes would grow by each request. So the recorder is wrapped to count the
 //! samples it is handed: from [`DRAIN_EVERY`] on, a thread of its own runs the
 //! exporter's upkeep, and a recording that finds [`MAX_PENDING_SAMPLES`] waiting
-//! runs it in place. What the metrics hold is then fixed by the number of series,
-//! not by the number of requests, however often `/metrics` is read.
+//! runs it in place. What the metrics hold is then fixed by the number of series
+//! (bounded: route patterns, standard methods, statuses), not by the number of
+//! requests, however often `/metrics` is read.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -250,24 +251,23 @@ pub(crate) struct RouteLabel(pub &'static str);
 /// `kvstore_http_request_duration_seconds` with its labels.
 type Handles = (Counter, Histogram);
 /// (route, method, status).
-type SeriesKey = (Cow<'static, str>, Method, u16);
+type SeriesKey = (Cow<'static, str>, &'static str, u16);
 
 thread_local! {
     /// Each worker's series by (route, method, status), registered on first use: a
     /// request then costs one hash lookup, not label strings and two registry
     /// lookups. Thread-local, as each actix worker is one thread; bounded, as routes
-    /// are patterns and methods the standard ones (see [`record`]).
+    /// are patterns and methods the standard ones or `other` (see [`method_label`]).
     static SERIES: RefCell<HashMap<SeriesKey, Handles>> = RefCell::new(HashMap::new());
 }
 
 /// Registers the series of (route, method, status) with the global recorder.
-fn register(route: &str, method: &Method, status: u16) -> Handles {
+fn register(route: &str, method: &'static str, status: u16) -> Handles {
     let route = route.to_string();
-    let method = method.to_string();
     let counter = metrics::counter!(
         "kvstore_http_requests_total",
         "route" => route.clone(),
-        "method" => method.clone(),
+        "method" => method,
         "status" => status.to_string()
     );
     let histogram = metrics::histogram!(
@@ -297,16 +297,13 @@ pub async fn record(
             .match_pattern()
             .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
     };
-    let method = req.method();
+    let method = method_label(req.method());
     let status = res.status().as_u16();
-    // Handles are only kept once the recorder is in place (it never changes after),
-    // and for standard methods: any other token is a series of its own, so a
-    // client making them up must not grow the cache.
-    let cached = INSTALLED.get().is_some() && is_standard(method);
-    if cached {
+    // Handles are only kept once the recorder is in place (it never changes after).
+    if INSTALLED.get().is_some() {
         SERIES.with_borrow_mut(|series| {
             let (counter, histogram) = series
-                .entry((route, method.clone(), status))
+                .entry((route, method, status))
                 .or_insert_with_key(|(route, method, status)| register(route, method, *status));
             counter.increment(1);
             histogram.record(seconds);
@@ -319,20 +316,27 @@ pub async fn record(
     Ok(res)
 }
 
-/// One of the methods of RFC 9110 (and PATCH).
-fn is_standard(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ]
-    .contains(method)
+/// The methods of RFC 9110 (and PATCH) with their labels.
+const METHODS: [(Method, &str); 9] = [
+    (Method::GET, "GET"),
+    (Method::HEAD, "HEAD"),
+    (Method::POST, "POST"),
+    (Method::PUT, "PUT"),
+    (Method::DELETE, "DELETE"),
+    (Method::CONNECT, "CONNECT"),
+    (Method::OPTIONS, "OPTIONS"),
+    (Method::TRACE, "TRACE"),
+    (Method::PATCH, "PATCH"),
+];
+
+/// The `method` label: a standard method's name, else `other`. Each label is a
+/// series the exporter keeps forever, so a client making up method tokens must
+/// not create one each.
+fn method_label(method: &Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |&(_, label)| label)
 }
 
 /// Counts an open watch stream while alive.

@@ -103,3 +103,26 @@ async fn histogram_samples_do_not_pile_up_without_a_scrape(
     assert_eq!(sample(&text, count), Some((few + many) as f64), "{text}");
     Ok(())
 }
+
+/// Made-up methods share one `other` series: each label set is kept for good, so
+/// a client inventing methods must not grow the server's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_series() -> Result<(), Box<dyn std::error::Error>> {
+    let server = TestServer::start();
+    let http = reqwest::Client::new();
+    let methods = 50;
+    for i in 0..methods {
+        let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes())?;
+        let res = http
+            .request(method, format!("{}/v1/kv/k", server.url))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 405);
+    }
+    let text = scrape(&server.url).await?;
+    assert!(!text.contains("method=\"M"), "{text}");
+    let other =
+        r#"kvstore_http_requests_total{route="/v1/kv/{key:.*}",method="other",status="405"}"#;
+    assert_eq!(sample(&text, other), Some(methods as f64), "{text}");
+    Ok(())
+}
