@@ -159,6 +159,11 @@ pub struct SoakArgs {
     /// RSS growth after the warm-up, in MB, from which the run fails.
     #[arg(long, value_name = "MB", default_value_t = 5.0)]
     pub max_growth_mb: f64,
+    /// The server's --cache-mb: the run also fails if RSS ever exceeds the sizing
+    /// rule of the README for it, the keys and the watchers (with the server's
+    /// default --event-buffer).
+    #[arg(long, value_name = "MB")]
+    pub cache_mb: Option<u64>,
     #[command(flatten)]
     pub data: DataArgs,
 }

@@ -53,6 +53,29 @@ const STALL_STEP: Duration = Duration::from_secs(5);
 /// The longest pause of a slow watcher.
 const MAX_STALL: Duration = Duration::from_secs(120);
 
+/// The README's sizing rule: RSS at most this many MiB for an idle server...
+const RULE_BASE_MB: f64 = 10.0;
+/// ... plus this many times --cache-mb ...
+const RULE_CACHE_FACTOR: f64 = 1.1;
+/// ... plus this many bytes a key (their pages, once read back from disk) ...
+const RULE_KEY_BYTES: f64 = 140.0;
+/// ... plus this many KiB an open watcher ...
+const RULE_WATCHER_KIB: f64 = 16.0;
+/// ... plus the event ring: the server's default --event-buffer events, each
+/// about this many bytes beside its key and value.
+const RULE_EVENT_BYTES: f64 = 200.0;
+const DEFAULT_EVENT_BUFFER: f64 = 4096.0;
+
+/// The sizing rule's RSS bound in MiB.
+fn rule_mb(cache_mb: u64, data: &super::DataArgs, watchers: u64) -> f64 {
+    let key_len = data.key(0).len() as f64;
+    let event = DEFAULT_EVENT_BUFFER * (RULE_EVENT_BYTES + key_len + data.value_size as f64);
+    RULE_BASE_MB
+        + RULE_CACHE_FACTOR * cache_mb as f64
+        + (RULE_KEY_BYTES * data.keys as f64 + event) / (1024.0 * 1024.0)
+        + RULE_WATCHER_KIB * watchers as f64 / 1024.0
+}
+
 /// What every task counts.
 #[derive(Default)]
 struct Counts {
@@ -82,10 +105,16 @@ struct Counts {
 
 impl Counts {
     fn requests(&self) -> u64 {
-        [&self.gets, &self.puts, &self.deletes, &self.lists, &self.absent]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum::<u64>()
+        [
+            &self.gets,
+            &self.puts,
+            &self.deletes,
+            &self.lists,
+            &self.absent,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum::<u64>()
             + self.errors.load(Ordering::Relaxed)
     }
 
@@ -135,6 +164,9 @@ struct Memory {
     growth_after_warmup_mb: f64,
     /// Least-squares slope over the samples after the warm-up.
     slope_mb_per_min: f64,
+    /// The sizing rule's bound (with `--cache-mb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_mb: Option<f64>,
     fds_start: u64,
     fds_max: u64,
     fds_after: u64,
@@ -302,7 +334,13 @@ pub async fn run(
     }
 
     let requests = counts.requests();
-    let memory = memory(&samples, args.warmup);
+    let mut memory = memory(&samples, args.warmup);
+    let peak_watchers = samples.iter().map(|s| s.watchers_open).max().unwrap_or(0);
+    if let Some(m) = &mut memory {
+        m.rule_mb = args
+            .cache_mb
+            .map(|cache| round1(rule_mb(cache, &args.data, peak_watchers)));
+    }
     let mut failures = Vec::new();
     let errors = counts.errors.load(Ordering::Relaxed);
     if errors > 0 {
@@ -314,6 +352,14 @@ pub async fn run(
                 "RSS grew {:.1} MB after the warm-up (limit {} MB)",
                 m.growth_after_warmup_mb, args.max_growth_mb
             ));
+        }
+        if let Some(rule) = m.rule_mb {
+            let max = m.rss_max_kib as f64 / 1024.0;
+            if max > rule {
+                failures.push(format!(
+                    "RSS reached {max:.1} MB, above the sizing rule's {rule:.1} MB"
+                ));
+            }
         }
         if m.fds_after > m.fds_start {
             failures.push(format!(
@@ -411,6 +457,7 @@ fn memory(samples: &[Sample], warmup: f64) -> Option<Memory> {
         rss_max_kib: load.iter().map(|s| s.rss_kib).max()?,
         growth_after_warmup_mb: mb(last.rss_kib as f64 - steady[0].rss_kib as f64),
         slope_mb_per_min: mb(slope(steady) * 60.0),
+        rule_mb: None,
         fds_start: start.fds,
         fds_max: load.iter().map(|s| s.fds).max()?,
         fds_after: after.fds,
@@ -780,6 +827,14 @@ fn print(r: &SoakReport, json: bool, out: &mut impl Write) -> anyhow::Result<()>
             "               {:+.1} MB after the warm-up; slope {:+.3} MB/min",
             m.growth_after_warmup_mb, m.slope_mb_per_min
         )?;
+        if let Some(rule) = m.rule_mb {
+            writeln!(
+                out,
+                "               sizing rule for --cache-mb, {} keys, {} watchers: at most {rule:.1} MB",
+                r.keys,
+                r.samples.iter().map(|s| s.watchers_open).max().unwrap_or(0)
+            )?;
+        }
         writeln!(
             out,
             "  open files   {} at the start, {} at most, {} after the load",
@@ -865,6 +920,18 @@ mod tests {
         assert_eq!(m.growth_after_warmup_mb, 0.0);
         assert_eq!(m.rss_max_kib, 30_720);
         assert!(memory(&samples, 500.0).is_none());
+    }
+
+    #[test]
+    fn sizing_rule_adds_cache_keys_and_watchers() {
+        let data = super::super::DataArgs {
+            value_size: 100,
+            keys: 1_000_000,
+            prefix: "bench/".into(),
+        };
+        // 10 + 17.6 + 133.5 (keys) + 1.2 (ring) + 15.6 (1000 watchers).
+        let rule = rule_mb(16, &data, 1000);
+        assert!((rule - 177.9).abs() < 0.1, "{rule}");
     }
 
     #[test]
