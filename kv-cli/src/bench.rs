@@ -7,9 +7,13 @@
 //! - `watch`: `--watchers` WebSocket watches on `--prefix` while a writer puts at
 //!   `--rate`; delivered and missed events and commit-to-delivery latency, and the
 //!   server's memory per watcher with `--server-pid`.
+//! - `soak`: a long mixed load (requests, watchers coming and going, slow watchers,
+//!   connections opened and dropped) while the server's memory, open files and
+//!   threads are sampled; fails if any grows after the warm-up.
 
 mod load;
 mod report;
+mod soak;
 mod watch;
 
 use std::io::Write;
@@ -18,6 +22,9 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use kvstore_client::Client;
+
+/// Makes a client with the command line's settings and connections of its own.
+pub type Connect = Arc<dyn Fn() -> anyhow::Result<Client> + Send + Sync>;
 
 /// `kv bench ...`
 #[derive(Debug, Args)]
@@ -43,7 +50,8 @@ Examples:
   kv bench put --clients 64 --requests 20000
   kv bench get --clients 64 --duration 10 -o json
   kv bench mixed --keys 100000 --value-size 1024
-  kv bench watch --watchers 1000 --rate 200 --duration 20 --server-pid $(pidof kvstore-server)";
+  kv bench watch --watchers 1000 --rate 200 --duration 20 --server-pid $(pidof kvstore-server)
+  kv bench soak --duration 600 --server-pid $(pidof kvstore-server)";
 
 /// The workloads.
 #[derive(Debug, Subcommand)]
@@ -63,6 +71,18 @@ pub enum Workload {
     /// sending to its delivery to each watcher; with --server-pid, the server's
     /// memory before, with the watchers idle, after the puts and once they closed.
     Watch(WatchArgs),
+    /// A long mixed load while the server's RSS, open files and threads are sampled.
+    ///
+    /// For --duration seconds: --clients clients sending gets, puts, deletes and list
+    /// pages of random keys among --keys; --watchers watchers that connect, read a
+    /// few events and leave, over and over; --slow-watchers watchers that stop
+    /// reading for --slow-pause seconds so that the server finds them lagged; and
+    /// --churn connections a second opened for one request and dropped. With
+    /// --server-pid, samples /proc/PID every --sample-every seconds and prints them
+    /// with the growth and slope of RSS after --warmup. Exits 3 on any request
+    /// error, on RSS growth after the warm-up of --max-growth-mb or more, or when
+    /// open files or threads are not back to their starting counts after the load.
+    Soak(SoakArgs),
 }
 
 /// Options of `put`, `get` and `mixed`.
@@ -97,6 +117,53 @@ pub struct WatchArgs {
     /// before the watchers, with them idle, and after the puts.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Options of `soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Seconds of load.
+    #[arg(short, long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_seconds)]
+    pub duration: f64,
+    /// Seconds at the start whose growth is not counted (caches and buffers fill).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub warmup: f64,
+    /// Seconds between samples of the server.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub sample_every: f64,
+    /// The server's process id, whose /proc/PID is sampled (the same machine).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
+    /// Requests a second, all clients together [default: as fast as answered].
+    #[arg(long, value_name = "REQS_PER_SEC", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// Watchers that connect, read a few events and leave, over and over.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub watchers: u32,
+    /// Watchers of every key that stop reading for --slow-pause seconds at a time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub slow_watchers: u32,
+    /// Seconds a slow watcher first stops reading: 5 s more after each pause that
+    /// did not get it lagged, 5 s less after each that got it dropped as silent
+    /// (past the server's --peer-timeout).
+    #[arg(long, value_name = "SECS", default_value_t = 20.0, value_parser = positive_seconds)]
+    pub slow_pause: f64,
+    /// Connections a second opened for one request and dropped (0: none).
+    #[arg(long, value_name = "PER_SEC", default_value_t = 20.0)]
+    pub churn: f64,
+    /// RSS growth after the warm-up, in MB, from which the run fails.
+    #[arg(long, value_name = "MB", default_value_t = 5.0)]
+    pub max_growth_mb: f64,
+    /// The server's --cache-mb: the run also fails if RSS ever exceeds the sizing
+    /// rule of the README for it, the keys and the watchers (with the server's
+    /// default --event-buffer).
+    #[arg(long, value_name = "MB")]
+    pub cache_mb: Option<u64>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -157,6 +224,7 @@ pub fn runtime_builder(bench: &Bench) -> tokio::runtime::Builder {
 /// Runs a benchmark and prints its figures (text, or one JSON object).
 pub async fn run(
     client: &Client,
+    connect: Connect,
     bench: Bench,
     json: bool,
     out: &mut impl Write,
@@ -176,6 +244,7 @@ pub async fn run(
         Workload::Get(args) => load::run(client, load::Mix::Get, args, &stop, json, out).await,
         Workload::Mixed(args) => load::run(client, load::Mix::Mixed, args, &stop, json, out).await,
         Workload::Watch(args) => watch::run(client, args, &stop, json, out).await,
+        Workload::Soak(args) => soak::run(client, connect, args, &stop, json, out).await,
     };
     stopper.abort();
     result

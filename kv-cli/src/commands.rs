@@ -1,6 +1,8 @@
 //! What each subcommand does.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -9,14 +11,20 @@ use kvstore_client::{Client, Condition, Event, EventKind, Update, WatchOptions};
 
 use crate::cli::{Cli, Command, Output};
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut client = Client::new(&cli.url)?;
-    if let Some(token) = &cli.token {
+/// A client of `url` with the token and CA file of the command line.
+fn connect(url: &str, token: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<Client> {
+    let mut client = Client::new(url)?;
+    if let Some(token) = token {
         client = client.with_token(token)?;
     }
-    if let Some(ca) = &cli.ca_file {
+    if let Some(ca) = ca_file {
         client = client.with_ca_file(ca)?;
     }
+    Ok(client)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = connect(&cli.url, cli.token.as_deref(), cli.ca_file.as_deref())?;
     let json = cli.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -107,7 +115,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "ok (revision {revision})")?;
             }
         }
-        Command::Bench(bench) => crate::bench::run(&client, bench, json, &mut out).await?,
+        Command::Bench(bench) => {
+            // Benchmarks that open and drop connections make clients of their own.
+            let (url, token, ca_file) = (cli.url, cli.token, cli.ca_file);
+            let connect: crate::bench::Connect =
+                Arc::new(move || connect(&url, token.as_deref(), ca_file.as_deref()));
+            crate::bench::run(&client, connect, bench, json, &mut out).await?
+        }
         Command::Watch {
             prefix,
             from_revision,

@@ -133,6 +133,65 @@ fn watch_delivers_every_put_to_every_watcher() {
 }
 
 #[test]
+fn soak_samples_the_server_and_gives_its_files_back() {
+    let server = TestServer::start();
+    let pid = server.pid().to_string();
+    let soak = bench(
+        &server,
+        &[
+            "soak",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--sample-every",
+            "0.5",
+            "--server-pid",
+            &pid,
+            "--keys",
+            "100",
+            "--clients",
+            "2",
+            "--watchers",
+            "2",
+            "--slow-watchers",
+            "1",
+            "--slow-pause",
+            "1",
+            "--churn",
+            "10",
+            // Three seconds of a debug build say nothing of growth: only the
+            // figures, the errors and the files given back are checked here.
+            "--max-growth-mb",
+            "1000",
+        ],
+    );
+    assert_eq!(soak["workload"], "soak");
+    assert_eq!(u(&soak, "errors"), 0, "{soak}");
+    let answered: u64 = ["gets", "puts", "deletes", "lists", "absent"]
+        .iter()
+        .map(|f| u(&soak, f))
+        .sum();
+    assert_eq!(answered, u(&soak, "requests"), "{soak}");
+    assert!(u(&soak, "puts") > 0 && u(&soak, "lists") > 0, "{soak}");
+    assert!(u(&soak, "watches_opened") >= 3, "{soak}");
+    assert!(u(&soak, "connections_churned") > 0, "{soak}");
+    let samples = soak["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 4, "{soak}");
+    assert!(samples
+        .iter()
+        .all(|s| u(s, "rss_kib") > 0 && u(s, "fds") > 0));
+    let memory = &soak["memory"];
+    assert!(u(memory, "fds_max") > u(memory, "fds_start"), "{soak}");
+    assert!(u(memory, "fds_after") <= u(memory, "fds_start"), "{soak}");
+    assert!(
+        u(memory, "threads_after") <= u(memory, "threads_start"),
+        "{soak}"
+    );
+    assert_eq!(soak["failures"].as_array().map(Vec::len), Some(0), "{soak}");
+}
+
+#[test]
 fn bench_refuses_bad_options() {
     let out = Command::cargo_bin("kv")
         .expect("kv binary")

@@ -8,11 +8,26 @@
 //! - `kvstore_store_revision`, `kvstore_keys`, `kvstore_disk_bytes`
 //! - `kvstore_commit_group_size`, `kvstore_commit_seconds`, `kvstore_flush_seconds`
 //!   (group commit: writes per flush, time per group, time per flush)
+//! - `kvstore_metrics_pending_samples`: histogram samples recorded since the last
+//!   drain, as this scrape found them (at most [`MAX_PENDING_SAMPLES`])
+//!
+//! # Memory
+//!
+//! The exporter keeps every histogram sample (16 bytes and more) until it folds it
+//! into its buckets, which only a render or its "upkeep" does: a server nobody
+//! scrapes would grow by each request. So the recorder is wrapped to count the
+//! samples it is handed: from [`DRAIN_EVERY`] on, a thread of its own runs the
+//! exporter's upkeep, and a recording that finds [`MAX_PENDING_SAMPLES`] waiting
+//! runs it in place. What the metrics hold is then fixed by the number of series
+//! (bounded: route patterns, standard methods, statuses), not by the number of
+//! requests, however often `/metrics` is read.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -20,8 +35,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse};
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -35,34 +54,170 @@ const SECONDS: &[f64] = &[
 /// Writes per commit group.
 const GROUP_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// Pending histogram samples at which the drain thread is woken.
+pub const DRAIN_EVERY: usize = 4096;
+/// Most histogram samples ever waiting for a drain: a recording that brings the
+/// count here drains in place (the drain thread may be starved of CPU).
+pub const MAX_PENDING_SAMPLES: usize = 2 * DRAIN_EVERY;
 
-/// Installs the process-wide recorder (once; later calls reuse it). `None` if
-/// another recorder was installed first.
+/// The installed recorder's handle and its count of samples not yet drained.
+struct Installed {
+    handle: PrometheusHandle,
+    pending: Arc<Pending>,
+}
+
+static INSTALLED: OnceLock<Option<Installed>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it) and its drain
+/// thread. `None` if another recorder was installed first.
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("kvstore_commit_group_size".into()),
-                        GROUP_SIZES,
-                    )
-                });
-            match builder.map(|b| b.install_recorder()) {
-                Ok(Ok(handle)) => Some(handle),
-                Ok(Err(e)) => {
-                    log::warn!("metrics are off: {e}");
-                    None
-                }
-                Err(e) => {
-                    log::warn!("metrics are off: {e}");
-                    None
-                }
+    installed().map(|i| &i.handle)
+}
+
+/// Histogram samples recorded and not yet folded into the exporter's buckets (an
+/// upper bound: a sample drained while it was being counted counts until the
+/// next drain). At most [`MAX_PENDING_SAMPLES`] plus one a recording thread.
+pub fn pending_samples() -> Option<usize> {
+    installed().map(|i| i.pending.samples.load(Ordering::Relaxed))
+}
+
+fn installed() -> Option<&'static Installed> {
+    INSTALLED.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<Installed> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("kvstore_commit_group_size".into()),
+                GROUP_SIZES,
+            )
+        });
+    let recorder = match builder {
+        Ok(builder) => builder.build_recorder(),
+        Err(e) => {
+            log::warn!("metrics are off: {e}");
+            return None;
+        }
+    };
+    let handle = recorder.handle();
+    let (wake, woken) = mpsc::sync_channel(1);
+    let pending = Arc::new(Pending {
+        samples: AtomicUsize::new(0),
+        handle: handle.clone(),
+        wake,
+    });
+    let bounded = Bounded {
+        inner: recorder,
+        pending: pending.clone(),
+    };
+    if let Err(e) = metrics::set_global_recorder(bounded) {
+        log::warn!("metrics are off: {e}");
+        return None;
+    }
+    let drainer = pending.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kvstore-metrics".into())
+        .spawn(move || {
+            // Ends only with the process: the sender lives in the global recorder.
+            for () in woken {
+                drainer.drain();
             }
-        })
-        .as_ref()
+        });
+    if let Err(e) = spawned {
+        // Recordings still drain in place at MAX_PENDING_SAMPLES.
+        log::warn!("could not start the metrics drain thread: {e}");
+    }
+    Some(Installed { handle, pending })
+}
+
+/// Samples handed to the exporter since its last drain.
+struct Pending {
+    samples: AtomicUsize,
+    handle: PrometheusHandle,
+    wake: SyncSender<()>,
+}
+
+impl Pending {
+    /// Counts `n` samples just recorded (after recording them, so that the count is
+    /// never below what waits), and has them drained when there are enough.
+    fn recorded(&self, n: usize) {
+        let before = self.samples.fetch_add(n, Ordering::Relaxed);
+        let now = before + n;
+        if now >= MAX_PENDING_SAMPLES {
+            self.drain();
+        } else if before < DRAIN_EVERY && now >= DRAIN_EVERY {
+            // Full: a drain is already due.
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    /// Folds every waiting sample into the exporter's buckets.
+    fn drain(&self) {
+        // Reset first: samples recorded during the upkeep are counted again (over,
+        // never under, what waits).
+        self.samples.store(0, Ordering::Relaxed);
+        self.handle.run_upkeep();
+    }
+
+    /// What a render is about to drain: the count, reset.
+    fn take(&self) -> usize {
+        self.samples.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// The exporter's recorder with each histogram counted into [`Pending`].
+struct Bounded {
+    inner: PrometheusRecorder,
+    pending: Arc<Pending>,
+}
+
+/// A histogram of the exporter whose samples are counted.
+struct Counted {
+    inner: Histogram,
+    pending: Arc<Pending>,
+}
+
+impl HistogramFn for Counted {
+    fn record(&self, value: f64) {
+        self.inner.record(value);
+        self.pending.recorded(1);
+    }
+
+    fn record_many(&self, value: f64, count: usize) {
+        self.inner.record_many(value, count);
+        self.pending.recorded(count);
+    }
+}
+
+impl Recorder for Bounded {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.inner.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(Arc::new(Counted {
+            inner: self.inner.register_histogram(key, metadata),
+            pending: self.pending.clone(),
+        }))
+    }
 }
 
 /// Mounts `/metrics`.
@@ -71,7 +226,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let handle = handle().ok_or_else(|| ApiError::internal("metrics are not installed"))?;
+    let installed = installed().ok_or_else(|| ApiError::internal("metrics are not installed"))?;
+    // The render drains every histogram.
+    metrics::gauge!("kvstore_metrics_pending_samples").set(installed.pending.take() as f64);
     metrics::gauge!("kvstore_store_revision").set(state.store.revision() as f64);
     // A store that cannot answer now still lets the rest be scraped.
     if let Ok(status) = state.store.status().await {
@@ -82,7 +239,7 @@ async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpRespo
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(handle.render()))
+        .body(installed.handle.render()))
 }
 
 /// The route label of a request that a route serves from a default service, where
@@ -95,24 +252,23 @@ pub(crate) struct RouteLabel(pub &'static str);
 /// `kvstore_http_request_duration_seconds` with its labels.
 type Handles = (Counter, Histogram);
 /// (route, method, status).
-type SeriesKey = (Cow<'static, str>, Method, u16);
+type SeriesKey = (Cow<'static, str>, &'static str, u16);
 
 thread_local! {
     /// Each worker's series by (route, method, status), registered on first use: a
     /// request then costs one hash lookup, not label strings and two registry
     /// lookups. Thread-local, as each actix worker is one thread; bounded, as routes
-    /// are patterns and methods the standard ones (see [`record`]).
+    /// are patterns and methods the standard ones or `other` (see [`method_label`]).
     static SERIES: RefCell<HashMap<SeriesKey, Handles>> = RefCell::new(HashMap::new());
 }
 
 /// Registers the series of (route, method, status) with the global recorder.
-fn register(route: &str, method: &Method, status: u16) -> Handles {
+fn register(route: &str, method: &'static str, status: u16) -> Handles {
     let route = route.to_string();
-    let method = method.to_string();
     let counter = metrics::counter!(
         "kvstore_http_requests_total",
         "route" => route.clone(),
-        "method" => method.clone(),
+        "method" => method,
         "status" => status.to_string()
     );
     let histogram = metrics::histogram!(
@@ -142,16 +298,13 @@ pub async fn record(
             .match_pattern()
             .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
     };
-    let method = req.method();
+    let method = method_label(req.method());
     let status = res.status().as_u16();
-    // Handles are only kept once the recorder is in place (it never changes after),
-    // and for standard methods: any other token is a series of its own, so a
-    // client making them up must not grow the cache.
-    let cached = HANDLE.get().is_some() && is_standard(method);
-    if cached {
+    // Handles are only kept once the recorder is in place (it never changes after).
+    if INSTALLED.get().is_some() {
         SERIES.with_borrow_mut(|series| {
             let (counter, histogram) = series
-                .entry((route, method.clone(), status))
+                .entry((route, method, status))
                 .or_insert_with_key(|(route, method, status)| register(route, method, *status));
             counter.increment(1);
             histogram.record(seconds);
@@ -164,20 +317,27 @@ pub async fn record(
     Ok(res)
 }
 
-/// One of the methods of RFC 9110 (and PATCH).
-fn is_standard(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ]
-    .contains(method)
+/// The methods of RFC 9110 (and PATCH) with their labels.
+const METHODS: [(Method, &str); 9] = [
+    (Method::GET, "GET"),
+    (Method::HEAD, "HEAD"),
+    (Method::POST, "POST"),
+    (Method::PUT, "PUT"),
+    (Method::DELETE, "DELETE"),
+    (Method::CONNECT, "CONNECT"),
+    (Method::OPTIONS, "OPTIONS"),
+    (Method::TRACE, "TRACE"),
+    (Method::PATCH, "PATCH"),
+];
+
+/// The `method` label: a standard method's name, else `other`. Each label is a
+/// series the exporter keeps forever, so a client making up method tokens must
+/// not create one each.
+fn method_label(method: &Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or("other", |&(_, label)| label)
 }
 
 /// Counts an open watch stream while alive.

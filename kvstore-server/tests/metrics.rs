@@ -53,3 +53,76 @@ async fn metrics_report_requests_watchers_and_the_store() -> Result<(), Box<dyn 
     assert!(text.contains("kvstore_http_request_duration_seconds_bucket"));
     Ok(())
 }
+
+async fn scrape(url: &str) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(reqwest::get(format!("{url}/metrics")).await?.text().await?)
+}
+
+/// A server nobody scrapes still folds its histogram samples into their buckets:
+/// however many requests it serves, only a fixed number of samples wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histogram_samples_do_not_pile_up_without_a_scrape(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use kvstore_server::metrics::{DRAIN_EVERY, MAX_PENDING_SAMPLES};
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    client.put("k", "v").await?;
+    // A scrape drains everything: from here on the count starts again.
+    scrape(&server.url).await?;
+
+    // A few requests: each leaves its latency sample (and a put its commit's).
+    let few = 100;
+    for _ in 0..few {
+        client.get("k").await?;
+    }
+    let text = scrape(&server.url).await?;
+    let pending = sample(&text, "kvstore_metrics_pending_samples").ok_or("no pending gauge")?;
+    assert!(
+        (few as f64) <= pending && pending < DRAIN_EVERY as f64,
+        "{pending} samples pending after {few} requests"
+    );
+
+    // Many more requests than a drain's worth, with no scrape in between.
+    let many = 3 * MAX_PENDING_SAMPLES;
+    let mut gets = futures_util::stream::iter(0..many)
+        .map(|_| client.get("k"))
+        .buffer_unordered(8);
+    while let Some(got) = gets.next().await {
+        got?;
+    }
+    let text = scrape(&server.url).await?;
+    let pending = sample(&text, "kvstore_metrics_pending_samples").ok_or("no pending gauge")?;
+    // One more sample a thread may land while another drains.
+    assert!(
+        pending <= (MAX_PENDING_SAMPLES + 16) as f64,
+        "{pending} samples pending after {many} requests without a scrape"
+    );
+    // Drained samples are counted, not lost.
+    let count =
+        r#"kvstore_http_request_duration_seconds_count{route="/v1/kv/{key:.*}",method="GET"}"#;
+    assert_eq!(sample(&text, count), Some((few + many) as f64), "{text}");
+    Ok(())
+}
+
+/// Made-up methods share one `other` series: each label set is kept for good, so
+/// a client inventing methods must not grow the server's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_series() -> Result<(), Box<dyn std::error::Error>> {
+    let server = TestServer::start();
+    let http = reqwest::Client::new();
+    let methods = 50;
+    for i in 0..methods {
+        let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes())?;
+        let res = http
+            .request(method, format!("{}/v1/kv/k", server.url))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 405);
+    }
+    let text = scrape(&server.url).await?;
+    assert!(!text.contains("method=\"M"), "{text}");
+    let other =
+        r#"kvstore_http_requests_total{route="/v1/kv/{key:.*}",method="other",status="405"}"#;
+    assert_eq!(sample(&text, other), Some(methods as f64), "{text}");
+    Ok(())
+}

@@ -211,8 +211,7 @@ async fn client_loop(
 ) -> (Histogram<u64>, Histogram<u64>) {
     let mut gets = report::histogram();
     let mut puts = report::histogram();
-    let mut rng =
-        SplitMix64(0x9e37_79b9_7f4a_7c15 ^ u64::from(id).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    let mut rng = SplitMix64::seeded(u64::from(id));
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -319,10 +318,15 @@ fn print(report: &LoadReport, json: bool, out: &mut impl Write) -> anyhow::Resul
 }
 
 /// A small, fast pseudo-random generator (SplitMix64): uniform enough for keys.
-struct SplitMix64(u64);
+pub(super) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// A generator of its own for `seed` (e.g. a client's number).
+    pub(super) fn seeded(seed: u64) -> SplitMix64 {
+        SplitMix64(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+    }
+
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

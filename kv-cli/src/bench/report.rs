@@ -132,6 +132,40 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS line in {path}"))
 }
 
+/// What /proc/PID/status says of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessStatus {
+    /// VmRSS, in KiB.
+    pub rss_kib: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// The resident memory and threads of process `pid` (from /proc/PID/status).
+pub fn process_status(pid: u32) -> anyhow::Result<ProcessStatus> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {path} (--server-pid): {e}"))?;
+    let field = |name: &str, unit: &str| {
+        status.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.trim().strip_suffix(unit)?;
+            value.trim().parse::<u64>().ok()
+        })
+    };
+    match (field("VmRSS:", "kB"), field("Threads:", "")) {
+        (Some(rss_kib), Some(threads)) => Ok(ProcessStatus { rss_kib, threads }),
+        _ => Err(anyhow::anyhow!("no VmRSS or Threads line in {path}")),
+    }
+}
+
+/// The open file descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {path} (--server-pid): {e}"))?;
+    Ok(entries.count() as u64)
+}
+
 /// The soft open-files limit of process `pid` (from /proc/PID/limits), if known.
 pub fn open_files_limit(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -160,6 +194,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn own_rss_is_readable() {
         assert!(rss_kib(std::process::id()).expect("VmRSS") > 0);
+        let status = process_status(std::process::id()).expect("status");
+        assert!(status.rss_kib > 0 && status.threads >= 1, "{status:?}");
+        assert!(open_fds(std::process::id()).expect("fds") >= 3);
         assert!(open_files_limit(std::process::id()).is_some());
     }
 }

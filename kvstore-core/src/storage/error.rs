@@ -42,7 +42,7 @@ pub enum Error {
         oldest: u64,
     },
     /// A watcher fell too far behind the live feed.
-    #[error("the watcher fell behind; resume from revision {}", last + 1)]
+    #[error("the watcher fell too far behind; resume from revision {}", last + 1)]
     Lagged {
         /// The last revision the watcher was given (or passed over).
         last: u64,
