@@ -18,6 +18,7 @@
 //! | [`key`], [`wire`], [`ErrorCode`], [`Condition`] | always | rules for keys, JSON shapes, the error table, write conditions |
 //! | [`storage`] | `storage` | the [`Storage`] interface every engine implements |
 //! | `sled` | `sled` (default) | the embedded engine, [`SledStore`] |
+//! | `etcd` | `etcd` | the engine on an etcd cluster, `EtcdStore` |
 //!
 //! A client builds this crate with `default-features = false`, so it compiles no
 //! engine.
@@ -58,6 +59,9 @@ pub mod storage;
 #[cfg(feature = "sled")]
 mod sled;
 
+#[cfg(feature = "etcd")]
+mod etcd;
+
 pub use condition::Condition;
 pub use error_code::ErrorCode;
 
@@ -68,3 +72,6 @@ pub use storage::{
 
 #[cfg(feature = "sled")]
 pub use crate::sled::{SledConfig, SledStore, SyncMode};
+
+#[cfg(feature = "etcd")]
+pub use crate::etcd::{EtcdConfig, EtcdStore, EtcdTls};

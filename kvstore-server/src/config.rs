@@ -11,6 +11,23 @@ use kvstore_core::{SledConfig, SledStore, Storage, SyncMode};
 
 use crate::state::WatchTimings;
 
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The engine refused.
+    #[error(transparent)]
+    Store(#[from] kvstore_core::Error),
+    /// A file the flags name could not be read.
+    #[error("cannot read {0}: {1}")]
+    File(String, std::io::Error),
+    /// --etcd-endpoints on a build without the etcd engine.
+    #[error(
+        "this kvstore-server is built without the etcd engine: build it with \
+         `cargo build --release -p kvstore-server --features etcd` (or --all-features)"
+    )]
+    NoEtcd,
+}
+
 /// When an acknowledged write is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Sync {
@@ -92,6 +109,35 @@ pub struct Options {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "KVSTORE_WORKERS")]
     pub workers: Option<usize>,
+    /// Serve from this etcd cluster (client URLs, comma-separated or repeated)
+    /// instead of the embedded store; --data-dir is then unused.
+    #[arg(long, env = "KVSTORE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// The prefix of our keys in the etcd cluster (keeps them apart from other
+    /// users' keys).
+    #[arg(long, env = "KVSTORE_ETCD_PREFIX", default_value = "kvstore/")]
+    pub etcd_prefix: String,
+    /// The etcd user, for clusters with authentication on (with --etcd-password).
+    #[arg(long, env = "KVSTORE_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password.
+    #[arg(
+        long,
+        env = "KVSTORE_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
+    /// CA certificates (PEM) of the etcd members' certificates, for https://
+    /// endpoints (the system's roots otherwise).
+    #[arg(long, env = "KVSTORE_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd, for clusters that ask for one.
+    #[arg(long, env = "KVSTORE_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert-file.
+    #[arg(long, env = "KVSTORE_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
     /// Log one line per request (at info, target `kvstore_server::access`).
     #[arg(long, env = "KVSTORE_ACCESS_LOG")]
     pub access_log: bool,
@@ -104,13 +150,57 @@ pub struct Options {
 
 impl Options {
     /// Opens the store these flags describe: the one place the engine is chosen.
-    pub fn open_store(&self) -> Result<Arc<dyn Storage>, kvstore_core::Error> {
+    /// With --etcd-endpoints the etcd engine, else the embedded sled store.
+    pub fn open_store(&self) -> Result<Arc<dyn Storage>, OpenError> {
+        if !self.etcd_endpoints.is_empty() {
+            return self.open_etcd();
+        }
         Ok(Arc::new(SledStore::open(self.sled_config())?))
     }
 
-    /// Where the data is, for the start-up line and errors.
+    #[cfg(feature = "etcd")]
+    fn open_etcd(&self) -> Result<Arc<dyn Storage>, OpenError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| OpenError::File(path.display().to_string(), e))
+        };
+        let mut config = kvstore_core::EtcdConfig::new(self.etcd_endpoints.clone());
+        config.prefix = self.etcd_prefix.clone();
+        config.user = self.etcd_user.clone().zip(self.etcd_password.clone());
+        config.max_value_bytes = self.max_value_bytes;
+        config.event_buffer = self.event_buffer;
+        if self.etcd_ca_file.is_some() || self.etcd_cert_file.is_some() {
+            config.tls = Some(kvstore_core::EtcdTls {
+                ca_pem: self.etcd_ca_file.as_ref().map(read).transpose()?,
+                identity: match (&self.etcd_cert_file, &self.etcd_key_file) {
+                    (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                    _ => None,
+                },
+            });
+        }
+        Ok(Arc::new(kvstore_core::EtcdStore::open(config)?))
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn open_etcd(&self) -> Result<Arc<dyn Storage>, OpenError> {
+        Err(OpenError::NoEtcd)
+    }
+
+    /// The engine's settings, for the start-up line.
     pub fn describe_store(&self) -> String {
-        format!("data dir {}", self.data_dir.display())
+        if self.etcd_endpoints.is_empty() {
+            format!(
+                "data dir {}, sync {:?}, keeping {} revisions of history",
+                self.data_dir.display(),
+                self.sync,
+                self.retain_revisions
+            )
+        } else {
+            format!(
+                "etcd cluster {} (keys under {:?})",
+                self.etcd_endpoints.join(","),
+                self.etcd_prefix
+            )
+        }
     }
 
     /// The configuration of the embedded (sled) store these flags describe.

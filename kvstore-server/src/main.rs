@@ -20,7 +20,10 @@ fn main() -> ExitCode {
 fn start(options: &Options) -> anyhow::Result<()> {
     let store = options
         .open_store()
-        .with_context(|| format!("cannot open the {}", options.describe_store()))?;
+        .with_context(|| match options.etcd_endpoints.is_empty() {
+            true => format!("cannot open the data dir {}", options.data_dir.display()),
+            false => "cannot connect to the etcd cluster".to_string(),
+        })?;
     let access = options
         .access_file
         .as_deref()
@@ -35,12 +38,9 @@ fn start(options: &Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     log::info!(
-        "listening on {address}; engine {}, {}, sync {:?}, keeping {} revisions of history, at revision {}",
+        "listening on {address}; engine {}, {}",
         store.engine(),
         options.describe_store(),
-        options.sync,
-        options.retain_revisions,
-        store.revision()
     );
     match &access {
         Some(access) => log::info!("access control on: {} tokens", access.len()),

@@ -18,8 +18,9 @@ use kvstore_client::{
     Client, Condition, Error as ClientError, Event, EventKind, Update, WatchOptions,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
+use rstest::rstest;
 use serde_json::{json, Value};
-use support::TestServer;
+use support::{Backend, Engine, TestServer};
 use tokio_tungstenite::tungstenite::Message;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -309,11 +310,17 @@ fn bad_request(e: &ClientError) -> Option<(u16, &str)> {
 // Reads and writes through the client
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_get_delete_through_the_client() -> TestResult {
-    let server = TestServer::start();
+async fn put_get_delete_through_the_client(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(backend) = Backend::new(engine) else {
+        return Ok(());
+    };
+    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
-    assert_eq!(client.health().await?, 0);
+    assert_eq!(client.health().await?, backend.first_revision());
 
     let first = client.put("crud/a", "one").await?;
     assert_eq!(first.version, 1);

@@ -9,6 +9,7 @@
 //! server is always graceful.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod venv;
 
 use std::io::{BufRead, BufReader};
@@ -52,6 +53,81 @@ pub fn kv_bin() -> PathBuf {
     built.clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The storage engines the suites run on, each test once per engine (with
+/// `#[rstest]` and `#[values(Engine::Sled, Engine::Etcd)] engine: Engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The embedded store, in a temp data dir.
+    Sled,
+    /// A one-member etcd cluster of the test's own.
+    Etcd,
+}
+
+/// Where a test's data lives, outliving the servers started on it (so a server
+/// restarted on it finds the data): a temp data dir, and for etcd a cluster of the
+/// test's own (killed with it).
+pub struct Backend {
+    /// The engine.
+    pub engine: Engine,
+    dir: tempfile::TempDir,
+    etcd: Option<etcd::EtcdCluster>,
+}
+
+impl Backend {
+    /// A fresh store on `engine`; `None` (having said the test skipped) when the
+    /// engine cannot run here: no etcd, without `KVSTORE_REQUIRE_ETCD=1`.
+    pub fn new(engine: Engine) -> Option<Backend> {
+        Self::with_members(engine, 1)
+    }
+
+    /// Like [`Backend::new`], with an etcd cluster of `members` members.
+    pub fn with_members(engine: Engine, members: usize) -> Option<Backend> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let etcd = match engine {
+            Engine::Sled => None,
+            Engine::Etcd if !cfg!(feature = "etcd") => {
+                let why = "built without the etcd engine (test with --all-features)";
+                skip("KVSTORE_REQUIRE_ETCD", "a test on the etcd engine", why);
+                return None;
+            }
+            Engine::Etcd => match etcd::EtcdCluster::start(members) {
+                Ok(cluster) => Some(cluster),
+                Err(why) => {
+                    skip("KVSTORE_REQUIRE_ETCD", "a test on the etcd engine", &why);
+                    return None;
+                }
+            },
+        };
+        Some(Backend { engine, dir, etcd })
+    }
+
+    /// The server flags that select this store.
+    pub fn args(&self) -> Vec<String> {
+        match &self.etcd {
+            Some(cluster) => vec!["--etcd-endpoints".into(), cluster.endpoints_arg()],
+            None => Vec::new(),
+        }
+    }
+
+    /// The data dir (sled's; unused on etcd).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The etcd cluster, on that engine.
+    pub fn cluster(&mut self) -> Option<&mut etcd::EtcdCluster> {
+        self.etcd.as_mut()
+    }
+
+    /// The store revision before any write: 0 on sled, 1 on a fresh etcd cluster.
+    pub fn first_revision(&self) -> u64 {
+        match self.engine {
+            Engine::Sled => 0,
+            Engine::Etcd => 1,
+        }
+    }
+}
+
 /// How a test server runs.
 enum Running {
     Process(Child),
@@ -73,6 +149,23 @@ impl TestServer {
     /// A server on a fresh temp data dir.
     pub fn start() -> TestServer {
         Self::start_with(&[])
+    }
+
+    /// A server on `backend` with extra flags.
+    pub fn on(backend: &Backend, args: &[&str]) -> TestServer {
+        Self::try_on_at("127.0.0.1:0", backend, args)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// A server on `backend` listening on `listen`, or why it did not start.
+    pub fn try_on_at(listen: &str, backend: &Backend, args: &[&str]) -> Result<TestServer, String> {
+        let engine = backend.args();
+        let all: Vec<&str> = engine
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        Self::try_start_at(listen, backend.dir(), &all)
     }
 
     /// A server on a fresh temp data dir with extra flags.
@@ -178,7 +271,9 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         let store = loop {
             match options.open_store() {
-                Err(kvstore_core::Error::Locked(_)) if Instant::now() < deadline => {
+                Err(kvstore_server::config::OpenError::Store(kvstore_core::Error::Locked(_)))
+                    if Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 other => break other.map_err(|e| e.to_string())?,

@@ -1,0 +1,298 @@
+//! etcd clusters on loopback for the tests of the etcd engine, started and stopped
+//! by the tests themselves: each member on free ports with a temp data dir.
+//!
+//! The `etcd` binary is `KVSTORE_ETCD_BIN`, or `etcd` on the PATH, or Debian's
+//! `etcd-server` package unpacked under the target dir (`apt-get download` and
+//! `dpkg -x`: no root, no service started; as root, `apt-get update` first when the
+//! package lists are empty). Without any, the tests that need etcd say they skipped,
+//! or fail under `KVSTORE_REQUIRE_ETCD=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The etcd release the project tests against (Debian bookworm's).
+const PACKAGE: &str = "etcd-server";
+
+/// The `etcd` binary, found or unpacked once per test process; why not, if none.
+pub fn etcd_bin() -> Result<PathBuf, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND.get_or_init(find_or_unpack).clone()
+}
+
+fn works(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn find_or_unpack() -> Result<PathBuf, String> {
+    if let Ok(bin) = std::env::var("KVSTORE_ETCD_BIN") {
+        let bin = PathBuf::from(bin);
+        return if works(&bin) {
+            Ok(bin)
+        } else {
+            Err(format!("KVSTORE_ETCD_BIN={} does not run", bin.display()))
+        };
+    }
+    for bin in [PathBuf::from("etcd"), PathBuf::from("/usr/bin/etcd")] {
+        if works(&bin) {
+            return Ok(bin);
+        }
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = target
+        .parent()
+        .unwrap_or(target)
+        .join("tools")
+        .join(PACKAGE);
+    let bin = dir.join("usr/bin/etcd");
+    if works(&bin) {
+        return Ok(bin);
+    }
+    let download = dir.join("download");
+    std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
+    let fetch = || {
+        Command::new("apt-get")
+            .args(["download", PACKAGE])
+            .current_dir(&download)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let fetched = fetch()
+        || (root
+            && Command::new("apt-get")
+                .arg("update")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            && fetch());
+    if !fetched {
+        return Err(format!(
+            "no etcd binary: not on the PATH, and `apt-get download {PACKAGE}` failed"
+        ));
+    }
+    let deb = std::fs::read_dir(&download)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or("apt-get download left no .deb")?;
+    let unpacked = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if unpacked && works(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "unpacking {} did not give a working etcd",
+            deb.display()
+        ))
+    }
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of etcd members on loopback; every member is killed when dropped.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// `size` members, all answering, or why there is no etcd here.
+    pub fn start(size: usize) -> Result<EtcdCluster, String> {
+        let bin = etcd_bin()?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                data: dir.path().join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            token: format!("kvstore-test-{}-{}", std::process::id(), free_port()),
+            _dir: dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i, &bin)?;
+        }
+        cluster.wait_healthy(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize, bin: &Path) -> Result<(), String> {
+        let member = &mut self.members[i];
+        let child = Command::new(bin)
+            .args(["--name", &member.name, "--data-dir"])
+            .arg(&member.data)
+            .args(["--listen-client-urls", &member.client])
+            .args(["--advertise-client-urls", &member.client])
+            .args(["--listen-peer-urls", &member.peer])
+            .args(["--initial-advertise-peer-urls", &member.peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            // Quick elections, so fault tests take seconds (the lease minimum is
+            // then 0.75 s).
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start etcd: {e}"))?;
+        member.child = Some(child);
+        Ok(())
+    }
+
+    /// The client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// `--etcd-endpoints` for every member.
+    pub fn endpoints_arg(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    /// Waits until every running member says it is healthy (has a leader).
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            while !healthy(&member.client) {
+                if Instant::now() > deadline {
+                    return Err(format!("etcd member {} never became healthy", member.name));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the member that leads, as the members report it.
+    pub fn leader(&self) -> Option<usize> {
+        let ids: Vec<Option<(u64, u64)>> = self
+            .members
+            .iter()
+            .map(|m| m.child.as_ref().and(status(&m.client)))
+            .collect();
+        let leader = ids.iter().flatten().map(|(_, leader)| *leader).next()?;
+        ids.iter()
+            .position(|s| s.is_some_and(|(id, _)| id == leader))
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data dir (after [`EtcdCluster::kill`]).
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        let bin = etcd_bin()?;
+        self.spawn(i, &bin)
+    }
+
+    /// Compacts the cluster's history up to `revision` (through the JSON gateway).
+    pub fn compact(&self, revision: u64) -> Result<(), String> {
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .ok_or("no member runs")?;
+        let body = format!("{{\"revision\": {revision}, \"physical\": true}}");
+        post(&member.client, "/v3/kv/compaction", &body).map(|_| ())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `POST path` with a JSON body to a member's gateway, over a plain socket.
+fn post(base: &str, path: &str, body: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        tcp,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, rest) = answer.split_once("\r\n\r\n").ok_or("no answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{path}: {head}"));
+    }
+    Ok(rest.to_string())
+}
+
+fn healthy(base: &str) -> bool {
+    post(base, "/v3/maintenance/status", "{}").is_ok() && {
+        // A member answers its status before it has a leader; the range needs one.
+        post(base, "/v3/kv/range", "{\"key\": \"aGVhbHRo\"}").is_ok()
+    }
+}
+
+/// A member's id and the id of the leader it knows, from its status.
+fn status(base: &str) -> Option<(u64, u64)> {
+    let text = post(base, "/v3/maintenance/status", "{}").ok()?;
+    let json: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse().ok());
+    Some((
+        number(&json["header"]["member_id"])?,
+        number(&json["leader"])?,
+    ))
+}
