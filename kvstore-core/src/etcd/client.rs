@@ -18,7 +18,7 @@ use crate::storage::Error;
 /// Longest one try of a call may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
 /// Longest a call may take, retries included.
-const DEADLINE: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Whether a call may be repeated after a failure whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,109 @@
+# Shell functions the benchmark scripts share (sourced, not run): log lines, the
+# processes a script starts and stops, free ports, wrk loads and their figures.
+# A script sets NAME (for its log lines) and BENCH_DIR before sourcing this file.
+
+log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# --- processes ---------------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-$NAME.XXXXXX")
+PIDS=()
+CHILD=
+
+cleanup() {
+    local pid tries
+    # A load under way (timeout passes the signal on to it).
+    [ -z "$CHILD" ] || kill "$CHILD" 2>/dev/null || true
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+        tries=0
+        while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 50 ]; do
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Waits (5 s at most) for `name`'s "listening on http://ADDRESS" line in its stdout
+# file and prints ADDRESS.
+wait_listening() {
+    local name=$1 pid=$2 out=$3 tries=0 address
+    while [ "$tries" -lt 50 ]; do
+        address=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$out" | head -n 1)
+        if [ -n "$address" ]; then
+            printf '%s\n' "$address"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    log "$name did not start; its stderr:"
+    tail -n 20 "$WORK/$name.err" >&2 || true
+    return 1
+}
+
+# A TCP port of 127.0.0.1 nothing listens on (for etcd, which takes no port 0).
+free_port() {
+    local tries=0 port
+    while [ "$tries" -lt 100 ]; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            printf '%s\n' "$port"
+            return 0
+        fi
+        tries=$((tries + 1))
+    done
+    return 1
+}
+
+# --- loads -------------------------------------------------------------------------
+
+declare -A RPS P99 BAD
+
+# run_wrk NAME CONNECTIONS URL [LUA_SCRIPT]: one wrk load; req/s into RPS[NAME], the
+# 99th percentile latency into P99[NAME], non-2xx answers and socket errors into BAD[NAME].
+run_wrk() {
+    local name=$1 connections=$2 url=$3 script=${4:-} threads=$THREADS out
+    out="$WORK/wrk-$name.txt"
+    [ "$threads" -le "$connections" ] || threads=$connections
+    local args=(-t"$threads" -c"$connections" -d"${DURATION}s" --latency)
+    [ -z "$script" ] || args+=(-s "$BENCH_DIR/$script")
+    log "wrk $name: ${args[*]} $url"
+    # In the background and waited for, so that a signal to this script acts at once.
+    timeout "$((DURATION + 30))" wrk "${args[@]}" "$url" >"$out" 2>&1 &
+    CHILD=$!
+    wait "$CHILD" || log "wrk $name failed: $(tail -n 1 "$out")"
+    CHILD=
+    RPS[$name]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")
+    P99[$name]=$(awk '$1 == "99%" { print $2 }' "$out")
+    BAD[$name]=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+    : "${RPS[$name]:=0}" "${P99[$name]:=-}"
+    sleep 1
+}
+
+# --- figures -------------------------------------------------------------------------
+
+# ratio A B: A / B with 2 decimals, "-" when B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# meets R MIN: "yes" when R >= MIN.
+meets() { awk -v r="$1" -v m="$2" 'BEGIN { print (r != "-" && r + 0 >= m + 0) ? "yes" : "NO" }'; }
+# mark NAME...: "!" when one of the loads had non-2xx answers or socket errors.
+mark() {
+    local name
+    for name in "$@"; do
+        [ "${BAD[$name]}" = 0 ] || { printf '!'; return; }
+    done
+}
+
