@@ -1350,6 +1350,50 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
     Ok(())
 }
 
+/// The legacy `/kv` takes `{"key": ...}` objects only: a JSON array (which serde
+/// would read as the fields in order) is refused like any other non-object, and
+/// nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kv_refuses_a_json_array_for_an_object() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/kv", server.url);
+    client.put("arr", "stored").await?;
+    let revision = client.health().await?;
+
+    for body in [json!(["arr", "overwritten"]), json!([["arr", "x"]]), json!("arr")] {
+        let res = http.put(&url).json(&body).send().await?;
+        let error = expect_error(res, 400, "invalid_request").await?;
+        assert!(
+            error["message"].as_str().unwrap_or_default().contains("JSON object"),
+            "PUT {body}: {error}"
+        );
+    }
+    for body in [json!(["arr"]), json!(["missing"]), json!(null)] {
+        let res = http.get(&url).json(&body).send().await?;
+        expect_error(res, 400, "invalid_request").await?;
+    }
+    // Whitespace before the object is still an object.
+    let res = http
+        .get(&url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(" \n{\"key\": \"arr\"}")
+        .send()
+        .await?;
+    assert_eq!(
+        body_of(res).await?,
+        (
+            200,
+            "application/json".to_string(),
+            b"{\"value\": \"stored\"}\n".to_vec()
+        )
+    );
+    assert_eq!(client.health().await?, revision, "nothing was written");
+    assert_eq!(client.get("arr").await?, b"stored");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Watches through the client
 // ---------------------------------------------------------------------------

@@ -77,7 +77,16 @@ fn respond<T: Serialize>(status: StatusCode, body: &T) -> Result<HttpResponse, A
         .body(bytes))
 }
 
+/// Reads a body that must be a JSON object. serde would also read the struct from an
+/// array of its fields in order (`["k", "v"]`), a shape the legacy API never had:
+/// that is refused like any other body that is not an object.
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "the body must be a JSON object, like {\"key\": K}",
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(format!("the body must be a JSON object: {e}")))
 }
