@@ -1149,6 +1149,46 @@ async fn percent_encoded_keys_are_decoded() -> TestResult {
     Ok(())
 }
 
+/// Routes are matched on the path as sent: a route's own name spelled with
+/// percent-escapes is no route of ours (`404 not_found`, not a key or a missing
+/// key), while escapes inside a key are decoded as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_name_spelled_with_escapes_is_not_found() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let base = &server.url;
+    client.put("x", "v").await?;
+    let revision = client.health().await?;
+
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/%6Bv/x"),
+        (reqwest::Method::PUT, "/v1/%6Bv/x"),
+        (reqwest::Method::DELETE, "/v1/%6bv/x"),
+        (reqwest::Method::GET, "/v1/%6Bv"),
+        (reqwest::Method::GET, "/%761/kv/x"),
+        (reqwest::Method::GET, "/v1%2Fkv/x"),
+        (reqwest::Method::GET, "/%68ealthz"),
+        (reqwest::Method::PUT, "/%6Bv"),
+    ] {
+        let res = http
+            .request(method.clone(), format!("{base}{path}"))
+            .body("w")
+            .send()
+            .await?;
+        let error = expect_error(res, 404, "not_found").await?;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(path), "{method} {path}: {message}");
+    }
+    assert_eq!(client.health().await?, revision, "nothing was written");
+
+    // Inside a key, an escape is decoded: `/v1/kv/%78` is the key `x`.
+    let res = http.get(format!("{base}/v1/kv/%78")).send().await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await?.as_ref(), b"v");
+    Ok(())
+}
+
 /// Keys are arbitrary strings and `/` is an ordinary character, so `.` and `..`
 /// path segments inside a key are part of the key. The client must not let URL
 /// normalisation rewrite them into a different key.
