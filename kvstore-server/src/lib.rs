@@ -118,12 +118,13 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(openapi::configure)
         .configure(socketio::configure)
         .configure(console::configure)
+        // A request no route takes: 405 on a documented path, else 404.
         .default_service(web::to(|req: HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(not_found(&req))
+            Err::<actix_web::HttpResponse, _>(routes::methods::unmatched(&req))
         }));
 }
 
-/// The answer to a request no route serves: `404 not_found`.
+/// The answer to a request for a path no route serves: `404 not_found`.
 pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
     ApiError::not_found(format!("{} {}", req.method(), req.path()))
 }

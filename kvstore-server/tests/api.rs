@@ -930,20 +930,21 @@ async fn raw_error_bodies_are_json_with_codes() -> TestResult {
     let http = reqwest::Client::new();
     let base = &server.url;
 
-    // Unknown routes (a method a key path does not take: see
-    // `unsupported_methods_on_keys_answer_405`).
+    // Unknown routes.
+    for path in ["/nope", "/v1/nope", "/v2/kv/a", "/v1/kvx", "/v1/kvx/a"] {
+        let res = http.get(format!("{base}{path}")).send().await?;
+        expect_error(res, 404, "not_found").await?;
+    }
+    // A known path with a method it does not take (see also
+    // `unsupported_methods_on_keys_answer_405`, and the OpenAPI test for every path).
     for (method, path) in [
-        (reqwest::Method::GET, "/nope"),
-        (reqwest::Method::GET, "/v1/nope"),
-        (reqwest::Method::GET, "/v2/kv/a"),
-        (reqwest::Method::GET, "/v1/kvx"),
-        (reqwest::Method::GET, "/v1/kvx/a"),
         (reqwest::Method::PUT, "/v1/kv"),
         (reqwest::Method::POST, "/v1/kv"),
         (reqwest::Method::DELETE, "/v1/kv?prefix=a"),
     ] {
         let res = http.request(method, format!("{base}{path}")).send().await?;
-        expect_error(res, 404, "not_found").await?;
+        assert_eq!(header(&res, "allow")?, "GET, HEAD");
+        expect_error(res, 405, "method_not_allowed").await?;
     }
 
     // Keys.

@@ -241,13 +241,72 @@ async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResul
             let status = res.status();
             let body = res.text().await?;
             assert!(
-                !body.contains("\"code\":\"not_found\""),
+                !body.contains("\"code\":\"not_found\"") && status != 405,
                 "{method} {path} is documented but not served: {status} {body}"
             );
         }
     }
     let res = http.get(format!("{}/v1/watch", server.url)).send().await?;
     assert_eq!(res.status(), 400, "a watch without WebSocket or SSE");
+    Ok(())
+}
+
+/// The methods `Allow` lists, in its order.
+const ALLOW_ORDER: &[&str] = &[
+    "GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "TRACE",
+];
+
+/// A method a documented path does not list gets `405 method_not_allowed` (the JSON
+/// error body) with `Allow` naming exactly the documented methods, as etcd's and
+/// Consul's HTTP APIs answer, before any token check; other paths stay `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_documented_path_does_not_list_gets_405_with_allow() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = support::admin_access_file(dir.path())?;
+    let server = TestServer::start_with(&["--access-file", &file]);
+    let doc = fetch_document(&server.url, None).await?;
+    let http = reqwest::Client::new();
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    let mut answered = 0;
+    for (path, item) in paths {
+        let listed: Vec<&str> = ALLOW_ORDER
+            .iter()
+            .copied()
+            .filter(|m| item.get(m.to_lowercase()).is_some())
+            .collect();
+        let allow = listed.join(", ");
+        let url = format!("{}{}", server.url, path.replace("{key}", "some/key"));
+        for method in ALLOW_ORDER.iter().chain(&["FOO"]) {
+            if listed.contains(method) {
+                continue;
+            }
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let res = http.request(method.clone(), &url).body("x").send().await?;
+            assert_eq!(res.status(), 405, "{method} {path}");
+            let got = res
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(got, allow, "Allow of {method} {path}");
+            let body: Value = res.json().await?;
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}"
+            );
+            answered += 1;
+        }
+    }
+    assert!(answered > 40, "only {answered} undocumented methods tried");
+    for path in ["/nope", "/healthz/", "/v1/kvx", "/v1/%6Bv/x", "/kv/x"] {
+        let res = http
+            .request(reqwest::Method::TRACE, format!("{}{path}", server.url))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 404, "TRACE {path}");
+        assert!(res.headers().get("allow").is_none(), "TRACE {path}");
+    }
     Ok(())
 }
 

@@ -29,8 +29,6 @@ const MAX_LIMIT: usize = 1000;
 /// The metrics' route label of a key request: the pattern the key routes were once
 /// mounted with, kept so that dashboards and alerts go on matching.
 const KEY_ROUTE: &str = "/v1/kv/{key:.*}";
-/// The methods a key path takes (the `Allow` header of a 405).
-const KEY_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 /// Mounts `/v1/kv` (the list) and `/v1/kv/{key}` without a pattern that actix would
 /// match with a regex on every request: a scope (a prefix, matched on `/` boundaries,
@@ -45,12 +43,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Everything under `/v1/kv` but `GET /v1/kv`: a key path, dispatched by method to
 /// [`get`] (also for HEAD), [`put`] or [`delete`], their arguments extracted in the
-/// order the routes did. Another method gets `405 method_not_allowed` (before any
-/// token check).
+/// order the routes did. Another method, on a key path or on `/v1/kv` itself, gets
+/// `405 method_not_allowed` with the documented methods (before any token check).
 async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, actix_web::Error> {
     if req.match_info().unprocessed().is_empty() {
-        // `/v1/kv` itself with another method than GET: no such endpoint, as before.
-        return Err(crate::not_found(&req).into());
+        // `/v1/kv` itself with a method the list does not take.
+        return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
         .insert(crate::metrics::RouteLabel(KEY_ROUTE));
@@ -60,7 +58,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
         method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE
     ) {
-        return Err(ApiError::method_not_allowed(&method, KEY_METHODS).into());
+        return Err(super::methods::unmatched(&req).into());
     }
     let caller = Caller::extract(&req).await?;
     let state = web::Data::<AppState>::extract(&req).await?;

@@ -1,9 +1,11 @@
 //! The HTTP routes, one module per resource, and what they share: HEAD beside GET,
-//! and routing on the path as sent ([`match_as_sent`]).
+//! routing on the path as sent ([`match_as_sent`]), and the answer to a request no
+//! route takes ([`methods`]).
 
 pub mod health;
 pub mod kv;
 pub mod legacy;
+pub mod methods;
 pub mod snapshot;
 pub mod watch;
 
