@@ -1403,11 +1403,18 @@ async fn legacy_kv_refuses_a_json_array_for_an_object() -> TestResult {
     client.put("arr", "stored").await?;
     let revision = client.health().await?;
 
-    for body in [json!(["arr", "overwritten"]), json!([["arr", "x"]]), json!("arr")] {
+    for body in [
+        json!(["arr", "overwritten"]),
+        json!([["arr", "x"]]),
+        json!("arr"),
+    ] {
         let res = http.put(&url).json(&body).send().await?;
         let error = expect_error(res, 400, "invalid_request").await?;
         assert!(
-            error["message"].as_str().unwrap_or_default().contains("JSON object"),
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("JSON object"),
             "PUT {body}: {error}"
         );
     }
