@@ -1391,6 +1391,39 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
     Ok(())
 }
 
+/// A value written as bytes through `/v1` that is not UTF-8 cannot be shown by the
+/// text-only legacy API: `409 value_not_text` (the request was fine; the value is
+/// what conflicts), pointing at `/v1/kv`, which can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kv_cannot_show_a_binary_value() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    client
+        .put("blob", vec![0x89, b'P', b'N', b'G', 0xFF])
+        .await?;
+    let res = http
+        .get(format!("{}/kv?key=blob", server.url))
+        .send()
+        .await?;
+    let error = expect_error(res, 409, "value_not_text").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/v1/kv/"),
+        "{error}"
+    );
+    let res = http
+        .get(format!("{}/kv", server.url))
+        .json(&json!({"key": "blob"}))
+        .send()
+        .await?;
+    expect_error(res, 409, "value_not_text").await?;
+    assert_eq!(client.get("blob").await?, [0x89, b'P', b'N', b'G', 0xFF]);
+    Ok(())
+}
+
 /// The legacy `/kv` takes `{"key": ...}` objects only: a JSON array (which serde
 /// would read as the fields in order) is refused like any other non-object, and
 /// nothing is stored.
