@@ -249,6 +249,11 @@ impl Sse {
             req = req.header("Last-Event-ID", id.to_string());
         }
         let res = within("the SSE response", req.send()).await??;
+        Sse::of(res)
+    }
+
+    /// The stream of an answer, which must be Server-Sent Events.
+    fn of(res: reqwest::Response) -> Result<Sse, BoxError> {
         assert_eq!(res.status(), 200);
         assert!(header(&res, CONTENT_TYPE.as_str())?.starts_with("text/event-stream"));
         Ok(Sse {
@@ -1813,6 +1818,59 @@ async fn sse_ids_are_revisions_and_last_event_id_resumes() -> TestResult {
         event.data,
         json!({"type": "put", "key": "s/y", "value": "y", "revision": next.revision,
                "create_revision": next.revision, "version": 1})
+    );
+    Ok(())
+}
+
+/// A watch is Server-Sent Events unless it is a WebSocket handshake: a plain GET
+/// (`curl -N`: `Accept: */*`) streams, as does one with an `Upgrade` to anything
+/// but `websocket`. An `Accept` that refuses `text/event-stream`, or an incomplete
+/// WebSocket handshake, gets `400 invalid_request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_server_sent_events_unless_it_upgrades() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let put = client.put("neg/k", "v").await?;
+    let url = format!(
+        "{}/v1/watch?prefix=neg/&start_revision={}",
+        server.url, put.revision
+    );
+    for headers in [
+        vec![],
+        vec![(ACCEPT.as_str(), "*/*")],
+        vec![(ACCEPT.as_str(), "text/html, */*;q=0.8")],
+        vec![("upgrade", "h2c")],
+    ] {
+        let mut req = http.get(&url);
+        for (name, value) in &headers {
+            req = req.header(*name, *value);
+        }
+        let res = within("the watch's answer", req.send()).await??;
+        let mut sse = Sse::of(res)?;
+        let event = sse.next_change().await?;
+        assert_eq!(event.event, "put", "{headers:?}");
+        assert_eq!(event.data["key"], "neg/k", "{headers:?}");
+    }
+    for accept in ["application/json", "text/event-stream;q=0"] {
+        let res = http.get(&url).header(ACCEPT, accept).send().await?;
+        let error = expect_error(res, 400, "invalid_request").await?;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(accept),
+            "{error}"
+        );
+    }
+    let res = http.get(&url).header("upgrade", "websocket").send().await?;
+    let error = expect_error(res, 400, "invalid_request").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WebSocket handshake"),
+        "{error}"
     );
     Ok(())
 }

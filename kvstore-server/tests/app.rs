@@ -218,6 +218,22 @@ async fn write_conditions_take_exactly_the_documented_forms() -> TestResult {
     Ok(())
 }
 
+/// A watch with no `Accept` at all (anything goes) is Server-Sent Events.
+#[actix_web::test]
+async fn a_watch_without_accept_is_server_sent_events() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+    let res = test::call_service(&app, TestRequest::get().uri("/v1/watch").to_request()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    Ok(())
+}
+
 /// Every GET route answers HEAD with GET's status and headers.
 #[actix_web::test]
 async fn head_answers_like_get_on_every_get_route() -> TestResult {

@@ -246,8 +246,20 @@ async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResul
             );
         }
     }
+    // A watch is SSE unless it is a WebSocket handshake (or `Accept` refuses SSE).
     let res = http.get(format!("{}/v1/watch", server.url)).send().await?;
-    assert_eq!(res.status(), 400, "a watch without WebSocket or SSE");
+    assert_eq!(res.status(), 200, "a plain watch");
+    assert_eq!(
+        res.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    drop(res);
+    let res = http
+        .get(format!("{}/v1/watch", server.url))
+        .header("accept", "application/json")
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400, "a watch that refuses SSE");
     Ok(())
 }
 
