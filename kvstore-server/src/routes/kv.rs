@@ -299,8 +299,9 @@ async fn get(
     operation_id = "put_key",
     params(KeyParam, IfMatch, IfNoneMatch),
     request_body(
-        description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default)",
-        content((crate::openapi::Binary = "application/octet-stream")),
+        description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default); \
+            no body is the empty value",
+        content((Option<crate::openapi::Binary> = "application/octet-stream")),
     ),
     responses(
         (status = 200, description = "Written, durably", body = PutResult,
