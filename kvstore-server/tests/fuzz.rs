@@ -1022,10 +1022,10 @@ fn json_bodies() -> TestResult {
                                 Ok(text) => {
                                     prop_assert_eq!(reply.json(), Some(json!({"value": text})))
                                 }
-                                Err(_) => prop_assert_eq!(
-                                    reply.error_code().as_deref(),
-                                    Some("value_not_text")
-                                ),
+                                Err(_) => {
+                                    let code = reply.error_code();
+                                    prop_assert_eq!(code.as_deref(), Some("value_not_text"))
+                                }
                             },
                         }
                     }
