@@ -1,6 +1,6 @@
-//! `/v1/watch`: change streams over WebSocket, or Server-Sent Events when the client
-//! asks for `text/event-stream`. Both carry the same JSON frames (see the watch
-//! protocol in the README).
+//! `/v1/watch`: change streams over WebSocket (`Upgrade: websocket`), else as
+//! Server-Sent Events, unless `Accept` refuses `text/event-stream`. Both carry the
+//! same JSON frames (see the watch protocol in the README).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
