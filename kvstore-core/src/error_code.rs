@@ -80,6 +80,8 @@ error_codes! {
     StoreNotEmpty = (409, "store_not_empty"),
     /// A watcher fell too far behind (sent only as a watch frame).
     Lagged = (409, "lagged"),
+    /// The legacy `/kv` API shows text only, and the key's value is not UTF-8.
+    ValueNotText = (409, "value_not_text"),
     /// The requested history is compacted; `revision` is the oldest kept.
     Compacted = (410, "compacted"),
     /// `If-Match` / `If-None-Match` did not hold; `revision` is the key's current one.

@@ -70,10 +70,10 @@ pub use state::{AppState, WatchTimings};
 /// The log target of the access log (`--access-log`).
 pub const ACCESS_LOG_TARGET: &str = "kvstore_server::access";
 
-/// The whole app on `state`: every route, and the middleware that bounds headers,
-/// counts requests for `/metrics`, (with `state.access_log`) logs them and (with
-/// `state.cors_origins`) answers CORS. Used by
-/// [`run`] for each worker, and by tests in-process with `actix_web::test`.
+/// The whole app on `state`: every route (matched on the path as sent), and the
+/// middleware that bounds headers, counts requests for `/metrics`, (with
+/// `state.access_log`) logs them and (with `state.cors_origins`) answers CORS. Used
+/// by [`run`] for each worker, and by tests in-process with `actix_web::test`.
 pub fn app(
     state: AppState,
 ) -> App<
@@ -88,6 +88,7 @@ pub fn app(
     let access_log = state.access_log;
     let cors_origins = state.cors_origins.clone();
     App::new()
+        .wrap(actix_web::middleware::from_fn(routes::match_as_sent))
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))
         .wrap(Condition::new(
@@ -117,12 +118,13 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(openapi::configure)
         .configure(socketio::configure)
         .configure(console::configure)
+        // A request no route takes: 405 on a documented path, else 404.
         .default_service(web::to(|req: HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(not_found(&req))
+            Err::<actix_web::HttpResponse, _>(routes::methods::unmatched(&req))
         }));
 }
 
-/// The answer to a request no route serves: `404 not_found`.
+/// The answer to a request for a path no route serves: `404 not_found`.
 pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
     ApiError::not_found(format!("{} {}", req.method(), req.path()))
 }

@@ -38,8 +38,8 @@ pub const PATH: &str = "/v1/openapi.json";
             prefix listing and resumable watches.\n\n\
             Every 4xx and 5xx answer has the body `{\"error\": {\"code\": ..., \"message\": ...}}` \
             (`ErrorBody`, plus `revision` where one applies), except the legacy `/kv` not-found \
-            answer. An unknown path gets `404 not_found`; a method other than GET, PUT and \
-            DELETE on `/v1/kv/{key}` gets `405 method_not_allowed` with `Allow`.\n\n\
+            answer. An unknown path gets `404 not_found`; a method a path of this document \
+            does not list gets `405 method_not_allowed`, with `Allow` naming those it lists.\n\n\
             Values are bytes: raw in `/v1/kv/{key}` bodies, and in JSON a string, the text \
             itself when it is UTF-8, else base64 with `\"encoding\": \"base64\"` beside it.\n\n\
             With an access file (`--access-file`) every request but `/healthz` and this \
@@ -234,12 +234,19 @@ fn metrics() {}
 async fn document() -> Result<HttpResponse, ApiError> {
     static JSON: OnceLock<Result<String, String>> = OnceLock::new();
     let json = JSON
-        .get_or_init(|| Doc::openapi().to_json().map_err(|e| e.to_string()))
+        .get_or_init(|| spec().to_json().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| ApiError::internal(format!("encoding the OpenAPI document: {e}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json.as_str()))
+}
+
+/// The document, built once: served as JSON, and the table of the methods each path
+/// takes (`routes::methods`).
+pub(crate) fn spec() -> &'static utoipa::openapi::OpenApi {
+    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    SPEC.get_or_init(Doc::openapi)
 }
 
 /// Mounts `GET /v1/openapi.json` (open: no token needed).

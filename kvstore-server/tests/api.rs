@@ -250,6 +250,11 @@ impl Sse {
             req = req.header("Last-Event-ID", id.to_string());
         }
         let res = within("the SSE response", req.send()).await??;
+        Sse::of(res)
+    }
+
+    /// The stream of an answer, which must be Server-Sent Events.
+    fn of(res: reqwest::Response) -> Result<Sse, BoxError> {
         assert_eq!(res.status(), 200);
         assert!(header(&res, CONTENT_TYPE.as_str())?.starts_with("text/event-stream"));
         Ok(Sse {
@@ -937,20 +942,21 @@ async fn raw_error_bodies_are_json_with_codes() -> TestResult {
     let http = reqwest::Client::new();
     let base = &server.url;
 
-    // Unknown routes (a method a key path does not take: see
-    // `unsupported_methods_on_keys_answer_405`).
+    // Unknown routes.
+    for path in ["/nope", "/v1/nope", "/v2/kv/a", "/v1/kvx", "/v1/kvx/a"] {
+        let res = http.get(format!("{base}{path}")).send().await?;
+        expect_error(res, 404, "not_found").await?;
+    }
+    // A known path with a method it does not take (see also
+    // `unsupported_methods_on_keys_answer_405`, and the OpenAPI test for every path).
     for (method, path) in [
-        (reqwest::Method::GET, "/nope"),
-        (reqwest::Method::GET, "/v1/nope"),
-        (reqwest::Method::GET, "/v2/kv/a"),
-        (reqwest::Method::GET, "/v1/kvx"),
-        (reqwest::Method::GET, "/v1/kvx/a"),
         (reqwest::Method::PUT, "/v1/kv"),
         (reqwest::Method::POST, "/v1/kv"),
         (reqwest::Method::DELETE, "/v1/kv?prefix=a"),
     ] {
         let res = http.request(method, format!("{base}{path}")).send().await?;
-        expect_error(res, 404, "not_found").await?;
+        assert_eq!(header(&res, "allow")?, "GET, HEAD");
+        expect_error(res, 405, "method_not_allowed").await?;
     }
 
     // Keys.
@@ -1156,6 +1162,46 @@ async fn percent_encoded_keys_are_decoded() -> TestResult {
     Ok(())
 }
 
+/// Routes are matched on the path as sent: a route's own name spelled with
+/// percent-escapes is no route of ours (`404 not_found`, not a key or a missing
+/// key), while escapes inside a key are decoded as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_name_spelled_with_escapes_is_not_found() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let base = &server.url;
+    client.put("x", "v").await?;
+    let revision = client.health().await?;
+
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/%6Bv/x"),
+        (reqwest::Method::PUT, "/v1/%6Bv/x"),
+        (reqwest::Method::DELETE, "/v1/%6bv/x"),
+        (reqwest::Method::GET, "/v1/%6Bv"),
+        (reqwest::Method::GET, "/%761/kv/x"),
+        (reqwest::Method::GET, "/v1%2Fkv/x"),
+        (reqwest::Method::GET, "/%68ealthz"),
+        (reqwest::Method::PUT, "/%6Bv"),
+    ] {
+        let res = http
+            .request(method.clone(), format!("{base}{path}"))
+            .body("w")
+            .send()
+            .await?;
+        let error = expect_error(res, 404, "not_found").await?;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains(path), "{method} {path}: {message}");
+    }
+    assert_eq!(client.health().await?, revision, "nothing was written");
+
+    // Inside a key, an escape is decoded: `/v1/kv/%78` is the key `x`.
+    let res = http.get(format!("{base}/v1/kv/%78")).send().await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await?.as_ref(), b"v");
+    Ok(())
+}
+
 /// Keys are arbitrary strings and `/` is an ordinary character, so `.` and `..`
 /// path segments inside a key are part of the key. The client must not let URL
 /// normalisation rewrite them into a different key.
@@ -1354,6 +1400,90 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
                    "create_revision": 1, "version": revision})
         );
     }
+    Ok(())
+}
+
+/// A value written as bytes through `/v1` that is not UTF-8 cannot be shown by the
+/// text-only legacy API: `409 value_not_text` (the request was fine; the value is
+/// what conflicts), pointing at `/v1/kv`, which can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kv_cannot_show_a_binary_value() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    client
+        .put("blob", vec![0x89, b'P', b'N', b'G', 0xFF])
+        .await?;
+    let res = http
+        .get(format!("{}/kv?key=blob", server.url))
+        .send()
+        .await?;
+    let error = expect_error(res, 409, "value_not_text").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/v1/kv/"),
+        "{error}"
+    );
+    let res = http
+        .get(format!("{}/kv", server.url))
+        .json(&json!({"key": "blob"}))
+        .send()
+        .await?;
+    expect_error(res, 409, "value_not_text").await?;
+    assert_eq!(client.get("blob").await?, [0x89, b'P', b'N', b'G', 0xFF]);
+    Ok(())
+}
+
+/// The legacy `/kv` takes `{"key": ...}` objects only: a JSON array (which serde
+/// would read as the fields in order) is refused like any other non-object, and
+/// nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kv_refuses_a_json_array_for_an_object() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/kv", server.url);
+    client.put("arr", "stored").await?;
+    let revision = client.health().await?;
+
+    for body in [
+        json!(["arr", "overwritten"]),
+        json!([["arr", "x"]]),
+        json!("arr"),
+    ] {
+        let res = http.put(&url).json(&body).send().await?;
+        let error = expect_error(res, 400, "invalid_request").await?;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("JSON object"),
+            "PUT {body}: {error}"
+        );
+    }
+    for body in [json!(["arr"]), json!(["missing"]), json!(null)] {
+        let res = http.get(&url).json(&body).send().await?;
+        expect_error(res, 400, "invalid_request").await?;
+    }
+    // Whitespace before the object is still an object.
+    let res = http
+        .get(&url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(" \n{\"key\": \"arr\"}")
+        .send()
+        .await?;
+    assert_eq!(
+        body_of(res).await?,
+        (
+            200,
+            "application/json".to_string(),
+            b"{\"value\": \"stored\"}\n".to_vec()
+        )
+    );
+    assert_eq!(client.health().await?, revision, "nothing was written");
+    assert_eq!(client.get("arr").await?, b"stored");
     Ok(())
 }
 
@@ -1695,6 +1825,59 @@ async fn sse_ids_are_revisions_and_last_event_id_resumes() -> TestResult {
         event.data,
         json!({"type": "put", "key": "s/y", "value": "y", "revision": next.revision,
                "create_revision": next.revision, "version": 1})
+    );
+    Ok(())
+}
+
+/// A watch is Server-Sent Events unless it is a WebSocket handshake: a plain GET
+/// (`curl -N`: `Accept: */*`) streams, as does one with an `Upgrade` to anything
+/// but `websocket`. An `Accept` that refuses `text/event-stream`, or an incomplete
+/// WebSocket handshake, gets `400 invalid_request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_server_sent_events_unless_it_upgrades() -> TestResult {
+    let server = TestServer::start();
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let put = client.put("neg/k", "v").await?;
+    let url = format!(
+        "{}/v1/watch?prefix=neg/&start_revision={}",
+        server.url, put.revision
+    );
+    for headers in [
+        vec![],
+        vec![(ACCEPT.as_str(), "*/*")],
+        vec![(ACCEPT.as_str(), "text/html, */*;q=0.8")],
+        vec![("upgrade", "h2c")],
+    ] {
+        let mut req = http.get(&url);
+        for (name, value) in &headers {
+            req = req.header(*name, *value);
+        }
+        let res = within("the watch's answer", req.send()).await??;
+        let mut sse = Sse::of(res)?;
+        let event = sse.next_change().await?;
+        assert_eq!(event.event, "put", "{headers:?}");
+        assert_eq!(event.data["key"], "neg/k", "{headers:?}");
+    }
+    for accept in ["application/json", "text/event-stream;q=0"] {
+        let res = http.get(&url).header(ACCEPT, accept).send().await?;
+        let error = expect_error(res, 400, "invalid_request").await?;
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(accept),
+            "{error}"
+        );
+    }
+    let res = http.get(&url).header("upgrade", "websocket").send().await?;
+    let error = expect_error(res, 400, "invalid_request").await?;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WebSocket handshake"),
+        "{error}"
     );
     Ok(())
 }

@@ -133,6 +133,107 @@ async fn a_read_with_the_current_tag_answers_304_until_the_key_changes() -> Test
     Ok(())
 }
 
+/// The status and the JSON body of an answer.
+async fn status_and_json<B: actix_web::body::MessageBody>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> (StatusCode, Value) {
+    let status = res.status();
+    (status, test::read_body_json(res).await)
+}
+
+/// A write's conditions take exactly the forms the OpenAPI document declares, and
+/// `If-Match` beside `If-None-Match: *` (which never both hold) is `412` (RFC 9110
+/// §13.2.2 evaluates one, then the other), never a write.
+#[actix_web::test]
+async fn write_conditions_take_exactly_the_documented_forms() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+    let write = |method: Method, key: &str, headers: &[(&str, &str)]| {
+        let mut req = TestRequest::default()
+            .method(method)
+            .uri(&format!("/v1/kv/{key}"))
+            .set_payload("v");
+        for (name, value) in headers {
+            req = req.insert_header((*name, *value));
+        }
+        req.to_request()
+    };
+    let put = test::call_service(&app, write(Method::PUT, "k", &[])).await;
+    let put: Value = test::read_body_json(put).await;
+    let mut revision = put["revision"].as_u64().ok_or("revision")?;
+
+    // The revision quoted (as in the ETag), weak, or bare.
+    for form in ["\"{}\"", "W/\"{}\"", "{}"] {
+        let tag = form.replace("{}", &revision.to_string());
+        let res = test::call_service(&app, write(Method::PUT, "k", &[("if-match", &tag)])).await;
+        assert_eq!(res.status(), StatusCode::OK, "If-Match: {tag}");
+        let body: Value = test::read_body_json(res).await;
+        revision = body["revision"].as_u64().ok_or("revision")?;
+    }
+    for (name, value) in [
+        ("if-match", "\"1"),
+        ("if-match", "1\""),
+        ("if-match", "W/1"),
+        ("if-match", "\"\""),
+        ("if-match", "one"),
+        ("if-match", "\"1\", \"2\""),
+        ("if-match", "-1"),
+        ("if-match", "12345678901234567890"),
+        ("if-none-match", "0"),
+        ("if-none-match", "\"1\""),
+        ("if-none-match", "**"),
+    ] {
+        for method in [Method::PUT, Method::DELETE] {
+            let res = test::call_service(&app, write(method.clone(), "k", &[(name, value)])).await;
+            let (status, body) = status_and_json(res).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {name}: {value}");
+            assert_eq!(
+                body["error"]["code"], "invalid_request",
+                "{method} {name}: {value}"
+            );
+        }
+    }
+
+    // Both: 412, naming the key's revision (none for an absent key).
+    for (key, current) in [("k", Some(revision)), ("absent", None)] {
+        for if_match in ["*", "\"1\"", "7"] {
+            for method in [Method::PUT, Method::DELETE] {
+                let headers = [("if-match", if_match), ("if-none-match", "*")];
+                let res = test::call_service(&app, write(method.clone(), key, &headers)).await;
+                let (status, body) = status_and_json(res).await;
+                let what = format!("{method} {key} If-Match: {if_match}, If-None-Match: *");
+                assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{what}");
+                assert_eq!(body["error"]["code"], "precondition_failed", "{what}");
+                assert_eq!(body["error"]["revision"].as_u64(), current, "{what}");
+            }
+        }
+    }
+    // Nothing of it was written.
+    let health = test::call_service(&app, TestRequest::get().uri("/healthz").to_request()).await;
+    let health: Value = test::read_body_json(health).await;
+    assert_eq!(health["revision"], revision);
+    let absent =
+        test::call_service(&app, TestRequest::get().uri("/v1/kv/absent").to_request()).await;
+    assert_eq!(absent.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+/// A watch with no `Accept` at all (anything goes) is Server-Sent Events.
+#[actix_web::test]
+async fn a_watch_without_accept_is_server_sent_events() -> TestResult {
+    let (state, _dir) = state()?;
+    let app = test::init_service(kvstore_server::app(state)).await;
+    let res = test::call_service(&app, TestRequest::get().uri("/v1/watch").to_request()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    Ok(())
+}
+
 /// Every GET route answers HEAD with GET's status and headers.
 #[actix_web::test]
 async fn head_answers_like_get_on_every_get_route() -> TestResult {

@@ -773,8 +773,9 @@ fn query_strings() -> TestResult {
                 .map(|a| ("Accept", a.as_bytes()))
                 .into_iter()
                 .collect();
-            // A watch answered with SSE streams forever: read its head only.
-            let stream = path == "/v1/watch" && accept == Some("text/event-stream");
+            // A watch answered with SSE (unless Accept refuses it) streams forever:
+            // read its head only.
+            let stream = path == "/v1/watch" && accept != Some("application/json");
             let reply = exchange(h.addr(), &request("GET", &target, &headers, b""), stream);
             let what = format!("GET {}", String::from_utf8_lossy(&target));
             let malformed = (!(well_formed && query_well_formed(&query)))
@@ -800,7 +801,7 @@ fn query_strings() -> TestResult {
                     }
                     _ => {}
                 }
-            } else if path == "/v1/watch" && accept != Some("text/event-stream") {
+            } else if path == "/v1/watch" && accept == Some("application/json") {
                 prop_assert_eq!(reply.status, 400, "{}", what);
             }
             Ok(())
@@ -918,6 +919,15 @@ fn mangle(text: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Whether a JSON text is an object (not, say, an array of a struct's fields): it
+/// opens with `{`. (Parsing it as a `Value` would also judge the fields serde skips,
+/// such as a `value` that is not UTF-8 beside a get's `key`.)
+fn is_object(json: &[u8]) -> bool {
+    json.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(&b'{')
+}
+
 #[derive(serde::Deserialize)]
 struct LegacyPut {
     key: String,
@@ -981,10 +991,11 @@ fn json_bodies() -> TestResult {
         let valid_key = |k: &str| !k.is_empty() && k.len() <= MAX_KEY_BYTES;
         match &case {
             BodyCase::LegacyPut(_) => {
-                // The legacy put reads its body as this shape (serde: an object, or
-                // an array in field order), then wants a string value.
+                // The legacy put reads its body as this shape, an object only (not
+                // the array of its fields serde would take), then wants a string value.
                 let put = serde_json::from_slice::<LegacyPut>(body)
                     .ok()
+                    .filter(|_| is_object(body))
                     .filter(|p| valid_key(&p.key))
                     .and_then(|p| Some((p.key, p.value.as_str()?.to_string())));
                 prop_assert_eq!(
@@ -1002,6 +1013,7 @@ fn json_bodies() -> TestResult {
             BodyCase::LegacyGet(_) => {
                 let key = serde_json::from_slice::<LegacyGet>(body)
                     .ok()
+                    .filter(|_| is_object(body))
                     .map(|g| g.key)
                     .filter(|k| valid_key(k));
                 match key.as_deref() {
@@ -1014,7 +1026,10 @@ fn json_bodies() -> TestResult {
                                 Ok(text) => {
                                     prop_assert_eq!(reply.json(), Some(json!({"value": text})))
                                 }
-                                Err(_) => prop_assert_eq!(reply.status, 400),
+                                Err(_) => {
+                                    let code = reply.error_code();
+                                    prop_assert_eq!(code.as_deref(), Some("value_not_text"))
+                                }
                             },
                         }
                     }
@@ -1288,6 +1303,196 @@ fn raw_websocket_frames() -> TestResult {
         Ok(())
     });
     h.finish("raw WebSocket frames")
+}
+
+// ---------------------------------------------------------------------------
+// Before routing
+
+/// README ("Errors"): what actix-http's HTTP/1 parser refuses itself, before any
+/// route (or middleware) sees a request, gets actix's fixed answer without a body
+/// (actix-http builds it in its dispatcher and has no hook for it) and the
+/// connection closes; nothing is stored. This is the README's list: if one of these
+/// ever carries a body, or another status, the README must change with it.
+#[test]
+fn requests_refused_before_routing_get_the_bare_answers_the_readme_lists() -> TestResult {
+    let h = Harness::start(&["--request-timeout", "1"])?;
+    let before = revision(h.addr())?;
+    let put = |line: &[u8], headers: &[u8]| {
+        let mut out = line.to_vec();
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(headers);
+        out.extend_from_slice(b"Content-Length: 1\r\nConnection: close\r\n\r\nv");
+        out
+    };
+    let host = b"Host: localhost\r\n";
+    // With Host, Content-Length and Connection: 97 header lines.
+    let mut many = host.to_vec();
+    for i in 0..94 {
+        many.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+    }
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a request line that does not parse",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "a bad method token",
+            put(b"P(T /v1/kv/bare HTTP/1.1", host),
+            400,
+        ),
+        (
+            "an HTTP version but 1.0 and 1.1",
+            put(b"PUT /v1/kv/bare HTTP/9.9", host),
+            400,
+        ),
+        (
+            "a control byte in the path",
+            put(b"PUT /v1/kv/ba\x01re HTTP/1.1", host),
+            400,
+        ),
+        (
+            "a space in the path",
+            put(b"PUT /v1/kv/ba re HTTP/1.1", host),
+            400,
+        ),
+        (
+            "raw non-ASCII in the path",
+            put("PUT /v1/kv/caf\u{e9} HTTP/1.1".as_bytes(), host),
+            400,
+        ),
+        (
+            "a control byte in a header value",
+            put(
+                b"PUT /v1/kv/bare HTTP/1.1",
+                b"Host: localhost\r\nX-A: a\x01b\r\n",
+            ),
+            400,
+        ),
+        (
+            "a header name that is no token",
+            put(
+                b"PUT /v1/kv/bare HTTP/1.1",
+                b"Host: localhost\r\nX A: b\r\n",
+            ),
+            400,
+        ),
+        (
+            "a folded header line",
+            put(
+                b"PUT /v1/kv/bare HTTP/1.1",
+                b"Host: localhost\r\nX-A: a\r\n b\r\n",
+            ),
+            400,
+        ),
+        (
+            "no Host on HTTP/1.1",
+            put(b"PUT /v1/kv/bare HTTP/1.1", b""),
+            400,
+        ),
+        (
+            "two Host headers",
+            put(b"PUT /v1/kv/bare HTTP/1.1", b"Host: a\r\nHost: b\r\n"),
+            400,
+        ),
+        (
+            "a Content-Length that is no number",
+            put(
+                b"PUT /v1/kv/bare HTTP/1.1",
+                b"Host: localhost\r\nContent-Length: x\r\n",
+            ),
+            400,
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            put(
+                b"PUT /v1/kv/bare HTTP/1.1",
+                b"Host: localhost\r\nTransfer-Encoding: chunked\r\n",
+            ),
+            400,
+        ),
+        (
+            "more than 96 header lines",
+            put(b"PUT /v1/kv/bare HTTP/1.1", &many),
+            431,
+        ),
+    ];
+    for (what, raw, status) in cases {
+        let reply = exchange(h.addr(), &raw, false)?.ok_or_else(|| format!("{what}: no answer"))?;
+        assert_eq!(reply.status, status, "{what}: {}", reply.head);
+        assert!(reply.body.is_empty(), "{what}: a body {:?}", reply.text());
+        assert_eq!(reply.header("content-length"), Some("0"), "{what}");
+        assert_eq!(reply.header("connection"), Some("close"), "{what}");
+    }
+    // 96 header lines are still taken (then our 16 KiB bound applies).
+    let mut ok = host.to_vec();
+    for i in 0..93 {
+        ok.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+    }
+    let reply = exchange(h.addr(), &put(b"GET /v1/kv/bare HTTP/1.1", &ok), false)?
+        .ok_or("96 header lines: no answer")?;
+    assert_eq!(
+        reply.error_code().as_deref(),
+        Some("key_not_found"),
+        "{}",
+        reply.head
+    );
+
+    // A head not complete within --request-timeout: 408, bare.
+    let mut tcp = TcpStream::connect(h.addr())?;
+    tcp.set_read_timeout(Some(TIMEOUT_ANSWER))?;
+    tcp.write_all(b"PUT /v1/kv/bare HTTP/1.1\r\nHost: localhost\r\n")?;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a body after the head: {text:?}"
+    );
+
+    assert_eq!(get(h.addr(), "/v1/kv/bare")?.status, 404, "nothing stored");
+    assert_eq!(revision(h.addr())?, before);
+    Ok(())
+}
+
+/// What actix parses, however odd, reaches the routes, so every refusal of it
+/// carries the JSON error body: made-up methods, absolute-form targets, bare LF
+/// line ends, HTTP/1.0 without Host, characters `http` takes in a path, broken
+/// chunked bodies, an `OPTIONS *`.
+#[test]
+fn odd_requests_that_parse_get_the_json_error_body() -> TestResult {
+    let h = Harness::start(&[])?;
+    let before = revision(h.addr())?;
+    let cases: Vec<(&str, &[u8], u16, &str)> = vec![
+        ("a made-up method", b"FOO /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 405, "method_not_allowed"),
+        ("an absolute-form target", b"GET http://t/v1/kv/odd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404, "key_not_found"),
+        ("bare LF line ends", b"GET /v1/kv/odd HTTP/1.1\nHost: t\nConnection: close\n\n", 404, "key_not_found"),
+        ("HTTP/1.0 without Host", b"GET /v1/kv/odd HTTP/1.0\r\n\r\n", 404, "key_not_found"),
+        ("braces and a pipe in a key", b"GET /v1/kv/{o|d} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404, "key_not_found"),
+        ("a key not UTF-8 once decoded", b"GET /v1/kv/%FF HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 400, "invalid_key"),
+        ("a broken chunked body", b"PUT /v1/kv/odd HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nv\r\n0\r\n\r\n", 400, "invalid_request"),
+        ("OPTIONS *", b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404, "not_found"),
+    ];
+    for (what, raw, status, code) in cases {
+        let reply = exchange(h.addr(), raw, false)?.ok_or_else(|| format!("{what}: no answer"))?;
+        assert_eq!(
+            reply.status,
+            status,
+            "{what}: {} {}",
+            reply.head,
+            reply.text()
+        );
+        assert_eq!(
+            reply.error_code().as_deref(),
+            Some(code),
+            "{what}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(get(h.addr(), "/v1/kv/odd")?.status, 404, "nothing stored");
+    assert_eq!(revision(h.addr())?, before);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 //! `GET /v1/openapi.json`: an OpenAPI 3 document of every endpoint, generated from
-//! the code, which the real server keeps to: Schemathesis (from PyPI) fuzzes the
-//! server from the document, 100 cases per operation, and finds no server error
-//! and no answer that breaks the documented schema.
+//! the code, which the real server keeps to: Schemathesis (from PyPI) runs every
+//! check it has against the server from the document (its coverage phase, then
+//! 100 fuzzed cases per operation) and finds nothing: no server error, no answer
+//! off the documented schema, no valid request refused nor invalid one taken, and
+//! 405 with `Allow` for every method a path does not list.
 //!
 //! Schemathesis is installed by this test into `target/schemathesis-venv` (python3's
 //! venv and pip, the version pinned in `tests/schemathesis/requirements.txt`; kept
 //! for later runs). Without python3 or its venv module the test says SKIPPED, except
 //! under CI (`CI=true` or `KVSTORE_REQUIRE_PYTHON=1`), where it fails instead.
-//! Knobs: `KVSTORE_SCHEMATHESIS_SECONDS` (a time budget instead, over which
-//! fuzzing repeats) and `KVSTORE_SCHEMATHESIS_SEED` (replay a run's seed).
+//! Its settings are in `tests/schemathesis/`: `schemathesis.toml` (412 is a valid
+//! request's answer too) and `hooks.py` (the two rules an OpenAPI document cannot
+//! state, said there). Knobs: `KVSTORE_SCHEMATHESIS_SECONDS` (a time budget instead,
+//! over which fuzzing repeats) and `KVSTORE_SCHEMATHESIS_SEED` (replay a run's seed).
 
 mod support;
 
@@ -241,13 +245,84 @@ async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResul
             let status = res.status();
             let body = res.text().await?;
             assert!(
-                !body.contains("\"code\":\"not_found\""),
+                !body.contains("\"code\":\"not_found\"") && status != 405,
                 "{method} {path} is documented but not served: {status} {body}"
             );
         }
     }
+    // A watch is SSE unless it is a WebSocket handshake (or `Accept` refuses SSE).
     let res = http.get(format!("{}/v1/watch", server.url)).send().await?;
-    assert_eq!(res.status(), 400, "a watch without WebSocket or SSE");
+    assert_eq!(res.status(), 200, "a plain watch");
+    assert_eq!(
+        res.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"text/event-stream"[..])
+    );
+    drop(res);
+    let res = http
+        .get(format!("{}/v1/watch", server.url))
+        .header("accept", "application/json")
+        .send()
+        .await?;
+    assert_eq!(res.status(), 400, "a watch that refuses SSE");
+    Ok(())
+}
+
+/// The methods `Allow` lists, in its order.
+const ALLOW_ORDER: &[&str] = &[
+    "GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "TRACE",
+];
+
+/// A method a documented path does not list gets `405 method_not_allowed` (the JSON
+/// error body) with `Allow` naming exactly the documented methods, as etcd's and
+/// Consul's HTTP APIs answer, before any token check; other paths stay `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_documented_path_does_not_list_gets_405_with_allow() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = support::admin_access_file(dir.path())?;
+    let server = TestServer::start_with(&["--access-file", &file]);
+    let doc = fetch_document(&server.url, None).await?;
+    let http = reqwest::Client::new();
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    let mut answered = 0;
+    for (path, item) in paths {
+        let listed: Vec<&str> = ALLOW_ORDER
+            .iter()
+            .copied()
+            .filter(|m| item.get(m.to_lowercase()).is_some())
+            .collect();
+        let allow = listed.join(", ");
+        let url = format!("{}{}", server.url, path.replace("{key}", "some/key"));
+        for method in ALLOW_ORDER.iter().chain(&["FOO"]) {
+            if listed.contains(method) {
+                continue;
+            }
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let res = http.request(method.clone(), &url).body("x").send().await?;
+            assert_eq!(res.status(), 405, "{method} {path}");
+            let got = res
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(got, allow, "Allow of {method} {path}");
+            let body: Value = res.json().await?;
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}"
+            );
+            answered += 1;
+        }
+    }
+    assert!(answered > 40, "only {answered} undocumented methods tried");
+    for path in ["/nope", "/healthz/", "/v1/kvx", "/v1/%6Bv/x", "/kv/x"] {
+        let res = http
+            .request(reqwest::Method::TRACE, format!("{}{path}", server.url))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 404, "TRACE {path}");
+        assert!(res.headers().get("allow").is_none(), "TRACE {path}");
+    }
     Ok(())
 }
 
@@ -360,17 +435,20 @@ fn schemathesis_venv() -> Option<PathBuf> {
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
 
 #[test]
-fn schemathesis_finds_no_server_error_or_schema_violation() {
+fn schemathesis_with_every_check_finds_nothing() {
     let Some(venv) = schemathesis_venv() else {
         return;
     };
     let server = TestServer::start();
     let work = tempfile::tempdir().expect("temp dir");
-    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/hooks.py");
+    let settings = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let mut cmd = Command::new(venv.join("bin/python"));
-    cmd.args(["-m", "schemathesis.cli", "run"])
+    cmd.args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(settings.join("schemathesis.toml"))
+        .arg("run")
         .arg(format!("{}/v1/openapi.json", server.url))
-        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--checks", "all"])
+        .args(["--phases", "examples,coverage,fuzzing,stateful"])
         // A watch streams until the client leaves: Schemathesis would wait forever.
         .args(["--exclude-path", "/v1/watch"])
         // A fixed amount of work, not a time budget: with `--max-time` a loaded
@@ -383,7 +461,7 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         // recursion depth mismatch"), a runtime error that fails the run.
         .args(["--workers", "1"])
         .arg("--no-color")
-        .env("SCHEMATHESIS_HOOKS", &hooks)
+        .env("SCHEMATHESIS_HOOKS", settings.join("hooks.py"))
         .current_dir(work.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -408,7 +486,7 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-    // A safety net only: the run takes 15 to 25 s here.
+    // A safety net only: the run takes 20 to 60 s here (2 cores, shared).
     let deadline = Instant::now() + RUN_DEADLINE;
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -433,8 +511,11 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         status.success(),
         "schemathesis found failures ({status}):\n{output}"
     );
-    // It tested every operation but the watch (GET and HEAD).
+    // It tested every operation but the watch (GET and HEAD), in both phases.
     assert!(output.contains("Tested: 17"), "{output}");
+    for phase in ["✅ Coverage", "✅ Fuzzing"] {
+        assert!(output.contains(phase), "no {phase:?}:\n{output}");
+    }
     #[cfg(target_os = "linux")]
     assert!(
         Path::new(&format!("/proc/{}", server.pid())).exists(),

@@ -29,8 +29,6 @@ const MAX_LIMIT: usize = 1000;
 /// The metrics' route label of a key request: the pattern the key routes were once
 /// mounted with, kept so that dashboards and alerts go on matching.
 const KEY_ROUTE: &str = "/v1/kv/{key:.*}";
-/// The methods a key path takes (the `Allow` header of a 405).
-const KEY_METHODS: &str = "GET, HEAD, PUT, DELETE";
 
 /// Mounts `/v1/kv` (the list) and `/v1/kv/{key}` without a pattern that actix would
 /// match with a regex on every request: a scope (a prefix, matched on `/` boundaries,
@@ -45,12 +43,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Everything under `/v1/kv` but `GET /v1/kv`: a key path, dispatched by method to
 /// [`get`] (also for HEAD), [`put`] or [`delete`], their arguments extracted in the
-/// order the routes did. Another method gets `405 method_not_allowed` (before any
-/// token check).
+/// order the routes did. Another method, on a key path or on `/v1/kv` itself, gets
+/// `405 method_not_allowed` with the documented methods (before any token check).
 async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, actix_web::Error> {
     if req.match_info().unprocessed().is_empty() {
-        // `/v1/kv` itself with another method than GET: no such endpoint, as before.
-        return Err(crate::not_found(&req).into());
+        // `/v1/kv` itself with a method the list does not take.
+        return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
         .insert(crate::metrics::RouteLabel(KEY_ROUTE));
@@ -60,7 +58,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
         method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE
     ) {
-        return Err(ApiError::method_not_allowed(&method, KEY_METHODS).into());
+        return Err(super::methods::unmatched(&req).into());
     }
     let caller = Caller::extract(&req).await?;
     let state = web::Data::<AppState>::extract(&req).await?;
@@ -109,31 +107,86 @@ fn header_text<'a>(
         .transpose()
 }
 
-/// The write condition from `If-Match` / `If-None-Match`.
-fn condition(req: &HttpRequest) -> Result<Option<Condition>, ApiError> {
-    match (
-        header_text(req, &header::IF_MATCH)?,
-        header_text(req, &header::IF_NONE_MATCH)?,
-    ) {
-        (None, None) => Ok(None),
-        (None, Some("*")) => Ok(Some(Condition::Absent)),
-        (Some("*"), None) => Ok(Some(Condition::Exists)),
-        (Some(tag), None) => tag
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .parse()
-            .map(|revision| Some(Condition::ModRevision(revision)))
-            .map_err(|_| {
-                ApiError::invalid_request(format!(
-                    "If-Match must be a revision in quotes, like \"42\", or *; got {tag:?}"
-                ))
-            }),
-        (None, Some(other)) => Err(ApiError::invalid_request(format!(
-            "only If-None-Match: * (create-only) is supported; got {other:?}"
-        ))),
-        (Some(_), Some(_)) => Err(ApiError::invalid_request(
-            "give If-Match or If-None-Match, not both",
-        )),
+/// What a write's `If-Match` / `If-None-Match` ask for.
+enum Precondition {
+    /// Neither header: write unconditionally.
+    None,
+    /// Write only if this holds.
+    Holds(Condition),
+    /// Both headers: `If-Match` wants the key to exist, `If-None-Match: *` wants it
+    /// absent. RFC 9110 §13.2.2 evaluates them in turn, and one of them always
+    /// fails: `412`, whatever the key holds.
+    Never,
+}
+
+/// A revision as `If-Match` names it: `"42"` (the `ETag`), `W/"42"`, or bare `42`,
+/// at most 19 digits (the document's pattern says the same).
+fn revision_tag(tag: &str) -> Option<u64> {
+    let digits = tag
+        .strip_prefix("W/")
+        .unwrap_or(tag)
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag);
+    let well_formed =
+        (1..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    well_formed.then(|| digits.parse().ok()).flatten()
+}
+
+/// The write's precondition, from `If-Match` / `If-None-Match`.
+fn precondition(req: &HttpRequest) -> Result<Precondition, ApiError> {
+    let if_match = match header_text(req, &header::IF_MATCH)? {
+        None => None,
+        Some("*") => Some(Condition::Exists),
+        Some(tag) => Some(
+            revision_tag(tag)
+                .map(Condition::ModRevision)
+                .ok_or_else(|| {
+                    ApiError::invalid_request(format!(
+                        "If-Match must be a revision in quotes, like \"42\", or *; got {tag:?}"
+                    ))
+                })?,
+        ),
+    };
+    let absent = match header_text(req, &header::IF_NONE_MATCH)? {
+        None => false,
+        Some("*") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "only If-None-Match: * (create-only) is supported; got {other:?}"
+            )))
+        }
+    };
+    Ok(match (if_match, absent) {
+        (None, false) => Precondition::None,
+        (None, true) => Precondition::Holds(Condition::Absent),
+        (Some(condition), false) => Precondition::Holds(condition),
+        (Some(_), true) => Precondition::Never,
+    })
+}
+
+/// The condition to hand the store, or the `412` of a precondition that can never
+/// hold (naming the key's current revision, as the store's own `412` does).
+async fn condition(
+    req: &HttpRequest,
+    state: &AppState,
+    key: &str,
+) -> Result<Option<Condition>, ApiError> {
+    match precondition(req)? {
+        Precondition::None => Ok(None),
+        Precondition::Holds(condition) => Ok(Some(condition)),
+        Precondition::Never => {
+            let current = state
+                .store
+                .get(key)
+                .await
+                .map_err(|e| ApiError::from_store(e, key))?
+                .map(|entry| entry.mod_revision);
+            Err(
+                ApiError::from(kvstore_core::Error::PreconditionFailed { current })
+                    .prefixed("If-Match and If-None-Match: * never both hold"),
+            )
+        }
     }
 }
 
@@ -246,8 +299,9 @@ async fn get(
     operation_id = "put_key",
     params(KeyParam, IfMatch, IfNoneMatch),
     request_body(
-        description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default)",
-        content((crate::openapi::Binary = "application/octet-stream")),
+        description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default); \
+            no body is the empty value",
+        content((Option<crate::openapi::Binary> = "application/octet-stream")),
     ),
     responses(
         (status = 200, description = "Written, durably", body = PutResult,
@@ -258,7 +312,8 @@ async fn get(
         (status = 408, description = "`request_timeout`: the body did not arrive within \
             `--request-timeout`", body = ErrorBody),
         (status = 412, description = "`precondition_failed`; `revision` is the key's current \
-            `mod_revision` (absent if the key does not exist)", body = ErrorBody),
+            `mod_revision` (absent if the key does not exist). Also for `If-Match` with \
+            `If-None-Match: *`, which never both hold.", body = ErrorBody),
         (status = 413, description = "`value_too_large`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`: the write \
             may or may not have been applied", body = ErrorBody),
@@ -273,7 +328,7 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
-    let condition = condition(&req)?;
+    let condition = condition(&req, &state, &key).await?;
     let value = read_limited(&req, payload, state.store.max_value_bytes()).await?;
     let result = state
         .store
@@ -297,7 +352,7 @@ async fn put(
         (status = 400, description = "`invalid_key` or `invalid_request`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
         (status = 404, description = "`key_not_found`", body = ErrorBody),
-        (status = 412, description = "`precondition_failed`", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`, as for a put", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
@@ -309,7 +364,7 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
-    let condition = condition(&req)?;
+    let condition = condition(&req, &state, &key).await?;
     let result = state
         .store
         .delete(&key, condition)
@@ -348,9 +403,10 @@ struct KeyParam(
 #[into_params(names("If-Match"), parameter_in = Header)]
 #[allow(dead_code)]
 struct IfMatch(
-    /// A `mod_revision` in quotes (`"42"`, as in the `ETag`) for a compare-and-swap,
-    /// or `*`: only if the key exists.
-    #[param(nullable = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#)]
+    /// A `mod_revision` in quotes (`"42"`, as in the `ETag`; also `W/"42"` or bare
+    /// `42`) for a compare-and-swap, or `*`: only if the key exists. With
+    /// `If-None-Match: *` beside it the answer is always `412`: the two never both hold.
+    #[param(nullable = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#)]
     Option<String>,
 );
 
@@ -358,11 +414,19 @@ struct IfMatch(
 #[derive(utoipa::IntoParams)]
 #[into_params(names("If-None-Match"), parameter_in = Header)]
 #[allow(dead_code)]
-struct IfNoneMatch(
-    /// Only `*` is supported.
-    #[param(nullable = false, pattern = r"^\*$")]
-    Option<String>,
-);
+struct IfNoneMatch(#[param(nullable = false, schema_with = star_only)] Option<String>);
+
+/// The one value a write's `If-None-Match` may have: `*` (as an enum, which says
+/// so to every tool; a pattern is a hint some generators bend).
+fn star_only() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["*"]))
+        .description(Some(
+            "Only `*` is supported; any other value is `400 invalid_request`",
+        ))
+        .build()
+}
 
 /// `If-None-Match` on a read: the tags the client holds.
 #[derive(utoipa::IntoParams)]

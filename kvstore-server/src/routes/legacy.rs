@@ -10,6 +10,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::wire::ErrorBody;
+use kvstore_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -27,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[into_params(parameter_in = Query)]
 struct KeyQuery {
     /// The key (else it is read from the JSON body).
-    #[param(nullable = false)]
+    #[param(nullable = false, min_length = 1)]
     key: Option<String>,
 }
 
@@ -35,7 +36,8 @@ struct KeyQuery {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = LegacyGetBody)]
 struct GetBody {
-    /// The key.
+    /// The key: non-empty, at most 4 KiB of UTF-8.
+    #[schema(min_length = 1)]
     key: String,
 }
 
@@ -43,7 +45,8 @@ struct GetBody {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = LegacyPutBody)]
 struct PutBody {
-    /// The key.
+    /// The key: non-empty, at most 4 KiB of UTF-8.
+    #[schema(min_length = 1)]
     key: String,
     /// The value: a JSON string (any other JSON type gets `400 invalid_request`).
     #[schema(value_type = String)]
@@ -77,7 +80,18 @@ fn respond<T: Serialize>(status: StatusCode, body: &T) -> Result<HttpResponse, A
         .body(bytes))
 }
 
+/// Reads a body that must be a JSON object. serde would also read the struct from an
+/// array of its fields in order (`["k", "v"]`), a shape the legacy API never had:
+/// that is refused like any other body that is not an object.
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid_request(
+            "the body must be a JSON object, like {\"key\": K}",
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid_request(format!("the body must be a JSON object: {e}")))
 }
@@ -102,11 +116,13 @@ fn body_limit(state: &AppState) -> usize {
     responses(
         (status = 200, description = "`{\"value\": V}` (Python `json.dumps` style, then a \
             newline)", body = Found),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: no key named, a \
-            malformed body, or a binary value", body = ErrorBody),
+        (status = 400, description = "`invalid_key`, or `invalid_request`: no key named, or a \
+            body that is not a JSON object `{\"key\": K}`", body = ErrorBody),
         (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "The legacy not-found body, not the usual error body",
          body = Missing),
+        (status = 409, description = "`value_not_text`: the value is binary (not UTF-8), \
+            which this API cannot show; `GET /v1/kv/{key}` can", body = ErrorBody),
         (status = 408, description = "`request_timeout`", body = ErrorBody),
         (status = 413, description = "`value_too_large`: the body is too large", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
@@ -149,9 +165,10 @@ async fn get(
         ),
         Some(entry) => match std::str::from_utf8(&entry.value) {
             Ok(value) => respond(StatusCode::OK, &Found { value }),
-            Err(_) => Err(ApiError::invalid_request(format!(
-                "the value of {key:?} is binary; read it with GET /v1/kv/{{key}}"
-            ))),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::ValueNotText,
+                format!("the value of {key:?} is binary; read it with GET /v1/kv/{{key}}"),
+            )),
         },
     }
 }

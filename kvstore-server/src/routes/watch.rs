@@ -1,6 +1,6 @@
-//! `/v1/watch`: change streams over WebSocket, or Server-Sent Events when the client
-//! asks for `text/event-stream`. Both carry the same JSON frames (see the watch
-//! protocol in the README).
+//! `/v1/watch`: change streams over WebSocket (`Upgrade: websocket`), else as
+//! Server-Sent Events, unless `Accept` refuses `text/event-stream`. Both carry the
+//! same JSON frames (see the watch protocol in the README).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -39,7 +39,9 @@ struct WatchQuery {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 struct WatchHeaders {
-    /// `websocket` (with the other WebSocket handshake headers) for a WebSocket watch.
+    /// `websocket`, with the other WebSocket handshake headers (`Connection:
+    /// Upgrade`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version: 13`): a WebSocket
+    /// watch; an incomplete handshake is `400`. Any other value is ignored.
     #[param(rename = "Upgrade", nullable = false)]
     upgrade: Option<String>,
     /// SSE: the last `id:` seen; the stream resumes right after it.
@@ -47,8 +49,8 @@ struct WatchHeaders {
     last_event_id: Option<u64>,
 }
 
-/// Watch changes under a prefix: a WebSocket (`Upgrade: websocket`), or Server-Sent
-/// Events with `Accept: text/event-stream`.
+/// Watch changes under a prefix: a WebSocket (`Upgrade: websocket`), else Server-Sent
+/// Events (`text/event-stream`; `Accept`, if sent, must admit it).
 ///
 /// Both carry the same JSON frames, each an object whose `type` names it: `put` and
 /// `delete` (an `Event`), `entry` (an `Entry` with `"type":"entry"`, for
@@ -71,8 +73,8 @@ struct WatchHeaders {
             `id:` its revision, `data:` the JSON frame",
          content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_request`: a bad query string or \
-            `Last-Event-ID`, or neither a WebSocket handshake nor `Accept: text/event-stream`",
-         body = ErrorBody),
+            `Last-Event-ID`, an incomplete WebSocket handshake, or (not a WebSocket \
+            handshake) an `Accept` that refuses `text/event-stream`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
          body = ErrorBody),
         (status = 410, description = "`compacted` (Server-Sent Events): `start_revision` or \
@@ -103,12 +105,7 @@ async fn watch(
         start_revision: query.start_revision,
         initial: query.initial,
     };
-    let is_upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if is_upgrade {
+    if is_websocket(&req) {
         let slot = state.watchers.acquire(client)?;
         let (res, session, stream) = actix_ws::handle(&req, body)
             .map_err(|e| ApiError::invalid_request(format!("WebSocket handshake: {e}")))?;
@@ -118,16 +115,15 @@ async fn watch(
         actix_web::rt::spawn(websocket::serve(session, stream, pump, timings, shutdown));
         return Ok(res);
     }
-    let accepts_sse = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if !accepts_sse {
-        return Err(ApiError::invalid_request(
-            "a watch is a WebSocket (Upgrade: websocket) or Server-Sent Events \
-             (Accept: text/event-stream)",
-        ));
+    let accept = req.headers().get(header::ACCEPT);
+    if !admits_event_stream(accept) {
+        let accept = accept.map_or_else(String::new, |v| {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        });
+        return Err(ApiError::invalid_request(format!(
+            "a watch is Server-Sent Events (text/event-stream), which Accept: {accept} \
+             refuses, or a WebSocket (Upgrade: websocket)"
+        )));
     }
     if let Some(last) = req.headers().get("last-event-id") {
         let last: u64 = last
@@ -151,4 +147,79 @@ async fn watch(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(sse::body(pump)))
+}
+
+/// Whether the request asks for a WebSocket: `Upgrade: websocket`. (actix takes the
+/// connection for an upgrade on that header alone, so a watch must not answer it
+/// with anything but the handshake or an error.)
+fn is_websocket(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether `Accept` admits `text/event-stream`: when absent (anything goes), or when
+/// the most specific range that covers it (`text/event-stream`, `text/*`, `*/*`) has
+/// a non-zero `q`.
+fn admits_event_stream(accept: Option<&header::HeaderValue>) -> bool {
+    let Some(accept) = accept else {
+        return true;
+    };
+    let Ok(accept) = accept.to_str() else {
+        return false;
+    };
+    let mut best: Option<(u8, bool)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let specificity = ["*/*", "text/*", "text/event-stream"]
+            .iter()
+            .position(|m| media.eq_ignore_ascii_case(m));
+        let Some(specificity) = specificity.and_then(|s| u8::try_from(s).ok()) else {
+            continue;
+        };
+        let refused = parts.any(|param| {
+            param.split_once('=').is_some_and(|(name, q)| {
+                name.trim().eq_ignore_ascii_case("q")
+                    && q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+            })
+        });
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, !refused));
+        }
+    }
+    best.is_some_and(|(_, admitted)| admitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admits_event_stream;
+    use actix_web::http::header::HeaderValue;
+
+    #[test]
+    fn accept_admits_event_streams_by_its_most_specific_range() {
+        let admits = |v: &'static str| admits_event_stream(Some(&HeaderValue::from_static(v)));
+        assert!(admits_event_stream(None));
+        for yes in [
+            "text/event-stream",
+            "*/*",
+            "text/*",
+            "application/json, */*;q=0.1",
+            "Text/Event-Stream; charset=utf-8",
+            "text/html, text/event-stream;q=0.5",
+        ] {
+            assert!(admits(yes), "{yes}");
+        }
+        for no in [
+            "application/json",
+            "text/html",
+            "",
+            "text/event-stream;q=0",
+            "text/event-stream; q=0.0, */*",
+            "*/*;q=0",
+        ] {
+            assert!(!admits(no), "{no}");
+        }
+    }
 }
