@@ -16,7 +16,8 @@
 #   kv bench watch --watchers WATCHERS --rate 100: delivery p99 from the put's ack
 #
 # Environment: DURATION=10, CONNECTIONS=64, THREADS=1, WATCHERS=1000,
-# WATCH_DURATION=10, KVSTORE_LOG=warn, SKIP_BUILD=0 (as in compare.sh).
+# WATCH_DURATION=10, SKIP_BUILD=0 (as in compare.sh), KVSTORE_LOG: RUST_LOG of both
+# servers (unset: each build's own default, which is what its users get).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -24,7 +25,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 WATCHERS=${WATCHERS:-1000}
 WATCH_DURATION=${WATCH_DURATION:-10}
-KVSTORE_LOG=${KVSTORE_LOG:-warn}
+KVSTORE_LOG=${KVSTORE_LOG:-}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,7 +55,7 @@ declare -A ADDR PID
 start() {
     local name=$1 bin=$2
     mkdir -p "$WORK/$name"
-    RUST_LOG=$KVSTORE_LOG "$bin" --listen 127.0.0.1:0 --data-dir "$WORK/$name/data" \
+    env ${KVSTORE_LOG:+RUST_LOG=$KVSTORE_LOG} "$bin" --listen 127.0.0.1:0 --data-dir "$WORK/$name/data" \
         >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PID[$name]=$!
     PIDS+=("${PID[$name]}")
