@@ -60,17 +60,7 @@ fi
 cd "$ROOT"
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$TARGET_DIR" ] || die "cannot find cargo's target directory"
-ETCD_BIN=$(command -v etcd || true)
-if [ -z "$ETCD_BIN" ]; then
-    ETCD_BIN="$TARGET_DIR/tools/etcd-server/usr/bin/etcd"
-    if [ ! -x "$ETCD_BIN" ]; then
-        log "unpacking Debian's etcd-server under $TARGET_DIR/tools"
-        mkdir -p "$TARGET_DIR/tools/etcd-server/download"
-        (cd "$TARGET_DIR/tools/etcd-server/download" && apt-get download etcd-server >/dev/null 2>&1) ||
-            die "cannot download etcd-server (apt-get download)"
-        dpkg -x "$TARGET_DIR"/tools/etcd-server/download/etcd-server_*.deb "$TARGET_DIR/tools/etcd-server"
-    fi
-fi
+find_etcd "$TARGET_DIR"
 
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building (release, with the etcd engine)"
@@ -85,33 +75,9 @@ done
 # --- the cluster and the replica ---------------------------------------------------
 
 log "starting a 3-member etcd and a replica (work dir $WORK)"
-CLIENTS=()
-PEERS=()
-for i in 0 1 2; do
-    CLIENTS+=("127.0.0.1:$(free_port)")
-    PEERS+=("127.0.0.1:$(free_port)")
-done
-INITIAL="m0=http://${PEERS[0]},m1=http://${PEERS[1]},m2=http://${PEERS[2]}"
-ETCD_PIDS=()
-for i in 0 1 2; do
-    "$ETCD_BIN" --name "m$i" --data-dir "$WORK/etcd-$i" \
-        --listen-client-urls "http://${CLIENTS[$i]}" --advertise-client-urls "http://${CLIENTS[$i]}" \
-        --listen-peer-urls "http://${PEERS[$i]}" --initial-advertise-peer-urls "http://${PEERS[$i]}" \
-        --initial-cluster "$INITIAL" --initial-cluster-token "bench-$$" --initial-cluster-state new \
-        --logger zap --log-level warn >"$WORK/etcd-$i.out" 2>"$WORK/etcd-$i.err" &
-    PIDS+=("$!")
-    ETCD_PIDS+=("$!")
-done
-for i in 0 1 2; do
-    tries=0
-    until curl -sf "http://${CLIENTS[$i]}/health" 2>/dev/null | grep -q '"health":"true"'; do
-        [ "$tries" -lt 200 ] || die "etcd member $i not healthy after 20 s"
-        sleep 0.1
-        tries=$((tries + 1))
-    done
-done
-ENDPOINTS="http://${CLIENTS[0]},http://${CLIENTS[1]},http://${CLIENTS[2]}"
-GATEWAY=${CLIENTS[0]}
+start_etcd 3
+ENDPOINTS=$ETCD_ENDPOINTS
+GATEWAY=${ETCD_CLIENTS[0]}
 RUST_LOG=$KVSTORE_LOG "$SERVER_BIN" --listen 127.0.0.1:0 --etcd-endpoints "$ENDPOINTS" \
     >"$WORK/replica.out" 2>"$WORK/replica.err" &
 REPLICA_PID=$!

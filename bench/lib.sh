@@ -68,6 +68,60 @@ free_port() {
     return 1
 }
 
+# --- etcd --------------------------------------------------------------------------
+
+# find_etcd TARGET_DIR: etcd from the PATH, else Debian's etcd-server unpacked under
+# TARGET_DIR/tools (as the tests do); its path into ETCD_BIN.
+find_etcd() {
+    local target_dir=$1
+    ETCD_BIN=$(command -v etcd || true)
+    [ -z "$ETCD_BIN" ] || return 0
+    ETCD_BIN="$target_dir/tools/etcd-server/usr/bin/etcd"
+    [ ! -x "$ETCD_BIN" ] || return 0
+    log "unpacking Debian's etcd-server under $target_dir/tools"
+    mkdir -p "$target_dir/tools/etcd-server/download"
+    (cd "$target_dir/tools/etcd-server/download" && apt-get download etcd-server >/dev/null 2>&1) ||
+        die "cannot download etcd-server (apt-get download)"
+    dpkg -x "$target_dir"/tools/etcd-server/download/etcd-server_*.deb "$target_dir/tools/etcd-server"
+}
+
+# start_etcd N: an N-member etcd cluster on loopback with its data under WORK, waited
+# for until every member is healthy; member addresses into ETCD_CLIENTS, the
+# --etcd-endpoints value into ETCD_ENDPOINTS, pids into ETCD_PIDS (and PIDS).
+start_etcd() {
+    local n=$1 i tries initial=""
+    local peers=()
+    ETCD_CLIENTS=()
+    ETCD_PIDS=()
+    for ((i = 0; i < n; i++)); do
+        ETCD_CLIENTS+=("127.0.0.1:$(free_port)")
+        peers+=("127.0.0.1:$(free_port)")
+        initial+="${initial:+,}m$i=http://${peers[$i]}"
+    done
+    for ((i = 0; i < n; i++)); do
+        "$ETCD_BIN" --name "m$i" --data-dir "$WORK/etcd-$i" \
+            --listen-client-urls "http://${ETCD_CLIENTS[$i]}" --advertise-client-urls "http://${ETCD_CLIENTS[$i]}" \
+            --listen-peer-urls "http://${peers[$i]}" --initial-advertise-peer-urls "http://${peers[$i]}" \
+            --initial-cluster "$initial" --initial-cluster-token "bench-$$" --initial-cluster-state new \
+            --logger zap --log-level warn >"$WORK/etcd-$i.out" 2>"$WORK/etcd-$i.err" &
+        PIDS+=("$!")
+        ETCD_PIDS+=("$!")
+    done
+    for ((i = 0; i < n; i++)); do
+        tries=0
+        until curl -sf "http://${ETCD_CLIENTS[$i]}/health" 2>/dev/null | grep -q '"health":"true"'; do
+            if [ "$tries" -ge 200 ]; then
+                tail -n 5 "$WORK/etcd-$i.err" >&2
+                die "etcd member $i not healthy after 20 s"
+            fi
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+    done
+    ETCD_ENDPOINTS=$(printf 'http://%s,' "${ETCD_CLIENTS[@]}")
+    ETCD_ENDPOINTS=${ETCD_ENDPOINTS%,}
+}
+
 # --- loads -------------------------------------------------------------------------
 
 declare -A RPS P99 BAD

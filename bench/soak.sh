@@ -16,6 +16,12 @@
 #                       keeps --retain-revisions changes, which takes the default
 #                       100,000 about 90 s at this load on 2 cores, past the warm-up.
 #   KVSTORE_LOG=warn    RUST_LOG of the server
+#   ENGINE=sled         sled (a data dir in the temp folder) or etcd (a 3-member etcd
+#                       cluster on loopback that the script starts, etcd from the
+#                       PATH or Debian's package as in etcd.sh; a build with the etcd
+#                       engine). On etcd, --retain-revisions is sled's only: the
+#                       cluster's history grows until etcd compacts it, outside the
+#                       server's RSS.
 #   SKIP_BUILD=1        use the release binaries already built
 #
 # It builds the release binaries, starts kvstore-server on 127.0.0.1 with a data dir
@@ -29,6 +35,7 @@ SCRAPE=${SCRAPE:-0}
 SERVER_FLAGS=${SERVER_FLAGS:---cache-mb 16 --retain-revisions 20000}
 KVSTORE_LOG=${KVSTORE_LOG:-warn}
 SKIP_BUILD=${SKIP_BUILD:-0}
+ENGINE=${ENGINE:-sled}
 
 for n in DURATION SCRAPE; do
     case ${!n} in
@@ -36,17 +43,22 @@ for n in DURATION SCRAPE; do
     esac
 done
 [ "$DURATION" -gt 0 ] || { echo "soak.sh: DURATION must be above 0" >&2; exit 2; }
+case $ENGINE in sled | etcd) ;; *) echo "soak.sh: ENGINE is sled or etcd, not '$ENGINE'" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf 'soak.sh: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+BENCH_DIR="$ROOT/bench"
+NAME=soak.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 command -v curl >/dev/null 2>&1 || [ "$SCRAPE" -eq 0 ] || die "SCRAPE needs curl"
 
 cd "$ROOT"
+FEATURES=()
+[ "$ENGINE" = sled ] || FEATURES=(--features kvstore-server/etcd)
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building (release)"
-    cargo build --release -p kvstore-server -p kv-cli --bins
+    cargo build --release -p kvstore-server -p kv-cli --bins "${FEATURES[@]}"
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$TARGET_DIR" ] || die "cannot find cargo's target directory"
@@ -56,42 +68,21 @@ for bin in "$SERVER_BIN" "$KV_BIN"; do
     [ -x "$bin" ] || die "$bin is missing (build it, or run without SKIP_BUILD=1)"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-soak.XXXXXX")
-SERVER_PID=
-SCRAPER_PID=
-cleanup() {
-    local pid tries
-    for pid in $SCRAPER_PID $SERVER_PID; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in $SCRAPER_PID $SERVER_PID; do
-        tries=0
-        while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
-            sleep 0.1
-            tries=$((tries + 1))
-        done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+STORE=(--data-dir "$WORK/data")
+if [ "$ENGINE" = etcd ]; then
+    find_etcd "$TARGET_DIR"
+    log "starting a 3-member etcd (work dir $WORK)"
+    start_etcd 3
+    STORE=(--etcd-endpoints "$ETCD_ENDPOINTS")
+fi
 
 # shellcheck disable=SC2086 # SERVER_FLAGS is a list of flags
-RUST_LOG=$KVSTORE_LOG "$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" $SERVER_FLAGS \
+RUST_LOG=$KVSTORE_LOG "$SERVER_BIN" --listen 127.0.0.1:0 "${STORE[@]}" $SERVER_FLAGS \
     >"$WORK/server.out" 2>"$WORK/server.err" &
 SERVER_PID=$!
-ADDRESS=
-for _ in $(seq 1 50); do
-    ADDRESS=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$WORK/server.out" | head -n 1)
-    [ -n "$ADDRESS" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$ADDRESS" ] || { tail -n 20 "$WORK/server.err" >&2; die "kvstore-server did not start"; }
-log "kvstore-server $SERVER_FLAGS on $ADDRESS (pid $SERVER_PID), data in $WORK/data"
+PIDS+=("$SERVER_PID")
+ADDRESS=$(wait_listening server "$SERVER_PID" "$WORK/server.out")
+log "kvstore-server on $ENGINE $SERVER_FLAGS on $ADDRESS (pid $SERVER_PID)"
 
 if [ "$SCRAPE" -gt 0 ]; then
     log "fetching /metrics every $SCRAPE s"
@@ -101,7 +92,7 @@ if [ "$SCRAPE" -gt 0 ]; then
             sleep "$SCRAPE"
         done
     ) &
-    SCRAPER_PID=$!
+    PIDS+=("$!")
 fi
 
 status=0
