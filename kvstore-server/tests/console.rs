@@ -938,9 +938,11 @@ async fn the_page_says_when_the_server_is_unreachable_and_resumes_the_feed() -> 
 
 async fn unreachable_server(b: &Browser) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut server = TestServer::start_in(dir.path(), &[]);
-    let url = server.url.clone();
-    let addr = server.addr().to_string();
+    // The restart keeps the address the page knows through a port the test holds:
+    // no parallel test can take it while the server is down.
+    let held = support::HeldAddress::new()?;
+    let mut server = held.start(dir.path(), &[])?;
+    let url = held.url.clone();
     kv_ok(&url, &["put", "app/mode", "blue"]);
     b.goto(&format!("{url}/ui/#?p=app%2F&k=app%2Fmode")).await?;
     b.until(
@@ -949,7 +951,7 @@ async fn unreachable_server(b: &Browser) -> TestResult {
     )
     .await?;
 
-    server.kill();
+    held.kill(&mut server);
     b.until(
         "the feed notice",
         "!document.querySelector('#notice-feed').hidden",
@@ -960,7 +962,7 @@ async fn unreachable_server(b: &Browser) -> TestResult {
 
     // Back on the same address and data; a change made before the page reconnects
     // still arrives, as the feed resumes after the last revision it saw.
-    let _server = TestServer::try_start_at(&addr, dir.path(), &[])?;
+    let _server = held.start(dir.path(), &[])?;
     let rev = kv_put(&url, &[], "app/mode", "after-restart");
     b.until(
         "the value after the restart",

@@ -1,0 +1,174 @@
+//! README promises whose tests elsewhere could pass by luck: each test here aims
+//! at the moment the promise is most at risk. Every test runs the real
+//! `kvstore-server` binary.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kvstore_client::{Client, Event, EventKind};
+use tokio_tungstenite::tungstenite::Message;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A change as a watcher saw it: (revision, kind, key, value).
+type Seen = (u64, &'static str, String, Vec<u8>);
+
+fn seen_of(event: &Event) -> Seen {
+    let kind = match event.kind {
+        EventKind::Put => "put",
+        EventKind::Delete => "delete",
+    };
+    (event.revision, kind, event.key.clone(), event.value.clone())
+}
+
+/// A change for a failure message: its value cut short.
+fn show(change: Option<&Seen>) -> String {
+    match change {
+        Some((revision, kind, key, value)) => {
+            let start = String::from_utf8_lossy(&value[..value.len().min(12)]).into_owned();
+            format!("{kind} {key} = {start:?}... at {revision}")
+        }
+        None => "nothing".to_string(),
+    }
+}
+
+/// The next change a WebSocket watch is sent (progress frames skipped), `None`
+/// once the connection ends.
+async fn next_change<S>(ws: &mut S) -> Result<Option<Event>, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .map_err(|_| format!("no frame within {DEADLINE:?}"))?;
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(event) = serde_json::from_str::<Event>(text.as_str()) {
+                    return Ok(Some(event));
+                }
+            }
+            Some(Ok(_)) => {}
+            // A SIGKILL ends the connection without a close frame.
+            Some(Err(_)) | None => return Ok(None),
+        }
+    }
+}
+
+/// README: "watchers only see changes once they are durable, so what a watcher saw
+/// is never undone by a crash". Each round, the server is SIGKILLed the moment a
+/// watcher sees a change whose write has not been acknowledged yet: the change's
+/// group is then at its least durable (a server that published before flushing
+/// would still be flushing it). After the restarts, every change the watchers saw
+/// must be in the history at its revision, with the same kind, key and value (a
+/// lost change's revision is reused by the next round's writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_seen_before_its_write_was_acknowledged_survives_a_sigkill() -> TestResult {
+    const ROUNDS: usize = 30;
+    const WRITERS: usize = 4;
+    // Changes a round's watcher must see before a kill can end the round.
+    const WARM_UP: usize = 10;
+    // A round whose watcher never gets ahead of the acknowledgements ends here.
+    const MOST: usize = 2000;
+    // Large values make each group's flush take longer: a wider window to hit.
+    const PAD: usize = 32 * 1024;
+    let data = tempfile::tempdir()?;
+    // The writers talk to an address held for the whole test, so a restart keeps it.
+    let held = support::HeldAddress::new()?;
+    let mut server = held.start(data.path(), &[])?;
+    let client = Client::new(&held.url)?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut early_kills = 0;
+    for round in 0..ROUNDS {
+        let url = format!("{}/v1/watch", server.url.replacen("http", "ws", 1));
+        let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| "the WebSocket handshake timed out")??;
+        // The opening progress frame: the watch is live from here on.
+        match tokio::time::timeout(DEADLINE, ws.next()).await? {
+            Some(Ok(Message::Text(text))) if text.contains("progress") => {}
+            other => return Err(format!("no opening progress frame: {other:?}").into()),
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let client = client.clone();
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let key = format!("r{round}/w{w}/{n}");
+                        let value = format!("v{round}-{w}-{n}-{}", "x".repeat(PAD));
+                        match client.put(&key, value).await {
+                            Ok(put) => {
+                                acked.fetch_max(put.revision, Ordering::SeqCst);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut round_seen = 0;
+        loop {
+            let event = next_change(&mut ws).await?.ok_or("the watch ended")?;
+            let unacknowledged = event.revision > acked.load(Ordering::SeqCst);
+            seen.push(seen_of(&event));
+            round_seen += 1;
+            if (unacknowledged && round_seen >= WARM_UP) || round_seen >= MOST {
+                held.kill(&mut server);
+                if unacknowledged {
+                    early_kills += 1;
+                }
+                break;
+            }
+        }
+        // What was already on its way to the watcher counts as seen too.
+        while let Some(event) = next_change(&mut ws).await? {
+            seen.push(seen_of(&event));
+        }
+        for writer in writers {
+            writer.await?;
+        }
+        server = held.start(data.path(), &[])?;
+    }
+
+    // Every key is written once and never deleted, so the store's entries are its
+    // whole history: each change at the revision it was made.
+    let history: BTreeMap<u64, Seen> = client
+        .list_all("")
+        .await?
+        .into_iter()
+        .map(|e| (e.mod_revision, (e.mod_revision, "put", e.key, e.value)))
+        .collect();
+    let current = client.health().await?;
+    assert_eq!(
+        history.keys().copied().collect::<Vec<_>>(),
+        (1..=current).collect::<Vec<_>>(),
+        "one entry for each revision of the store"
+    );
+    println!(
+        "{} changes seen, {early_kills} of {ROUNDS} kills on an unacknowledged change, \
+         history of {current}",
+        seen.len()
+    );
+    // The test aimed where it should: some kill came while a change was seen ahead
+    // of its acknowledgement.
+    assert!(early_kills > 0, "no kill came on an unacknowledged change");
+    for change in &seen {
+        let kept = history.get(&change.0);
+        assert!(
+            kept == Some(change),
+            "a watcher saw {}, but after the crashes the history has {} at its revision",
+            show(Some(change)),
+            show(kept)
+        );
+    }
+    Ok(())
+}
