@@ -63,6 +63,16 @@ pub enum Engine {
     Etcd,
 }
 
+impl Engine {
+    /// The engine's name, as `/healthz` and `/metrics` give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Etcd => "etcd",
+        }
+    }
+}
+
 /// Where a test's data lives, outliving the servers started on it (so a server
 /// restarted on it finds the data): a temp data dir, and for etcd a cluster of the
 /// test's own (killed with it).
@@ -143,6 +153,19 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     logs: std::sync::mpsc::Receiver<String>,
     _temp: Option<tempfile::TempDir>,
+    /// The store it serves, when the server owns it ([`serve`]): dropped after the
+    /// server is stopped.
+    backend: Option<Backend>,
+}
+
+/// A server with `args` on a fresh store of its own on `engine`, or `None` (having
+/// said the test skipped) when that engine cannot run here: the start of every
+/// test that runs once per engine.
+pub fn serve(engine: Engine, args: &[&str]) -> Option<TestServer> {
+    let backend = Backend::new(engine)?;
+    let mut server = TestServer::on(&backend, args);
+    server.backend = Some(backend);
+    Some(server)
 }
 
 impl TestServer {
@@ -246,6 +269,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             logs: log_rx,
             _temp: None,
+            backend: None,
         })
     }
 
@@ -296,7 +320,23 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             logs,
             _temp: None,
+            backend: None,
         })
+    }
+
+    /// The engine of the store this server owns ([`serve`]); sled otherwise.
+    pub fn engine(&self) -> Engine {
+        self.backend.as_ref().map_or(Engine::Sled, |b| b.engine)
+    }
+
+    /// The store revision before any write (see [`Backend::first_revision`]).
+    pub fn first_revision(&self) -> u64 {
+        self.backend.as_ref().map_or(0, Backend::first_revision)
+    }
+
+    /// The store this server owns ([`serve`]), e.g. its etcd cluster.
+    pub fn backend(&mut self) -> Option<&mut Backend> {
+        self.backend.as_mut()
     }
 
     /// `127.0.0.1:PORT`
