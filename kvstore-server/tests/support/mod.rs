@@ -509,7 +509,15 @@ impl HeldAddress {
 
     /// Starts a server on `data_dir` and relays new connections to it.
     pub fn start(&self, data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
-        let server = TestServer::try_start_in(data_dir, args)?;
+        self.relay_to(TestServer::try_start_in(data_dir, args)?)
+    }
+
+    /// Starts a server on `store` and relays new connections to it.
+    pub fn start_on(&self, store: &Backend, args: &[&str]) -> Result<TestServer, String> {
+        self.relay_to(TestServer::try_on_at("127.0.0.1:0", store, args)?)
+    }
+
+    fn relay_to(&self, server: TestServer) -> Result<TestServer, String> {
         let target = server.addr().parse().map_err(|e| format!("{e}"))?;
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
         Ok(server)
