@@ -296,6 +296,11 @@ async fn run(
                 .with_range(end.clone())
                 .with_start_revision(next as i64)
                 .with_progress_notify();
+            // Progress answers asked for and not yet received; a progress revision
+            // waiting for its confirmation, with how many progress answers come
+            // before the one that confirms it.
+            let mut requested: u32 = 0;
+            let mut unconfirmed: Option<(u64, u32)> = None;
             let mut stream = match connection
                 .client()
                 .watch(start.clone(), Some(options))
@@ -316,8 +321,9 @@ async fn run(
                         if asked.is_none() {
                             return;
                         }
-                        if let Err(e) = stream.request_progress().await {
-                            log::debug!("cannot ask etcd for progress: {e}");
+                        match stream.request_progress().await {
+                            Ok(()) => requested += 1,
+                            Err(e) => log::debug!("cannot ask etcd for progress: {e}"),
                         }
                         continue;
                     }
@@ -349,8 +355,41 @@ async fn run(
                             // The answer that says the watch is created tells the
                             // cluster's revision, not how far the watch has come.
                             None if answer.created() => continue,
-                            // A progress notification: everything through it is seen.
-                            None => answer.header().map_or(0, |h| h.revision().max(0) as u64),
+                            // A progress notification: everything through it is
+                            // seen, once confirmed.
+                            //
+                            // etcd before 3.4.24 and 3.5.8 answers a progress
+                            // request at once with its current revision, possibly
+                            // before changes of that revision still queued for the
+                            // watch (etcd issue #15220): the copy would claim a
+                            // revision whose changes it does not hold yet, and a
+                            // read right after a write could miss it. So a progress
+                            // revision counts only once the answer to a request
+                            // sent after it arrived is in: etcd sends what was
+                            // queued for the watch before that answer.
+                            None => {
+                                let at = answer.header().map_or(0, |h| h.revision().max(0) as u64);
+                                requested = requested.saturating_sub(1);
+                                match &mut unconfirmed {
+                                    Some((first, 0)) => {
+                                        let first = *first;
+                                        unconfirmed = None;
+                                        first
+                                    }
+                                    Some((_, before)) => {
+                                        *before -= 1;
+                                        continue;
+                                    }
+                                    None if at < next => continue,
+                                    None => {
+                                        if stream.request_progress().await.is_ok() {
+                                            requested += 1;
+                                            unconfirmed = Some((at, requested - 1));
+                                        }
+                                        continue;
+                                    }
+                                }
+                            }
                         };
                         if !events.is_empty() || through >= next {
                             next = next.max(through + 1);
