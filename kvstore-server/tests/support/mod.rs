@@ -129,6 +129,23 @@ impl Backend {
         self.etcd.as_mut()
     }
 
+    /// The store, opened as the server opens it from [`Backend::args`] (for tests
+    /// that mount the app in-process). On a thread of its own: the etcd engine
+    /// starts a runtime of its own, which cannot start inside a test's runtime.
+    pub fn open_store(&self) -> Result<std::sync::Arc<dyn kvstore_core::Storage>, String> {
+        use clap::Parser;
+        let mut argv = vec![
+            "kvstore-server".to_string(),
+            "--data-dir".to_string(),
+            self.dir().to_string_lossy().into_owned(),
+        ];
+        argv.extend(self.args());
+        let options = kvstore_server::Options::try_parse_from(argv).map_err(|e| e.to_string())?;
+        std::thread::spawn(move || options.open_store().map_err(|e| e.to_string()))
+            .join()
+            .map_err(|_| "opening the store panicked".to_string())?
+    }
+
     /// The store revision before any write: 0 on sled, 1 on a fresh etcd cluster.
     pub fn first_revision(&self) -> u64 {
         match self.engine {
