@@ -228,6 +228,37 @@ pub fn event_of(keys: &Keys, event: &etcd_client::Event) -> Option<Event> {
     })
 }
 
+/// Whether etcd shows the copy as it is at revision `at`: no key under the prefix
+/// written from `next` on, and as many keys as the copy's `held` (so none
+/// deleted). Then a progress answer at `at` can be taken: reads see nothing the
+/// copy lacks. Any doubt (an error) is a no: the changes come, or reads go to etcd.
+async fn unchanged(connection: &Connection, keys: &Keys, held: usize, next: u64, at: u64) -> bool {
+    let (start, end) = keys.range("");
+    let count = |options: GetOptions| {
+        let start = start.clone();
+        async move {
+            connection
+                .call("a count of the keys", Retry::Read, |mut client| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { client.get(start, Some(options)).await }
+                })
+                .await
+                .map(|answer| answer.count())
+        }
+    };
+    let at_revision = GetOptions::new()
+        .with_range(end)
+        .with_revision(at as i64)
+        .with_count_only();
+    let written = count(at_revision.clone().with_min_mod_revision(next as i64)).await;
+    if !matches!(written, Ok(0)) {
+        return false;
+    }
+    count(at_revision)
+        .await
+        .is_ok_and(|keys| usize::try_from(keys) == Ok(held))
+}
+
 /// Every key under `keys`' prefix as of one revision, read a page at a time.
 pub async fn load(
     connection: &Connection,
@@ -296,11 +327,6 @@ async fn run(
                 .with_range(end.clone())
                 .with_start_revision(next as i64)
                 .with_progress_notify();
-            // Progress answers asked for and not yet received; a progress revision
-            // waiting for its confirmation, with how many progress answers come
-            // before the one that confirms it.
-            let mut requested: u32 = 0;
-            let mut unconfirmed: Option<(u64, u32)> = None;
             let mut stream = match connection
                 .client()
                 .watch(start.clone(), Some(options))
@@ -321,9 +347,8 @@ async fn run(
                         if asked.is_none() {
                             return;
                         }
-                        match stream.request_progress().await {
-                            Ok(()) => requested += 1,
-                            Err(e) => log::debug!("cannot ask etcd for progress: {e}"),
+                        if let Err(e) = stream.request_progress().await {
+                            log::debug!("cannot ask etcd for progress: {e}");
                         }
                         continue;
                     }
@@ -356,39 +381,25 @@ async fn run(
                             // cluster's revision, not how far the watch has come.
                             None if answer.created() => continue,
                             // A progress notification: everything through it is
-                            // seen, once confirmed.
+                            // seen, once etcd confirms it.
                             //
                             // etcd before 3.4.24 and 3.5.8 answers a progress
                             // request at once with its current revision, possibly
                             // before changes of that revision still queued for the
-                            // watch (etcd issue #15220): the copy would claim a
-                            // revision whose changes it does not hold yet, and a
-                            // read right after a write could miss it. So a progress
-                            // revision counts only once the answer to a request
-                            // sent after it arrived is in: etcd sends what was
-                            // queued for the watch before that answer.
+                            // watch, or not yet read from its history for a watch
+                            // that is catching up (etcd issue #15220): the copy
+                            // would claim a revision whose changes it does not hold
+                            // yet, and a read right after a write could miss it.
                             None => {
                                 let at = answer.header().map_or(0, |h| h.revision().max(0) as u64);
-                                requested = requested.saturating_sub(1);
-                                match &mut unconfirmed {
-                                    Some((first, 0)) => {
-                                        let first = *first;
-                                        unconfirmed = None;
-                                        first
-                                    }
-                                    Some((_, before)) => {
-                                        *before -= 1;
-                                        continue;
-                                    }
-                                    None if at < next => continue,
-                                    None => {
-                                        if stream.request_progress().await.is_ok() {
-                                            requested += 1;
-                                            unconfirmed = Some((at, requested - 1));
-                                        }
-                                        continue;
-                                    }
+                                if at < next {
+                                    continue;
                                 }
+                                let held = cache.read().entries.len();
+                                if !unchanged(&connection, &keys, held, next, at).await {
+                                    continue;
+                                }
+                                at
                             }
                         };
                         if !events.is_empty() || through >= next {
