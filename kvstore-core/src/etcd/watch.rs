@@ -172,6 +172,17 @@ impl WatchStream for CacheWatch {
     }
 }
 
+/// The next answer on a watch being opened, within [`QUIET`].
+async fn next_answer(
+    stream: &mut etcd_client::WatchStream,
+) -> Result<etcd_client::WatchResponse, Error> {
+    tokio::time::timeout(QUIET, stream.message())
+        .await
+        .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
+        .map_err(|e| super::client::error(&e))?
+        .ok_or_else(|| Error::Unavailable("etcd closed the watch".into()))
+}
+
 /// A watch with an etcd watch of its own, from a revision older than the copy's
 /// history.
 pub struct HistoryWatch {
@@ -247,25 +258,11 @@ impl HistoryWatch {
             .await
             .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
             .map_err(|e| super::client::error(&e))?;
-        let first = tokio::time::timeout(QUIET, stream.message())
-            .await
-            .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
-            .map_err(|e| super::client::error(&e))?;
-        match first {
-            Some(answer) => self.take(answer)?,
-            None => return Err(Error::Unavailable("etcd closed the watch".into())),
-        }
+        self.take(next_answer(&mut stream).await?)?;
         if compacted {
             loop {
-                let next = tokio::time::timeout(QUIET, stream.message())
-                    .await
-                    .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
-                    .map_err(|e| super::client::error(&e))?;
-                match next {
-                    // Fails with `Compacted` on the cancellation.
-                    Some(answer) => self.take(answer)?,
-                    None => return Err(Error::Unavailable("etcd closed the watch".into())),
-                }
+                // Fails with `Compacted` on the cancellation.
+                self.take(next_answer(&mut stream).await?)?;
             }
         }
         self.stream = Some(stream);
