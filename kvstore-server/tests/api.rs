@@ -370,9 +370,14 @@ async fn put_get_delete_through_the_client(
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_pages_through_a_prefix() -> TestResult {
-    let server = TestServer::start();
+async fn list_pages_through_a_prefix(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     // Neighbours that must stay out of the "page/" listing.
     client.put("page", "outside").await?;
@@ -444,9 +449,14 @@ async fn list_pages_through_a_prefix() -> TestResult {
 }
 
 /// README: "default 100" for a listing's `limit`.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_list_without_a_limit_gives_pages_of_100() -> TestResult {
-    let server = TestServer::start();
+async fn a_list_without_a_limit_gives_pages_of_100(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let mut writers = Vec::new();
     for w in 0..5 {
@@ -487,9 +497,14 @@ async fn a_list_without_a_limit_gives_pages_of_100() -> TestResult {
 }
 
 /// README: values are "1 MiB at most by default".
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_value_limit_is_one_mib() -> TestResult {
-    let server = TestServer::start();
+async fn the_default_value_limit_is_one_mib(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let largest: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
@@ -520,9 +535,14 @@ async fn the_default_value_limit_is_one_mib() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_values_round_trip_raw_and_as_base64() -> TestResult {
-    let server = TestServer::start();
+async fn binary_values_round_trip_raw_and_as_base64(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let all: Vec<u8> = (0..=255u8).collect();
@@ -592,9 +612,14 @@ async fn binary_values_round_trip_raw_and_as_base64() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_sends_etag_and_revision_headers() -> TestResult {
-    let server = TestServer::start();
+async fn get_sends_etag_and_revision_headers(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let first = client.put("hdr/k", "v1").await?;
@@ -643,16 +668,22 @@ async fn get_sends_etag_and_revision_headers() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_reports_the_store_revision() -> TestResult {
-    let server = TestServer::start();
+async fn healthz_reports_the_store_revision(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = format!("{}/healthz", server.url);
+    let engine = server.engine().name();
     let body: Value = http.get(&url).send().await?.json().await?;
     assert_eq!(
         body,
-        json!({"status": "ok", "engine": "sled", "revision": 0})
+        json!({"status": "ok", "engine": engine, "revision": server.first_revision()})
     );
     client.put("h/a", "1").await?;
     let put = client.put("h/b", "2").await?;
@@ -662,7 +693,7 @@ async fn healthz_reports_the_store_revision() -> TestResult {
     let body: Value = res.json().await?;
     assert_eq!(
         body,
-        json!({"status": "ok", "engine": "sled", "revision": put.revision})
+        json!({"status": "ok", "engine": engine, "revision": put.revision})
     );
     assert_eq!(client.health().await?, put.revision);
     Ok(())
@@ -672,9 +703,14 @@ async fn healthz_reports_the_store_revision() -> TestResult {
 /// (`x-kv-revision` on a read of that key, `/healthz`, a listing's `revision`)
 /// must not be older than the write: a reader must never see an entry whose
 /// `mod_revision` is newer than the "current" store revision in the same answer.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reported_store_revision_covers_acknowledged_writes() -> TestResult {
-    let server = TestServer::start();
+async fn reported_store_revision_covers_acknowledged_writes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/kv/ryw/k", server.url);
@@ -709,9 +745,14 @@ async fn reported_store_revision_covers_acknowledged_writes() -> TestResult {
 /// `x-kv-mod-revision` is newer than the `x-kv-revision` (store revision: the last
 /// durable change) sent with it: that would be a value that is not durable yet
 /// and that a crash could still take back.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_during_writes_never_outrun_the_store_revision() -> TestResult {
-    let server = TestServer::start();
+async fn reads_during_writes_never_outrun_the_store_revision(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     client.put("dirty/k", "0").await?;
@@ -758,9 +799,14 @@ async fn reads_during_writes_never_outrun_the_store_revision() -> TestResult {
 // Conditional writes
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compare_and_swap_and_create_only() -> TestResult {
-    let server = TestServer::start();
+async fn compare_and_swap_and_create_only(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/kv/cas/k", server.url);
@@ -867,9 +913,14 @@ async fn compare_and_swap_and_create_only() -> TestResult {
 // Errors
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_errors_have_the_right_variants() -> TestResult {
-    let mut server = TestServer::start_with(&["--max-value-bytes", "1024"]);
+async fn client_errors_have_the_right_variants(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(mut server) = support::serve(engine, &["--max-value-bytes", "1024"]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
 
     match client.get("err/missing").await {
@@ -936,9 +987,14 @@ async fn client_errors_have_the_right_variants() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_error_bodies_are_json_with_codes() -> TestResult {
-    let server = TestServer::start_with(&["--max-value-bytes", "1024"]);
+async fn raw_error_bodies_are_json_with_codes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &["--max-value-bytes", "1024"]) else {
+        return Ok(());
+    };
     let http = reqwest::Client::new();
     let base = &server.url;
 
@@ -1045,9 +1101,14 @@ async fn raw_error_bodies_are_json_with_codes() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_methods_on_keys_answer_405() -> TestResult {
-    let server = TestServer::start();
+async fn unsupported_methods_on_keys_answer_405(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let http = reqwest::Client::new();
     let base = &server.url;
     let client = Client::new(base)?;
@@ -1078,11 +1139,16 @@ async fn unsupported_methods_on_keys_answer_405() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsupported_methods_on_keys_answer_405_before_the_token_check() -> TestResult {
+async fn unsupported_methods_on_keys_answer_405_before_the_token_check(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
     let dir = tempfile::tempdir()?;
     let file = support::admin_access_file(dir.path())?;
-    let server = TestServer::start_with(&["--access-file", &file]);
+    let Some(server) = support::serve(engine, &["--access-file", &file]) else {
+        return Ok(());
+    };
     let http = reqwest::Client::new();
     let res = http.post(format!("{}/v1/kv/a", server.url)).send().await?;
     expect_error(res, 405, "method_not_allowed").await?;
@@ -1091,9 +1157,14 @@ async fn unsupported_methods_on_keys_answer_405_before_the_token_check() -> Test
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn percent_encoded_keys_are_decoded() -> TestResult {
-    let server = TestServer::start();
+async fn percent_encoded_keys_are_decoded(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let base = &server.url;
@@ -1165,9 +1236,14 @@ async fn percent_encoded_keys_are_decoded() -> TestResult {
 /// Routes are matched on the path as sent: a route's own name spelled with
 /// percent-escapes is no route of ours (`404 not_found`, not a key or a missing
 /// key), while escapes inside a key are decoded as ever.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_name_spelled_with_escapes_is_not_found() -> TestResult {
-    let server = TestServer::start();
+async fn a_route_name_spelled_with_escapes_is_not_found(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let base = &server.url;
@@ -1205,9 +1281,14 @@ async fn a_route_name_spelled_with_escapes_is_not_found() -> TestResult {
 /// Keys are arbitrary strings and `/` is an ordinary character, so `.` and `..`
 /// path segments inside a key are part of the key. The client must not let URL
 /// normalisation rewrite them into a different key.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_keeps_dot_segments_in_keys() -> TestResult {
-    let server = TestServer::start();
+async fn client_keeps_dot_segments_in_keys(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let keys = ["dots/x/../y", "dots/./z"];
     for key in keys {
@@ -1255,9 +1336,14 @@ async fn body_of(res: reqwest::Response) -> Result<(u16, String, Vec<u8>), BoxEr
     Ok((status, content_type, res.bytes().await?.to_vec()))
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_kv_answers_byte_for_byte() -> TestResult {
-    let server = TestServer::start();
+async fn legacy_kv_answers_byte_for_byte(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = format!("{}/kv", server.url);
@@ -1355,9 +1441,14 @@ async fn legacy_kv_answers_byte_for_byte() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
-    let server = TestServer::start();
+async fn legacy_writes_show_in_v1_and_in_watches(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let mut watch = Box::pin(client.watch_with(WatchOptions {
@@ -1379,12 +1470,15 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
     let entry = client.get_entry("legacy/k").await?;
     assert_eq!(entry.value, b"v2");
     assert_eq!(entry.version, 2);
-    assert_eq!(entry.create_revision, 1);
-    assert_eq!(entry.mod_revision, 2);
+    // The first two writes of the store.
+    let first = server.first_revision() + 1;
+    assert_eq!(entry.create_revision, first);
+    assert_eq!(entry.mod_revision, first + 1);
     let page = client.list("legacy/", None, None).await?;
     assert_eq!(page.entries, [entry]);
 
-    for (revision, value) in [(1, "v1"), (2, "v2")] {
+    for (version, value) in [(1, "v1"), (2, "v2")] {
+        let revision = first + version - 1;
         let Update::Event(event) = next_update(&mut watch).await? else {
             return Err("expected an event".into());
         };
@@ -1392,12 +1486,12 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
         assert_eq!(event.key, "legacy/k");
         assert_eq!(event.value, value.as_bytes());
         assert_eq!(event.revision, revision);
-        assert_eq!(event.version, revision);
+        assert_eq!(event.version, version);
         let frame = ws_next_change(&mut ws).await?;
         assert_eq!(
             frame,
             json!({"type": "put", "key": "legacy/k", "value": value, "revision": revision,
-                   "create_revision": 1, "version": revision})
+                   "create_revision": first, "version": version})
         );
     }
     Ok(())
@@ -1406,9 +1500,14 @@ async fn legacy_writes_show_in_v1_and_in_watches() -> TestResult {
 /// A value written as bytes through `/v1` that is not UTF-8 cannot be shown by the
 /// text-only legacy API: `409 value_not_text` (the request was fine; the value is
 /// what conflicts), pointing at `/v1/kv`, which can.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_kv_cannot_show_a_binary_value() -> TestResult {
-    let server = TestServer::start();
+async fn legacy_kv_cannot_show_a_binary_value(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     client
@@ -1439,9 +1538,14 @@ async fn legacy_kv_cannot_show_a_binary_value() -> TestResult {
 /// The legacy `/kv` takes `{"key": ...}` objects only: a JSON array (which serde
 /// would read as the fields in order) is refused like any other non-object, and
 /// nothing is stored.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn legacy_kv_refuses_a_json_array_for_an_object() -> TestResult {
-    let server = TestServer::start();
+async fn legacy_kv_refuses_a_json_array_for_an_object(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = format!("{}/kv", server.url);
@@ -1491,9 +1595,14 @@ async fn legacy_kv_refuses_a_json_array_for_an_object() -> TestResult {
 // Watches through the client
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_watch_sees_changes_in_order_under_its_prefix() -> TestResult {
-    let server = TestServer::start();
+async fn client_watch_sees_changes_in_order_under_its_prefix(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let marker = "cw/~marker";
     let mut watch = Box::pin(client.watch("cw/"));
@@ -1572,9 +1681,14 @@ async fn client_watch_sees_changes_in_order_under_its_prefix() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_watch_from_a_revision_and_with_initial_state() -> TestResult {
-    let server = TestServer::start();
+async fn client_watch_from_a_revision_and_with_initial_state(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let a = client.put("hw/a", "1").await?;
     client.put("skip/x", "x").await?;
@@ -1640,9 +1754,14 @@ async fn client_watch_from_a_revision_and_with_initial_state() -> TestResult {
 // Raw WebSocket frames
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_frames_have_the_documented_shape() -> TestResult {
-    let server = TestServer::start();
+async fn websocket_frames_have_the_documented_shape(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let pre = client.put("ws/pre", "p").await?;
     wait_published(&client, pre.revision).await?;
@@ -1678,9 +1797,14 @@ async fn websocket_frames_have_the_documented_shape() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_initial_entries_then_synced() -> TestResult {
-    let server = TestServer::start();
+async fn websocket_initial_entries_then_synced(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let b = client.put("ini/b", "2").await?;
     let a1 = client.put("ini/a", "1").await?;
@@ -1724,9 +1848,14 @@ async fn websocket_initial_entries_then_synced() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_start_revision_replays_exactly_the_history() -> TestResult {
-    let server = TestServer::start();
+async fn websocket_start_revision_replays_exactly_the_history(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     // Revisions of the changes under "hist/", in order.
     let mut history = vec![client.put("hist/a", "1").await?.revision];
@@ -1769,17 +1898,23 @@ async fn websocket_start_revision_replays_exactly_the_history() -> TestResult {
 // Server-Sent Events
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_ids_are_revisions_and_last_event_id_resumes() -> TestResult {
-    let server = TestServer::start();
+async fn sse_ids_are_revisions_and_last_event_id_resumes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
 
     let mut sse = Sse::connect(&http, &server, "prefix=s%2F", None).await?;
     let first = sse.next().await?;
     assert_eq!(first.event, "progress");
-    assert_eq!(first.id, Some(0));
-    assert_eq!(first.data, json!({"type": "progress", "revision": 0}));
+    let empty = server.first_revision();
+    assert_eq!(first.id, Some(empty));
+    assert_eq!(first.data, json!({"type": "progress", "revision": empty}));
 
     let p1 = client.put("s/a", "1").await?;
     let p2 = client.put("s/b", "2").await?;
@@ -1833,9 +1968,14 @@ async fn sse_ids_are_revisions_and_last_event_id_resumes() -> TestResult {
 /// (`curl -N`: `Accept: */*`) streams, as does one with an `Upgrade` to anything
 /// but `websocket`. An `Accept` that refuses `text/event-stream`, or an incomplete
 /// WebSocket handshake, gets `400 invalid_request`.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_is_server_sent_events_unless_it_upgrades() -> TestResult {
-    let server = TestServer::start();
+async fn a_watch_is_server_sent_events_unless_it_upgrades(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let put = client.put("neg/k", "v").await?;
@@ -1882,9 +2022,14 @@ async fn a_watch_is_server_sent_events_unless_it_upgrades() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_initial_entries_then_synced() -> TestResult {
-    let server = TestServer::start();
+async fn sse_initial_entries_then_synced(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let a = client.put("si/a", "1").await?;
@@ -1913,9 +2058,14 @@ async fn sse_initial_entries_then_synced() -> TestResult {
 // Concurrency and durability
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_cas_increments_are_never_lost() -> TestResult {
-    let server = TestServer::start();
+async fn concurrent_cas_increments_are_never_lost(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     client.put("counter", "0").await?;
     let mut tasks = Vec::new();
@@ -1964,9 +2114,14 @@ async fn concurrent_cas_increments_are_never_lost() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_puts_get_distinct_revisions() -> TestResult {
-    let server = TestServer::start();
+async fn concurrent_puts_get_distinct_revisions(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -1988,7 +2143,11 @@ async fn concurrent_puts_get_distinct_revisions() -> TestResult {
     assert_eq!(written.len(), 800);
     let revisions: HashSet<u64> = written.values().copied().collect();
     assert_eq!(revisions.len(), 800, "every put has its own revision");
-    assert_eq!(revisions.iter().max(), Some(&800), "revisions are gap-free");
+    assert_eq!(
+        revisions.iter().max(),
+        Some(&(server.first_revision() + 800)),
+        "revisions are gap-free"
+    );
 
     let entries = client.list_all("many/").await?;
     assert_eq!(entries.len(), 800);
@@ -2005,10 +2164,15 @@ async fn concurrent_puts_get_distinct_revisions() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revisions_continue_after_a_restart() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let mut first = TestServer::start_in(dir.path(), &[]);
+async fn revisions_continue_after_a_restart(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(backend) = Backend::new(engine) else {
+        return Ok(());
+    };
+    let mut first = TestServer::on(&backend, &[]);
     let client = Client::new(&first.url)?;
     // Concurrent writes (committed in shared flushes), then a few in sequence.
     let mut tasks = Vec::new();
@@ -2038,7 +2202,7 @@ async fn revisions_continue_after_a_restart() -> TestResult {
         Err(ClientError::Connection(_))
     ));
 
-    let second = TestServer::start_in(dir.path(), &[]);
+    let second = TestServer::on(&backend, &[]);
     let client = Client::new(&second.url)?;
     assert_eq!(client.health().await?, b2.revision);
     let entry = client.get_entry("r/b").await?;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kvstore_client::{Client, Error};
 use reqwest::{Method, StatusCode};
-use support::TestServer;
+use rstest::rstest;
+use support::{Engine, TestServer};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -53,7 +54,9 @@ struct Secured {
     _dir: tempfile::TempDir,
 }
 
-fn secured_server() -> Result<Secured, Box<dyn std::error::Error>> {
+/// A server on `engine` with the access file above; `None` when that engine
+/// cannot run here.
+fn secured_server(engine: Engine) -> Result<Option<Secured>, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("access.toml");
     // Keep the hash in the file honest: it is computed here, not trusted.
@@ -63,8 +66,10 @@ fn secured_server() -> Result<Secured, Box<dyn std::error::Error>> {
     );
     std::fs::write(&file, text)?;
     let file = file.to_string_lossy().into_owned();
-    let server = TestServer::start_with(&["--access-file", &file]);
-    Ok(Secured { server, _dir: dir })
+    let Some(server) = support::serve(engine, &["--access-file", &file]) else {
+        return Ok(None);
+    };
+    Ok(Some(Secured { server, _dir: dir }))
 }
 
 /// Sends a request with an optional token; (status, error code).
@@ -118,9 +123,14 @@ type CallAs = (
 const SSE: (&str, &str) = ("accept", "text/event-stream");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_needs_a_known_token() -> TestResult {
-    let secured = secured_server()?;
+async fn every_endpoint_needs_a_known_token(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(secured) = secured_server(engine)? else {
+        return Ok(());
+    };
     let url = &secured.server.url;
     let endpoints: Vec<Call> = vec![
         (Method::GET, "/v1/kv/app/x", "", vec![]),
@@ -163,9 +173,14 @@ async fn every_endpoint_needs_a_known_token() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_act_only_within_their_prefixes() -> TestResult {
-    let secured = secured_server()?;
+async fn tokens_act_only_within_their_prefixes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(secured) = secured_server(engine)? else {
+        return Ok(());
+    };
     let url = &secured.server.url;
     let admin = Client::new(url)?.with_token("admin-token")?;
     admin.put("app/x", "1").await?;
@@ -248,9 +263,14 @@ async fn tokens_act_only_within_their_prefixes() -> TestResult {
     Ok(())
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_deliver_only_readable_keys() -> TestResult {
-    let secured = secured_server()?;
+async fn watches_deliver_only_readable_keys(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(secured) = secured_server(engine)? else {
+        return Ok(());
+    };
     let url = &secured.server.url;
     let admin = Client::new(url)?.with_token("admin-token")?;
     let reader = Client::new(url)?.with_token("reader-token")?;
@@ -272,7 +292,15 @@ async fn watches_deliver_only_readable_keys() -> TestResult {
             _ => continue,
         }
     }
-    assert_eq!(seen, [("app/a".to_string(), 2), ("app/b".to_string(), 4)]);
+    // The second and fourth writes of the store.
+    let empty = secured.server.first_revision();
+    assert_eq!(
+        seen,
+        [
+            ("app/a".to_string(), empty + 2),
+            ("app/b".to_string(), empty + 4)
+        ]
+    );
 
     // A watch on a prefix the token cannot read at all is refused, and the SDK
     // ends the stream with the error instead of retrying.
@@ -284,9 +312,13 @@ async fn watches_deliver_only_readable_keys() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn cli_takes_a_token_and_exits_4_when_denied() -> TestResult {
-    let secured = secured_server()?;
+#[rstest]
+fn cli_takes_a_token_and_exits_4_when_denied(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(secured) = secured_server(engine)? else {
+        return Ok(());
+    };
     let kv = support::kv_bin();
     let run = |token: Option<&str>, args: &[&str]| {
         let mut cmd = std::process::Command::new(&kv);
@@ -310,6 +342,7 @@ fn cli_takes_a_token_and_exits_4_when_denied() -> TestResult {
     Ok(())
 }
 
+/// On one engine: the server stops on its access file before it opens any store.
 #[test]
 fn bad_access_files_stop_the_server_with_one_line() -> TestResult {
     let dir = tempfile::tempdir()?;

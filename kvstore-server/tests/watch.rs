@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use kvstore_client::{Client, Error as ClientError, Update, WatchOptions};
+use rstest::rstest;
 use serde_json::{json, Value};
-use support::TestServer;
+use support::{Backend, Engine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -575,15 +576,20 @@ async fn sdk_watcher(
     })
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_writers_and_resuming_watchers_see_exactly_the_history() -> TestResult {
+async fn random_writers_and_resuming_watchers_see_exactly_the_history(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
     const WRITERS: u64 = 4;
     const OPS_PER_WRITER: u64 = 250;
     let seed = seed();
     println!("seed {seed} (replay with WATCH_TEST_SEED={seed})");
     // A small event buffer: a watcher that falls behind (a loaded machine) is told
     // `lagged` and resumes like after any other disconnect.
-    let server = TestServer::start_with(&["--event-buffer", "16"]);
+    let Some(server) = support::serve(engine, &["--event-buffer", "16"]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let keys: Vec<String> = (0..10)
         .map(|i| format!("a/{i}"))
@@ -653,10 +659,11 @@ async fn random_writers_and_resuming_watchers_see_exactly_the_history() -> TestR
     target_tx.send_replace(Some(sentinels));
 
     // The committed history, from the server's log, is exactly what was
-    // acknowledged: revisions 1..=last, each once.
+    // acknowledged: every revision after the empty store's through `last`, each once.
     let history = history(&server.url, last).await?;
     let revisions: Vec<u64> = history.iter().map(|c| c.revision).collect();
-    assert_eq!(revisions, (1..=last).collect::<Vec<_>>(), "seed {seed}");
+    let first = server.first_revision() + 1;
+    assert_eq!(revisions, (first..=last).collect::<Vec<_>>(), "seed {seed}");
     assert_eq!(history, acked, "seed {seed}");
 
     for (name, prefix, task) in watchers {
@@ -709,21 +716,29 @@ async fn random_writers_and_resuming_watchers_see_exactly_the_history() -> TestR
 // 2. A consumer that stops reading
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged() -> TestResult {
+async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
     const WRITERS: usize = 4;
     const PUTS_PER_WRITER: usize = 750;
     const VALUE_BYTES: usize = 4096;
     // peer-timeout: the unread watcher cannot answer pings, and must not be dropped
     // for that before it lags.
-    let server = TestServer::start_with(&[
-        "--event-buffer",
-        "64",
-        "--peer-timeout",
-        "60",
-        "--cache-mb",
-        "16",
-    ]);
+    let Some(server) = support::serve(
+        engine,
+        &[
+            "--event-buffer",
+            "64",
+            "--peer-timeout",
+            "60",
+            "--cache-mb",
+            "16",
+        ],
+    ) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let pid = server.pid();
 
@@ -739,7 +754,8 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged() -> Tes
     )
     .await??;
     let opening = ws_frame(&mut ws).await?;
-    assert_eq!(opening, json!({"type": "progress", "revision": 0}));
+    let empty = server.first_revision();
+    assert_eq!(opening, json!({"type": "progress", "revision": empty}));
     let baseline = rss_kib(pid)?;
 
     // Several thousand puts of 4 KiB values, concurrently (a few MiB per round).
@@ -776,7 +792,7 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged() -> Tes
     let plain = within("a plain put", client.put("slow/plain", "p")).await??;
     assert!(plain.revision > last);
     let last = plain.revision;
-    assert_eq!(last, (WRITERS * PUTS_PER_WRITER) as u64 + 1);
+    assert_eq!(last, empty + (WRITERS * PUTS_PER_WRITER) as u64 + 1);
     // (b) The unread backlog does not pile up in the server's memory.
     let rss = rss_kib(pid)?;
     peak = peak.max(rss);
@@ -785,9 +801,9 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged() -> Tes
         "server RSS grew from {baseline} KiB to {peak} KiB with an unread watcher"
     );
 
-    // (c) Reading now: changes in order from revision 1, then `lagged` at the
+    // (c) Reading now: changes in order from the first write, then `lagged` at the
     // last one delivered, then a close.
-    let mut delivered = 0;
+    let mut delivered = empty;
     let lagged_at = loop {
         let frame = ws_frame(&mut ws).await?;
         match frame["type"].as_str() {
@@ -837,30 +853,54 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged() -> Tes
 // 3. Compacted history
 // ---------------------------------------------------------------------------
 
+#[rstest]
+/// On sled the server trims its history by its own retention flag; etcd compacts
+/// its own history (here through the cluster, as an operator or etcd's
+/// auto-compaction would): either way a watch from before the oldest kept
+/// revision is told `compacted` with that revision.
+///
+/// An etcd replica also keeps the last `--event-buffer` changes in its copy and
+/// resumes watchers from there, like kube-apiserver's watch cache, even once etcd
+/// compacted them; the small buffer here makes the watches that start before the
+/// last ten revisions go to etcd's history.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> TestResult {
-    let server = TestServer::start_with(&["--retain-revisions", "10"]);
+async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let retention: &[&str] = match engine {
+        Engine::Sled => &["--retain-revisions", "10"],
+        Engine::Etcd => &["--event-buffer", "8"],
+    };
+    let Some(mut server) = support::serve(engine, retention) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
+    let empty = server.first_revision();
     for i in 1..=50u64 {
         let put = client.put(&format!("c/{}", i % 7), format!("v{i}")).await?;
-        assert_eq!(put.revision, i);
+        assert_eq!(put.revision, empty + i);
+    }
+    let last = empty + 50;
+    let oldest = last - 9;
+    if let Some(cluster) = server.backend().and_then(Backend::cluster) {
+        cluster.compact(oldest)?;
     }
     // The writer trims the history right after answering a group. A watch with
     // `initial=true` reads its snapshot behind a barrier the writer answers only
-    // after that: once `synced` arrives, the history is 41..=50.
+    // after that: once `synced` arrives, the history is the last ten revisions.
     let mut ws = ws_connect(&server.url, "prefix=c%2F&initial=true").await?;
     loop {
         let frame = ws_frame(&mut ws).await?;
         if frame["type"] == "synced" {
-            assert_eq!(frame["revision"], 50);
+            assert_eq!(frame["revision"], last);
             break;
         }
         assert_eq!(frame["type"], "entry", "{frame}");
     }
-    let oldest = 41;
 
     // WebSocket: an error frame, then a close.
-    for start in [1, 40] {
+    for start in [1, oldest - 1] {
         let mut ws =
             ws_connect(&server.url, &format!("prefix=c%2F&start_revision={start}")).await?;
         let frame = ws_frame(&mut ws).await?;
@@ -870,11 +910,12 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> 
         assert!(matches!(ws_item(&mut ws).await?, WsItem::Closed(_)));
     }
     // The oldest kept revision is indeed there.
-    let mut ws = ws_connect(&server.url, "prefix=c%2F&start_revision=41").await?;
-    for revision in oldest..=50 {
+    let query = format!("prefix=c%2F&start_revision={oldest}");
+    let mut ws = ws_connect(&server.url, &query).await?;
+    for revision in oldest..=last {
         let change = ws_change(&mut ws).await?;
         assert_eq!(change.revision, revision);
-        assert_eq!(change.value, format!("v{revision}"));
+        assert_eq!(change.value, format!("v{}", revision - empty));
     }
 
     // The SDK: Err(Compacted), then the end of the stream (no reconnecting).
@@ -895,9 +936,9 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> 
     // JSON error body (README's error table), not a stream.
     let http = reqwest::Client::new();
     for (query, last_event_id) in [
-        ("prefix=c%2F&start_revision=1", None),
-        ("prefix=c%2F&start_revision=40", None),
-        ("prefix=c%2F", Some(5)),
+        ("prefix=c%2F&start_revision=1".to_string(), None),
+        (format!("prefix=c%2F&start_revision={}", oldest - 1), None),
+        ("prefix=c%2F".to_string(), Some(5)),
     ] {
         let mut req = http
             .get(format!("{}/v1/watch?{query}", server.url))
@@ -927,7 +968,7 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> 
             .is_some_and(|m| !m.is_empty()));
     }
     // From the oldest kept revision on, a stream.
-    let mut sse = Sse::connect(&server.url, "prefix=c%2F&start_revision=41", None).await?;
+    let mut sse = Sse::connect(&server.url, &query, None).await?;
     assert_eq!(sse.next_change().await?.revision, oldest);
     Ok(())
 }
@@ -936,9 +977,14 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept() -> 
 // 4. Progress frames
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_watches_get_progress_frames_that_are_safe_to_resume_from() -> TestResult {
-    let server = TestServer::start_with(&["--progress-interval", "0.2"]);
+async fn idle_watches_get_progress_frames_that_are_safe_to_resume_from(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &["--progress-interval", "0.2"]) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     client.put("other/0", "x").await?;
     let idle_at = client.put("other/1", "x").await?.revision;
@@ -1082,12 +1128,18 @@ fn parse_frames(buf: &mut Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, BoxError> {
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
+async fn silent_peers_are_dropped_and_live_ones_kept(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
     // The peer timeout is ten ping intervals, so a live peer whose pongs are late
     // on a loaded machine is not taken for a silent one.
     const PEER_TIMEOUT: Duration = Duration::from_secs(2);
-    let server = TestServer::start_with(&["--ping-interval", "0.2", "--peer-timeout", "2"]);
+    let Some(server) = support::serve(engine, &["--ping-interval", "0.2", "--peer-timeout", "2"])
+    else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
 
     // A peer that reads but never answers pings: the server closes it.
@@ -1192,13 +1244,18 @@ async fn silent_peers_are_dropped_and_live_ones_kept() -> TestResult {
 // 6. SSE resumption across restarts
 // ---------------------------------------------------------------------------
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
-    let dir = tempfile::tempdir()?;
+async fn sse_last_event_id_resumes_across_a_restart(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(store) = Backend::new(engine) else {
+        return Ok(());
+    };
     // Restarts keep this address (held by the test, so no other test can take it
     // while the server is down).
     let held = support::HeldAddress::new()?;
-    let mut server = held.start(dir.path(), &[])?;
+    let mut server = held.start_on(&store, &[])?;
     let client = Client::new(&held.url)?;
 
     let put = |key: &'static str, value: &'static str| {
@@ -1225,7 +1282,7 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
     drop(sse);
 
     // ...and some after the restart, on the same address and data.
-    let mut server = held.start(dir.path(), &[])?;
+    let mut server = held.start_on(&store, &[])?;
     let p5 = put("r/c", "5").await?;
     put("x/other", "z").await?;
 
@@ -1243,7 +1300,7 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
     while let Ok(Some(event)) = sse.next_or_end().await {
         assert_eq!(event.event, "progress", "{event:?}");
     }
-    let _server = held.start(dir.path(), &[])?;
+    let _server = held.start_on(&store, &[])?;
     let p7 = put("r/e", "7").await?;
     let mut sse = Sse::connect(&held.url, "prefix=r%2F", Some(p6.revision)).await?;
     assert_eq!(sse.next_change().await?, p7);
@@ -1260,19 +1317,27 @@ async fn sse_last_event_id_resumes_across_a_restart() -> TestResult {
 /// is silent too (it cannot answer pings), and once the server's send to it blocks
 /// (socket buffers and the session channel full) the send itself must give up
 /// after the peer timeout, or the peer would never be dropped.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestResult {
+async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
     // --sync none: this is about the watch path, and the writes are many.
-    let server = TestServer::start_with(&[
-        "--ping-interval",
-        "0.2",
-        "--peer-timeout",
-        "2",
-        "--event-buffer",
-        "64",
-        "--sync",
-        "none",
-    ]);
+    let Some(server) = support::serve(
+        engine,
+        &[
+            "--ping-interval",
+            "0.2",
+            "--peer-timeout",
+            "2",
+            "--event-buffer",
+            "64",
+            "--sync",
+            "none",
+        ],
+    ) else {
+        return Ok(());
+    };
     let client = Client::new(&server.url)?;
     let addr: std::net::SocketAddr = server.addr().parse()?;
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -1335,9 +1400,15 @@ async fn a_stuck_peer_is_dropped_even_while_a_send_to_it_is_pending() -> TestRes
 /// stopped reading: once the server's answers to it (pongs) fill the buffers,
 /// the answer it is sending must give up after the peer timeout too, or the
 /// peer, its task and its watcher slot would be kept for ever.
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_talks_but_never_reads_is_dropped() -> TestResult {
-    let server = TestServer::start_with(&["--ping-interval", "0.2", "--peer-timeout", "2"]);
+async fn a_peer_that_talks_but_never_reads_is_dropped(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &["--ping-interval", "0.2", "--peer-timeout", "2"])
+    else {
+        return Ok(());
+    };
     let addr: std::net::SocketAddr = server.addr().parse()?;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;

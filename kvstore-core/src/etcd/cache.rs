@@ -228,6 +228,37 @@ pub fn event_of(keys: &Keys, event: &etcd_client::Event) -> Option<Event> {
     })
 }
 
+/// Whether etcd shows the copy as it is at revision `at`: no key under the prefix
+/// written from `next` on, and as many keys as the copy's `held` (so none
+/// deleted). Then a progress answer at `at` can be taken: reads see nothing the
+/// copy lacks. Any doubt (an error) is a no: the changes come, or reads go to etcd.
+async fn unchanged(connection: &Connection, keys: &Keys, held: usize, next: u64, at: u64) -> bool {
+    let (start, end) = keys.range("");
+    let count = |options: GetOptions| {
+        let start = start.clone();
+        async move {
+            connection
+                .call("a count of the keys", Retry::Read, |mut client| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { client.get(start, Some(options)).await }
+                })
+                .await
+                .map(|answer| answer.count())
+        }
+    };
+    let at_revision = GetOptions::new()
+        .with_range(end)
+        .with_revision(at as i64)
+        .with_count_only();
+    let written = count(at_revision.clone().with_min_mod_revision(next as i64)).await;
+    if !matches!(written, Ok(0)) {
+        return false;
+    }
+    count(at_revision)
+        .await
+        .is_ok_and(|keys| usize::try_from(keys) == Ok(held))
+}
+
 /// Every key under `keys`' prefix as of one revision, read a page at a time.
 pub async fn load(
     connection: &Connection,
@@ -349,8 +380,27 @@ async fn run(
                             // The answer that says the watch is created tells the
                             // cluster's revision, not how far the watch has come.
                             None if answer.created() => continue,
-                            // A progress notification: everything through it is seen.
-                            None => answer.header().map_or(0, |h| h.revision().max(0) as u64),
+                            // A progress notification: everything through it is
+                            // seen, once etcd confirms it.
+                            //
+                            // etcd before 3.4.24 and 3.5.8 answers a progress
+                            // request at once with its current revision, possibly
+                            // before changes of that revision still queued for the
+                            // watch, or not yet read from its history for a watch
+                            // that is catching up (etcd issue #15220): the copy
+                            // would claim a revision whose changes it does not hold
+                            // yet, and a read right after a write could miss it.
+                            None => {
+                                let at = answer.header().map_or(0, |h| h.revision().max(0) as u64);
+                                if at < next {
+                                    continue;
+                                }
+                                let held = cache.read().entries.len();
+                                if !unchanged(&connection, &keys, held, next, at).await {
+                                    continue;
+                                }
+                                at
+                            }
                         };
                         if !events.is_empty() || through >= next {
                             next = next.max(through + 1);

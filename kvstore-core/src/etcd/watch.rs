@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::WatchOptions as EtcdWatchOptions;
+use etcd_client::{GetOptions, WatchOptions as EtcdWatchOptions};
 use tokio::sync::broadcast;
 
 use super::cache::{event_of, Batch, Cache};
-use super::client::Connection;
+use super::client::{Connection, Retry};
 use super::keys::Keys;
 use crate::storage::{Error, SharedEvent, Watch, WatchItem, WatchStream};
 
@@ -172,6 +172,17 @@ impl WatchStream for CacheWatch {
     }
 }
 
+/// The next answer on a watch being opened, within [`QUIET`].
+async fn next_answer(
+    stream: &mut etcd_client::WatchStream,
+) -> Result<etcd_client::WatchResponse, Error> {
+    tokio::time::timeout(QUIET, stream.message())
+        .await
+        .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
+        .map_err(|e| super::client::error(&e))?
+        .ok_or_else(|| Error::Unavailable("etcd closed the watch".into()))
+}
+
 /// A watch with an etcd watch of its own, from a revision older than the copy's
 /// history.
 pub struct HistoryWatch {
@@ -206,8 +217,37 @@ impl HistoryWatch {
         Ok(Watch::new(watch))
     }
 
+    /// Whether etcd still keeps revision `revision`: a read at a compacted one fails.
+    async fn kept(&self, revision: u64) -> Result<bool, Error> {
+        let (start, end) = self.keys.range(&self.prefix);
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_revision(revision as i64)
+            .with_limit(1)
+            .with_keys_only();
+        let read = self
+            .connection
+            .call("a read of the history", Retry::Read, |mut client| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { client.get(start, Some(options)).await }
+            })
+            .await;
+        match read {
+            Ok(_) => Ok(true),
+            Err(Error::Compacted { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens the etcd watch from the position on, and reads its first answer.
+    ///
+    /// etcd takes a watch from a compacted revision (`created`) and cancels it
+    /// only in a later message, the one that names the oldest revision it keeps.
+    /// So a start etcd no longer keeps is found by a read at it first, and then
+    /// that later message is waited for: the watch fails here, before anything
+    /// reaches the client (a WebSocket's `compacted` frame, SSE's 410).
     async fn connect(&mut self) -> Result<(), Error> {
+        let compacted = !self.kept(self.position + 1).await?;
         let (start, end) = self.keys.range(&self.prefix);
         let options = EtcdWatchOptions::new()
             .with_range(end)
@@ -218,13 +258,12 @@ impl HistoryWatch {
             .await
             .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
             .map_err(|e| super::client::error(&e))?;
-        let first = tokio::time::timeout(QUIET, stream.message())
-            .await
-            .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))?
-            .map_err(|e| super::client::error(&e))?;
-        match first {
-            Some(answer) => self.take(answer)?,
-            None => return Err(Error::Unavailable("etcd closed the watch".into())),
+        self.take(next_answer(&mut stream).await?)?;
+        if compacted {
+            loop {
+                // Fails with `Compacted` on the cancellation.
+                self.take(next_answer(&mut stream).await?)?;
+            }
         }
         self.stream = Some(stream);
         Ok(())

@@ -63,6 +63,16 @@ pub enum Engine {
     Etcd,
 }
 
+impl Engine {
+    /// The engine's name, as `/healthz` and `/metrics` give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Etcd => "etcd",
+        }
+    }
+}
+
 /// Where a test's data lives, outliving the servers started on it (so a server
 /// restarted on it finds the data): a temp data dir, and for etcd a cluster of the
 /// test's own (killed with it).
@@ -119,6 +129,23 @@ impl Backend {
         self.etcd.as_mut()
     }
 
+    /// The store, opened as the server opens it from [`Backend::args`] (for tests
+    /// that mount the app in-process). On a thread of its own: the etcd engine
+    /// starts a runtime of its own, which cannot start inside a test's runtime.
+    pub fn open_store(&self) -> Result<std::sync::Arc<dyn kvstore_core::Storage>, String> {
+        use clap::Parser;
+        let mut argv = vec![
+            "kvstore-server".to_string(),
+            "--data-dir".to_string(),
+            self.dir().to_string_lossy().into_owned(),
+        ];
+        argv.extend(self.args());
+        let options = kvstore_server::Options::try_parse_from(argv).map_err(|e| e.to_string())?;
+        std::thread::spawn(move || options.open_store().map_err(|e| e.to_string()))
+            .join()
+            .map_err(|_| "opening the store panicked".to_string())?
+    }
+
     /// The store revision before any write: 0 on sled, 1 on a fresh etcd cluster.
     pub fn first_revision(&self) -> u64 {
         match self.engine {
@@ -143,6 +170,19 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     logs: std::sync::mpsc::Receiver<String>,
     _temp: Option<tempfile::TempDir>,
+    /// The store it serves, when the server owns it ([`serve`]): dropped after the
+    /// server is stopped.
+    backend: Option<Backend>,
+}
+
+/// A server with `args` on a fresh store of its own on `engine`, or `None` (having
+/// said the test skipped) when that engine cannot run here: the start of every
+/// test that runs once per engine.
+pub fn serve(engine: Engine, args: &[&str]) -> Option<TestServer> {
+    let backend = Backend::new(engine)?;
+    let mut server = TestServer::on(&backend, args);
+    server.backend = Some(backend);
+    Some(server)
 }
 
 impl TestServer {
@@ -246,6 +286,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             logs: log_rx,
             _temp: None,
+            backend: None,
         })
     }
 
@@ -296,7 +337,23 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             logs,
             _temp: None,
+            backend: None,
         })
+    }
+
+    /// The engine of the store this server owns ([`serve`]); sled otherwise.
+    pub fn engine(&self) -> Engine {
+        self.backend.as_ref().map_or(Engine::Sled, |b| b.engine)
+    }
+
+    /// The store revision before any write (see [`Backend::first_revision`]).
+    pub fn first_revision(&self) -> u64 {
+        self.backend.as_ref().map_or(0, Backend::first_revision)
+    }
+
+    /// The store this server owns ([`serve`]), e.g. its etcd cluster.
+    pub fn backend(&mut self) -> Option<&mut Backend> {
+        self.backend.as_mut()
     }
 
     /// `127.0.0.1:PORT`
@@ -469,7 +526,15 @@ impl HeldAddress {
 
     /// Starts a server on `data_dir` and relays new connections to it.
     pub fn start(&self, data_dir: &Path, args: &[&str]) -> Result<TestServer, String> {
-        let server = TestServer::try_start_in(data_dir, args)?;
+        self.relay_to(TestServer::try_start_in(data_dir, args)?)
+    }
+
+    /// Starts a server on `store` and relays new connections to it.
+    pub fn start_on(&self, store: &Backend, args: &[&str]) -> Result<TestServer, String> {
+        self.relay_to(TestServer::try_on_at("127.0.0.1:0", store, args)?)
+    }
+
+    fn relay_to(&self, server: TestServer) -> Result<TestServer, String> {
         let target = server.addr().parse().map_err(|e| format!("{e}"))?;
         *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
         Ok(server)
