@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod endpoints;
 mod error;
 mod tls;
 
