@@ -5,8 +5,8 @@
 //!   is not sent again to the next server, a read is.
 //! - Two replicas over one 3-member etcd cluster: a put through one is seen by a
 //!   watcher on the other; a watch resumes on the other from its last revision;
-//!   killing the replica a watching client (given both URLs) is on, while a writer
-//!   keeps writing through the other, loses and repeats nothing.
+//!   killing (or stopping) the replica a watching client (given both URLs) is on,
+//!   while a writer keeps writing through the other, loses and repeats nothing.
 
 mod support;
 
@@ -356,8 +356,20 @@ async fn writer(client: Client, stop: Arc<AtomicBool>) -> Result<Vec<Change>, Cl
     Ok(acked)
 }
 
+/// How the replica a client is on goes away.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL: connections just break.
+    Kill,
+    /// SIGTERM: a graceful stop (watchers are told `shutting_down`).
+    Terminate,
+}
+
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_the_replica_a_watching_client_is_on_loses_and_repeats_nothing() -> TestResult {
+async fn stopping_the_replica_a_watching_client_is_on_loses_and_repeats_nothing(
+    #[values(Stop::Kill, Stop::Terminate)] stop_how: Stop,
+) -> TestResult {
     let Some((_backend, mut a, b)) = two_replicas() else {
         return Ok(());
     };
@@ -393,7 +405,13 @@ async fn killing_the_replica_a_watching_client_is_on_loses_and_repeats_nothing()
             other => panic!("before the kill: {other:?}"),
         }
     }
-    a.kill();
+    match stop_how {
+        Stop::Kill => a.kill(),
+        Stop::Terminate => {
+            let status = a.terminate(WAIT).ok_or("replica A did not exit")?;
+            assert!(status.success(), "a graceful stop: {status}");
+        }
+    }
     let at_kill = seen.len();
     // Until 30 more changes have come after the watch moved to B.
     while reconnects.is_empty() || seen.len() < at_kill + 30 {
