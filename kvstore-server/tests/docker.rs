@@ -53,12 +53,7 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
     let started = Instant::now();
 
     // --- Build the image users run, from the Dockerfile. ---
-    build_local(&[
-        "--bin-dir",
-        &bins.dir.to_string_lossy(),
-        "-t",
-        &docker.image,
-    ]);
+    docker.build_image(&bins);
     eprintln!("built {} in {:?}", docker.image, started.elapsed());
     check_image_config(&docker.image);
 
@@ -188,14 +183,24 @@ fn build_local(args: &[&str]) {
         .stdin(Stdio::null())
         .output()
         .expect("bash docker/build-local.sh");
-    assert!(
-        output.status.success(),
-        "docker/build-local.sh {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    succeeded(
+        &format!("docker/build-local.sh {}", args.join(" ")),
+        &output,
+        "",
     );
+}
+
+/// The trimmed stdout of the command `what`, which must have succeeded (else a
+/// failure with its output and `context`).
+fn succeeded(what: &str, out: &Output, context: &str) -> String {
+    assert!(
+        out.status.success(),
+        "`{what}` failed ({}): {}{}{context}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `Ok` when `docker info` reaches an engine, else why not.
@@ -246,16 +251,7 @@ fn docker(args: &[&str]) -> Output {
 
 /// The trimmed stdout of `docker ARGS`, which must succeed.
 fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "`docker {}` failed ({}): {}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(&format!("docker {}", args.join(" ")), &docker(args), "")
 }
 
 /// A container's output so far, for failure messages.
@@ -323,6 +319,12 @@ struct Container {
 }
 
 impl Resources {
+    /// Builds the kvstore image from `bins` as `self.image`.
+    fn build_image(&self, bins: &Binaries) {
+        let dir = bins.dir.to_string_lossy();
+        build_local(&["--bin-dir", &dir, "-t", &self.image]);
+    }
+
     fn new() -> Resources {
         let unique = format!(
             "{}-{}",
@@ -608,12 +610,7 @@ fn compose_cluster_serves_one_store_through_two_replicas() {
     let bins = Binaries::of_this_build();
     let docker = Resources::new();
     let started = Instant::now();
-    build_local(&[
-        "--bin-dir",
-        &bins.dir.to_string_lossy(),
-        "-t",
-        &docker.image,
-    ]);
+    docker.build_image(&bins);
     let etcd_image = format!("{}-etcd", docker.image);
     build_local(&[
         "--etcd",
@@ -750,16 +747,12 @@ impl Compose {
     /// The trimmed stdout of `compose ARGS`, which must succeed.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`compose {}` failed ({}): {}{}\nlogs:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let context = if out.status.success() {
+            String::new()
+        } else {
+            format!("\nlogs:\n{}", self.logs())
+        };
+        succeeded(&format!("compose {}", args.join(" ")), &out, &context)
     }
 
     fn logs(&self) -> String {
