@@ -405,21 +405,32 @@ async fn stopping_the_replica_a_watching_client_is_on_loses_and_repeats_nothing(
             other => panic!("before the kill: {other:?}"),
         }
     }
+    let stopped = std::time::Instant::now();
     match stop_how {
         Stop::Kill => a.kill(),
-        Stop::Terminate => {
-            let status = a.terminate(WAIT).ok_or("replica A did not exit")?;
-            assert!(status.success(), "a graceful stop: {status}");
-        }
+        // Its exit is awaited below, while the watch moves on.
+        Stop::Terminate => a.signal_term(),
     }
     let at_kill = seen.len();
+    let mut moved = false;
     // Until 30 more changes have come after the watch moved to B.
     while reconnects.is_empty() || seen.len() < at_kill + 30 {
         match next(&mut updates).await? {
-            Update::Event(event) => seen.push(change(&event)),
+            Update::Event(event) => {
+                if !reconnects.is_empty() && !moved {
+                    moved = true;
+                    let after = stopped.elapsed();
+                    eprintln!("{stop_how:?}: first change through B {after:?} after the stop");
+                }
+                seen.push(change(&event))
+            }
             Update::Reconnecting { reason, .. } => reconnects.push(reason),
             other => panic!("after the kill: {other:?}"),
         }
+    }
+    if let Stop::Terminate = stop_how {
+        let status = a.wait_exit(WAIT).ok_or("replica A did not exit")?;
+        assert!(status.success(), "a graceful stop: {status}");
     }
     stop.store(true, Ordering::Relaxed);
     let mut acked = writing.await??;
