@@ -4,6 +4,7 @@
 #
 #   cargo build --release -p kvstore-server -p kv-cli
 #   docker/build-local.sh [-t TAG] [--bin-dir DIR] [--keep-debug] [-- DOCKER_BUILD_ARGS...]
+#   docker/build-local.sh --etcd [-t TAG] [--etcd-bin FILE] [-- DOCKER_BUILD_ARGS...]
 #
 # It makes the Dockerfile's two base images locally with `docker import`, from
 # files of this host (so the host must be Linux with glibc, like the image):
@@ -18,15 +19,25 @@
 # temporary base images and the build stage's intermediate images are removed
 # again. Like the Dockerfile's own build, it leaves out the debug info (it strips
 # copies of the binaries, if `strip` is installed) unless --keep-debug is given.
+#
+# With --etcd it builds the etcd image of docker/compose.cluster.yaml instead
+# (docker/etcd.Dockerfile, default tag kvstore-etcd:latest): its base image holds
+# /bin/sh, Debian's `etcd` (FILE, or /usr/bin/etcd of the `etcd-server` package
+# fetched with `apt-get download` and unpacked with `dpkg -x`: no root needed)
+# and the libraries they load, so the Dockerfile finds etcd installed.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 tag=kvstore:latest
 bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 strip=true
+etcd=false
+etcd_bin=
 while [ $# -gt 0 ]; do
     case $1 in
-        -t | --tag) tag=$2; shift 2 ;;
+        -t | --tag) tag=$2; tag_given=true; shift 2 ;;
+        --etcd) etcd=true; shift ;;
+        --etcd-bin) etcd_bin=$2; shift 2 ;;
         --bin-dir) bin_dir=$2; shift 2 ;;
         --keep-debug) strip=false; shift ;;
         --) shift; break ;;
@@ -35,8 +46,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+if $etcd && [ -z "${tag_given:-}" ]; then
+    tag=kvstore-etcd:latest
+fi
 for bin in kvstore-server kv; do
-    if [ ! -x "$bin_dir/$bin" ]; then
+    if ! $etcd && [ ! -x "$bin_dir/$bin" ]; then
         echo "build-local.sh: $bin_dir/$bin is missing: run \`cargo build --release -p kvstore-server -p kv-cli\` or pass --bin-dir" >&2
         exit 1
     fi
@@ -114,6 +128,31 @@ import() {
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             - "$2" >/dev/null
 }
+
+if $etcd; then
+    base="$work/etcd"
+    mkdir -p "$base/bin" "$base/usr/bin" "$base/out/data" "$base/tmp"
+    chmod 1777 "$base/tmp"
+    if [ -z "$etcd_bin" ]; then
+        echo "build-local.sh: fetching Debian's etcd-server package"
+        (cd "$work" && apt-get download etcd-server >/dev/null)
+        dpkg -x "$work"/etcd-server_*.deb "$work/deb"
+        etcd_bin="$work/deb/usr/bin/etcd"
+    fi
+    cp -L "$(command -v sh)" "$base/bin/sh"
+    put_libs "$base" "$base/bin/sh"
+    cp -L "$etcd_bin" "$base/usr/bin/etcd"
+    put_libs "$base" "$base/usr/bin/etcd"
+    import "$base" "$builder_image"
+    echo "build-local.sh: docker build -f docker/etcd.Dockerfile -t $tag"
+    tar -C "$root/docker" -cf - etcd.Dockerfile |
+        docker build --force-rm -f etcd.Dockerfile \
+            --build-arg "BASE_IMAGE=$builder_image" -t "$tag" "$@" -
+    # The base image stays as the parent of the image: only its tag goes.
+    docker image rm "$builder_image" >/dev/null 2>&1 || true
+    echo "build-local.sh: built $tag ($(docker image inspect -f '{{.Size}}' "$tag") bytes)"
+    exit 0
+fi
 
 echo "build-local.sh: base images from $bin_dir"
 builder="$work/builder"

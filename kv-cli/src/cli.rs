@@ -29,20 +29,25 @@ Examples:
   kv get app/db/url                    print it (just the value)
   printf '\\x00\\x01' | kv put blob -   binary values from stdin
   kv ls app/                           list keys under a prefix
-  kv watch app/ --initial              current values, then every change";
+  kv watch app/ --initial              current values, then every change
+  kv --url http://a:5000,http://b:5000 ls   replicas: on to b while a is down";
 
 /// kv: get, put, list and watch keys of a kvstore server.
 #[derive(Debug, Parser)]
 #[command(name = "kv", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Server URL.
+    /// Server URL. Several replicas of one store: repeat the flag or separate
+    /// the URLs with commas; a request moves to the next when one cannot be
+    /// reached.
     #[arg(
         long,
         global = true,
         env = "KV_URL",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
         default_value = "http://localhost:5000"
     )]
-    pub url: String,
+    pub url: Vec<String>,
     /// Bearer token, for servers started with an access file.
     #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

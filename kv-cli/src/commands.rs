@@ -11,9 +11,9 @@ use kvstore_client::{Client, Condition, Event, EventKind, Update, WatchOptions};
 
 use crate::cli::{Cli, Command, Output};
 
-/// A client of `url` with the token and CA file of the command line.
-fn connect(url: &str, token: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<Client> {
-    let mut client = Client::new(url)?;
+/// A client of the servers at `urls` with the token and CA file of the command line.
+fn connect(urls: &[String], token: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<Client> {
+    let mut client = Client::with_urls(urls)?;
     if let Some(token) = token {
         client = client.with_token(token)?;
     }

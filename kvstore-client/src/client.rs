@@ -8,8 +8,9 @@ use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult, Re
 use kvstore_core::Condition;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
-use reqwest::Response;
+use reqwest::{Method, Response};
 
+use crate::endpoints::Endpoints;
 use crate::watch::{self, Events, Watch, WatchOptions};
 use crate::{tls, Error};
 
@@ -36,29 +37,79 @@ pub(crate) fn query_value(s: &str) -> String {
     utf8_percent_encode(s, QUERY).to_string()
 }
 
-/// A client of one kvstore server. Cheap to clone; share one per program.
+/// A client of a kvstore server, or of several interchangeable replicas of one
+/// store (kvstore-server processes over one etcd cluster). Cheap to clone; share
+/// one per program: clones share the replica in use.
+///
+/// # Several servers
+///
+/// Given several URLs, the client sends each request to the one in use (the first
+/// at the start). When it cannot reach it (connection refused, reset, timed out:
+/// not an HTTP error answer, which is the server's word and is returned as it is),
+/// it moves on to the next, in order and round, and keeps using the one that
+/// answered. What is sent again, after the same rule as etcd's `clientv3`:
+///
+/// - reads ([`Client::get`], [`Client::list`], [`Client::health`],
+///   [`Client::export`]) go to the next server after any connection failure:
+///   reading twice changes nothing;
+/// - writes ([`Client::put`], [`Client::put_if`], [`Client::delete`],
+///   [`Client::delete_if`], [`Client::restore`]) go to the next server only when
+///   the connection could not be opened, so the request surely never left. A
+///   connection that breaks after the request was sent gives
+///   [`Error::Connection`] saying the write may or may not have been applied: a
+///   put sent again would make a second revision (and a second event for every
+///   watcher), a create-only put or a compare-and-swap would fail on its own
+///   first success. Read the key back (or use a condition) to find out.
+///
+/// Watches move the same way and resume from the last revision they delivered
+/// (revisions are the cluster's, so any replica can resume them): see
+/// [`Client::watch`].
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
+    pub(crate) endpoints: Arc<Endpoints>,
     /// `Bearer <token>`, sent with every request and watch.
     pub(crate) authorization: Option<HeaderValue>,
     /// TLS settings for `https://` (shared by requests and watches).
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// What may be sent again to the next server after a connection failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A read: after any connection failure.
+    Read,
+    /// A write: only when the connection was never opened.
+    Write,
+}
+
 impl Client {
     /// A client of the server at `url`, e.g. `http://localhost:5000` or
     /// `https://kv.example:5000` (verified against the system's roots; see
-    /// [`Client::with_ca_pem`] for a private CA).
+    /// [`Client::with_ca_pem`] for a private CA). A comma-separated list
+    /// (`http://a:5000,http://b:5000`) gives a client of several replicas, as
+    /// [`Client::with_urls`] does.
     pub fn new(url: &str) -> Result<Client, Error> {
-        let base = url.trim_end_matches('/').to_string();
-        let https = base.starts_with("https://");
-        if !(base.starts_with("http://") || https) || base.len() < 8 {
-            return Err(Error::InvalidUrl(url.to_string()));
-        }
+        Self::with_urls([url])
+    }
+
+    /// A client of several interchangeable servers (replicas of one store), tried
+    /// in this order: see [Several servers](Client#several-servers).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), kvstore_client::Error> {
+    /// let client = kvstore_client::Client::with_urls(["http://a:5000", "http://b:5000"])?;
+    /// assert_eq!(client.urls(), ["http://a:5000", "http://b:5000"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_urls<I, S>(urls: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints = Endpoints::parse(urls)?;
         tls::install_crypto_provider();
-        let tls = if https {
+        let tls = if endpoints.any_https() {
             Some(Arc::new(tls::config(None)?))
         } else {
             None
@@ -66,7 +117,7 @@ impl Client {
         let http = build_http(None, tls.as_deref())?;
         Ok(Client {
             http,
-            base,
+            endpoints: Arc::new(endpoints),
             authorization: None,
             tls,
         })
@@ -103,12 +154,74 @@ impl Client {
         Ok(self)
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn url(&self) -> &str {
-        &self.base
+        self.endpoints.current()
     }
 
-    fn key_url(&self, key: &str) -> String {
+    /// Every server's base URL, in the order they are tried.
+    pub fn urls(&self) -> &[String] {
+        self.endpoints.all()
+    }
+
+    /// Sends the request `build` makes for a base URL to the server in use, and on
+    /// a connection failure to the next ones (each once), as `resend` allows.
+    async fn send(
+        &self,
+        resend: Resend,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Response, Error> {
+        let count = self.endpoints.len();
+        let mut tried = 0;
+        for (index, base) in self.endpoints.order() {
+            tried += 1;
+            let e = match build(base).send().await {
+                Ok(res) => {
+                    self.endpoints.answered(index);
+                    return Ok(res);
+                }
+                Err(e) => e,
+            };
+            let unsent = e.is_connect();
+            let again = unsent || (resend == Resend::Read && !e.is_builder() && !e.is_redirect());
+            let error = Error::from(e);
+            if !again {
+                return Err(match (resend, error) {
+                    (Resend::Write, Error::Connection(text)) => Error::Connection(format!(
+                        "{base}: {text} (the write may or may not have been applied; \
+                         it is not sent again)"
+                    )),
+                    (_, error) => error,
+                });
+            }
+            self.endpoints.failed(index);
+            if tried == count {
+                return Err(match error {
+                    Error::Connection(text) if count > 1 => Error::Connection(format!(
+                        "none of {count} servers answered; {base}: {text}"
+                    )),
+                    error => error,
+                });
+            }
+            log::warn!("{base} cannot be reached ({error}); trying the next server");
+        }
+        // `order` yields at least one server (a client has one or more).
+        Err(Error::InvalidUrl(String::new()))
+    }
+
+    /// A read sent to `path` (with its query), moving on as reads may.
+    async fn read(
+        &self,
+        path: &str,
+        decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Response, Error> {
+        self.send(Resend::Read, |base| {
+            decorate(self.http.get(format!("{base}{path}")))
+        })
+        .await
+    }
+
+    fn key_path(key: &str) -> String {
         // URL libraries drop `.` and `..` path segments (even percent-encoded ones),
         // so a key with such a segment travels as one segment, `/` encoded.
         let set = if key.split('/').any(|s| s == "." || s == "..") {
@@ -116,12 +229,12 @@ impl Client {
         } else {
             PATH
         };
-        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, set))
+        format!("/v1/kv/{}", utf8_percent_encode(key, set))
     }
 
     /// The value of `key` ([`Error::NotFound`] if absent).
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let res = self.http.get(self.key_url(key)).send().await?;
+        let res = self.read(&Self::key_path(key), |req| req).await?;
         let res = check(res, key).await?;
         Ok(res.bytes().await?.to_vec())
     }
@@ -129,23 +242,17 @@ impl Client {
     /// The value of `key` with its revisions.
     pub async fn get_entry(&self, key: &str) -> Result<Entry, Error> {
         let res = self
-            .http
-            .get(self.key_url(key))
-            .header(ACCEPT, "application/json")
-            .send()
+            .read(&Self::key_path(key), |req| {
+                req.header(ACCEPT, "application/json")
+            })
             .await?;
         decode(check(res, key).await?).await
     }
 
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<PutResult, Error> {
-        let res = self
-            .http
-            .put(self.key_url(key))
-            .body(value.into())
-            .send()
-            .await?;
-        decode(check(res, key).await?).await
+        self.write_key(Method::PUT, key, Some(value.into().into()), None)
+            .await
     }
 
     /// Sets `key` to `value` only if `condition` holds, else
@@ -156,21 +263,42 @@ impl Client {
         value: impl Into<Vec<u8>>,
         condition: Condition,
     ) -> Result<PutResult, Error> {
-        let req = self.http.put(self.key_url(key)).body(value.into());
-        let res = with_condition(req, condition).send().await?;
-        decode(check(res, key).await?).await
+        self.write_key(Method::PUT, key, Some(value.into().into()), Some(condition))
+            .await
     }
 
     /// Deletes `key` ([`Error::NotFound`] if absent).
     pub async fn delete(&self, key: &str) -> Result<DeleteResult, Error> {
-        let res = self.http.delete(self.key_url(key)).send().await?;
-        decode(check(res, key).await?).await
+        self.write_key(Method::DELETE, key, None, None).await
     }
 
     /// Deletes `key` only if `condition` holds.
     pub async fn delete_if(&self, key: &str, condition: Condition) -> Result<DeleteResult, Error> {
-        let req = self.http.delete(self.key_url(key));
-        let res = with_condition(req, condition).send().await?;
+        self.write_key(Method::DELETE, key, None, Some(condition))
+            .await
+    }
+
+    /// A put or delete of `key`, decoded.
+    async fn write_key<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        key: &str,
+        body: Option<bytes::Bytes>,
+        condition: Option<Condition>,
+    ) -> Result<T, Error> {
+        let path = Self::key_path(key);
+        let res = self
+            .send(Resend::Write, |base| {
+                let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+                if let Some(body) = &body {
+                    req = req.body(body.clone());
+                }
+                match condition {
+                    Some(condition) => with_condition(req, condition),
+                    None => req,
+                }
+            })
+            .await?;
         decode(check(res, key).await?).await
     }
 
@@ -183,14 +311,14 @@ impl Client {
         after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ListPage, Error> {
-        let mut url = format!("{}/v1/kv?prefix={}", self.base, query_value(prefix));
+        let mut path = format!("/v1/kv?prefix={}", query_value(prefix));
         if let Some(limit) = limit {
-            url.push_str(&format!("&limit={limit}"));
+            path.push_str(&format!("&limit={limit}"));
         }
         if let Some(after) = after {
-            url.push_str(&format!("&after={}", query_value(after)));
+            path.push_str(&format!("&after={}", query_value(after)));
         }
-        let res = self.http.get(url).send().await?;
+        let res = self.read(&path, |req| req).await?;
         decode(check(res, prefix).await?).await
     }
 
@@ -215,37 +343,43 @@ impl Client {
         prefix: &str,
     ) -> Result<impl Stream<Item = Result<bytes::Bytes, Error>>, Error> {
         use futures_util::StreamExt;
-        let url = format!("{}/v1/snapshot?prefix={}", self.base, query_value(prefix));
-        let res = check(self.http.get(url).send().await?, prefix).await?;
+        let path = format!("/v1/snapshot?prefix={}", query_value(prefix));
+        let res = check(self.read(&path, |req| req).await?, prefix).await?;
         Ok(res.bytes_stream().map(|chunk| chunk.map_err(Error::from)))
     }
 
     /// Restores a snapshot made by [`Client::export`] into the server, whose store
     /// must be empty (else a `store_not_empty` [`Error::BadRequest`]).
     pub async fn restore(&self, snapshot: impl Into<Vec<u8>>) -> Result<RestoreResult, Error> {
-        self.restore_body(reqwest::Body::from(snapshot.into()))
-            .await
+        let snapshot = bytes::Bytes::from(snapshot.into());
+        let res = self
+            .send(Resend::Write, |base| {
+                self.restore_request(base, reqwest::Body::from(snapshot.clone()))
+            })
+            .await?;
+        decode(check(res, "").await?).await
     }
 
     /// [`Client::restore`] from a stream of chunks, sent as they come: a snapshot
-    /// larger than memory restores without being held whole.
+    /// larger than memory restores without being held whole. The stream can be
+    /// sent once only, so it goes to the server in use and to no other.
     pub async fn restore_stream<S, E>(&self, chunks: S) -> Result<RestoreResult, Error>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        self.restore_body(reqwest::Body::wrap_stream(chunks)).await
-    }
-
-    async fn restore_body(&self, body: reqwest::Body) -> Result<RestoreResult, Error> {
         let res = self
-            .http
-            .post(format!("{}/v1/snapshot", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(body)
+            .restore_request(self.url(), reqwest::Body::wrap_stream(chunks))
             .send()
             .await?;
         decode(check(res, "").await?).await
+    }
+
+    fn restore_request(&self, base: &str, body: reqwest::Body) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{base}/v1/snapshot"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
     }
 
     /// The store's current revision, if the server is healthy.
@@ -254,11 +388,7 @@ impl Client {
         struct Health {
             revision: u64,
         }
-        let res = self
-            .http
-            .get(format!("{}/healthz", self.base))
-            .send()
-            .await?;
+        let res = self.read("/healthz", |req| req).await?;
         let health: Health = decode(check(res, "").await?).await?;
         Ok(health.revision)
     }
@@ -266,7 +396,8 @@ impl Client {
     /// Every change under `prefix` from now on, in revision order. The stream
     /// reconnects by itself after a dropped connection and resumes where it left
     /// off, so each change arrives exactly once; it ends only with an error that
-    /// cannot be retried (e.g. [`Error::Compacted`]).
+    /// cannot be retried (e.g. [`Error::Compacted`]). With several servers it
+    /// reconnects to the next one when the one in use cannot be reached.
     pub fn watch(&self, prefix: &str) -> Events {
         Events::new(self.watch_with(WatchOptions {
             prefix: prefix.to_string(),

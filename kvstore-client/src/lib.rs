@@ -8,6 +8,9 @@
 //!   (compare-and-swap), [`Client::delete`], [`Client::list`].
 //! - [`Client::watch`] streams changes; the stream reconnects by itself and
 //!   resumes from the last revision it delivered, so each change arrives once.
+//! - [`Client::with_urls`] (or a comma-separated [`Client::new`]) takes several
+//!   replicas of one store and moves to the next when one cannot be reached,
+//!   watches included: see [Several servers](Client#several-servers).
 //! - [`Error`] tells not-found, failed preconditions, bad requests, server errors
 //!   and connection failures apart.
 //!
@@ -51,6 +54,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod endpoints;
 mod error;
 mod tls;
 

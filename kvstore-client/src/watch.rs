@@ -4,6 +4,9 @@
 //! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
 //! error or a server shutdown it reconnects with backoff and asks for
 //! `start_revision = that + 1`, so the program sees every change exactly once.
+//! With several servers (replicas of one store, whose revisions are the
+//! cluster's) it connects to the client's server in use and moves on to the next
+//! while one cannot be reached, resuming there the same way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -84,6 +87,14 @@ enum Step {
     Fail(Error),
     Retry(String),
     Nothing,
+}
+
+/// How opening the WebSocket on one server failed.
+enum Attempt {
+    /// No answer (refused, reset, timed out): try the next server.
+    Unreachable(String),
+    /// The server answered with an error: what the watch does about it.
+    Answered(Step),
 }
 
 /// A watch stream, from [`Client::watch_with`]: every [`Update`] in order, across
@@ -187,8 +198,9 @@ fn backoff(failures: u32) -> Duration {
 }
 
 impl State {
-    fn url(&self) -> String {
-        let base = self.client.base.replacen("http", "ws", 1);
+    /// The watch's URL on the server at `base`.
+    fn url(&self, base: &str) -> String {
+        let base = base.replacen("http", "ws", 1);
         let mut url = format!(
             "{base}/v1/watch?prefix={}",
             query_value(&self.options.prefix)
@@ -201,15 +213,46 @@ impl State {
         url
     }
 
-    /// Opens the WebSocket; a refusal with an HTTP error (401, 403, 400) ends the
-    /// watch, anything else is retried.
+    /// Opens the WebSocket on the client's server in use, or on the next ones
+    /// (each once) while they cannot be reached. A refusal with an HTTP error
+    /// (401, 403, 400) ends the watch, anything else is retried.
     async fn connect(&self) -> Result<Socket, Step> {
+        let endpoints = &self.client.endpoints;
+        let mut unreachable = Vec::new();
+        for (index, base) in endpoints.order() {
+            match self.connect_to(base).await {
+                Ok(socket) => {
+                    if !unreachable.is_empty() {
+                        log::info!(
+                            "watch of {:?} moved to {base} ({} could not be reached)",
+                            self.options.prefix,
+                            unreachable.join(", ")
+                        );
+                    }
+                    endpoints.answered(index);
+                    return Ok(socket);
+                }
+                Err(Attempt::Unreachable(reason)) => {
+                    endpoints.failed(index);
+                    unreachable.push(format!("{base}: {reason}"));
+                }
+                Err(Attempt::Answered(step)) => return Err(step),
+            }
+        }
+        Err(Step::Retry(format!(
+            "cannot connect: {}",
+            unreachable.join("; ")
+        )))
+    }
+
+    /// Opens the WebSocket on the server at `base`.
+    async fn connect_to(&self, base: &str) -> Result<Socket, Attempt> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::Error as WsError;
         let mut request = self
-            .url()
+            .url(base)
             .into_client_request()
-            .map_err(|e| Step::Fail(Error::InvalidUrl(e.to_string())))?;
+            .map_err(|e| Attempt::Answered(Step::Fail(Error::InvalidUrl(e.to_string()))))?;
         if let Some(value) = &self.client.authorization {
             request
                 .headers_mut()
@@ -241,13 +284,15 @@ impl State {
                     .and_then(|b| serde_json::from_slice::<kvstore_core::wire::ErrorBody>(b).ok())
                     .map(|b| b.error);
                 let error = Error::from_status(status, detail, &self.options.prefix);
-                if error.is_transient() {
-                    Err(Step::Retry(error.to_string()))
+                Err(Attempt::Answered(if error.is_transient() {
+                    Step::Retry(error.to_string())
                 } else {
-                    Err(Step::Fail(error))
-                }
+                    Step::Fail(error)
+                }))
             }
-            Err(e) => Err(Step::Retry(format!("cannot connect: {e}"))),
+            // No answer at all: the handshake changes nothing on a server, so
+            // the next one may be tried at once.
+            Err(e) => Err(Attempt::Unreachable(e.to_string())),
         }
     }
 

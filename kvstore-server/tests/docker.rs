@@ -1,6 +1,8 @@
 //! The container image of `docker/Dockerfile`, run the way users run it: a named
 //! volume on `/data`, a published port, `kv` from the host and `docker exec kv`
 //! inside, `docker stop`, a new container on the same volume, the health check.
+//! And `docker/compose.cluster.yaml`: three etcd members (the image of
+//! `docker/etcd.Dockerfile`) and two kvstore replicas serving one store.
 //!
 //! No base image can be pulled here, so the image is built by
 //! `docker/build-local.sh` (the documented way to build without a registry): the
@@ -51,22 +53,7 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
     let started = Instant::now();
 
     // --- Build the image users run, from the Dockerfile. ---
-    let output = Command::new("bash")
-        .arg(workspace_root().join("docker/build-local.sh"))
-        .arg("--bin-dir")
-        .arg(&bins.dir)
-        .args(["-t", &docker.image])
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .output()
-        .expect("bash docker/build-local.sh");
-    assert!(
-        output.status.success(),
-        "docker/build-local.sh failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    docker.build_image(&bins);
     eprintln!("built {} in {:?}", docker.image, started.elapsed());
     check_image_config(&docker.image);
 
@@ -187,6 +174,35 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
     eprintln!("docker image test passed in {:?}", started.elapsed());
 }
 
+/// Runs `docker/build-local.sh ARGS`, which must succeed.
+fn build_local(args: &[&str]) {
+    let output = Command::new("bash")
+        .arg(workspace_root().join("docker/build-local.sh"))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash docker/build-local.sh");
+    succeeded(
+        &format!("docker/build-local.sh {}", args.join(" ")),
+        &output,
+        "",
+    );
+}
+
+/// The trimmed stdout of the command `what`, which must have succeeded (else a
+/// failure with its output and `context`).
+fn succeeded(what: &str, out: &Output, context: &str) -> String {
+    assert!(
+        out.status.success(),
+        "`{what}` failed ({}): {}{}{context}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `Ok` when `docker info` reaches an engine, else why not.
 fn docker_engine() -> Result<(), String> {
     match Command::new("docker")
@@ -235,16 +251,7 @@ fn docker(args: &[&str]) -> Output {
 
 /// The trimmed stdout of `docker ARGS`, which must succeed.
 fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "`docker {}` failed ({}): {}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(&format!("docker {}", args.join(" ")), &docker(args), "")
 }
 
 /// A container's output so far, for failure messages.
@@ -312,6 +319,12 @@ struct Container {
 }
 
 impl Resources {
+    /// Builds the kvstore image from `bins` as `self.image`.
+    fn build_image(&self, bins: &Binaries) {
+        let dir = bins.dir.to_string_lossy();
+        build_local(&["--bin-dir", &dir, "-t", &self.image]);
+    }
+
     fn new() -> Resources {
         let unique = format!(
             "{}-{}",
@@ -558,5 +571,209 @@ impl Kv {
     /// The raw value, as `kv get` prints it.
     fn get_raw(&self, key: &str) -> Vec<u8> {
         self.ok(&["get", key], None)
+    }
+}
+
+/// `docker/compose.cluster.yaml` as users run it: three etcd members and two
+/// kvstore replicas, images built without a registry. A put through replica 1 is
+/// read and watched through replica 2; with replica 1 stopped, `kv` given both
+/// URLs goes on through replica 2.
+#[test]
+fn compose_cluster_serves_one_store_through_two_replicas() {
+    const TEST: &str = "the compose cluster test";
+    if let Err(why) = docker_engine() {
+        support::skip(
+            "KVSTORE_REQUIRE_DOCKER",
+            TEST,
+            &format!("no Docker engine ({why})"),
+        );
+        return;
+    }
+    if !cfg!(feature = "etcd") {
+        let why = "built without the etcd engine (test with --all-features)";
+        support::skip("KVSTORE_REQUIRE_DOCKER", TEST, why);
+        return;
+    }
+    let Some(compose) = compose_command() else {
+        let why = "neither `docker compose` nor `docker-compose` runs";
+        support::skip("KVSTORE_REQUIRE_DOCKER", TEST, why);
+        return;
+    };
+    let etcd = match support::etcd::etcd_bin() {
+        Ok(etcd) => etcd,
+        Err(why) => {
+            support::skip("KVSTORE_REQUIRE_ETCD", TEST, &why);
+            return;
+        }
+    };
+
+    let bins = Binaries::of_this_build();
+    let docker = Resources::new();
+    let started = Instant::now();
+    docker.build_image(&bins);
+    let etcd_image = format!("{}-etcd", docker.image);
+    build_local(&[
+        "--etcd",
+        "--etcd-bin",
+        &etcd.to_string_lossy(),
+        "-t",
+        &etcd_image,
+    ]);
+    eprintln!("built both images in {:?}", started.elapsed());
+
+    let cluster = Compose {
+        command: compose,
+        project: docker.volume.clone(),
+        env: vec![
+            ("KVSTORE_IMAGE", docker.image.clone()),
+            ("KVSTORE_ETCD_IMAGE", etcd_image),
+            ("KVSTORE1_PUBLISH", "127.0.0.1:".into()),
+            ("KVSTORE2_PUBLISH", "127.0.0.1:".into()),
+        ],
+    };
+    cluster.ok(&["up", "-d", "--no-build"]);
+    let url = |service: &str| {
+        let port = cluster.ok(&["port", service, "5000"]);
+        format!("http://{}", port.lines().next().expect("published address"))
+    };
+    let (one, two) = (url("kvstore1"), url("kvstore2"));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let on_two = Client::new(&two).expect("client");
+        // Both replicas answer once etcd has elected a leader (no event to wait on:
+        // polled, with WAIT as the bound).
+        let deadline = Instant::now() + WAIT;
+        for client in [Client::new(&one).expect("client"), on_two.clone()] {
+            while let Err(e) = client.health().await {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not healthy within {WAIT:?}: {e}; logs:\n{}",
+                    client.url(),
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        eprintln!("cluster up in {:?}", started.elapsed());
+        let from = on_two.health().await.expect("health") + 1;
+        let mut changes = Box::pin(on_two.watch_with(WatchOptions {
+            prefix: "cluster/".into(),
+            start_revision: Some(from),
+            ..WatchOptions::default()
+        }));
+
+        let kv1 = Kv::new(&bins.kv, &one);
+        let kv2 = Kv::new(&bins.kv, &two);
+        let mut expected: Vec<Change> = Vec::new();
+        kv1.put(&mut expected, "cluster/a", b"through replica 1");
+        kv1.put(&mut expected, "cluster/b", BLOB);
+        assert_eq!(kv2.get_raw("cluster/a"), b"through replica 1");
+        let entry = kv2.json(&["get", "cluster/a"]);
+        assert_eq!(entry["mod_revision"], expected[0].3);
+        assert_eq!(
+            cluster.ok(&["exec", "-T", "kvstore2", "kv", "get", "cluster/a"]),
+            "through replica 1"
+        );
+
+        // Replica 1 goes away: `kv` given both URLs goes on through replica 2.
+        cluster.ok(&["stop", "kvstore1"]);
+        let both = Kv::new(&bins.kv, &format!("{one},{two}"));
+        both.put(&mut expected, "cluster/c", b"after the stop");
+        assert_eq!(both.get_raw("cluster/c"), b"after the stop");
+
+        let mut seen = Vec::new();
+        while seen.len() < expected.len() {
+            let update = tokio::time::timeout(WAIT, changes.next())
+                .await
+                .expect("a change within the wait")
+                .expect("the watch goes on")
+                .expect("watch");
+            if let Update::Event(event) = update {
+                let revision = event.revision;
+                seen.push((event.kind, event.key, event.value, revision));
+            }
+        }
+        assert_eq!(
+            seen, expected,
+            "replica 2's watch: every put, once, in order"
+        );
+    });
+    eprintln!("compose cluster test passed in {:?}", started.elapsed());
+}
+
+/// `docker compose` (the plugin) or `docker-compose`, whichever runs.
+fn compose_command() -> Option<Vec<String>> {
+    [vec!["docker", "compose"], vec!["docker-compose"]]
+        .into_iter()
+        .find(|command| {
+            Command::new(command[0])
+                .args(&command[1..])
+                .arg("version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|command| command.into_iter().map(String::from).collect())
+}
+
+/// A project of `docker/compose.cluster.yaml`, taken down with its volumes (and
+/// the etcd image) when dropped, also when the test fails.
+struct Compose {
+    command: Vec<String>,
+    project: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> Output {
+        let file = workspace_root().join("docker/compose.cluster.yaml");
+        Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .args(["--project-name", &self.project, "--file"])
+            .arg(file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.command.join(" ")))
+    }
+
+    /// The trimmed stdout of `compose ARGS`, which must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let context = if out.status.success() {
+            String::new()
+        } else {
+            format!("\nlogs:\n{}", self.logs())
+        };
+        succeeded(&format!("compose {}", args.join(" ")), &out, &context)
+    }
+
+    fn logs(&self) -> String {
+        let out = self.run(&["logs", "--no-color", "--tail", "50"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let down = self.run(&["down", "--volumes", "--timeout", "5"]);
+        if !down.status.success() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "could not take down {}: {}",
+                self.project,
+                String::from_utf8_lossy(&down.stderr)
+            );
+        }
+        if let Some((_, image)) = self.env.iter().find(|(k, _)| *k == "KVSTORE_ETCD_IMAGE") {
+            let _ = docker(&["image", "rm", "--force", image]);
+        }
     }
 }
