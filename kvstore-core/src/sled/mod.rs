@@ -17,6 +17,7 @@
 mod codec;
 mod events;
 mod export;
+mod stage;
 mod watch;
 mod writer;
 
@@ -31,9 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
 use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
-use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
 use codec::decode_entry;
-use writer::{Op, Outcome, Request};
+use writer::{Change, Op, Outcome, Request};
 
 /// Entries written per step of a restore.
 const IMPORT_CHUNK: usize = 1000;
@@ -72,7 +73,7 @@ pub struct SledConfig {
     pub cache_capacity: u64,
     /// How many past revisions (at least) the change history keeps for resuming watches.
     pub retain_revisions: u64,
-    /// Events buffered for watchers; a watcher further behind than this is lagged.
+    /// Revisions buffered for watchers; a watcher further behind than this is lagged.
     pub event_buffer: usize,
 }
 
@@ -422,7 +423,9 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Put(result) => Ok(result),
-            Outcome::Delete(_) => Err(Error::Corrupt("writer answered a put with a delete".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a put with another op".into(),
+            )),
         }
     }
 
@@ -434,7 +437,24 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Delete(result) => Ok(result),
-            Outcome::Put(_) => Err(Error::Corrupt("writer answered a delete with a put".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete with another op".into(),
+            )),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
+        let op = Op::Batch(vec![Change::DeletePrefix {
+            prefix: prefix.to_string(),
+        }]);
+        match self.submit(op).await? {
+            Outcome::Batch(batch) => Ok(DeletePrefixResult {
+                deleted: batch.deleted,
+                revision: batch.revision,
+            }),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete by prefix with another op".into(),
+            )),
         }
     }
 
