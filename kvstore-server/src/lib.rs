@@ -114,6 +114,7 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::watch::configure)
         .configure(routes::legacy::configure)
         .configure(routes::snapshot::configure)
+        .configure(routes::txn::configure)
         .configure(metrics::configure)
         .configure(openapi::configure)
         .configure(socketio::configure)
@@ -152,6 +153,7 @@ pub async fn run(
         access: access.map(Arc::new),
         access_log: options.access_log,
         cors_origins: options.cors_origin.clone(),
+        max_txn_ops: options.max_txn_ops,
     };
     let server = HttpServer::new(move || app(state.clone()))
         .disable_signals()

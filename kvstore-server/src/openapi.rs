@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use actix_web::{web, HttpResponse};
 use kvstore_core::wire::value_json::{EncodedValue, ValueEncoding};
 use kvstore_core::wire::{
-    DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, ListPage, PutResult,
-    RestoreResult, SnapshotHeader,
+    DeletePrefixResult, DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, ListPage,
+    PutResult, RestoreResult, SnapshotHeader,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
@@ -50,6 +50,8 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::kv::put,
         routes::kv::delete,
         routes::kv::list,
+        routes::kv::delete_prefix,
+        routes::txn::txn,
         routes::watch::watch,
         routes::snapshot::export,
         routes::snapshot::restore,
@@ -65,7 +67,10 @@ pub const PATH: &str = "/v1/openapi.json";
         Event,
         PutResult,
         DeleteResult,
+        DeletePrefixResult,
         ListPage,
+        kvstore_core::txn::Txn,
+        kvstore_core::txn::TxnResponse,
         SnapshotHeader,
         RestoreResult,
         ErrorBody,

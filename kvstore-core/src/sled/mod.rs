@@ -18,6 +18,7 @@ mod codec;
 mod events;
 mod export;
 mod stage;
+mod txn;
 mod watch;
 mod writer;
 
@@ -31,7 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
-use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
+use crate::storage::{
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+};
+use crate::txn::{Txn, TxnResponse};
 use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
 use codec::decode_entry;
 use writer::{Change, Op, Outcome, Request};
@@ -454,6 +458,16 @@ impl Storage for SledStore {
             }),
             _ => Err(Error::Corrupt(
                 "writer answered a delete by prefix with another op".into(),
+            )),
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        check_txn(&txn, self.inner.config.max_value_bytes)?;
+        match self.submit(Op::Txn(txn)).await? {
+            Outcome::Txn(response) => Ok(response),
+            _ => Err(Error::Corrupt(
+                "writer answered a transaction with another op".into(),
             )),
         }
     }

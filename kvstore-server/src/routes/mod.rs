@@ -7,6 +7,7 @@ pub mod kv;
 pub mod legacy;
 pub mod methods;
 pub mod snapshot;
+pub mod txn;
 pub mod watch;
 
 use std::sync::OnceLock;
