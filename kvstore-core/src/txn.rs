@@ -457,7 +457,6 @@ pub struct RawCompare {
     value: serde_json::Value,
     /// `base64` when a value target is base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     encoding: Option<String>,
 }
 
@@ -571,15 +570,12 @@ pub struct RawPut {
     /// Text, or base64 with `encoding`.
     value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     encoding: Option<String>,
     /// A lease id to attach the key to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     lease: Option<u64>,
     /// Seconds the key lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     ttl: Option<u64>,
 }
 
@@ -589,10 +585,8 @@ pub struct RawPut {
 #[serde(deny_unknown_fields)]
 pub struct RawDelete {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     prefix: Option<String>,
     /// Confirms an empty prefix (every key).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -615,7 +609,7 @@ pub struct RawList {
     prefix: String,
     /// 1 to 1000; 100 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     limit: Option<usize>,
 }
 

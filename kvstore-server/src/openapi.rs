@@ -26,6 +26,20 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use crate::error::ApiError;
 use crate::routes;
 
+/// An externally tagged enum's variants (objects of one property, the variant's
+/// name) take no other property: serde refuses one, and utoipa does not say so.
+fn closed_variants(components: &mut utoipa::openapi::Components, name: &str) {
+    use utoipa::openapi::schema::AdditionalProperties;
+    let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
+        return;
+    };
+    for item in &mut one_of.items {
+        if let RefOr::T(Schema::Object(object)) = item {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
+
 /// Where the document is served.
 pub const PATH: &str = "/v1/openapi.json";
 
@@ -94,6 +108,7 @@ pub struct Doc;
 impl Modify for Doc {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        closed_variants(components, "RawOp");
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
