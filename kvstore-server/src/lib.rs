@@ -88,6 +88,7 @@ pub fn app(
     let access_log = state.access_log;
     let cors_origins = state.cors_origins.clone();
     App::new()
+        .wrap(actix_web::middleware::from_fn(routes::params::known_only))
         .wrap(actix_web::middleware::from_fn(routes::match_as_sent))
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))

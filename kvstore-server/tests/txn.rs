@@ -456,3 +456,66 @@ async fn a_restart_reads_back_and_resumes_multi_change_revisions(
     );
     Ok(())
 }
+
+/// Unknown query parameters are refused everywhere, before anything is done; each
+/// endpoint's own ones still work.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_parameters_are_refused(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(backend) = Backend::new(engine) else {
+        return Ok(());
+    };
+    let server = TestServer::on(&backend, &[]);
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let url = |rest: &str| format!("{}{rest}", server.url);
+    let refused = [
+        http.put(url("/v1/kv/t?ttl=3")).body("v"),
+        http.put(url("/v1/kv/t?lease=7")).body("v"),
+        http.get(url("/v1/kv/t?revision=1")),
+        http.get(url("/v1/kv?prefix=a&limt=5")),
+        http.delete(url("/v1/kv?prefix=t&recursive=true")),
+        http.post(url("/v1/txn?dry_run=1")).body("{}"),
+        http.get(url("/v1/watch?prefix=a&since=1")),
+        http.get(url("/v1/snapshot?format=tar")),
+        http.get(url("/healthz?verbose")),
+        http.get(url("/kv?key=t&x=1")),
+        http.get(url("/socket.io/?EIO=4&transport=polling&debug=1")),
+        http.get(url("/ui/?tab=keys")),
+    ];
+    for request in refused {
+        let res = request.send().await?;
+        let what = res.url().to_string();
+        assert_eq!(res.status().as_u16(), 400, "{what}");
+        let body: Value = res.json().await?;
+        assert_eq!(body["error"]["code"], "invalid_request", "{what}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown query parameter")),
+            "{what}: {body}"
+        );
+    }
+    // Nothing was written.
+    assert!(client.list_all("").await?.is_empty());
+    // Known parameters, in any spelling forms allow, still work.
+    client.put("t", "v").await?;
+    for ok in [
+        "/v1/kv?prefix=t&limit=1&after=",
+        "/v1/kv/t",
+        "/kv?key=t",
+        "/healthz",
+        "/v1/snapshot?prefix=t",
+    ] {
+        let res = http.get(url(ok)).send().await?;
+        assert!(res.status().is_success(), "{ok}: {}", res.status());
+    }
+    let res = http
+        .get(url("/socket.io/?EIO=4&transport=polling&t=Nx1"))
+        .send()
+        .await?;
+    assert_eq!(res.status().as_u16(), 200);
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod health;
 pub mod kv;
 pub mod legacy;
 pub mod methods;
+pub mod params;
 pub mod snapshot;
 pub mod txn;
 pub mod watch;
