@@ -6,6 +6,8 @@
 //!
 //! - [`Client::get`], [`Client::get_entry`], [`Client::put`], [`Client::put_if`]
 //!   (compare-and-swap), [`Client::delete`], [`Client::list`].
+//! - [`Client::transaction`] (or [`Client::txn`]): compares, then writes and reads
+//!   at one revision; [`Client::delete_prefix`].
 //! - [`Client::watch`] streams changes; the stream reconnects by itself and
 //!   resumes from the last revision it delivered, so each change arrives once.
 //! - [`Client::with_urls`] (or a comma-separated [`Client::new`]) takes several
@@ -57,6 +59,7 @@ mod client;
 mod endpoints;
 mod error;
 mod tls;
+pub mod txn;
 
 pub use tls::install_crypto_provider;
 mod watch;
@@ -64,7 +67,9 @@ mod watch;
 pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
-    self, DeleteResult, Entry, Event, EventKind, ListPage, PutResult, RestoreResult,
+    self, DeletePrefixResult, DeleteResult, Entry, Event, EventKind, ListPage, PutResult,
+    RestoreResult,
 };
 pub use kvstore_core::{Condition, ErrorCode};
+pub use txn::TxnBuilder;
 pub use watch::{Events, Update, Watch, WatchOptions};

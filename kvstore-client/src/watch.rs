@@ -3,10 +3,13 @@
 //! The stream remembers the revision through which it has seen everything (from
 //! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
 //! error or a server shutdown it reconnects with backoff and asks for
-//! `start_revision = that + 1`, so the program sees every change exactly once.
-//! With several servers (replicas of one store, whose revisions are the
-//! cluster's) it connects to the client's server in use and moves on to the next
-//! while one cannot be reached, resuming there the same way.
+//! `start_revision = that + 1`, so the program sees every change exactly once. A
+//! revision can hold several changes (a transaction): until a later revision or a
+//! `progress` frame shows it complete, the stream resumes at that revision and
+//! passes over the changes of it already seen (the server sends them in the same
+//! order every time). With several servers (replicas of one store, whose revisions
+//! are the cluster's) it connects to the client's server in use and moves on to the
+//! next while one cannot be reached, resuming there the same way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -67,6 +70,16 @@ pub enum Update {
     },
 }
 
+/// Changes seen of a revision that may hold more.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    revision: u64,
+    /// Changes of it delivered to the program.
+    seen: usize,
+    /// Changes of it received on the current connection.
+    received: usize,
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -75,6 +88,8 @@ struct State {
     options: WatchOptions,
     /// Everything through this revision has been seen (`None`: not known yet).
     position: Option<u64>,
+    /// The revision of the last event, not known to be complete yet.
+    partial: Option<Partial>,
     /// The initial state has been delivered completely.
     synced: bool,
     socket: Option<Socket>,
@@ -156,6 +171,7 @@ impl Stream for Events {
 fn stream(client: Client, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
     let state = State {
         position: options.start_revision.map(|r| r.saturating_sub(1)),
+        partial: None,
         synced: false,
         client,
         options,
@@ -300,7 +316,12 @@ impl State {
         let socket = match &mut self.socket {
             Some(socket) => socket,
             None => match self.connect().await {
-                Ok(socket) => self.socket.insert(socket),
+                Ok(socket) => {
+                    if let Some(partial) = &mut self.partial {
+                        partial.received = 0;
+                    }
+                    self.socket.insert(socket)
+                }
                 Err(step) => return step,
             },
         };
@@ -334,18 +355,40 @@ impl State {
                 if self.position.is_some_and(|p| event.revision <= p) {
                     return Step::Nothing;
                 }
-                self.position = Some(event.revision);
+                match &mut self.partial {
+                    Some(partial) if partial.revision == event.revision => {
+                        partial.received += 1;
+                        if partial.received <= partial.seen {
+                            // Seen before the connection dropped.
+                            return Step::Nothing;
+                        }
+                        partial.seen += 1;
+                    }
+                    _ => {
+                        // A new revision: the ones before it are complete.
+                        self.position = Some(event.revision - 1);
+                        self.partial = Some(Partial {
+                            revision: event.revision,
+                            seen: 1,
+                            received: 1,
+                        });
+                    }
+                }
                 Step::Yield(Update::Event(event))
             }
             Frame::Entry(entry) => Step::Yield(Update::Entry(entry)),
             Frame::Synced { revision } => {
                 self.synced = true;
                 self.position = Some(revision);
+                self.partial = None;
                 Step::Yield(Update::Synced { revision })
             }
             Frame::Progress { revision } => {
                 if self.position.is_none_or(|p| revision > p) {
                     self.position = Some(revision);
+                }
+                if self.partial.is_some_and(|p| p.revision <= revision) {
+                    self.partial = None;
                 }
                 Step::Nothing
             }
@@ -353,11 +396,84 @@ impl State {
                 ErrorCode::Lagged | ErrorCode::ShuttingDown => {
                     if let Some(last) = detail.revision {
                         self.position = Some(self.position.map_or(last, |p| p.max(last)));
+                        if self.partial.is_some_and(|p| p.revision <= last) {
+                            self.partial = None;
+                        }
                     }
                     Step::Retry(detail.message)
                 }
                 _ => Step::Fail(Error::from_status(410, Some(detail), &self.options.prefix)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvstore_core::wire::EventKind;
+
+    fn event(revision: u64, key: &str) -> Frame {
+        Frame::Event(Event {
+            kind: EventKind::Put,
+            key: key.into(),
+            value: b"v".to_vec(),
+            revision,
+            create_revision: revision,
+            version: 1,
+        })
+    }
+
+    fn yielded(step: Step) -> Option<(u64, String)> {
+        match step {
+            Step::Yield(Update::Event(e)) => Some((e.revision, e.key)),
+            _ => None,
+        }
+    }
+
+    /// A connection that drops inside a revision of several changes resumes at that
+    /// revision and passes over what the program already has.
+    #[test]
+    fn a_revision_seen_in_part_is_resumed_without_duplicates() -> Result<(), Error> {
+        let client = Client::new("http://127.0.0.1:1")?;
+        let mut state = State {
+            client,
+            options: WatchOptions::default(),
+            position: Some(4),
+            partial: None,
+            synced: false,
+            socket: None,
+            failures: 0,
+            done: false,
+        };
+        assert_eq!(
+            yielded(state.on_frame(event(5, "a"))),
+            Some((5, "a".into()))
+        );
+        assert_eq!(
+            yielded(state.on_frame(event(5, "b"))),
+            Some((5, "b".into()))
+        );
+        // Not known to be complete: resume at 5.
+        assert!(state.url().ends_with("start_revision=5"), "{}", state.url());
+        // Reconnected: the server sends revision 5 again, whole.
+        if let Some(partial) = &mut state.partial {
+            partial.received = 0;
+        }
+        assert_eq!(yielded(state.on_frame(event(5, "a"))), None);
+        assert_eq!(yielded(state.on_frame(event(5, "b"))), None);
+        assert_eq!(
+            yielded(state.on_frame(event(5, "c"))),
+            Some((5, "c".into()))
+        );
+        assert_eq!(
+            yielded(state.on_frame(event(6, "d"))),
+            Some((6, "d".into()))
+        );
+        assert_eq!(state.position, Some(5));
+        // A progress frame completes the revision.
+        assert!(yielded(state.on_frame(Frame::Progress { revision: 6 })).is_none());
+        assert!(state.url().ends_with("start_revision=7"), "{}", state.url());
+        Ok(())
     }
 }

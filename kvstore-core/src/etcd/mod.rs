@@ -29,17 +29,23 @@ mod barrier;
 mod cache;
 mod client;
 mod keys;
+mod txn;
 mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES};
-use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
-use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::storage::{
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+};
+use crate::txn::{Txn as OurTxn, TxnResponse};
+use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
 use barrier::Barrier;
 use cache::{entry_of, Cache};
 use client::{Connection, Retry};
@@ -190,7 +196,7 @@ impl EtcdStore {
     }
 
     /// A transaction (a write).
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
+    async fn etcd_txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
         self.inner
             .connection
             .call("a write", Retry::Write, |mut client| {
@@ -241,7 +247,7 @@ fn current_of(txn: &etcd_client::TxnResponse) -> Option<u64> {
 }
 
 /// A put's result, from the key's state before it (`prev`) and its revision.
-fn put_result(revision: u64, prev: Option<&etcd_client::KeyValue>) -> PutResult {
+pub(super) fn put_result(revision: u64, prev: Option<&etcd_client::KeyValue>) -> PutResult {
     match prev {
         Some(prev) => PutResult {
             revision,
@@ -359,7 +365,7 @@ impl Storage for EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
-        let answer = self.txn(txn).await?;
+        let answer = self.etcd_txn(txn).await?;
         let revision = header_revision(answer.header())?;
         if !answer.succeeded() {
             return Err(Error::PreconditionFailed {
@@ -386,7 +392,7 @@ impl Storage for EtcdStore {
             .when(when)
             .and_then([TxnOp::delete(etcd_key.clone(), None)])
             .or_else([TxnOp::get(etcd_key, None)]);
-        let answer = self.txn(txn).await?;
+        let answer = self.etcd_txn(txn).await?;
         if answer.succeeded() {
             return Ok(DeleteResult {
                 revision: header_revision(answer.header())?,
@@ -396,6 +402,32 @@ impl Storage for EtcdStore {
             None => Err(Error::KeyNotFound),
             current => Err(Error::PreconditionFailed { current }),
         }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
+        let (start, end) = self.inner.keys.range(prefix);
+        let delete = TxnOp::delete(start, Some(DeleteOptions::new().with_range(end)));
+        let answer = self.etcd_txn(Txn::new().and_then([delete])).await?;
+        let deleted = answer
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Delete(delete) => delete.deleted().max(0) as usize,
+                _ => 0,
+            })
+            .sum();
+        Ok(DeletePrefixResult {
+            deleted,
+            revision: header_revision(answer.header())?,
+        })
+    }
+
+    async fn txn(&self, txn: OurTxn) -> Result<TxnResponse, Error> {
+        check_txn(&txn, self.inner.config.max_value_bytes)?;
+        let keys = &self.inner.keys;
+        let answer = self.etcd_txn(txn::to_etcd(keys, &txn)).await?;
+        let revision = header_revision(answer.header())?;
+        txn::response_of(keys, &txn, &answer, revision)
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
@@ -521,7 +553,7 @@ impl Storage for EtcdStore {
             if chunk.len() == RESTORE_CHUNK || (end && !chunk.is_empty()) {
                 restored += chunk.len();
                 let answer = self
-                    .txn(Txn::new().and_then(std::mem::take(&mut chunk)))
+                    .etcd_txn(Txn::new().and_then(std::mem::take(&mut chunk)))
                     .await?;
                 revision = header_revision(answer.header())?;
             }

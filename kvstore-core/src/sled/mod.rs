@@ -1,6 +1,7 @@
 //! The embedded engine, on [sled](https://docs.rs/sled/0.34.7).
 //!
-//! Writes go through one writer thread that numbers them (gap-free revisions),
+//! Writes go through one writer thread that numbers them (gap-free revisions; a
+//! transaction or a delete by prefix is one revision of several changes),
 //! applies each group of waiting writes to the `log` (change records, written ahead),
 //! `kv` and `meta` trees, and flushes once per group (group commit); on open, change
 //! records that a crash cut off from `kv` are re-applied. Events come from
@@ -17,6 +18,8 @@
 mod codec;
 mod events;
 mod export;
+mod stage;
+mod txn;
 mod watch;
 mod writer;
 
@@ -30,10 +33,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
-use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
-use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::storage::{
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+};
+use crate::txn::{Txn, TxnResponse};
+use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
 use codec::decode_entry;
-use writer::{Op, Outcome, Request};
+use writer::{Change, Op, Outcome, Request};
 
 /// Entries written per step of a restore.
 const IMPORT_CHUNK: usize = 1000;
@@ -72,7 +78,7 @@ pub struct SledConfig {
     pub cache_capacity: u64,
     /// How many past revisions (at least) the change history keeps for resuming watches.
     pub retain_revisions: u64,
-    /// Events buffered for watchers; a watcher further behind than this is lagged.
+    /// Revisions buffered for watchers; a watcher further behind than this is lagged.
     pub event_buffer: usize,
 }
 
@@ -422,7 +428,9 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Put(result) => Ok(result),
-            Outcome::Delete(_) => Err(Error::Corrupt("writer answered a put with a delete".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a put with another op".into(),
+            )),
         }
     }
 
@@ -434,7 +442,34 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Delete(result) => Ok(result),
-            Outcome::Put(_) => Err(Error::Corrupt("writer answered a delete with a put".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete with another op".into(),
+            )),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
+        let op = Op::Batch(vec![Change::DeletePrefix {
+            prefix: prefix.to_string(),
+        }]);
+        match self.submit(op).await? {
+            Outcome::Batch(batch) => Ok(DeletePrefixResult {
+                deleted: batch.deleted,
+                revision: batch.revision,
+            }),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete by prefix with another op".into(),
+            )),
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        check_txn(&txn, self.inner.config.max_value_bytes)?;
+        match self.submit(Op::Txn(txn)).await? {
+            Outcome::Txn(response) => Ok(response),
+            _ => Err(Error::Corrupt(
+                "writer answered a transaction with another op".into(),
+            )),
         }
     }
 

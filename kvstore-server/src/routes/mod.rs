@@ -6,7 +6,9 @@ pub mod health;
 pub mod kv;
 pub mod legacy;
 pub mod methods;
+pub mod params;
 pub mod snapshot;
+pub mod txn;
 pub mod watch;
 
 use std::sync::OnceLock;
