@@ -76,7 +76,7 @@ pub struct Client {
 
 /// What may be sent again to the next server after a connection failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resend {
+pub(crate) enum Resend {
     /// A read: after any connection failure.
     Read,
     /// A write: only when the connection was never opened.
@@ -166,7 +166,7 @@ impl Client {
 
     /// Sends the request `build` makes for a base URL to the server in use, and on
     /// a connection failure to the next ones (each once), as `resend` allows.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         resend: Resend,
         build: impl Fn(&str) -> reqwest::RequestBuilder,

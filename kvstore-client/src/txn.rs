@@ -7,20 +7,22 @@ pub use kvstore_core::txn::{
 };
 use kvstore_core::wire::DeletePrefixResult;
 
-use crate::client::{check, decode, query_value};
+use crate::client::{check, decode, query_value, Resend};
 use crate::{Client, Error};
 
 impl Client {
     /// Runs `txn` (see [`kvstore_core::txn`]): a failed compare is no error, but
     /// an answer with `succeeded: false`.
     pub async fn txn(&self, txn: &Txn) -> Result<TxnResponse, Error> {
-        let body = serde_json::to_vec(txn).map_err(|e| Error::Decode(e.to_string()))?;
+        let body =
+            bytes::Bytes::from(serde_json::to_vec(txn).map_err(|e| Error::Decode(e.to_string()))?);
         let res = self
-            .http
-            .post(format!("{}/v1/txn", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
+            .send(Resend::Write, |base| {
+                self.http
+                    .post(format!("{base}/v1/txn"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
             .await?;
         decode(check(res, "").await?).await
     }
@@ -53,17 +55,21 @@ impl Client {
     /// Deletes every key under `prefix` at one revision; an empty prefix is
     /// refused (see [`Client::delete_all`]).
     pub async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
-        let url = format!("{}/v1/kv?prefix={}", self.base, query_value(prefix));
-        let res = self.http.delete(url).send().await?;
+        let query = format!("/v1/kv?prefix={}", query_value(prefix));
+        let res = self
+            .send(Resend::Write, |base| {
+                self.http.delete(format!("{base}{query}"))
+            })
+            .await?;
         decode(check(res, prefix).await?).await
     }
 
     /// Deletes every key of the store at one revision.
     pub async fn delete_all(&self) -> Result<DeletePrefixResult, Error> {
         let res = self
-            .http
-            .delete(format!("{}/v1/kv?all=true", self.base))
-            .send()
+            .send(Resend::Write, |base| {
+                self.http.delete(format!("{base}/v1/kv?all=true"))
+            })
             .await?;
         decode(check(res, "").await?).await
     }

@@ -455,7 +455,8 @@ mod tests {
             Some((5, "b".into()))
         );
         // Not known to be complete: resume at 5.
-        assert!(state.url().ends_with("start_revision=5"), "{}", state.url());
+        let url = state.url("http://test");
+        assert!(url.ends_with("start_revision=5"), "{url}");
         // Reconnected: the server sends revision 5 again, whole.
         if let Some(partial) = &mut state.partial {
             partial.received = 0;
@@ -473,7 +474,8 @@ mod tests {
         assert_eq!(state.position, Some(5));
         // A progress frame completes the revision.
         assert!(yielded(state.on_frame(Frame::Progress { revision: 6 })).is_none());
-        assert!(state.url().ends_with("start_revision=7"), "{}", state.url());
+        let url = state.url("http://test");
+        assert!(url.ends_with("start_revision=7"), "{url}");
         Ok(())
     }
 }
