@@ -8,6 +8,15 @@ use assert_cmd::Command;
 use serde_json::Value;
 use support::TestServer;
 
+/// The servers here run in this test process, so the soak's count of the server's
+/// open files counts every test's: the soak runs alone (write), the others beside
+/// each other (read).
+static PROCESS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    PROCESS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `kv bench ARGS -o json` and returns its one JSON object.
 fn bench(server: &TestServer, args: &[&str]) -> Value {
     let out = Command::cargo_bin("kv")
@@ -46,6 +55,7 @@ fn assert_latency(report: &Value, field: &str) {
 
 #[test]
 fn put_get_and_mixed_report_their_figures() {
+    let _process = beside_others();
     let server = TestServer::start();
     let put = bench(
         &server,
@@ -90,6 +100,7 @@ fn put_get_and_mixed_report_their_figures() {
 
 #[test]
 fn duration_runs_stop_by_themselves() {
+    let _process = beside_others();
     let server = TestServer::start();
     let put = bench(&server, &["put", "--duration", "0.5", "--clients", "2"]);
     assert!(u(&put, "completed") > 0, "{put}");
@@ -98,6 +109,7 @@ fn duration_runs_stop_by_themselves() {
 
 #[test]
 fn watch_delivers_every_put_to_every_watcher() {
+    let _process = beside_others();
     let server = TestServer::start();
     let pid = server.pid().to_string();
     let watch = bench(
@@ -134,6 +146,7 @@ fn watch_delivers_every_put_to_every_watcher() {
 
 #[test]
 fn soak_samples_the_server_and_gives_its_files_back() {
+    let _alone = PROCESS.write().unwrap_or_else(|e| e.into_inner());
     let server = TestServer::start();
     let pid = server.pid().to_string();
     let soak = bench(
@@ -193,6 +206,7 @@ fn soak_samples_the_server_and_gives_its_files_back() {
 
 #[test]
 fn bench_refuses_bad_options() {
+    let _process = beside_others();
     let out = Command::cargo_bin("kv")
         .expect("kv binary")
         .args([
