@@ -17,6 +17,7 @@
 mod codec;
 mod events;
 mod export;
+mod lease;
 mod watch;
 mod writer;
 
@@ -30,8 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
+use crate::lease::check_ttl;
 use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
-use crate::wire::{DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::wire::{
+    DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
+};
 use codec::decode_entry;
 use writer::{Op, Outcome, Request};
 
@@ -138,6 +142,8 @@ struct Inner {
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     keys: Arc<AtomicU64>,
+    leases: Arc<lease::Leases>,
+    lease_timer: Option<std::thread::JoinHandle<()>>,
     /// The last durable revision, raised by the writer before it answers.
     durable: Arc<tokio::sync::watch::Sender<u64>>,
     feed: events::Feed,
@@ -150,6 +156,10 @@ impl Drop for Inner {
         // means the data files are released (and a temporary store removed) when
         // the last handle goes.
         self.writer = None;
+        self.leases.stop();
+        if let Some(thread) = self.lease_timer.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.writer_thread.take() {
             let _ = thread.join();
         }
@@ -196,7 +206,9 @@ impl SledStore {
         let kv = db.open_tree("kv").or_storage()?;
         let log = db.open_tree("log").or_storage()?;
         let meta = db.open_tree("meta").or_storage()?;
+        let lease_tree = db.open_tree("leases").or_storage()?;
         let last = writer::recover(&kv, &log, &meta)?;
+        let leases = Arc::new(lease::Leases::load(&lease_tree, &kv)?);
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
         let keys = Arc::new(AtomicU64::new(kv.len() as u64));
@@ -216,8 +228,11 @@ impl SledStore {
             torn: false,
             exports: export::Exports::default(),
             restoring: false,
+            lease_tree,
+            leases: leases.clone(),
         }
         .spawn(rx)?;
+        let lease_timer = leases.start_timer(tx.downgrade())?;
         Ok(SledStore {
             inner: Arc::new(Inner {
                 db,
@@ -226,6 +241,8 @@ impl SledStore {
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
                 keys,
+                leases,
+                lease_timer: Some(lease_timer),
                 durable,
                 feed,
                 config,
@@ -401,11 +418,12 @@ impl Storage for SledStore {
         })
     }
 
-    async fn put(
+    async fn put_leased(
         &self,
         key: &str,
         value: Vec<u8>,
         condition: Option<Condition>,
+        lease: Option<u64>,
     ) -> Result<PutResult, Error> {
         validate_key(key)?;
         let max = self.inner.config.max_value_bytes;
@@ -419,6 +437,7 @@ impl Storage for SledStore {
             key: key.to_string(),
             value,
             condition,
+            lease,
         };
         match self.submit(op).await? {
             Outcome::Put(result) => Ok(result),
@@ -436,6 +455,23 @@ impl Storage for SledStore {
             Outcome::Delete(result) => Ok(result),
             Outcome::Put(_) => Err(Error::Corrupt("writer answered a delete with a put".into())),
         }
+    }
+
+    async fn grant(&self, ttl: u64) -> Result<Lease, Error> {
+        check_ttl(ttl)?;
+        self.ask(|reply| Request::Grant { ttl, reply }).await?
+    }
+
+    async fn keepalive(&self, id: u64) -> Result<Lease, Error> {
+        self.inner.leases.keepalive(id)
+    }
+
+    async fn revoke(&self, id: u64) -> Result<RevokeResult, Error> {
+        self.ask(|reply| Request::Revoke { id, reply }).await?
+    }
+
+    async fn lease(&self, id: u64) -> Result<LeaseInfo, Error> {
+        self.inner.leases.info(id)
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {

@@ -10,10 +10,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::export::{Capture, Exports};
+use super::lease::Leases;
 use super::{storage_error, OrStorage, SyncMode};
 use crate::condition::Condition;
 use crate::storage::Error;
-use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
+use crate::wire::{DeleteResult, Entry, EventKind, Lease, PutResult, RevokeResult};
 
 /// Most writes committed in one group (one flush, one `log` item).
 const MAX_GROUP: usize = 256;
@@ -31,6 +32,8 @@ pub(super) enum Op {
         key: String,
         value: Vec<u8>,
         condition: Option<Condition>,
+        /// The lease to attach the key to; `None` makes it permanent.
+        lease: Option<u64>,
     },
     Delete {
         key: String,
@@ -59,6 +62,19 @@ pub(super) enum Request {
         step: ImportStep,
         reply: oneshot::Sender<Result<usize, Error>>,
     },
+    /// Grants a lease of `ttl` seconds.
+    Grant {
+        ttl: u64,
+        reply: oneshot::Sender<Result<Lease, Error>>,
+    },
+    /// Revokes a lease: its keys are deleted in one group.
+    Revoke {
+        id: u64,
+        reply: oneshot::Sender<Result<RevokeResult, Error>>,
+    },
+    /// The lease timer found the lease past its deadline: expire it, unless it was
+    /// kept alive since.
+    Expire { id: u64 },
 }
 
 /// The steps of a restore. `Begin` requires an empty store and refuses every other
@@ -107,6 +123,10 @@ pub(super) struct Writer {
     pub exports: Exports,
     /// A restore is under way: other writes are refused.
     pub restoring: bool,
+    /// The `leases` tree (id -> granted TTL).
+    pub lease_tree: sled::Tree,
+    /// The live leases and the keys attached to them.
+    pub leases: Arc<Leases>,
 }
 
 impl Writer {
@@ -135,19 +155,34 @@ impl Writer {
                     let _ = reply.send(self.exports.register(self.last, prefix));
                     continue;
                 }
-                write => write,
+                Request::Grant { ttl, reply } => {
+                    let _ = reply.send(self.grant(ttl));
+                    continue;
+                }
+                Request::Revoke { id, reply } => {
+                    let _ = reply.send(self.end_lease(id, false));
+                    continue;
+                }
+                Request::Expire { id } => {
+                    if let Err(e) = self.end_lease(id, true) {
+                        log::error!("expiring lease {id} failed: {e}");
+                    }
+                    continue;
+                }
+                write @ Request::Write { .. } => write,
             };
             let mut bytes = first.value_len();
             group.push(first);
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(request @ (Request::Import { .. } | Request::Export { .. })) => {
-                        held = Some(request);
-                        break;
-                    }
-                    Ok(request) => {
+                    Ok(request @ Request::Write { .. }) => {
                         bytes += request.value_len();
                         group.push(request);
+                    }
+                    // Everything else goes alone, between groups.
+                    Ok(request) => {
+                        held = Some(request);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -166,7 +201,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Write { op, .. } => Some(op),
-                Request::Import { .. } | Request::Export { .. } => None,
+                _ => None,
             })
             .collect();
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
@@ -217,17 +252,12 @@ impl Writer {
             }
         }
         let mut results = results.into_iter();
+        // Only writes are grouped (see `run`).
         for request in group.drain(..) {
-            match request {
-                Request::Write { reply, .. } => {
-                    let result = results.next().unwrap_or(Err(Error::Closed));
-                    // The requester may have gone away; nothing to do then.
-                    let _ = reply.send(result);
-                }
-                Request::Import { reply, .. } => {
-                    let _ = reply.send(Err(Error::Closed));
-                }
-                Request::Export { .. } => {}
+            if let Request::Write { reply, .. } = request {
+                let result = results.next().unwrap_or(Err(Error::Closed));
+                // The requester may have gone away; nothing to do then.
+                let _ = reply.send(result);
             }
         }
     }
@@ -328,13 +358,25 @@ impl Writer {
                 }));
                 continue;
             }
+            if let Op::Put {
+                lease: Some(lease), ..
+            } = op
+            {
+                if !self.leases.is_live(*lease) {
+                    results.push(Err(Error::LeaseNotFound(*lease)));
+                    continue;
+                }
+            }
             last += 1;
+            let had = current.and_then(|h| h.lease);
             match op {
-                Op::Put { value, .. } => {
+                Op::Put { value, lease, .. } => {
+                    self.leases.attach(key, had, *lease);
                     let stored = Stored {
                         create_revision: current.map_or(last, |h| h.create_revision),
                         mod_revision: last,
                         version: current.map_or(1, |h| h.version + 1),
+                        lease: *lease,
                         value: value.clone(),
                     };
                     record.push(key, Some(&stored));
@@ -346,6 +388,7 @@ impl Writer {
                     changed.insert(key, Some(stored));
                 }
                 Op::Delete { .. } => {
+                    self.leases.attach(key, had, None);
                     record.push(key, None);
                     results.push(Ok(Outcome::Delete(DeleteResult { revision: last })));
                     changed.insert(key, None);
@@ -404,6 +447,84 @@ impl Writer {
         }
     }
 
+    /// Grants a lease: a new id (never reused), its TTL in the `leases` tree,
+    /// flushed before it is answered.
+    fn grant(&mut self, ttl: u64) -> Result<Lease, Error> {
+        let id = match self.meta.get(codec::META_NEXT_LEASE).or_storage()? {
+            Some(bytes) => codec::decode_u64(&bytes)?,
+            None => 1,
+        };
+        self.meta
+            .insert(codec::META_NEXT_LEASE, &codec::encode_u64(id + 1))
+            .or_storage()?;
+        self.lease_tree
+            .insert(codec::encode_u64(id), &codec::encode_u64(ttl))
+            .or_storage()?;
+        if let Some(e) = self.make_durable() {
+            return Err(e);
+        }
+        self.leases.insert(id, ttl);
+        Ok(Lease { id, ttl })
+    }
+
+    /// Ends lease `id` (for an expiry, only if it is still past its deadline):
+    /// removes it, and deletes the keys still attached to it in one group.
+    fn end_lease(&mut self, id: u64, expiring: bool) -> Result<RevokeResult, Error> {
+        if expiring && !self.leases.is_expired(id) {
+            // Kept alive since the timer fired, or revoked already.
+            return Ok(RevokeResult {
+                revision: self.last,
+            });
+        }
+        if self.restoring {
+            return Err(Error::Unavailable(
+                "a restore is under way; write when it is done".into(),
+            ));
+        }
+        self.lease_tree.remove(codec::encode_u64(id)).or_storage()?;
+        let keys = self.leases.remove(id).ok_or(Error::LeaseNotFound(id))?;
+        let mut group = Vec::with_capacity(keys.len());
+        let mut answers = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(bytes) = self.kv.get(key.as_bytes()).or_storage()? else {
+                continue;
+            };
+            let header = Stored::decode_header(&bytes)?;
+            // Only keys still on this lease: one put again without it stays.
+            if header.lease != Some(id) {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            group.push(Request::Write {
+                op: Op::Delete {
+                    key,
+                    condition: Some(Condition::ModRevision(header.mod_revision)),
+                },
+                reply,
+            });
+            answers.push(answer);
+        }
+        if group.is_empty() {
+            if let Some(e) = self.make_durable() {
+                return Err(e);
+            }
+            return Ok(RevokeResult {
+                revision: self.last,
+            });
+        }
+        self.commit_group(&mut group);
+        let mut revision = self.last;
+        for mut answer in answers {
+            match answer.try_recv() {
+                Ok(Ok(Outcome::Delete(deleted))) => revision = revision.max(deleted.revision),
+                Ok(Err(e)) => return Err(e),
+                _ => return Err(Error::Closed),
+            }
+        }
+        log::debug!("lease {id} ended at revision {revision}");
+        Ok(RevokeResult { revision })
+    }
+
     /// Runs one step of a restore (see [`ImportStep`]).
     fn import(&mut self, entries: Vec<Entry>, step: ImportStep) -> Result<usize, Error> {
         match step {
@@ -424,6 +545,8 @@ impl Writer {
                         create_revision: entry.create_revision,
                         mod_revision: entry.mod_revision,
                         version: entry.version,
+                        // Leases are not part of a snapshot: restored keys are permanent.
+                        lease: None,
                         value: entry.value.clone(),
                     };
                     batch.insert(entry.key.as_bytes(), stored.encode());
@@ -542,6 +665,7 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
                         create_revision: event.create_revision,
                         mod_revision: event.revision,
                         version: event.version,
+                        lease: event.lease,
                         value: event.value,
                     };
                     kv.insert(event.key.as_bytes(), stored.encode())
@@ -574,6 +698,7 @@ mod tests {
             create_revision,
             mod_revision,
             version,
+            lease: None,
             value: value.to_vec(),
         }
     }
