@@ -108,7 +108,7 @@ impl Client {
         &self.base
     }
 
-    fn key_url(&self, key: &str) -> String {
+    pub(crate) fn key_url(&self, key: &str) -> String {
         // URL libraries drop `.` and `..` path segments (even percent-encoded ones),
         // so a key with such a segment travels as one segment, `/` encoded.
         let set = if key.split('/').any(|s| s == "." || s == "..") {
@@ -315,7 +315,7 @@ fn with_condition(req: reqwest::RequestBuilder, condition: Condition) -> reqwest
 }
 
 /// Turns an error answer into [`Error`], passing successes through.
-async fn check(res: Response, key: &str) -> Result<Response, Error> {
+pub(crate) async fn check(res: Response, key: &str) -> Result<Response, Error> {
     let status = res.status();
     if status.is_success() {
         return Ok(res);
@@ -324,7 +324,7 @@ async fn check(res: Response, key: &str) -> Result<Response, Error> {
     Err(Error::from_status(status.as_u16(), detail, key))
 }
 
-async fn decode<T: serde::de::DeserializeOwned>(res: Response) -> Result<T, Error> {
+pub(crate) async fn decode<T: serde::de::DeserializeOwned>(res: Response) -> Result<T, Error> {
     let bytes = res.bytes().await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
 }

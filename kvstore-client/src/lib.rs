@@ -8,6 +8,10 @@
 //!   (compare-and-swap), [`Client::delete`], [`Client::list`].
 //! - [`Client::watch`] streams changes; the stream reconnects by itself and
 //!   resumes from the last revision it delivered, so each change arrives once.
+//! - Leases: [`Client::grant`], [`Client::put_with_lease`], [`Client::put_with_ttl`],
+//!   [`Client::keep_alive`] (a background task that says when the lease is lost),
+//!   [`Client::revoke`]; and [`Client::lock`], a lock held on a lease, granted in
+//!   the order it was asked for.
 //! - [`Error`] tells not-found, failed preconditions, bad requests, server errors
 //!   and connection failures apart.
 //!
@@ -52,6 +56,8 @@
 
 mod client;
 mod error;
+mod lease;
+mod lock;
 mod tls;
 
 pub use tls::install_crypto_provider;
@@ -60,7 +66,10 @@ mod watch;
 pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
-    self, DeleteResult, Entry, Event, EventKind, ListPage, PutResult, RestoreResult,
+    self, DeleteResult, Entry, Event, EventKind, Lease, LeaseInfo, ListPage, PutResult,
+    RestoreResult, RevokeResult,
 };
 pub use kvstore_core::{Condition, ErrorCode};
+pub use lease::{KeepAlive, LeaseLost};
+pub use lock::LockGuard;
 pub use watch::{Events, Update, Watch, WatchOptions};

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use actix_web::{web, HttpResponse};
 use kvstore_core::wire::value_json::{EncodedValue, ValueEncoding};
 use kvstore_core::wire::{
-    DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, ListPage, PutResult,
-    RestoreResult, SnapshotHeader,
+    DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, Lease, LeaseInfo, ListPage,
+    PutResult, RestoreResult, RevokeResult, SnapshotHeader,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
@@ -50,6 +50,10 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::kv::put,
         routes::kv::delete,
         routes::kv::list,
+        routes::leases::grant,
+        routes::leases::keepalive,
+        routes::leases::info,
+        routes::leases::revoke,
         routes::watch::watch,
         routes::snapshot::export,
         routes::snapshot::restore,
@@ -68,6 +72,10 @@ pub const PATH: &str = "/v1/openapi.json";
         ListPage,
         SnapshotHeader,
         RestoreResult,
+        Lease,
+        LeaseInfo,
+        RevokeResult,
+        routes::leases::GrantRequest,
         ErrorBody,
         ErrorDetail,
         kvstore_core::ErrorCode,
@@ -78,6 +86,8 @@ pub const PATH: &str = "/v1/openapi.json";
     modifiers(&Doc),
     tags(
         (name = "kv", description = "Keys and values"),
+        (name = "leases", description = "Leases: keys that vanish when their owner stops \
+            keeping them alive"),
         (name = "watch", description = "Change streams (WebSocket or Server-Sent Events)"),
         (name = "snapshot", description = "Backup and restore"),
         (name = "legacy", description = "The API of the service kvstore replaces"),

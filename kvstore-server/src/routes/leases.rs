@@ -1,0 +1,215 @@
+//! `/v1/leases`: grant, keep alive, read and revoke leases; and the `lease` and
+//! `ttl` parameters of a key put ([`put_lease`]).
+//!
+//! A lease is no key: any caller the server lets in may grant one and keep it
+//! alive. Its keys are guarded as keys are: a put with a lease needs the right to
+//! write the key, a lease's state lists only the keys the caller may read, and a
+//! revoke (which deletes the keys) needs the right to write every one of them.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kvstore_core::lease::{MAX_TTL, MIN_TTL};
+use kvstore_core::wire::{ErrorBody, Lease, LeaseInfo, RevokeResult};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::body::read_limited;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The largest grant body read (`{"ttl": N}` is a few bytes).
+const MAX_GRANT_BODY: usize = 4096;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/leases", web::post().to(grant))
+        .route("/v1/leases/{id}", super::get_or_head().to(info))
+        .route("/v1/leases/{id}", web::delete().to(revoke))
+        .route("/v1/leases/{id}/keepalive", web::post().to(keepalive));
+}
+
+/// The body of a grant.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// Seconds the lease lives without a keep-alive.
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub ttl: u64,
+}
+
+/// The lease id in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)]
+struct IdParam(
+    /// The lease's id, as granted.
+    #[param(minimum = 1)]
+    u64,
+);
+
+/// The lease id of the path: a number, else `400 invalid_request`.
+fn id_of(req: &HttpRequest) -> Result<u64, ApiError> {
+    let raw = req.match_info().get("id").unwrap_or_default();
+    lease_id(raw)
+}
+
+/// A lease id as text: digits.
+fn lease_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().map_err(|_| {
+        ApiError::invalid_request(format!(
+            "a lease id is a number, as the grant answered; got {raw:?}"
+        ))
+    })
+}
+
+/// Grant a lease.
+#[utoipa::path(
+    post,
+    path = "/v1/leases",
+    tag = "leases",
+    operation_id = "grant_lease",
+    request_body(content = GrantRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Granted; `ttl` is the TTL granted (an engine may raise \
+            a short one to its minimum: etcd grants 2 s at least)", body = Lease),
+        (status = 400, description = "`invalid_ttl`: a TTL of 0 or over a year; \
+            `invalid_request`: a body that is not `{\"ttl\": N}`", body = ErrorBody),
+        (status = 413, description = "`value_too_large`: the body is over 4 KiB", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
+async fn grant(
+    req: HttpRequest,
+    _caller: Caller,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, MAX_GRANT_BODY).await?;
+    let asked: GrantRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(format!("the body must be {{\"ttl\": SECONDS}}: {e}"))
+    })?;
+    let lease = state.store.grant(asked.ttl).await?;
+    Ok(HttpResponse::Ok().json(lease))
+}
+
+/// Keep a lease alive: its TTL starts again in full.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/keepalive",
+    tag = "leases",
+    operation_id = "keepalive_lease",
+    params(IdParam),
+    responses(
+        (status = 200, description = "Kept alive for `ttl` more seconds", body = Lease),
+        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
+        (status = 404, description = "`lease_not_found`: expired, revoked or never granted",
+         body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
+async fn keepalive(
+    req: HttpRequest,
+    _caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let lease = state.store.keepalive(id_of(&req)?).await?;
+    Ok(HttpResponse::Ok().json(lease))
+}
+
+/// A lease's TTL left, its granted TTL and its keys.
+#[utoipa::path(
+    get,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    operation_id = "get_lease",
+    params(IdParam),
+    responses(
+        (status = 200, description = "The lease; `keys` lists those the token may read",
+         body = LeaseInfo),
+        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
+        (status = 404, description = "`lease_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
+async fn info(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut lease = state.store.lease(id_of(&req)?).await?;
+    lease.keys.retain(|key| caller.can_read(key));
+    Ok(HttpResponse::Ok().json(lease))
+}
+
+/// Revoke a lease: every key attached to it is deleted, all at one revision.
+#[utoipa::path(
+    delete,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    operation_id = "revoke_lease",
+    params(IdParam),
+    responses(
+        (status = 200, description = "Revoked; `revision` is that of the deletions",
+         body = RevokeResult),
+        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not write a key of the lease",
+         body = ErrorBody),
+        (status = 404, description = "`lease_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
+async fn revoke(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id_of(&req)?;
+    if matches!(caller, Caller::Token(_)) {
+        for key in state.store.lease(id).await?.keys {
+            caller.check_write(&key)?;
+        }
+    }
+    let result = state.store.revoke(id).await?;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+/// The lease parameters of a key put.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PutLeaseQuery {
+    /// Attach the key to this lease (it is deleted when the lease ends). A put
+    /// without `lease` or `ttl` makes the key permanent.
+    #[param(minimum = 1, nullable = false)]
+    pub lease: Option<String>,
+    /// Put the key on a lease of its own of this many seconds (1 to 31536000), as
+    /// `POST /v1/leases` grants it. Not with `lease`.
+    #[param(minimum = 1, maximum = 31536000, nullable = false)]
+    pub ttl: Option<String>,
+}
+
+/// The lease a key put asks for (`?lease=ID`, or `?ttl=SECONDS`: then a lease is
+/// granted for the key, and returned with `true`, to revoke if the put fails).
+pub async fn put_lease(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<(u64, bool)>, ApiError> {
+    let query = web::Query::<PutLeaseQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
+    match (&query.lease, &query.ttl) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::invalid_request(
+            "give lease or ttl, not both: ttl grants the key a lease of its own",
+        )),
+        (Some(id), None) => Ok(Some((lease_id(id)?, false))),
+        (None, Some(ttl)) => {
+            let ttl = ttl.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    kvstore_core::ErrorCode::InvalidTtl,
+                    format!(
+                        "ttl is a number of seconds between {MIN_TTL} and {MAX_TTL}; got {ttl:?}"
+                    ),
+                )
+            })?;
+            let lease = state.store.grant(ttl).await?;
+            Ok(Some((lease.id, true)))
+        }
+    }
+}
