@@ -60,8 +60,8 @@ impl EtcdStore {
             .inner
             .connection
             .call("a lease keep-alive", Retry::Read, |mut client| async move {
-                // The crate sends the first keep-alive of the stream itself.
-                let (_keeper, mut answers) = client.lease_keep_alive(lease).await?;
+                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
                 Ok(answers.message().await?.map_or(0, |a| a.ttl()))
             })
             .await
