@@ -3,7 +3,11 @@
 //! The stream remembers the revision through which it has seen everything (from
 //! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
 //! error or a server shutdown it reconnects with backoff and asks for
-//! `start_revision = that + 1`, so the program sees every change exactly once.
+//! `start_revision = that + 1`, so the program sees every change exactly once. A
+//! revision can hold several changes (a transaction): until a later revision or a
+//! `progress` frame shows it complete, the stream resumes at that revision and
+//! passes over the changes of it already seen (the server sends them in the same
+//! order every time).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -64,6 +68,16 @@ pub enum Update {
     },
 }
 
+/// Changes seen of a revision that may hold more.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    revision: u64,
+    /// Changes of it delivered to the program.
+    seen: usize,
+    /// Changes of it received on the current connection.
+    received: usize,
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -72,6 +86,8 @@ struct State {
     options: WatchOptions,
     /// Everything through this revision has been seen (`None`: not known yet).
     position: Option<u64>,
+    /// The revision of the last event, not known to be complete yet.
+    partial: Option<Partial>,
     /// The initial state has been delivered completely.
     synced: bool,
     socket: Option<Socket>,
@@ -145,6 +161,7 @@ impl Stream for Events {
 fn stream(client: Client, options: WatchOptions) -> impl Stream<Item = Result<Update, Error>> {
     let state = State {
         position: options.start_revision.map(|r| r.saturating_sub(1)),
+        partial: None,
         synced: false,
         client,
         options,
@@ -255,7 +272,12 @@ impl State {
         let socket = match &mut self.socket {
             Some(socket) => socket,
             None => match self.connect().await {
-                Ok(socket) => self.socket.insert(socket),
+                Ok(socket) => {
+                    if let Some(partial) = &mut self.partial {
+                        partial.received = 0;
+                    }
+                    self.socket.insert(socket)
+                }
                 Err(step) => return step,
             },
         };
@@ -289,18 +311,40 @@ impl State {
                 if self.position.is_some_and(|p| event.revision <= p) {
                     return Step::Nothing;
                 }
-                self.position = Some(event.revision);
+                match &mut self.partial {
+                    Some(partial) if partial.revision == event.revision => {
+                        partial.received += 1;
+                        if partial.received <= partial.seen {
+                            // Seen before the connection dropped.
+                            return Step::Nothing;
+                        }
+                        partial.seen += 1;
+                    }
+                    _ => {
+                        // A new revision: the ones before it are complete.
+                        self.position = Some(event.revision - 1);
+                        self.partial = Some(Partial {
+                            revision: event.revision,
+                            seen: 1,
+                            received: 1,
+                        });
+                    }
+                }
                 Step::Yield(Update::Event(event))
             }
             Frame::Entry(entry) => Step::Yield(Update::Entry(entry)),
             Frame::Synced { revision } => {
                 self.synced = true;
                 self.position = Some(revision);
+                self.partial = None;
                 Step::Yield(Update::Synced { revision })
             }
             Frame::Progress { revision } => {
                 if self.position.is_none_or(|p| revision > p) {
                     self.position = Some(revision);
+                }
+                if self.partial.is_some_and(|p| p.revision <= revision) {
+                    self.partial = None;
                 }
                 Step::Nothing
             }
@@ -308,6 +352,9 @@ impl State {
                 ErrorCode::Lagged | ErrorCode::ShuttingDown => {
                     if let Some(last) = detail.revision {
                         self.position = Some(self.position.map_or(last, |p| p.max(last)));
+                        if self.partial.is_some_and(|p| p.revision <= last) {
+                            self.partial = None;
+                        }
                     }
                     Step::Retry(detail.message)
                 }

@@ -146,6 +146,18 @@ pub struct DeleteResult {
     pub revision: u64,
 }
 
+/// Answer to a delete by prefix (`DELETE /v1/kv?prefix=P`): every key under the
+/// prefix went at one revision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletePrefixResult {
+    /// Keys deleted.
+    pub deleted: usize,
+    /// The revision of the deletes; the store revision when there was nothing to
+    /// delete (no revision is taken then).
+    pub revision: u64,
+}
+
 /// One page of a listing.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

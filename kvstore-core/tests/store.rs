@@ -1114,3 +1114,68 @@ async fn live_watch_skips_writes_acknowledged_before_it() -> TestResult {
     }
     Ok(())
 }
+
+/// A revision of several changes (a delete by prefix) is one revision everywhere:
+/// in the answer, in the keys' count, to live and resumed watchers (whose position
+/// passes it only once all of it is delivered), and after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_by_prefix_is_one_revision_everywhere() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (revision, before) = {
+        let store = open(dir.path())?;
+        for key in ["a/1", "a/2", "a/3", "b/1"] {
+            store.put(key, key.as_bytes().to_vec(), None).await?;
+        }
+        let before = store.revision();
+        let mut live = store.watch(watch_prefix("a/")).await?;
+        let mut everything = store.watch(watch_prefix("")).await?;
+        let deleted = store.delete_prefix("a/").await?;
+        assert_eq!((deleted.deleted, deleted.revision), (3, before + 1));
+        assert_eq!(store.revision(), before + 1);
+        assert_eq!(store.status().await?.keys, 1);
+        for watch in [&mut live, &mut everything] {
+            let mut keys = Vec::new();
+            for n in 0..3 {
+                let event = next_event(watch).await?;
+                assert_eq!(
+                    (event.kind, event.revision),
+                    (EventKind::Delete, before + 1)
+                );
+                keys.push(event.key.clone());
+                // Not past the revision until its last change is delivered.
+                let expected = if n < 2 { before } else { before + 1 };
+                assert_eq!(watch.position(), expected);
+            }
+            assert_eq!(keys, ["a/1", "a/2", "a/3"]);
+        }
+        // Nothing to delete: no revision taken.
+        let none = store.delete_prefix("a/").await?;
+        assert_eq!((none.deleted, none.revision), (0, before + 1));
+        store.put("b/2", b"x".to_vec(), None).await?;
+        (deleted.revision, before)
+    };
+    let store = open_retrying(Config::new(dir.path())).await?;
+    assert_eq!(store.revision(), revision + 1);
+    assert_eq!(store.get("a/1").await?, None);
+    assert_eq!(store.status().await?.keys, 2);
+    // Resumed from the history, after the reopen: the whole revision, then the next.
+    let mut resumed = store.watch(watch_from("", before)).await?;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let event = next_event(&mut resumed).await?;
+        seen.push((event.revision, event.key.clone()));
+    }
+    let expected: Vec<(u64, String)> = [
+        (before, "b/1"),
+        (revision, "a/1"),
+        (revision, "a/2"),
+        (revision, "a/3"),
+        (revision + 1, "b/2"),
+    ]
+    .iter()
+    .map(|&(r, k)| (r, k.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(resumed.position(), revision + 1);
+    Ok(())
+}

@@ -35,13 +35,16 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES};
 use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
 use crate::wire::{
-    DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
 };
 use barrier::Barrier;
 use cache::{entry_of, Cache};
@@ -426,6 +429,24 @@ impl Storage for EtcdStore {
             None => Err(Error::KeyNotFound),
             current => Err(Error::PreconditionFailed { current }),
         }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
+        let (start, end) = self.inner.keys.range(prefix);
+        let delete = TxnOp::delete(start, Some(DeleteOptions::new().with_range(end)));
+        let answer = self.txn(Txn::new().and_then([delete])).await?;
+        let deleted = answer
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Delete(delete) => delete.deleted().max(0) as usize,
+                _ => 0,
+            })
+            .sum();
+        Ok(DeletePrefixResult {
+            deleted,
+            revision: header_revision(answer.header())?,
+        })
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {

@@ -4,11 +4,15 @@
 //!   big-endian); for a key on a lease, `version` has its top bit set
 //!   ([`LEASED`]) and the lease id follows it: `... | version | lease | value`.
 //! - `log`: one item per write group, keyed by the group's first revision (u64
-//!   big-endian): `GROUP | count (u32) | records`, the group's change records at
-//!   consecutive revisions, each `length (u32) | kind | create_revision | version |
-//!   key length (u32) | key | value` (kind 1 a put, 2 a delete, 3 a put on a lease,
-//!   whose lease id follows `version`). (Stores written before groups were kept whole
-//!   hold one bare record per revision, `kind | ...`; both are read.)
+//!   big-endian): `REVISIONS | revisions (u32)`, then for each of the group's
+//!   consecutive revisions `changes (u32, at least 1) | records`, each record
+//!   `length (u32) | kind | create_revision | version | key length (u32) | key |
+//!   value` (kind 1 a put, 2 a delete, 3 a put on a lease, whose lease id follows
+//!   `version`). A revision holds several changes (a transaction, a delete by
+//!   prefix, a lease's end), all in one item, so none is ever read, published or
+//!   recovered in part. Older items are still read: `GROUP | count (u32) |
+//!   records`, one change per revision, and before that one bare record per
+//!   revision (`kind | ...`).
 //! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (the `log`
 //!   can be ahead of it after a crash; see `writer::recover`); `next_lease`, the id
 //!   the next lease gets.
@@ -176,39 +180,65 @@ pub fn encode_record(key: &str, stored: Option<&Stored>) -> Vec<u8> {
     out
 }
 
-/// First byte of a group item in `log` (a bare record starts with its kind, 1 or 2).
+/// First byte of a group item of one change per revision (no longer written; a bare
+/// record starts with its kind, 1 or 2).
 const GROUP: u8 = 0x10;
+/// First byte of a group item whose revisions each hold one or more changes.
+const REVISIONS: u8 = 0x11;
 
-/// A `log` item under construction: the change records of one write group.
+/// A `log` item under construction: the change records of one write group, a
+/// revision at a time.
 pub struct GroupRecord {
     bytes: Vec<u8>,
-    count: u32,
+    revisions: u32,
 }
 
 impl GroupRecord {
     pub fn new() -> Self {
         GroupRecord {
-            bytes: vec![GROUP, 0, 0, 0, 0],
-            count: 0,
+            bytes: vec![REVISIONS, 0, 0, 0, 0],
+            revisions: 0,
         }
     }
 
-    /// Adds the record of the next revision (see [`encode_record`]).
+    /// Adds the next revision, made of `changes` (each a key and its state after a
+    /// put, `None` for a delete; see [`encode_record`]), in the order given. A
+    /// revision of no change takes no revision: nothing is added.
+    pub fn push_revision<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a Stored>)>,
+    ) {
+        let count_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        let mut count: u32 = 0;
+        for (key, stored) in changes {
+            let record = encode_record(key, stored);
+            // Records are at most a key and a value, far below u32::MAX.
+            self.bytes
+                .extend_from_slice(&(record.len() as u32).to_be_bytes());
+            self.bytes.extend_from_slice(&record);
+            count += 1;
+        }
+        if count == 0 {
+            self.bytes.truncate(count_at);
+            return;
+        }
+        self.bytes[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+        self.revisions += 1;
+    }
+
+    /// Adds the next revision, one change.
+    #[cfg(test)]
     pub fn push(&mut self, key: &str, stored: Option<&Stored>) {
-        let record = encode_record(key, stored);
-        // Records are at most a key and a value, far below u32::MAX.
-        self.bytes
-            .extend_from_slice(&(record.len() as u32).to_be_bytes());
-        self.bytes.extend_from_slice(&record);
-        self.count += 1;
+        self.push_revision([(key, stored)]);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.revisions == 0
     }
 
     pub fn finish(mut self) -> Vec<u8> {
-        self.bytes[1..5].copy_from_slice(&self.count.to_be_bytes());
+        self.bytes[1..5].copy_from_slice(&self.revisions.to_be_bytes());
         self.bytes
     }
 }
@@ -217,12 +247,12 @@ impl GroupRecord {
 pub fn last_revision(first: &[u8], bytes: &[u8]) -> Result<u64, Error> {
     let first = decode_u64(first)?;
     match bytes.first() {
-        Some(&GROUP) => last_of(first, u32_at(bytes, 1)?),
+        Some(&GROUP | &REVISIONS) => last_of(first, u32_at(bytes, 1)?),
         _ => Ok(first),
     }
 }
 
-/// The last revision of a group of `count` records from `first`.
+/// The last revision of a group of `count` revisions from `first`.
 fn last_of(first: u64, count: u32) -> Result<u64, Error> {
     (u64::from(count))
         .checked_sub(1)
@@ -230,24 +260,39 @@ fn last_of(first: u64, count: u32) -> Result<u64, Error> {
         .ok_or_else(|| Error::Corrupt("a group in the log tree has an impossible size".into()))
 }
 
-/// Decodes a `log` item (a group, or a bare record) into its events, in revision order.
+/// Decodes a `log` item (a group, or a bare record) into its events, in revision
+/// order (the changes of one revision in the order they were made).
 pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
     let corrupt = || Error::Corrupt("malformed group in the log tree".into());
     let first = decode_u64(first)?;
-    if bytes.first() != Some(&GROUP) {
-        return Ok(vec![decode_record(first, bytes)?]);
-    }
+    let per_revision = match bytes.first() {
+        Some(&GROUP) => false,
+        Some(&REVISIONS) => true,
+        _ => return Ok(vec![decode_record(first, bytes)?]),
+    };
     let count = u32_at(bytes, 1)?;
     let last = last_of(first, count)?;
     // The count is not trusted for the allocation: a record takes 25 bytes at least.
     let mut events = Vec::with_capacity((count as usize).min(bytes.len() / 25));
     let mut at = 5;
     for revision in first..=last {
-        let len = u32_at(bytes, at)? as usize;
-        let end = (at + 4).checked_add(len).ok_or_else(corrupt)?;
-        let record = bytes.get(at + 4..end).ok_or_else(corrupt)?;
-        events.push(decode_record(revision, record)?);
-        at = end;
+        let changes = if per_revision {
+            let changes = u32_at(bytes, at)?;
+            at += 4;
+            if changes == 0 {
+                return Err(corrupt());
+            }
+            changes
+        } else {
+            1
+        };
+        for _ in 0..changes {
+            let len = u32_at(bytes, at)? as usize;
+            let end = (at + 4).checked_add(len).ok_or_else(corrupt)?;
+            let record = bytes.get(at + 4..end).ok_or_else(corrupt)?;
+            events.push(decode_record(revision, record)?);
+            at = end;
+        }
     }
     if at != bytes.len() {
         return Err(corrupt());
@@ -377,10 +422,43 @@ mod tests {
         // Trailing bytes, an empty group, and counts that overflow are corrupt.
         assert!(decode_group(&encode_u64(7), &[bytes.as_slice(), &[0]].concat()).is_err());
         assert!(decode_group(&encode_u64(7), &GroupRecord::new().finish()).is_err());
-        let huge = [GROUP, 255, 255, 255, 255];
+        let huge = [REVISIONS, 255, 255, 255, 255];
         assert!(decode_group(&encode_u64(u64::MAX - 1), &huge).is_err());
         assert!(last_revision(&encode_u64(u64::MAX - 1), &huge).is_err());
         assert!(decode_group(&encode_u64(1), &huge).is_err());
+
+        // A revision of several changes, between revisions of one.
+        let mut group = GroupRecord::new();
+        group.push("a", Some(&stored));
+        group.push_revision([("b", Some(&stored)), ("c", None), ("d", Some(&stored))]);
+        group.push_revision([]);
+        group.push("e", None);
+        let bytes = group.finish();
+        let seen: Vec<_> = decode_group(&encode_u64(7), &bytes)?
+            .iter()
+            .map(|e| (e.revision, e.key.clone()))
+            .collect();
+        let expected: Vec<_> = [(7, "a"), (8, "b"), (8, "c"), (8, "d"), (9, "e")]
+            .iter()
+            .map(|&(r, k)| (r, k.to_string()))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(last_revision(&encode_u64(7), &bytes)?, 9);
+        let no_change = [REVISIONS, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert!(decode_group(&encode_u64(7), &no_change).is_err());
+
+        // Groups of one change per revision, as stores wrote them before.
+        let mut old = vec![GROUP, 0, 0, 0, 2];
+        for record in [encode_record("a", Some(&stored)), encode_record("b", None)] {
+            old.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            old.extend_from_slice(&record);
+        }
+        let seen: Vec<_> = decode_group(&encode_u64(7), &old)?
+            .iter()
+            .map(|e| (e.revision, e.kind))
+            .collect();
+        assert_eq!(seen, [(7, EventKind::Put), (8, EventKind::Delete)]);
+        assert_eq!(last_revision(&encode_u64(7), &old)?, 8);
 
         let bare = encode_record("c", Some(&stored));
         let events = decode_group(&encode_u64(3), &bare)?;

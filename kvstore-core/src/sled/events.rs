@@ -4,7 +4,8 @@
 //! Two threads: the drainer reads sled's `Subscriber` and does nothing else (so sled
 //! writers never block on it); the sequencer holds records until every revision up
 //! to the durable watermark (raised by the writer after each flush) is present, then
-//! publishes them in order to a bounded broadcast ring.
+//! publishes them in order to a bounded broadcast ring, one whole revision (all its
+//! changes) per item, so no watcher ever sees part of a revision.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
@@ -38,9 +39,15 @@ impl SequencerHandle {
     }
 }
 
+/// Every change of one revision, in the order they were made.
+pub(super) struct Revision {
+    pub revision: u64,
+    pub events: Vec<Arc<SharedEvent>>,
+}
+
 /// The published side: what watchers subscribe to.
 pub(super) struct Feed {
-    events: broadcast::Sender<Arc<SharedEvent>>,
+    events: broadcast::Sender<Arc<Revision>>,
     sequencer: std_mpsc::Sender<Message>,
 }
 
@@ -73,10 +80,10 @@ impl Feed {
         SequencerHandle(self.sequencer.clone())
     }
 
-    /// A receiver of every event published after this call. Events are published
+    /// A receiver of every revision published after this call. Events are published
     /// only once durable, so everything after the store's durable revision read
     /// after this call comes through it (see `watch::open`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Revision>> {
         self.events.subscribe()
     }
 }
@@ -96,20 +103,20 @@ fn drain(subscriber: sled::Subscriber, tx: std_mpsc::Sender<Message>) {
     }
 }
 
-fn sequence(
-    rx: std_mpsc::Receiver<Message>,
-    last: u64,
-    events: broadcast::Sender<Arc<SharedEvent>>,
-) {
-    let mut pending: BTreeMap<u64, Event> = BTreeMap::new();
+fn sequence(rx: std_mpsc::Receiver<Message>, last: u64, events: broadcast::Sender<Arc<Revision>>) {
+    let mut pending: BTreeMap<u64, Vec<Arc<SharedEvent>>> = BTreeMap::new();
     let mut durable = last;
     let mut next = last + 1;
     for message in rx {
         match message {
-            Message::Records(events) => {
-                for event in events {
+            Message::Records(records) => {
+                // A revision is never split between two `log` items.
+                for event in records {
                     if event.revision >= next {
-                        pending.insert(event.revision, event);
+                        pending
+                            .entry(event.revision)
+                            .or_default()
+                            .push(SharedEvent::new(event));
                     }
                 }
             }
@@ -123,11 +130,14 @@ fn sequence(
             }
         }
         while next <= durable {
-            let Some(event) = pending.remove(&next) else {
+            let Some(changes) = pending.remove(&next) else {
                 break;
             };
             // No receivers is fine.
-            let _ = events.send(SharedEvent::new(event));
+            let _ = events.send(Arc::new(Revision {
+                revision: next,
+                events: changes,
+            }));
             next += 1;
         }
     }

@@ -36,6 +36,8 @@ struct Live {
 #[derive(Debug, Default)]
 struct Table {
     leases: HashMap<u64, Live>,
+    /// The lease of each key on one.
+    key_lease: HashMap<String, u64>,
     /// Each lease's deadline, nearest first.
     deadlines: BTreeSet<(Instant, u64)>,
     stopped: bool,
@@ -176,16 +178,23 @@ impl Leases {
         }
     }
 
-    /// Moves `key` from lease `from` to lease `to` (either `None`).
-    pub fn attach(&self, key: &str, from: Option<u64>, to: Option<u64>) {
-        if from == to {
+    /// Records that `key` is now on `lease` (`None`: permanent, or deleted).
+    pub fn set_key(&self, key: &str, lease: Option<u64>) {
+        let mut table = self.lock();
+        if lease.is_none() && table.key_lease.is_empty() {
             return;
         }
-        let mut table = self.lock();
-        if let Some(live) = from.and_then(|id| table.leases.get_mut(&id)) {
+        let before = match lease {
+            Some(lease) => table.key_lease.insert(key.to_string(), lease),
+            None => table.key_lease.remove(key),
+        };
+        if before == lease {
+            return;
+        }
+        if let Some(live) = before.and_then(|id| table.leases.get_mut(&id)) {
             live.keys.remove(key);
         }
-        if let Some(live) = to.and_then(|id| table.leases.get_mut(&id)) {
+        if let Some(live) = lease.and_then(|id| table.leases.get_mut(&id)) {
             live.keys.insert(key.to_string());
         }
     }
@@ -195,6 +204,11 @@ impl Leases {
         let mut table = self.lock();
         let live = table.leases.remove(&id)?;
         table.deadlines.remove(&(live.deadline, id));
+        for key in &live.keys {
+            if table.key_lease.get(key) == Some(&id) {
+                table.key_lease.remove(key);
+            }
+        }
         Some(live.keys)
     }
 

@@ -18,6 +18,7 @@ mod codec;
 mod events;
 mod export;
 mod lease;
+mod stage;
 mod watch;
 mod writer;
 
@@ -34,10 +35,11 @@ use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
 use crate::lease::check_ttl;
 use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
 use crate::wire::{
-    DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
 };
 use codec::decode_entry;
-use writer::{Op, Outcome, Request};
+use writer::{Change, Op, Outcome, Request};
 
 /// Entries written per step of a restore.
 const IMPORT_CHUNK: usize = 1000;
@@ -76,7 +78,7 @@ pub struct SledConfig {
     pub cache_capacity: u64,
     /// How many past revisions (at least) the change history keeps for resuming watches.
     pub retain_revisions: u64,
-    /// Events buffered for watchers; a watcher further behind than this is lagged.
+    /// Revisions buffered for watchers; a watcher further behind than this is lagged.
     pub event_buffer: usize,
 }
 
@@ -441,7 +443,9 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Put(result) => Ok(result),
-            Outcome::Delete(_) => Err(Error::Corrupt("writer answered a put with a delete".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a put with another op".into(),
+            )),
         }
     }
 
@@ -453,7 +457,24 @@ impl Storage for SledStore {
         };
         match self.submit(op).await? {
             Outcome::Delete(result) => Ok(result),
-            Outcome::Put(_) => Err(Error::Corrupt("writer answered a delete with a put".into())),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete with another op".into(),
+            )),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
+        let op = Op::Batch(vec![Change::DeletePrefix {
+            prefix: prefix.to_string(),
+        }]);
+        match self.submit(op).await? {
+            Outcome::Batch(batch) => Ok(DeletePrefixResult {
+                deleted: batch.deleted,
+                revision: batch.revision,
+            }),
+            _ => Err(Error::Corrupt(
+                "writer answered a delete by prefix with another op".into(),
+            )),
         }
     }
 

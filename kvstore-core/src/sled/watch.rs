@@ -1,5 +1,7 @@
 //! One watcher's view of the change feed: initial state or history, then live,
-//! with no seam.
+//! with no seam. A revision is taken whole (from the feed, or from the history),
+//! and the watch's position passes it only once every change of it under the
+//! prefix is delivered.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::codec;
+use super::events::Revision;
 use super::export::Export;
 use super::{OrStorage, SledStore};
 use crate::storage::{Error, SharedEvent, Watch, WatchItem, WatchOptions, WatchStream};
@@ -18,9 +21,10 @@ const HISTORY_CHUNK: u64 = 256;
 /// A watch on the sled engine.
 struct SledWatch {
     prefix: String,
-    live: broadcast::Receiver<Arc<SharedEvent>>,
+    live: broadcast::Receiver<Arc<Revision>>,
     log: sled::Tree,
-    queue: VecDeque<WatchItem>,
+    /// Changes to deliver, each with the position the watch is at once it is.
+    queue: VecDeque<(WatchItem, u64)>,
     /// The initial state being streamed, and the revision it shows.
     initial: Option<(Export, u64)>,
     /// Next revision to read from the history, while `history_next <= history_end`.
@@ -53,7 +57,8 @@ impl WatchStream for SledWatch {
 impl SledWatch {
     async fn advance(&mut self) -> Result<WatchItem, Error> {
         loop {
-            if let Some(item) = self.queue.pop_front() {
+            if let Some((item, after)) = self.queue.pop_front() {
+                self.position = self.position.max(after);
                 return Ok(item);
             }
             if let Some((export, at)) = &mut self.initial {
@@ -72,13 +77,9 @@ impl SledWatch {
                 continue;
             }
             match self.live.recv().await {
-                Ok(event) => {
-                    if event.revision <= self.position {
-                        continue;
-                    }
-                    self.position = event.revision;
-                    if event.key.starts_with(&self.prefix) {
-                        return Ok(WatchItem::Event(event));
+                Ok(revision) => {
+                    if revision.revision > self.position {
+                        self.take(revision.revision, revision.events.iter().cloned());
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -91,22 +92,40 @@ impl SledWatch {
         }
     }
 
+    /// Queues the changes of `revision` under the prefix; the position passes the
+    /// revision with the last of them (at once, if there is none).
+    fn take(&mut self, revision: u64, events: impl Iterator<Item = Arc<SharedEvent>>) {
+        for event in events.filter(|e| e.key.starts_with(&self.prefix)) {
+            self.queue
+                .push_back((WatchItem::Event(event), revision - 1));
+        }
+        match self.queue.back_mut() {
+            // Passed once whatever is queued (of this revision or before) is delivered.
+            Some(last) => last.1 = revision,
+            None => self.position = revision,
+        }
+    }
+
     fn read_history(&mut self) -> Result<(), Error> {
         let end = self.history_end.min(self.history_next + HISTORY_CHUNK - 1);
-        for event in history(&self.log, self.history_next, end)? {
-            if event.revision != self.history_next {
+        let mut events = history(&self.log, self.history_next, end)?
+            .into_iter()
+            .peekable();
+        while let Some(first) = events.next() {
+            let revision = first.revision;
+            if revision != self.history_next {
                 // Revisions are gap-free, so a hole means compaction got there first.
                 return Err(Error::Compacted {
                     requested: self.history_next,
-                    oldest: event.revision,
+                    oldest: revision,
                 });
             }
-            self.history_next += 1;
-            self.position = event.revision;
-            if event.key.starts_with(&self.prefix) {
-                self.queue
-                    .push_back(WatchItem::Event(SharedEvent::new(event)));
+            let mut changes = vec![SharedEvent::new(first)];
+            while let Some(more) = events.next_if(|e| e.revision == revision) {
+                changes.push(SharedEvent::new(more));
             }
+            self.history_next += 1;
+            self.take(revision, changes.into_iter());
         }
         if self.history_next <= end {
             return Err(Error::Compacted {

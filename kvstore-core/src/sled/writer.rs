@@ -1,6 +1,5 @@
 //! The single writer: numbers writes, commits them in groups, flushes once per group.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +10,7 @@ use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::export::{Capture, Exports};
 use super::lease::Leases;
+use super::stage::{Revision, View};
 use super::{storage_error, OrStorage, SyncMode};
 use crate::condition::Condition;
 use crate::storage::Error;
@@ -39,11 +39,42 @@ pub(super) enum Op {
         key: String,
         condition: Option<Condition>,
     },
+    /// Several changes at one revision, unconditional, in order (no revision at
+    /// all when none changes anything).
+    Batch(Vec<Change>),
+}
+
+/// One change of an [`Op::Batch`]. (Puts and deletes of single keys are for the
+/// writes of the engine's own that change several keys at once.)
+#[allow(dead_code)]
+pub(super) enum Change {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Deletes the key if it exists.
+    Delete {
+        key: String,
+    },
+    /// Deletes every key under the prefix.
+    DeletePrefix {
+        prefix: String,
+    },
 }
 
 pub(super) enum Outcome {
     Put(PutResult),
     Delete(DeleteResult),
+    Batch(BatchResult),
+}
+
+/// What an [`Op::Batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BatchResult {
+    /// The batch's revision; the store revision when it changed nothing.
+    pub revision: u64,
+    /// Keys deleted.
+    pub deleted: usize,
 }
 
 pub(super) enum Request {
@@ -99,6 +130,16 @@ impl Request {
                 op: Op::Put { value, .. },
                 ..
             } => value.len(),
+            Request::Write {
+                op: Op::Batch(changes),
+                ..
+            } => changes
+                .iter()
+                .map(|c| match c {
+                    Change::Put { value, .. } => value.len(),
+                    Change::Delete { .. } | Change::DeletePrefix { .. } => 0,
+                })
+                .sum(),
             _ => 0,
         }
     }
@@ -220,11 +261,12 @@ impl Writer {
                     last: self.last,
                     failure: Some(error),
                     torn: false,
+                    keys_delta: 0,
                 },
             };
             self.torn |= applied.torn;
             if applied.failure.is_none() {
-                self.count_keys(&applied.results);
+                self.count_keys(applied.keys_delta);
             }
             let failure = match applied.failure {
                 Some(e) => Some(e),
@@ -262,18 +304,12 @@ impl Writer {
         }
     }
 
-    /// Follows the number of keys: a put at version 1 created one, a delete removed one.
-    fn count_keys(&self, outcomes: &[Result<Outcome, Error>]) {
-        for outcome in outcomes {
-            match outcome {
-                Ok(Outcome::Put(put)) if put.version == 1 => {
-                    self.keys.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Outcome::Delete(_)) => {
-                    self.keys.fetch_sub(1, Ordering::Relaxed);
-                }
-                _ => {}
-            }
+    /// Follows the number of keys.
+    fn count_keys(&self, delta: i64) {
+        if delta >= 0 {
+            self.keys.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            self.keys.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
 
@@ -302,10 +338,11 @@ impl Writer {
         flushed.err().map(storage_error)
     }
 
-    /// Applies `ops` in order, numbering them after `self.last`, with plain sled
-    /// writes: the group's change records as one `log` item first, then each key it
-    /// changed into `kv` (once, in its final state), then the last revision into
-    /// `meta`.
+    /// Applies `ops` in order, each at the next revision (an op that changes
+    /// nothing takes none), with plain sled writes: the group's change records as
+    /// one `log` item first, then each key it changed into `kv` (once, in its final
+    /// state), then the last revision into `meta`. An op may change several keys at
+    /// its one revision (see `stage`); a failed op changes none.
     ///
     /// A sled transaction or batch would make the group atomic, but each one seals
     /// and writes sled's log buffer twice, which costs more than the writes. sled
@@ -319,95 +356,42 @@ impl Writer {
     fn apply_group(&self, ops: &[&Op], capturing: bool) -> Applied {
         let mut results = Vec::with_capacity(ops.len());
         let mut record = codec::GroupRecord::new();
-        // Each key's state after the group's writes so far.
-        let mut changed: HashMap<&str, Option<Stored>> = HashMap::new();
+        let mut view = View::new(&self.kv, capturing.then_some(&self.exports));
         let mut last = self.last;
         for op in ops {
-            let (key, condition) = match op {
-                Op::Put { key, condition, .. } | Op::Delete { key, condition } => {
-                    (key.as_str(), *condition)
-                }
-            };
-            let current = match changed.get(key) {
-                Some(state) => state.as_ref().map(Stored::header),
-                None => {
-                    let found = match self.kv.get(key.as_bytes()) {
-                        Ok(found) => found,
-                        Err(error) => return self.failed(results, storage_error(error)),
-                    };
-                    if capturing {
-                        self.exports.record(key.as_bytes(), found.as_ref());
-                    }
-                    match found.as_deref().map(Stored::decode_header).transpose() {
-                        Ok(header) => header,
-                        Err(e) => {
-                            results.push(Err(e));
-                            continue;
-                        }
-                    }
-                }
-            };
-            let current_rev = current.map(|h| h.mod_revision);
-            if matches!(op, Op::Delete { .. }) && current.is_none() {
-                results.push(Err(Error::KeyNotFound));
+            let mut revision = Revision::new(&view, last + 1);
+            let outcome = apply_op(&mut revision, op, &self.leases);
+            if outcome.is_err() || revision.is_empty() {
+                results.push(outcome);
                 continue;
             }
-            if condition.is_some_and(|c| !c.holds(current_rev)) {
-                results.push(Err(Error::PreconditionFailed {
-                    current: current_rev,
-                }));
-                continue;
+            let changes = revision.finish();
+            if let Err(error) = view.stage(&changes) {
+                return self.failed(results, error);
             }
-            if let Op::Put {
-                lease: Some(lease), ..
-            } = op
-            {
-                if !self.leases.is_live(*lease) {
-                    results.push(Err(Error::LeaseNotFound(*lease)));
-                    continue;
-                }
+            record.push_revision(changes.iter().map(|c| (c.key.as_str(), c.state.as_ref())));
+            for change in &changes {
+                self.leases
+                    .set_key(&change.key, change.state.as_ref().and_then(|s| s.lease));
             }
             last += 1;
-            let had = current.and_then(|h| h.lease);
-            match op {
-                Op::Put { value, lease, .. } => {
-                    self.leases.attach(key, had, *lease);
-                    let stored = Stored {
-                        create_revision: current.map_or(last, |h| h.create_revision),
-                        mod_revision: last,
-                        version: current.map_or(1, |h| h.version + 1),
-                        lease: *lease,
-                        value: value.clone(),
-                    };
-                    record.push(key, Some(&stored));
-                    results.push(Ok(Outcome::Put(PutResult {
-                        revision: last,
-                        create_revision: stored.create_revision,
-                        version: stored.version,
-                    })));
-                    changed.insert(key, Some(stored));
-                }
-                Op::Delete { .. } => {
-                    self.leases.attach(key, had, None);
-                    record.push(key, None);
-                    results.push(Ok(Outcome::Delete(DeleteResult { revision: last })));
-                    changed.insert(key, None);
-                }
-            }
+            results.push(outcome);
         }
+        let keys_delta = view.keys_delta;
         if record.is_empty() {
             return Applied {
                 results,
                 last,
                 failure: None,
                 torn: false,
+                keys_delta,
             };
         }
         let first = codec::encode_u64(self.last + 1);
         if let Err(error) = self.log.insert(first, record.finish()) {
             return self.failed(results, storage_error(error));
         }
-        for (key, state) in &changed {
+        for (key, state) in &view.changed {
             let written = match state {
                 Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),
                 None => self.kv.remove(key.as_bytes()),
@@ -420,6 +404,7 @@ impl Writer {
                     last,
                     failure: Some(storage_error(error)),
                     torn: true,
+                    keys_delta,
                 };
             }
         }
@@ -433,6 +418,7 @@ impl Writer {
             last,
             torn: failure.is_some(),
             failure,
+            keys_delta,
         }
     }
 
@@ -444,6 +430,7 @@ impl Writer {
             last: self.last,
             failure: Some(error),
             torn: false,
+            keys_delta: 0,
         }
     }
 
@@ -483,28 +470,18 @@ impl Writer {
         }
         self.lease_tree.remove(codec::encode_u64(id)).or_storage()?;
         let keys = self.leases.remove(id).ok_or(Error::LeaseNotFound(id))?;
-        let mut group = Vec::with_capacity(keys.len());
-        let mut answers = Vec::with_capacity(keys.len());
+        let mut changes = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(bytes) = self.kv.get(key.as_bytes()).or_storage()? else {
                 continue;
             };
-            let header = Stored::decode_header(&bytes)?;
-            // Only keys still on this lease: one put again without it stays.
-            if header.lease != Some(id) {
-                continue;
+            // Only keys still on this lease: one put again without it stays. (Nothing
+            // writes between this read and the batch: this is the writer.)
+            if Stored::decode_header(&bytes)?.lease == Some(id) {
+                changes.push(Change::Delete { key });
             }
-            let (reply, answer) = oneshot::channel();
-            group.push(Request::Write {
-                op: Op::Delete {
-                    key,
-                    condition: Some(Condition::ModRevision(header.mod_revision)),
-                },
-                reply,
-            });
-            answers.push(answer);
         }
-        if group.is_empty() {
+        if changes.is_empty() {
             if let Some(e) = self.make_durable() {
                 return Err(e);
             }
@@ -512,15 +489,16 @@ impl Writer {
                 revision: self.last,
             });
         }
-        self.commit_group(&mut group);
-        let mut revision = self.last;
-        for mut answer in answers {
-            match answer.try_recv() {
-                Ok(Ok(Outcome::Delete(deleted))) => revision = revision.max(deleted.revision),
-                Ok(Err(e)) => return Err(e),
-                _ => return Err(Error::Closed),
-            }
-        }
+        let (reply, mut answer) = oneshot::channel();
+        self.commit_group(&mut vec![Request::Write {
+            op: Op::Batch(changes),
+            reply,
+        }]);
+        let revision = match answer.try_recv() {
+            Ok(Ok(Outcome::Batch(batch))) => batch.revision,
+            Ok(Err(e)) => return Err(e),
+            _ => return Err(Error::Closed),
+        };
         log::debug!("lease {id} ended at revision {revision}");
         Ok(RevokeResult { revision })
     }
@@ -611,6 +589,66 @@ impl Writer {
     }
 }
 
+/// Applies one op to the revision under way: its changes (none when it fails or is
+/// refused) and its answer.
+fn apply_op(revision: &mut Revision<'_, '_>, op: &Op, leases: &Leases) -> Result<Outcome, Error> {
+    match op {
+        Op::Put {
+            key,
+            value,
+            condition,
+            lease,
+        } => {
+            check(revision, key, *condition)?;
+            if let Some(lease) = *lease {
+                if !leases.is_live(lease) {
+                    return Err(Error::LeaseNotFound(lease));
+                }
+            }
+            revision.put(key, value, *lease).map(Outcome::Put)
+        }
+        Op::Delete { key, condition } => {
+            if revision.header(key)?.is_none() {
+                return Err(Error::KeyNotFound);
+            }
+            check(revision, key, *condition)?;
+            revision.delete(key)?;
+            Ok(Outcome::Delete(DeleteResult {
+                revision: revision.revision,
+            }))
+        }
+        Op::Batch(changes) => {
+            let mut deleted = 0;
+            for change in changes {
+                match change {
+                    Change::Put { key, value } => {
+                        revision.put(key, value, None)?;
+                    }
+                    Change::Delete { key } => deleted += usize::from(revision.delete(key)?),
+                    Change::DeletePrefix { prefix } => deleted += revision.delete_prefix(prefix)?,
+                }
+            }
+            Ok(Outcome::Batch(BatchResult {
+                revision: revision.revision - u64::from(revision.is_empty()),
+                deleted,
+            }))
+        }
+    }
+}
+
+/// Refuses a write whose condition does not hold for `key`.
+fn check(
+    revision: &Revision<'_, '_>,
+    key: &str,
+    condition: Option<Condition>,
+) -> Result<(), Error> {
+    let current = revision.header(key)?.map(|h| h.mod_revision);
+    if condition.is_some_and(|c| !c.holds(current)) {
+        return Err(Error::PreconditionFailed { current });
+    }
+    Ok(())
+}
+
 fn fail_all(n: usize, e: &Error) -> Vec<Result<Outcome, Error>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
@@ -632,6 +670,8 @@ struct Applied {
     failure: Option<Error>,
     /// The group's `log` item is written but `kv` or `meta` may lag behind it.
     torn: bool,
+    /// Keys created less keys deleted.
+    keys_delta: i64,
 }
 
 /// Brings `kv` and `meta` up to the change history after a crash in the middle of a

@@ -31,7 +31,8 @@ pub use watch::{Watch, WatchItem, WatchOptions, WatchStream};
 
 use crate::condition::Condition;
 use crate::wire::{
-    DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
 };
 
 /// What a store reports about itself.
@@ -130,6 +131,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes `key` if it exists and `condition` holds; [`Error::KeyNotFound`] if it
     /// does not exist (and no revision is taken).
     async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error>;
+
+    /// Deletes every key that starts with `prefix` (every key, for an empty one) at
+    /// one revision; none is taken when no key matches.
+    async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error>;
 
     /// Subscribes to changes; [`WatchOptions`] says where the stream starts.
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error>;

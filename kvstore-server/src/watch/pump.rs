@@ -63,7 +63,11 @@ impl Frame {
         frame
     }
 
-    fn of(item: WatchItem) -> Frame {
+    /// The frame of `item`, which left the watch at `position`. An event carries
+    /// its revision as the resume point only when it completes its revision (a
+    /// transaction's changes share one): resuming after the others would miss the
+    /// rest of it.
+    fn of(item: WatchItem, position: u64) -> Frame {
         match item {
             WatchItem::Event(event) => {
                 metrics::counter!("kvstore_watch_events_sent_total").increment(1);
@@ -73,7 +77,7 @@ impl Frame {
                 };
                 Frame {
                     kind,
-                    id: Some(event.revision),
+                    id: (position >= event.revision).then_some(event.revision),
                     json: event.json(),
                     error: None,
                 }
@@ -218,7 +222,7 @@ impl Pump {
                             WatchItem::Progress(_) => self.synced,
                         };
                         if visible {
-                            return Frame::of(item);
+                            return Frame::of(item, watch.position());
                         }
                     }
                     Err(e) => return Frame::error(watch_error(e)),
