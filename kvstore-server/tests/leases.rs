@@ -291,7 +291,12 @@ async fn bad_lease_input_is_refused_and_changes_nothing(
         (
             http.post(url("/v1/leases")).json(&json!({"ttl": -5})),
             400,
-            "invalid_request",
+            "invalid_ttl",
+        ),
+        (
+            http.post(url("/v1/leases")).json(&json!({"ttl": 2.5})),
+            400,
+            "invalid_ttl",
         ),
         (
             http.post(url("/v1/leases")).json(&json!({"ttl": "10"})),

@@ -30,6 +30,9 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/v1/kv/{key}", &["get", "head", "put", "delete"]),
     ("/v1/kv", &["get", "head"]),
+    ("/v1/leases", &["post"]),
+    ("/v1/leases/{id}", &["get", "head", "delete"]),
+    ("/v1/leases/{id}/keepalive", &["post"]),
     ("/v1/watch", &["get", "head"]),
     ("/v1/snapshot", &["get", "head", "post"]),
     ("/healthz", &["get", "head"]),
@@ -291,7 +294,11 @@ async fn a_method_a_documented_path_does_not_list_gets_405_with_allow() -> TestR
             .filter(|m| item.get(m.to_lowercase()).is_some())
             .collect();
         let allow = listed.join(", ");
-        let url = format!("{}{}", server.url, path.replace("{key}", "some/key"));
+        let url = format!(
+            "{}{}",
+            server.url,
+            path.replace("{key}", "some/key").replace("{id}", "1")
+        );
         for method in ALLOW_ORDER.iter().chain(&["FOO"]) {
             if listed.contains(method) {
                 continue;
@@ -306,12 +313,16 @@ async fn a_method_a_documented_path_does_not_list_gets_405_with_allow() -> TestR
                 .unwrap_or_default()
                 .to_string();
             assert_eq!(got, allow, "Allow of {method} {path}");
+            answered += 1;
+            if method == reqwest::Method::HEAD {
+                // An answer to HEAD has no body (paths without GET take no HEAD).
+                continue;
+            }
             let body: Value = res.json().await?;
             assert_eq!(
                 body["error"]["code"], "method_not_allowed",
                 "{method} {path}"
             );
-            answered += 1;
         }
     }
     assert!(answered > 40, "only {answered} undocumented methods tried");
@@ -512,7 +523,7 @@ fn schemathesis_with_every_check_finds_nothing() {
         "schemathesis found failures ({status}):\n{output}"
     );
     // It tested every operation but the watch (GET and HEAD), in both phases.
-    assert!(output.contains("Tested: 17"), "{output}");
+    assert!(output.contains("Tested: 22"), "{output}");
     for phase in ["✅ Coverage", "✅ Fuzzing"] {
         assert!(output.contains(phase), "no {phase:?}:\n{output}");
     }

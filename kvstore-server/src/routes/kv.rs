@@ -338,9 +338,13 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
+    let lease = super::leases::PutLease::of(&req)?;
     let condition = condition(&req, &state, &key).await?;
     let value = read_limited(&req, payload, state.store.max_value_bytes()).await?;
-    let lease = super::leases::put_lease(&req, &state).await?;
+    let lease = match lease {
+        Some(lease) => Some(lease.id(&state).await?),
+        None => None,
+    };
     let put = state
         .store
         .put_leased(&key, value, condition, lease.map(|(id, _)| id))

@@ -7,7 +7,7 @@
 //! revoke (which deletes the keys) needs the right to write every one of them.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::lease::{MAX_TTL, MIN_TTL};
+use kvstore_core::lease::{check_ttl, MAX_TTL, MIN_TTL};
 use kvstore_core::wire::{ErrorBody, Lease, LeaseInfo, RevokeResult};
 use serde::Deserialize;
 
@@ -30,9 +30,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
-    /// Seconds the lease lives without a keep-alive.
-    #[schema(minimum = 1, maximum = 31536000)]
-    pub ttl: u64,
+    /// Seconds the lease lives without a keep-alive (a JSON integer; `30.0` is 30).
+    #[schema(value_type = u64, minimum = 1, maximum = 31536000)]
+    pub ttl: serde_json::Number,
+}
+
+impl GrantRequest {
+    /// The TTL asked for, in whole seconds.
+    fn seconds(&self) -> Result<u64, ApiError> {
+        let whole = self.ttl.as_u64().or_else(|| {
+            self.ttl
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        });
+        whole.ok_or_else(|| {
+            ApiError::new(
+                kvstore_core::ErrorCode::InvalidTtl,
+                format!(
+                    "ttl is a whole number of seconds between {MIN_TTL} and {MAX_TTL}; got {}",
+                    self.ttl
+                ),
+            )
+        })
+    }
 }
 
 /// The lease id in the path.
@@ -51,13 +72,18 @@ fn id_of(req: &HttpRequest) -> Result<u64, ApiError> {
     lease_id(raw)
 }
 
-/// A lease id as text: digits.
+/// A lease id as text: a number from 1 to 2^63 - 1 (etcd's ids are positive
+/// int64s, and so are the document's).
 fn lease_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse::<u64>().map_err(|_| {
-        ApiError::invalid_request(format!(
-            "a lease id is a number, as the grant answered; got {raw:?}"
-        ))
-    })
+    raw.parse::<u64>()
+        .ok()
+        .filter(|&id| id >= 1 && i64::try_from(id).is_ok())
+        .ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "a lease id is a number from 1 to {}, as the grant answered; got {raw:?}",
+                i64::MAX
+            ))
+        })
 }
 
 /// Grant a lease.
@@ -86,7 +112,7 @@ async fn grant(
     let asked: GrantRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid_request(format!("the body must be {{\"ttl\": SECONDS}}: {e}"))
     })?;
-    let lease = state.store.grant(asked.ttl).await?;
+    let lease = state.store.grant(asked.seconds()?).await?;
     Ok(HttpResponse::Ok().json(lease))
 }
 
@@ -177,39 +203,60 @@ async fn revoke(
 pub struct PutLeaseQuery {
     /// Attach the key to this lease (it is deleted when the lease ends). A put
     /// without `lease` or `ttl` makes the key permanent.
-    #[param(minimum = 1, nullable = false)]
+    #[param(value_type = Option<u64>, minimum = 1, nullable = false)]
     pub lease: Option<String>,
     /// Put the key on a lease of its own of this many seconds (1 to 31536000), as
     /// `POST /v1/leases` grants it. Not with `lease`.
-    #[param(minimum = 1, maximum = 31536000, nullable = false)]
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 31536000, nullable = false)]
     pub ttl: Option<String>,
 }
 
-/// The lease a key put asks for (`?lease=ID`, or `?ttl=SECONDS`: then a lease is
-/// granted for the key, and returned with `true`, to revoke if the put fails).
-pub async fn put_lease(
-    req: &HttpRequest,
-    state: &AppState,
-) -> Result<Option<(u64, bool)>, ApiError> {
-    let query = web::Query::<PutLeaseQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
-    match (&query.lease, &query.ttl) {
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(ApiError::invalid_request(
-            "give lease or ttl, not both: ttl grants the key a lease of its own",
-        )),
-        (Some(id), None) => Ok(Some((lease_id(id)?, false))),
-        (None, Some(ttl)) => {
-            let ttl = ttl.parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    kvstore_core::ErrorCode::InvalidTtl,
-                    format!(
-                        "ttl is a number of seconds between {MIN_TTL} and {MAX_TTL}; got {ttl:?}"
-                    ),
-                )
-            })?;
-            let lease = state.store.grant(ttl).await?;
-            Ok(Some((lease.id, true)))
+/// The lease a key put asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutLease {
+    /// `?lease=ID`: an existing lease.
+    Existing(u64),
+    /// `?ttl=SECONDS`: a lease of the key's own, granted at the put.
+    Own(u64),
+}
+
+impl PutLease {
+    /// The lease parameters of `req`, checked (before anything else of the put, so
+    /// that a malformed one is always `400`).
+    pub fn of(req: &HttpRequest) -> Result<Option<PutLease>, ApiError> {
+        let query = web::Query::<PutLeaseQuery>::from_query(req.query_string())
+            .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
+        match (&query.lease, &query.ttl) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ApiError::invalid_request(
+                "give lease or ttl, not both: ttl grants the key a lease of its own",
+            )),
+            (Some(id), None) => Ok(Some(PutLease::Existing(lease_id(id)?))),
+            (None, Some(ttl)) => {
+                let ttl = ttl
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&ttl| check_ttl(ttl).is_ok())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            kvstore_core::ErrorCode::InvalidTtl,
+                            format!(
+                                "ttl is a whole number of seconds between {MIN_TTL} and \
+                                 {MAX_TTL}; got {ttl:?}"
+                            ),
+                        )
+                    })?;
+                Ok(Some(PutLease::Own(ttl)))
+            }
+        }
+    }
+
+    /// The lease to put the key on, granting the key's own; with `true` for a lease
+    /// granted here (to revoke if the put fails).
+    pub async fn id(self, state: &AppState) -> Result<(u64, bool), ApiError> {
+        match self {
+            PutLease::Existing(id) => Ok((id, false)),
+            PutLease::Own(ttl) => Ok((state.store.grant(ttl).await?.id, true)),
         }
     }
 }
