@@ -44,6 +44,21 @@ struct Table {
 }
 
 impl Table {
+    /// Adds a live lease of `ttl` seconds from `now`.
+    fn add(&mut self, id: u64, ttl: u64, now: Instant) {
+        let deadline = now + Duration::from_secs(ttl);
+        let keys = BTreeSet::new();
+        self.leases.insert(
+            id,
+            Live {
+                ttl,
+                deadline,
+                keys,
+            },
+        );
+        self.deadlines.insert((deadline, id));
+    }
+
     fn set_deadline(&mut self, id: u64, deadline: Instant) {
         if let Some(live) = self.leases.get_mut(&id) {
             self.deadlines.remove(&(live.deadline, id));
@@ -74,17 +89,7 @@ impl Leases {
         let mut table = Table::default();
         for item in leases.iter() {
             let (id, ttl) = item.or_storage()?;
-            let (id, ttl) = (codec::decode_u64(&id)?, codec::decode_u64(&ttl)?);
-            let deadline = now + Duration::from_secs(ttl);
-            table.leases.insert(
-                id,
-                Live {
-                    ttl,
-                    deadline,
-                    keys: BTreeSet::new(),
-                },
-            );
-            table.deadlines.insert((deadline, id));
+            table.add(codec::decode_u64(&id)?, codec::decode_u64(&ttl)?, now);
         }
         if !table.leases.is_empty() {
             for item in kv.iter() {
@@ -115,18 +120,7 @@ impl Leases {
 
     /// Adds a lease just granted.
     pub fn insert(&self, id: u64, ttl: u64) {
-        let deadline = Instant::now() + Duration::from_secs(ttl);
-        let mut table = self.lock();
-        table.leases.insert(
-            id,
-            Live {
-                ttl,
-                deadline,
-                keys: BTreeSet::new(),
-            },
-        );
-        table.deadlines.insert((deadline, id));
-        drop(table);
+        self.lock().add(id, ttl, Instant::now());
         self.wake.notify_all();
     }
 

@@ -468,8 +468,17 @@ impl Writer {
                 "a restore is under way; write when it is done".into(),
             ));
         }
-        self.lease_tree.remove(codec::encode_u64(id)).or_storage()?;
         let keys = self.leases.remove(id).ok_or(Error::LeaseNotFound(id))?;
+        // The lease's record goes after its keys: a crash in between leaves a
+        // lease without keys (it expires again after a restart), never keys on a
+        // lease that is gone.
+        let forget = |writer: &Self| {
+            writer
+                .lease_tree
+                .remove(codec::encode_u64(id))
+                .map(|_| ())
+                .or_storage()
+        };
         let mut changes = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(bytes) = self.kv.get(key.as_bytes()).or_storage()? else {
@@ -482,6 +491,7 @@ impl Writer {
             }
         }
         if changes.is_empty() {
+            forget(self)?;
             if let Some(e) = self.make_durable() {
                 return Err(e);
             }
@@ -499,6 +509,9 @@ impl Writer {
             Ok(Err(e)) => return Err(e),
             _ => return Err(Error::Closed),
         };
+        // Durable with the next write (or sled's own flush); lost in a crash, the
+        // lease comes back without keys and expires again.
+        forget(self)?;
         log::debug!("lease {id} ended at revision {revision}");
         Ok(RevokeResult { revision })
     }
