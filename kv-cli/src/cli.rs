@@ -34,9 +34,24 @@ Examples:
   kv get app/db/url                    print it (just the value)
   printf '\\x00\\x01' | kv put blob -   binary values from stdin
   kv ls app/                           list keys under a prefix
+  kv del --prefix tmp/                 delete every key under a prefix
+  kv txn < transfer.txt                a transaction (see kv txn --help)
   kv watch app/ --initial              current values, then every change
   kv put session/a up --ttl 30s        a key that goes unless put again in 30 s
   kv lock jobs/report -- ./report.sh   run a command holding a lock";
+
+const TXN_HELP: &str = "\
+Lines:
+  mod(\"acct/1\") = \"5\"        compare: value, ver, create, mod or lease; = != < >
+  value(\"acct/2\") != \"closed\"
+                                (blank line)
+  put acct/1 90                 ops if every compare holds
+  del --prefix tmp/
+                                (blank line)
+  get acct/1                    ops otherwise (get --prefix P lists)
+
+Words with spaces go in double quotes. The exit code is 0 whichever branch ran:
+the output says (SUCCESS or FAILURE; with -o json, \"succeeded\").";
 
 /// kv: get, put, list and watch keys of a kvstore server.
 #[derive(Debug, Parser)]
@@ -100,15 +115,24 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         lease: Option<u64>,
     },
-    /// Delete KEY.
+    /// Delete KEY, or every key under a prefix (at one revision).
     #[command(alias = "rm", alias = "delete")]
     Del {
         /// The key.
-        key: String,
+        #[arg(required_unless_present = "prefix")]
+        key: Option<String>,
         /// Only if the key's current mod_revision is N.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "prefix")]
         if_revision: Option<u64>,
+        /// Delete every key starting with PREFIX instead (not empty).
+        #[arg(long, value_name = "PREFIX", conflicts_with = "key")]
+        prefix: Option<String>,
     },
+    /// Run a transaction read from stdin: JSON (as `POST /v1/txn` takes), or
+    /// lines like `etcdctl txn`'s: compares, a blank line, the ops if they all
+    /// hold, a blank line, the ops otherwise.
+    #[command(after_help = TXN_HELP)]
+    Txn,
     /// List the keys under PREFIX (all keys without one).
     #[command(alias = "list")]
     Ls {

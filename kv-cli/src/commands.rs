@@ -72,15 +72,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "OK (revision {})", result.revision)?;
             }
         }
-        Command::Del { key, if_revision } => {
-            let result = match if_revision {
-                Some(rev) => client.delete_if(&key, Condition::ModRevision(rev)).await?,
-                None => client.delete(&key).await?,
-            };
+        Command::Del {
+            key,
+            if_revision,
+            prefix,
+        } => match (key, prefix) {
+            (_, Some(prefix)) => {
+                let result = client.delete_prefix(&prefix).await?;
+                if json {
+                    print_json(&mut out, &result)?;
+                } else {
+                    writeln!(
+                        out,
+                        "deleted {} (revision {})",
+                        result.deleted, result.revision
+                    )?;
+                }
+            }
+            (key, None) => {
+                let key = key.unwrap_or_default();
+                let result = match if_revision {
+                    Some(rev) => client.delete_if(&key, Condition::ModRevision(rev)).await?,
+                    None => client.delete(&key).await?,
+                };
+                if json {
+                    print_json(&mut out, &result)?;
+                } else {
+                    writeln!(out, "deleted (revision {})", result.revision)?;
+                }
+            }
+        },
+        Command::Txn => {
+            let text = String::from_utf8(read_stdin()?).context("the transaction is not UTF-8")?;
+            let txn =
+                crate::txn::parse(&text).map_err(|e| crate::txn::Malformed(format!("{e:#}")))?;
+            let answer = client.txn(&txn).await?;
             if json {
-                print_json(&mut out, &result)?;
+                print_json(&mut out, &answer)?;
             } else {
-                writeln!(out, "deleted (revision {})", result.revision)?;
+                crate::txn::print(&mut out, &answer)?;
             }
         }
         Command::Ls { prefix } => {

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod commands;
 mod lease;
+mod txn;
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|cause| cause.is::<lease::Lost>()) {
         return exit::LEASE_LOST;
+    }
+    if e.chain().any(|cause| cause.is::<txn::Malformed>()) {
+        return exit::USAGE;
     }
     match e.chain().find_map(|cause| cause.downcast_ref::<Error>()) {
         Some(Error::BadRequest { code, .. })

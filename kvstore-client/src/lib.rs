@@ -6,6 +6,8 @@
 //!
 //! - [`Client::get`], [`Client::get_entry`], [`Client::put`], [`Client::put_if`]
 //!   (compare-and-swap), [`Client::delete`], [`Client::list`].
+//! - [`Client::transaction`] (or [`Client::txn`]): compares, then writes and reads
+//!   at one revision; [`Client::delete_prefix`].
 //! - [`Client::watch`] streams changes; the stream reconnects by itself and
 //!   resumes from the last revision it delivered, so each change arrives once.
 //! - Leases: [`Client::grant`], [`Client::put_with_lease`], [`Client::put_with_ttl`],
@@ -59,6 +61,7 @@ mod error;
 mod lease;
 mod lock;
 mod tls;
+pub mod txn;
 
 pub use tls::install_crypto_provider;
 mod watch;
@@ -66,10 +69,11 @@ mod watch;
 pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
-    self, DeleteResult, Entry, Event, EventKind, Lease, LeaseInfo, ListPage, PutResult,
-    RestoreResult, RevokeResult,
+    self, DeletePrefixResult, DeleteResult, Entry, Event, EventKind, Lease, LeaseInfo, ListPage,
+    PutResult, RestoreResult, RevokeResult,
 };
 pub use kvstore_core::{Condition, ErrorCode};
 pub use lease::{KeepAlive, LeaseLost};
 pub use lock::LockGuard;
+pub use txn::TxnBuilder;
 pub use watch::{Events, Update, Watch, WatchOptions};

@@ -60,6 +60,11 @@ macro_rules! error_codes {
 error_codes! {
     /// The key is empty, longer than 4 KiB, or not UTF-8 after percent-decoding.
     InvalidKey = (400, "invalid_key"),
+    /// A transaction has more compares, or more ops in a branch, than the server takes.
+    TooManyOps = (400, "too_many_ops"),
+    /// A transaction branch writes a key twice (a put or delete under a prefix it
+    /// deletes counts).
+    DuplicateKey = (400, "duplicate_key"),
     /// A query string, header or JSON body could not be understood.
     InvalidRequest = (400, "invalid_request"),
     /// A lease TTL of 0, or more than a year.

@@ -15,7 +15,7 @@
 //!
 //! | module | feature | what it holds |
 //! | --- | --- | --- |
-//! | [`key`], [`lease`], [`wire`], [`ErrorCode`], [`Condition`] | always | rules for keys and leases, JSON shapes, the error table, write conditions |
+//! | [`key`], [`lease`], [`wire`], [`txn`], [`ErrorCode`], [`Condition`] | always | rules for keys and leases, JSON shapes, transactions, the error table, write conditions |
 //! | [`storage`] | `storage` | the [`Storage`] interface every engine implements |
 //! | `sled` | `sled` (default) | the embedded engine, [`SledStore`] |
 //! | `etcd` | `etcd` | the engine on an etcd cluster, `EtcdStore` |
@@ -52,6 +52,7 @@ mod condition;
 mod error_code;
 pub mod key;
 pub mod lease;
+pub mod txn;
 pub mod wire;
 
 #[cfg(feature = "storage")]

@@ -146,6 +146,19 @@ pub struct Options {
     /// variable. None by default: no CORS headers, and the console needs none.
     #[arg(long, env = "KVSTORE_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
     pub cors_origin: Vec<String>,
+    /// Most compares, and most ops in each branch, of one transaction (on etcd,
+    /// etcd's own `--max-txn-ops`, 128 by default, applies too).
+    #[arg(long, env = "KVSTORE_MAX_TXN_OPS", default_value_t = kvstore_core::txn::DEFAULT_MAX_OPS,
+          value_parser = txn_ops)]
+    pub max_txn_ops: usize,
+}
+
+/// `--max-txn-ops`: 1 to 10,000.
+fn txn_ops(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 10000".into()),
+    }
 }
 
 impl Options {

@@ -88,6 +88,7 @@ pub fn app(
     let access_log = state.access_log;
     let cors_origins = state.cors_origins.clone();
     App::new()
+        .wrap(actix_web::middleware::from_fn(routes::params::known_only))
         .wrap(actix_web::middleware::from_fn(routes::match_as_sent))
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))
@@ -115,6 +116,7 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::watch::configure)
         .configure(routes::legacy::configure)
         .configure(routes::snapshot::configure)
+        .configure(routes::txn::configure)
         .configure(metrics::configure)
         .configure(openapi::configure)
         .configure(socketio::configure)
@@ -153,6 +155,7 @@ pub async fn run(
         access: access.map(Arc::new),
         access_log: options.access_log,
         cors_origins: options.cors_origin.clone(),
+        max_txn_ops: options.max_txn_ops,
     };
     let server = HttpServer::new(move || app(state.clone()))
         .disable_signals()

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use actix_web::{web, HttpResponse};
 use kvstore_core::wire::value_json::{EncodedValue, ValueEncoding};
 use kvstore_core::wire::{
-    DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, Lease, LeaseInfo, ListPage,
-    PutResult, RestoreResult, RevokeResult, SnapshotHeader,
+    DeletePrefixResult, DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, Lease,
+    LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult, SnapshotHeader,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
@@ -25,6 +25,20 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::error::ApiError;
 use crate::routes;
+
+/// An externally tagged enum's variants (objects of one property, the variant's
+/// name) take no other property: serde refuses one, and utoipa does not say so.
+fn closed_variants(components: &mut utoipa::openapi::Components, name: &str) {
+    use utoipa::openapi::schema::AdditionalProperties;
+    let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
+        return;
+    };
+    for item in &mut one_of.items {
+        if let RefOr::T(Schema::Object(object)) = item {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
+}
 
 /// Where the document is served.
 pub const PATH: &str = "/v1/openapi.json";
@@ -54,6 +68,8 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::leases::keepalive,
         routes::leases::info,
         routes::leases::revoke,
+        routes::kv::delete_prefix,
+        routes::txn::txn,
         routes::watch::watch,
         routes::snapshot::export,
         routes::snapshot::restore,
@@ -69,7 +85,10 @@ pub const PATH: &str = "/v1/openapi.json";
         Event,
         PutResult,
         DeleteResult,
+        DeletePrefixResult,
         ListPage,
+        kvstore_core::txn::Txn,
+        kvstore_core::txn::TxnResponse,
         SnapshotHeader,
         RestoreResult,
         Lease,
@@ -99,6 +118,7 @@ pub struct Doc;
 impl Modify for Doc {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        closed_variants(components, "RawOp");
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(

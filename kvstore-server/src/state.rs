@@ -46,6 +46,8 @@ pub struct AppState {
     pub access_log: bool,
     /// Origins whose browser apps may call the API (`--cors-origin`); none: no CORS.
     pub cors_origins: Vec<String>,
+    /// Most compares, and ops per branch, of a transaction (`--max-txn-ops`).
+    pub max_txn_ops: usize,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             body_timeout: Duration::from_secs(30),
             access_log: false,
             cors_origins: Vec::new(),
+            max_txn_ops: kvstore_core::txn::DEFAULT_MAX_OPS,
         }
     }
 }

@@ -30,6 +30,7 @@ mod cache;
 mod client;
 mod keys;
 mod lease;
+mod txn;
 mod watch;
 
 use std::sync::Arc;
@@ -41,7 +42,10 @@ use etcd_client::{
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES};
-use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
+use crate::storage::{
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+};
+use crate::txn::{Txn as OurTxn, TxnResponse};
 use crate::wire::{
     DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
     RevokeResult,
@@ -196,7 +200,7 @@ impl EtcdStore {
     }
 
     /// A transaction (a write).
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
+    async fn etcd_txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, Error> {
         self.inner
             .connection
             .call("a write", Retry::Write, |mut client| {
@@ -247,7 +251,7 @@ fn current_of(txn: &etcd_client::TxnResponse) -> Option<u64> {
 }
 
 /// A put's result, from the key's state before it (`prev`) and its revision.
-fn put_result(revision: u64, prev: Option<&etcd_client::KeyValue>) -> PutResult {
+pub(super) fn put_result(revision: u64, prev: Option<&etcd_client::KeyValue>) -> PutResult {
     match prev {
         Some(prev) => PutResult {
             revision,
@@ -371,7 +375,7 @@ impl Storage for EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
-        let answer = self.txn(txn).await.map_err(|e| match (e, lease) {
+        let answer = self.etcd_txn(txn).await.map_err(|e| match (e, lease) {
             (Error::Unavailable(m), Some(lease)) if m.contains("lease not found") => {
                 Error::LeaseNotFound(lease)
             }
@@ -419,7 +423,7 @@ impl Storage for EtcdStore {
             .when(when)
             .and_then([TxnOp::delete(etcd_key.clone(), None)])
             .or_else([TxnOp::get(etcd_key, None)]);
-        let answer = self.txn(txn).await?;
+        let answer = self.etcd_txn(txn).await?;
         if answer.succeeded() {
             return Ok(DeleteResult {
                 revision: header_revision(answer.header())?,
@@ -434,7 +438,7 @@ impl Storage for EtcdStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error> {
         let (start, end) = self.inner.keys.range(prefix);
         let delete = TxnOp::delete(start, Some(DeleteOptions::new().with_range(end)));
-        let answer = self.txn(Txn::new().and_then([delete])).await?;
+        let answer = self.etcd_txn(Txn::new().and_then([delete])).await?;
         let deleted = answer
             .op_responses()
             .iter()
@@ -447,6 +451,14 @@ impl Storage for EtcdStore {
             deleted,
             revision: header_revision(answer.header())?,
         })
+    }
+
+    async fn txn(&self, txn: OurTxn) -> Result<TxnResponse, Error> {
+        check_txn(&txn, self.inner.config.max_value_bytes)?;
+        let keys = &self.inner.keys;
+        let answer = self.etcd_txn(txn::to_etcd(keys, &txn)).await?;
+        let revision = header_revision(answer.header())?;
+        txn::response_of(keys, &txn, &answer, revision)
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
@@ -572,7 +584,7 @@ impl Storage for EtcdStore {
             if chunk.len() == RESTORE_CHUNK || (end && !chunk.is_empty()) {
                 restored += chunk.len();
                 let answer = self
-                    .txn(Txn::new().and_then(std::mem::take(&mut chunk)))
+                    .etcd_txn(Txn::new().and_then(std::mem::take(&mut chunk)))
                     .await?;
                 revision = header_revision(answer.header())?;
             }

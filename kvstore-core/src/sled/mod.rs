@@ -19,6 +19,7 @@ mod events;
 mod export;
 mod lease;
 mod stage;
+mod txn;
 mod watch;
 mod writer;
 
@@ -33,7 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
 use crate::lease::check_ttl;
-use crate::storage::{check_entry, Error, Snapshot, Status, Storage, Watch, WatchOptions};
+use crate::storage::{
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+};
+use crate::txn::{Txn, TxnResponse};
 use crate::wire::{
     DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
     RevokeResult,
@@ -493,6 +497,16 @@ impl Storage for SledStore {
 
     async fn lease(&self, id: u64) -> Result<LeaseInfo, Error> {
         self.inner.leases.info(id)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        check_txn(&txn, self.inner.config.max_value_bytes)?;
+        match self.submit(Op::Txn(txn)).await? {
+            Outcome::Txn(response) => Ok(response),
+            _ => Err(Error::Corrupt(
+                "writer answered a transaction with another op".into(),
+            )),
+        }
     }
 
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {

@@ -54,7 +54,6 @@ impl<'a> View<'a> {
         }
     }
 
-    #[allow(dead_code)]
     fn get(&self, key: &str) -> Result<Option<Stored>, Error> {
         match self.changed.get(key) {
             Some(state) => Ok(state.clone()),
@@ -131,7 +130,6 @@ impl<'v, 'a> Revision<'v, 'a> {
         }
     }
 
-    #[allow(dead_code)]
     pub fn get(&self, key: &str) -> Result<Option<Stored>, Error> {
         match self.pending.get(key) {
             Some(state) => Ok(state.clone()),

@@ -14,6 +14,7 @@ use super::stage::{Revision, View};
 use super::{storage_error, OrStorage, SyncMode};
 use crate::condition::Condition;
 use crate::storage::Error;
+use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::wire::{DeleteResult, Entry, EventKind, Lease, PutResult, RevokeResult};
 
 /// Most writes committed in one group (one flush, one `log` item).
@@ -42,6 +43,8 @@ pub(super) enum Op {
     /// Several changes at one revision, unconditional, in order (no revision at
     /// all when none changes anything).
     Batch(Vec<Change>),
+    /// A transaction (checked beforehand), at one revision.
+    Txn(Txn),
 }
 
 /// One change of an [`Op::Batch`]. (Puts and deletes of single keys are for the
@@ -66,6 +69,7 @@ pub(super) enum Outcome {
     Put(PutResult),
     Delete(DeleteResult),
     Batch(BatchResult),
+    Txn(TxnResponse),
 }
 
 /// What an [`Op::Batch`] did.
@@ -138,6 +142,17 @@ impl Request {
                 .map(|c| match c {
                     Change::Put { value, .. } => value.len(),
                     Change::Delete { .. } | Change::DeletePrefix { .. } => 0,
+                })
+                .sum(),
+            Request::Write {
+                op: Op::Txn(txn), ..
+            } => txn
+                .success
+                .iter()
+                .chain(&txn.failure)
+                .map(|op| match op {
+                    TxnOp::Put { value, .. } => value.len(),
+                    _ => 0,
                 })
                 .sum(),
             _ => 0,
@@ -646,6 +661,7 @@ fn apply_op(revision: &mut Revision<'_, '_>, op: &Op, leases: &Leases) -> Result
                 deleted,
             }))
         }
+        Op::Txn(txn) => super::txn::apply(revision, txn).map(Outcome::Txn),
     }
 }
 

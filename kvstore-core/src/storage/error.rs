@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::error_code::ErrorCode;
 use crate::key::KeyError;
+use crate::txn::TxnError;
 
 /// Everything that can go wrong in a store, whatever its engine. No variant carries
 /// an engine's own error type: an engine describes its failures in words.
@@ -13,6 +14,12 @@ pub enum Error {
     /// The key is not acceptable.
     #[error(transparent)]
     InvalidKey(#[from] KeyError),
+    /// A transaction that cannot run as it is.
+    #[error(transparent)]
+    InvalidTxn(#[from] TxnError),
+    /// The request asks for what this store does not offer (a lease, for now).
+    #[error("{0}")]
+    Unsupported(String),
     /// The value is larger than the configured limit.
     #[error("the value is {size} bytes; the limit is {max} bytes")]
     ValueTooLarge {
@@ -83,6 +90,10 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidKey(_) => ErrorCode::InvalidKey,
+            Error::InvalidTxn(TxnError::InvalidKey(_)) => ErrorCode::InvalidKey,
+            Error::InvalidTxn(TxnError::TooManyOps { .. }) => ErrorCode::TooManyOps,
+            Error::InvalidTxn(TxnError::DuplicateKey(_)) => ErrorCode::DuplicateKey,
+            Error::InvalidTxn(_) | Error::Unsupported(_) => ErrorCode::InvalidRequest,
             Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             Error::KeyNotFound => ErrorCode::KeyNotFound,
             Error::LeaseNotFound(_) => ErrorCode::LeaseNotFound,

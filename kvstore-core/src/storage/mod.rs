@@ -30,6 +30,7 @@ pub use snapshot::{check_entry, EntryStream, Snapshot};
 pub use watch::{Watch, WatchItem, WatchOptions, WatchStream};
 
 use crate::condition::Condition;
+use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::wire::{
     DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
     RevokeResult,
@@ -136,6 +137,11 @@ pub trait Storage: Send + Sync + 'static {
     /// one revision; none is taken when no key matches.
     async fn delete_prefix(&self, prefix: &str) -> Result<DeletePrefixResult, Error>;
 
+    /// Runs a transaction: its compares, then its `success` ops if all hold, else
+    /// its `failure` ops, every write at one revision (none taken when it writes
+    /// nothing). A failed compare is no error: see [`TxnResponse::succeeded`].
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error>;
+
     /// Subscribes to changes; [`WatchOptions`] says where the stream starts.
     async fn watch(&self, options: WatchOptions) -> Result<Watch, Error>;
 
@@ -152,4 +158,29 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Makes every acknowledged write durable (before a graceful stop).
     async fn flush(&self) -> Result<(), Error>;
+}
+
+/// What every engine checks of a transaction before it runs it: its shape (keys,
+/// no key written twice in a branch; the number of ops is the server's to limit),
+/// its values against `max_value_bytes`, and that it asks for no lease (none is
+/// offered yet).
+pub fn check_txn(txn: &Txn, max_value_bytes: usize) -> Result<(), Error> {
+    txn.validate(usize::MAX)?;
+    if txn.uses_leases() {
+        return Err(Error::Unsupported(
+            "leases and TTLs are not available on this server yet: put without `lease` and `ttl`"
+                .into(),
+        ));
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        if let TxnOp::Put { value, .. } = op {
+            if value.len() > max_value_bytes {
+                return Err(Error::ValueTooLarge {
+                    size: value.len(),
+                    max: max_value_bytes,
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,9 @@
-//! `/v1/kv`: get, put, delete and list.
+//! `/v1/kv`: get, put, delete, list, and delete by prefix.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use kvstore_core::wire::{DeleteResult, Entry, ErrorBody, ListPage, PutResult};
+use kvstore_core::wire::{DeletePrefixResult, DeleteResult, Entry, ErrorBody, ListPage, PutResult};
 use kvstore_core::Condition;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
@@ -39,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/kv")
             .route("", super::get_or_head().to(list))
+            .route("", web::delete().to(delete_prefix))
             .default_service(web::to(key)),
     );
 }
@@ -459,6 +460,63 @@ struct IfNoneMatchTag(
     #[param(nullable = false)]
     Option<String>,
 );
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeletePrefixQuery {
+    /// Delete every key starting with this; the empty prefix (every key) only with
+    /// `all=true`.
+    #[serde(default)]
+    #[param(nullable = false)]
+    prefix: Option<String>,
+    /// Confirms a delete of every key (an empty or absent `prefix`).
+    #[serde(default)]
+    #[param(nullable = false)]
+    all: bool,
+}
+
+/// Delete every key under a prefix, at one revision.
+#[utoipa::path(
+    delete,
+    path = "/v1/kv",
+    tag = "kv",
+    operation_id = "delete_prefix",
+    params(DeletePrefixQuery),
+    responses(
+        (status = 200, description = "Deleted, durably, at one revision (`revision` is the \
+            store's when nothing matched: no revision is taken then)",
+         body = DeletePrefixResult),
+        (status = 400, description = "`invalid_request`: no prefix (or an empty one) without \
+            `all=true`, or a bad query string", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not write every key under the \
+            prefix", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+    )
+)]
+async fn delete_prefix(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<DeletePrefixQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
+    let prefix = query.prefix.clone().unwrap_or_default();
+    if prefix.is_empty() && !query.all {
+        return Err(ApiError::invalid_request(
+            "name a non-empty prefix (?prefix=P), or delete every key with ?all=true",
+        ));
+    }
+    caller.check_write(&prefix)?;
+    let result = state
+        .store
+        .delete_prefix(&prefix)
+        .await
+        .map_err(|e| ApiError::from_store(e, &prefix))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((STORE_REVISION, number(result.revision)))
+        .json(result))
+}
 
 /// List keys under a prefix, in key order, a page at a time.
 #[utoipa::path(

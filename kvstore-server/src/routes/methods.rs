@@ -62,7 +62,7 @@ fn known() -> &'static [Known] {
 /// Whether `path` (as sent) is one of `template`'s: a `{parameter}` stands for one
 /// non-empty segment, or, last, for the rest of the path (a key holds `/`s, and an
 /// empty key is the key route's to refuse).
-fn matches(template: &str, path: &str) -> bool {
+pub(crate) fn matches(template: &str, path: &str) -> bool {
     let mut wanted = template.split('/').peekable();
     let mut given = path.split('/');
     while let Some(part) = wanted.next() {

@@ -7,7 +7,9 @@ pub mod kv;
 pub mod leases;
 pub mod legacy;
 pub mod methods;
+pub mod params;
 pub mod snapshot;
+pub mod txn;
 pub mod watch;
 
 use std::sync::OnceLock;

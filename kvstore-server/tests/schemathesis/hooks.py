@@ -14,6 +14,14 @@ mismatches, and nothing else:
   the schema there is not offered as an invalid request.
 - A key put takes `?lease=ID` or `?ttl=N`, not both (ttl grants the key a lease
   of its own), so a request with both is not offered as a valid one.
+- A delete by prefix (`DELETE /v1/kv`) with an empty or absent `prefix` deletes every
+  key, so it is refused (400) unless `all=true` says so: such a request is not offered
+  as a valid one.
+- A transaction's rules across its fields (a `value` compare takes a string, the
+  others a number; a base64 value must decode; a delete names a `key` or a `prefix`;
+  no branch writes a key twice; at most `--max-txn-ops` ops) are beyond what its
+  schema states: a transaction refused with 400 for one of them is the right answer
+  (tests/txn.rs sends them, right and wrong).
 - A restore's body is a snapshot: a header line, then entries in key order with
   revisions up to the header's. The document can only say "bytes", so made-up bytes
   refused as `invalid_snapshot` are the right answer (tests/fuzz.rs sends it
@@ -36,9 +44,18 @@ def _is(operation, method, path):
     )
 
 
+def _deletes_everything_unasked(case):
+    query = case.query or {}
+    return not query.get("prefix") and str(query.get("all")).lower() != "true"
+
+
 @schemathesis.hook
 def filter_case(context, case):
     operation = context.operation
+    if _is(operation, "DELETE", "/v1/kv"):
+        if case.meta is None or not case.meta.generation.mode.is_positive:
+            return True
+        return not _deletes_everything_unasked(case)
     if case.meta is None:
         return True
     if _is(operation, "PUT", "/v1/kv/{key}"):
@@ -56,6 +73,10 @@ def filter_case(context, case):
 
 @schemathesis.hook
 def filter_failure(context, failure, case, response):
+    if _is(case.operation, "POST", "/v1/txn"):
+        return not (
+            isinstance(failure, RejectedPositiveData) and response.status_code == 400
+        )
     if not _is(case.operation, "POST", "/v1/snapshot"):
         return True
     if not isinstance(failure, RejectedPositiveData) or response.status_code != 400:

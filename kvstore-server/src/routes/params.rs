@@ -1,0 +1,147 @@
+//! Query parameters: a request naming one that its endpoint does not take is
+//! refused with `400 invalid_request`, never ignored (a `?ttl=30` that a server
+//! without TTLs dropped would store a key that never expires).
+//!
+//! Which parameters an endpoint takes is read from the OpenAPI document, as
+//! `Allow` is (see [`super::methods`]): each documented operation takes exactly its
+//! documented query parameters. The endpoints outside the document have their own
+//! lists here: Socket.IO's (the Engine.IO parameters, its clients' cache-busting `t`
+//! included) and the console's (none; its state lives in the URL's fragment).
+
+use std::sync::OnceLock;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use percent_encoding::percent_decode_str;
+use utoipa::openapi::path::{Operation, ParameterIn};
+
+use crate::error::ApiError;
+
+/// The parameters Engine.IO clients send (`EIO`, `transport`, `sid`; `t` to defeat
+/// caches; `b64` and `j` of older clients' polling).
+const SOCKET_IO: &[&str] = &["EIO", "transport", "sid", "t", "b64", "j"];
+
+/// Query parameters of one operation.
+struct Taken {
+    template: String,
+    method: Method,
+    names: Vec<String>,
+}
+
+/// Every documented operation's query parameters, built once from the document.
+fn taken() -> &'static [Taken] {
+    static TAKEN: OnceLock<Vec<Taken>> = OnceLock::new();
+    TAKEN.get_or_init(|| {
+        let mut all = Vec::new();
+        for (template, item) in &crate::openapi::spec().paths.paths {
+            let operations: [(Method, &Option<Operation>); 8] = [
+                (Method::GET, &item.get),
+                (Method::HEAD, &item.head),
+                (Method::PUT, &item.put),
+                (Method::POST, &item.post),
+                (Method::DELETE, &item.delete),
+                (Method::OPTIONS, &item.options),
+                (Method::PATCH, &item.patch),
+                (Method::TRACE, &item.trace),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let names = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.parameter_in == ParameterIn::Query)
+                    .map(|p| p.name.clone())
+                    .collect();
+                all.push(Taken {
+                    template: template.clone(),
+                    method,
+                    names,
+                });
+            }
+        }
+        all
+    })
+}
+
+/// The query parameters a request to `path` with `method` may name; `None` when
+/// the request goes to no endpoint (its 404 or 405 answer says so).
+fn known(path: &str, method: &Method) -> Option<Vec<&'static str>> {
+    if path == "/socket.io/" {
+        return Some(SOCKET_IO.to_vec());
+    }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return Some(Vec::new());
+    }
+    taken()
+        .iter()
+        .find(|t| t.method == *method && super::methods::matches(&t.template, path))
+        .map(|t| t.names.iter().map(String::as_str).collect())
+}
+
+/// The names in a query string, decoded as forms encode them.
+fn names(query: &str) -> impl Iterator<Item = String> + '_ {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            percent_decode_str(&name.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// Middleware: refuses a request that names a query parameter its endpoint does
+/// not take.
+pub async fn known_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !req.query_string().is_empty() {
+        if let Some(known) = known(req.path(), req.method()) {
+            if let Some(unknown) = names(req.query_string()).find(|n| !known.contains(&n.as_str()))
+            {
+                let takes = if known.is_empty() {
+                    "no query parameters".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {unknown:?}: this endpoint takes {takes}"
+                ))
+                .into());
+            }
+        }
+    }
+    next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_takes_its_documented_parameters() {
+        let get = |path| known(path, &Method::GET);
+        assert_eq!(get("/v1/kv").map(|k| k.contains(&"limit")), Some(true));
+        assert_eq!(get("/v1/kv/a/b"), Some(vec![]));
+        assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec![]));
+        assert_eq!(
+            known("/v1/kv", &Method::DELETE).map(|k| k.contains(&"all")),
+            Some(true)
+        );
+        assert_eq!(
+            get("/v1/watch").map(|k| k.contains(&"start_revision")),
+            Some(true)
+        );
+        assert_eq!(get("/kv").map(|k| k.contains(&"key")), Some(true));
+        assert_eq!(get("/socket.io/").map(|k| k.contains(&"t")), Some(true));
+        assert_eq!(get("/ui/app.js"), Some(vec![]));
+        assert_eq!(get("/nope"), None);
+        let seen: Vec<String> = names("a=1&b%20c=2&&d&e+f=").collect();
+        assert_eq!(seen, ["a", "b c", "d", "e f"]);
+    }
+}
