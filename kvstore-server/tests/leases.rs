@@ -310,6 +310,11 @@ async fn bad_lease_input_is_refused_and_changes_nothing(
             "invalid_request",
         ),
         (
+            http.post(url("/v1/leases")).body("[30]"),
+            400,
+            "invalid_request",
+        ),
+        (
             http.post(url("/v1/leases")).body("{"),
             400,
             "invalid_request",

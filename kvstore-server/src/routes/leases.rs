@@ -12,7 +12,7 @@ use kvstore_core::wire::{ErrorBody, Lease, LeaseInfo, RevokeResult};
 use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::body::read_limited;
+use crate::body::{json_object, read_limited};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -109,9 +109,7 @@ async fn grant(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, MAX_GRANT_BODY).await?;
-    let asked: GrantRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_request(format!("the body must be {{\"ttl\": SECONDS}}: {e}"))
-    })?;
+    let asked: GrantRequest = json_object(&body, r#"{"ttl": SECONDS}"#)?;
     let lease = state.store.grant(asked.seconds()?).await?;
     Ok(HttpResponse::Ok().json(lease))
 }
