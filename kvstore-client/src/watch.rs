@@ -363,3 +363,73 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvstore_core::wire::EventKind;
+
+    fn event(revision: u64, key: &str) -> Frame {
+        Frame::Event(Event {
+            kind: EventKind::Put,
+            key: key.into(),
+            value: b"v".to_vec(),
+            revision,
+            create_revision: revision,
+            version: 1,
+        })
+    }
+
+    fn yielded(step: Step) -> Option<(u64, String)> {
+        match step {
+            Step::Yield(Update::Event(e)) => Some((e.revision, e.key)),
+            _ => None,
+        }
+    }
+
+    /// A connection that drops inside a revision of several changes resumes at that
+    /// revision and passes over what the program already has.
+    #[test]
+    fn a_revision_seen_in_part_is_resumed_without_duplicates() -> Result<(), Error> {
+        let client = Client::new("http://127.0.0.1:1")?;
+        let mut state = State {
+            client,
+            options: WatchOptions::default(),
+            position: Some(4),
+            partial: None,
+            synced: false,
+            socket: None,
+            failures: 0,
+            done: false,
+        };
+        assert_eq!(
+            yielded(state.on_frame(event(5, "a"))),
+            Some((5, "a".into()))
+        );
+        assert_eq!(
+            yielded(state.on_frame(event(5, "b"))),
+            Some((5, "b".into()))
+        );
+        // Not known to be complete: resume at 5.
+        assert!(state.url().ends_with("start_revision=5"), "{}", state.url());
+        // Reconnected: the server sends revision 5 again, whole.
+        if let Some(partial) = &mut state.partial {
+            partial.received = 0;
+        }
+        assert_eq!(yielded(state.on_frame(event(5, "a"))), None);
+        assert_eq!(yielded(state.on_frame(event(5, "b"))), None);
+        assert_eq!(
+            yielded(state.on_frame(event(5, "c"))),
+            Some((5, "c".into()))
+        );
+        assert_eq!(
+            yielded(state.on_frame(event(6, "d"))),
+            Some((6, "d".into()))
+        );
+        assert_eq!(state.position, Some(5));
+        // A progress frame completes the revision.
+        assert!(yielded(state.on_frame(Frame::Progress { revision: 6 })).is_none());
+        assert!(state.url().ends_with("start_revision=7"), "{}", state.url());
+        Ok(())
+    }
+}

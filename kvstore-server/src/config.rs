@@ -69,7 +69,8 @@ pub struct Options {
     /// How many past revisions (at least) the change history keeps for resuming watches.
     #[arg(long, env = "KVSTORE_RETAIN_REVISIONS", default_value_t = 100_000)]
     pub retain_revisions: u64,
-    /// Events buffered for watchers; a watcher further behind is sent `lagged`.
+    /// Changes buffered for watchers (on sled, revisions: a transaction's changes
+    /// count once); a watcher further behind is sent `lagged`.
     #[arg(long, env = "KVSTORE_EVENT_BUFFER", default_value_t = 4096)]
     pub event_buffer: usize,
     /// Seconds without a frame after which a watch gets a progress frame.

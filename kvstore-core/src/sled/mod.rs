@@ -1,6 +1,7 @@
 //! The embedded engine, on [sled](https://docs.rs/sled/0.34.7).
 //!
-//! Writes go through one writer thread that numbers them (gap-free revisions),
+//! Writes go through one writer thread that numbers them (gap-free revisions; a
+//! transaction or a delete by prefix is one revision of several changes),
 //! applies each group of waiting writes to the `log` (change records, written ahead),
 //! `kv` and `meta` trees, and flushes once per group (group commit); on open, change
 //! records that a crash cut off from `kv` are re-applied. Events come from
