@@ -21,8 +21,8 @@ pub mod exit {
 const AFTER_HELP: &str = "\
 Exit codes:
   0  success
-  1  key or lease not found, condition (--if-revision, --create) failed, or history
-     compacted
+  1  key not found, lease not found, condition (--if-revision, --create) failed,
+     or history compacted
   2  usage error (bad flags, invalid key, value too large)
   3  server unreachable or server error
   4  not authorized (no or unknown --token / KV_TOKEN, or not allowed for this key)
