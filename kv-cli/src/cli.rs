@@ -14,15 +14,20 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 3;
     /// No valid token, or the token may not do this.
     pub const DENIED: u8 = 4;
+    /// A lease kv kept alive (`kv lease keepalive`, `kv lock`) was lost.
+    pub const LEASE_LOST: u8 = 5;
 }
 
 const AFTER_HELP: &str = "\
 Exit codes:
   0  success
-  1  key not found, condition (--if-revision, --create) failed, or history compacted
+  1  key not found, lease not found, condition (--if-revision, --create) failed,
+     or history compacted
   2  usage error (bad flags, invalid key, value too large)
   3  server unreachable or server error
   4  not authorized (no or unknown --token / KV_TOKEN, or not allowed for this key)
+  5  a lease kv kept alive was lost (kv lease keepalive, kv lock)
+  kv lock NAME -- CMD ...: CMD's own exit code (128 + N if a signal N ended it)
 
 Examples:
   kv put app/db/url postgres://db      set a value
@@ -32,6 +37,8 @@ Examples:
   kv del --prefix tmp/                 delete every key under a prefix
   kv txn < transfer.txt                a transaction (see kv txn --help)
   kv watch app/ --initial              current values, then every change
+  kv put session/a up --ttl 30s        a key that goes unless put again in 30 s
+  kv lock jobs/report -- ./report.sh   run a command holding a lock
   kv --url http://a:5000,http://b:5000 ls   replicas: on to b while a is down";
 
 const TXN_HELP: &str = "\
@@ -105,6 +112,13 @@ pub enum Command {
         /// Only if the key does not exist yet.
         #[arg(long)]
         create: bool,
+        /// Put the key on a lease of its own of this TTL (30s, 5m, 2h): it goes
+        /// unless put again in time.
+        #[arg(long, value_name = "TTL", value_parser = crate::lease::seconds, conflicts_with = "lease")]
+        ttl: Option<u64>,
+        /// Put the key on lease ID (from `kv lease grant`).
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
     },
     /// Delete KEY, or every key under a prefix (at one revision).
     #[command(alias = "rm", alias = "delete")]
@@ -145,6 +159,11 @@ pub enum Command {
     Health,
     /// Measure throughput and latency: put, get, mixed, watch (like redis-benchmark).
     Bench(crate::bench::Bench),
+    /// Grant, keep alive, revoke and inspect leases.
+    #[command(subcommand)]
+    Lease(crate::lease::LeaseCommand),
+    /// Take the lock NAME (waiting in line), run CMD holding it, release it.
+    Lock(crate::lease::LockArgs),
     /// Print every change under PREFIX as it happens, until Ctrl-C.
     Watch {
         /// Key prefix.

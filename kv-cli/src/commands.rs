@@ -44,6 +44,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             value,
             if_revision,
             create,
+            ttl,
+            lease,
         } => {
             let value = if value == "-" {
                 read_stdin()?
@@ -55,9 +57,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, true) => Some(Condition::Absent),
                 (None, false) => None,
             };
-            let result = match condition {
-                Some(condition) => client.put_if(&key, value, condition).await?,
-                None => client.put(&key, value).await?,
+            let result = match (condition, ttl, lease) {
+                (Some(condition), None, None) => client.put_if(&key, value, condition).await?,
+                (None, Some(ttl), _) => client.put_with_ttl(&key, value, ttl).await?,
+                (None, None, Some(lease)) => client.put_with_lease(&key, value, lease).await?,
+                (None, None, None) => client.put(&key, value).await?,
+                (Some(_), _, _) => {
+                    anyhow::bail!("--ttl and --lease do not go with --if-revision or --create")
+                }
             };
             if json {
                 print_json(&mut out, &result)?;
@@ -152,6 +159,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Arc::new(move || connect(&url, token.as_deref(), ca_file.as_deref()));
             crate::bench::run(&client, connect, bench, json, &mut out).await?
         }
+        Command::Lease(command) => crate::lease::lease(&client, command, json, &mut out).await?,
+        Command::Lock(args) => crate::lease::lock(&client, args, &mut out).await?,
         Command::Watch {
             prefix,
             from_revision,
@@ -199,7 +208,10 @@ fn stdin_chunks() -> impl futures_util::Stream<Item = std::io::Result<bytes::Byt
     })
 }
 
-fn print_json<T: serde::Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(
+    out: &mut impl Write,
+    value: &T,
+) -> anyhow::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")?;
     Ok(())

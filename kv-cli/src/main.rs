@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod lease;
 mod txn;
 
 use std::io::ErrorKind;
@@ -33,6 +34,10 @@ fn main() -> ExitCode {
                 // `kv watch | head` ends this way: not an error.
                 return ExitCode::from(exit::OK);
             }
+            if let Some(lease::Exit(code)) = e.downcast_ref::<lease::Exit>() {
+                // `kv lock -- CMD`: CMD said what it had to.
+                return ExitCode::from(*code);
+            }
             eprintln!("kv: {e:#}");
             ExitCode::from(exit_code(&e))
         }
@@ -48,10 +53,19 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|cause| cause.is::<lease::Lost>()) {
+        return exit::LEASE_LOST;
+    }
     if e.chain().any(|cause| cause.is::<txn::Malformed>()) {
         return exit::USAGE;
     }
     match e.chain().find_map(|cause| cause.downcast_ref::<Error>()) {
+        Some(Error::BadRequest { code, .. })
+            if *code == kvstore_client::ErrorCode::LeaseNotFound =>
+        {
+            exit::NOT_FOUND
+        }
+        Some(Error::LeaseLost(_)) => exit::LEASE_LOST,
         Some(
             Error::NotFound { .. } | Error::PreconditionFailed { .. } | Error::Compacted { .. },
         ) => exit::NOT_FOUND,

@@ -221,7 +221,7 @@ impl Client {
         .await
     }
 
-    fn key_path(key: &str) -> String {
+    pub(crate) fn key_path(key: &str) -> String {
         // URL libraries drop `.` and `..` path segments (even percent-encoded ones),
         // so a key with such a segment travels as one segment, `/` encoded.
         let set = if key.split('/').any(|s| s == "." || s == "..") {

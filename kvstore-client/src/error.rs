@@ -73,6 +73,9 @@ pub enum Error {
     /// TLS could not be set up (a bad CA file, no usable roots).
     #[error("TLS: {0}")]
     Tls(String),
+    /// A lease held by this program (a lock's) was lost: it expired or was revoked.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
     /// The server URL is not usable.
     #[error("invalid server URL {0:?}: use http://host:port")]
     InvalidUrl(String),

@@ -13,6 +13,10 @@
 //! - [`Client::with_urls`] (or a comma-separated [`Client::new`]) takes several
 //!   replicas of one store and moves to the next when one cannot be reached,
 //!   watches included: see [Several servers](Client#several-servers).
+//! - Leases: [`Client::grant`], [`Client::put_with_lease`], [`Client::put_with_ttl`],
+//!   [`Client::keep_alive`] (a background task that says when the lease is lost),
+//!   [`Client::revoke`]; and [`Client::lock`], a lock held on a lease, granted in
+//!   the order it was asked for.
 //! - [`Error`] tells not-found, failed preconditions, bad requests, server errors
 //!   and connection failures apart.
 //!
@@ -58,6 +62,8 @@
 mod client;
 mod endpoints;
 mod error;
+mod lease;
+mod lock;
 mod tls;
 pub mod txn;
 
@@ -67,9 +73,11 @@ mod watch;
 pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
-    self, DeletePrefixResult, DeleteResult, Entry, Event, EventKind, ListPage, PutResult,
-    RestoreResult,
+    self, DeletePrefixResult, DeleteResult, Entry, Event, EventKind, Lease, LeaseInfo, ListPage,
+    PutResult, RestoreResult, RevokeResult,
 };
 pub use kvstore_core::{Condition, ErrorCode};
+pub use lease::{KeepAlive, LeaseLost};
+pub use lock::LockGuard;
 pub use txn::TxnBuilder;
 pub use watch::{Events, Update, Watch, WatchOptions};

@@ -421,6 +421,7 @@ mod tests {
             revision,
             create_revision: revision,
             version: 1,
+            lease: None,
         })
     }
 

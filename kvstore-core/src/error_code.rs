@@ -67,6 +67,8 @@ error_codes! {
     DuplicateKey = (400, "duplicate_key"),
     /// A query string, header or JSON body could not be understood.
     InvalidRequest = (400, "invalid_request"),
+    /// A lease TTL of 0, or more than a year.
+    InvalidTtl = (400, "invalid_ttl"),
     /// A restore body is not a snapshot.
     InvalidSnapshot = (400, "invalid_snapshot"),
     /// No token, or an unknown one.
@@ -75,6 +77,8 @@ error_codes! {
     Forbidden = (403, "forbidden"),
     /// Get or delete of an absent key.
     KeyNotFound = (404, "key_not_found"),
+    /// No such lease: never granted, expired or revoked.
+    LeaseNotFound = (404, "lease_not_found"),
     /// No such endpoint.
     NotFound = (404, "not_found"),
     /// The path does not take this method (the `Allow` header lists those it takes).

@@ -15,7 +15,7 @@
 //!
 //! | module | feature | what it holds |
 //! | --- | --- | --- |
-//! | [`key`], [`wire`], [`txn`], [`ErrorCode`], [`Condition`] | always | rules for keys, JSON shapes, transactions, the error table, write conditions |
+//! | [`key`], [`lease`], [`wire`], [`txn`], [`ErrorCode`], [`Condition`] | always | rules for keys and leases, JSON shapes, transactions, the error table, write conditions |
 //! | [`storage`] | `storage` | the [`Storage`] interface every engine implements |
 //! | `sled` | `sled` (default) | the embedded engine, [`SledStore`] |
 //! | `etcd` | `etcd` | the engine on an etcd cluster, `EtcdStore` |
@@ -51,6 +51,7 @@
 mod condition;
 mod error_code;
 pub mod key;
+pub mod lease;
 pub mod txn;
 pub mod wire;
 

@@ -806,6 +806,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 4,
             version: 3,
+            lease: None,
         };
         assert!(Compare::value("a", CompareOp::Greater, "a").holds(Some(&entry), 0));
         assert!(!Compare::value("a", CompareOp::NotEqual, "x").holds(None, 0));

@@ -31,6 +31,11 @@ pub struct Entry {
     pub mod_revision: u64,
     /// Number of puts since the key was created (1 after the first put).
     pub version: u64,
+    /// The lease the key is attached to (it is deleted when the lease ends);
+    /// absent for a permanent key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub lease: Option<u64>,
 }
 
 /// What a change did to its key.
@@ -63,6 +68,11 @@ pub struct Event {
     pub create_revision: u64,
     /// The key's version after the change (0 for a delete).
     pub version: u64,
+    /// The lease the key is attached to after a put; absent for a permanent key
+    /// and for a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub lease: Option<u64>,
 }
 
 impl Event {
@@ -75,6 +85,7 @@ impl Event {
                 create_revision: self.create_revision,
                 mod_revision: self.revision,
                 version: self.version,
+                lease: self.lease,
             }),
             EventKind::Delete => None,
         }
@@ -91,6 +102,40 @@ pub struct PutResult {
     pub create_revision: u64,
     /// The key's version after the put.
     pub version: u64,
+}
+
+/// A lease as granted or kept alive (`POST /v1/leases`, `.../keepalive`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The lease's id, to put keys with (`?lease=ID`) and keep it alive.
+    pub id: u64,
+    /// Seconds the lease lives from now without a keep-alive (what the engine
+    /// granted: it may be more than was asked).
+    pub ttl: u64,
+}
+
+/// A lease's state (`GET /v1/leases/ID`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The lease's id.
+    pub id: u64,
+    /// Seconds left before it expires, unless kept alive.
+    pub ttl: u64,
+    /// The TTL it was granted with, which each keep-alive restores.
+    pub granted_ttl: u64,
+    /// The keys attached to it, in key order.
+    pub keys: Vec<String>,
+}
+
+/// Answer to a lease revoke (`DELETE /v1/leases/ID`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResult {
+    /// The revision at which the lease's keys were deleted (the store's revision
+    /// when it had none).
+    pub revision: u64,
 }
 
 /// Answer to a successful delete.
@@ -341,6 +386,7 @@ mod tests {
             create_revision: 1,
             mod_revision: 2,
             version: 2,
+            lease: None,
         }
     }
 
@@ -371,6 +417,7 @@ mod tests {
             revision: 7,
             create_revision: 0,
             version: 0,
+            lease: None,
         });
         let text = serde_json::to_string(&frame)?;
         assert!(text.contains(r#""type":"delete""#), "{text}");

@@ -49,3 +49,22 @@ pub async fn read_limited(
         .await
         .map_err(|_| ApiError::request_timeout())?
 }
+
+/// Reads a body that must be a JSON object: serde would also read a struct from an
+/// array of its fields in order (`[30]`), a shape no endpoint documents. `shape`
+/// names the expected object in the error, e.g. `{"ttl": SECONDS}`.
+pub fn json_object<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, ApiError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid_request(format!(
+            "the body must be a JSON object, {shape}"
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("the body must be {shape}: {e}")))
+}

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use actix_web::{web, HttpResponse};
 use kvstore_core::wire::value_json::{EncodedValue, ValueEncoding};
 use kvstore_core::wire::{
-    DeletePrefixResult, DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, ListPage,
-    PutResult, RestoreResult, SnapshotHeader,
+    DeletePrefixResult, DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, Lease,
+    LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult, SnapshotHeader,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
@@ -64,6 +64,10 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::kv::put,
         routes::kv::delete,
         routes::kv::list,
+        routes::leases::grant,
+        routes::leases::keepalive,
+        routes::leases::info,
+        routes::leases::revoke,
         routes::kv::delete_prefix,
         routes::txn::txn,
         routes::watch::watch,
@@ -87,6 +91,10 @@ pub const PATH: &str = "/v1/openapi.json";
         kvstore_core::txn::TxnResponse,
         SnapshotHeader,
         RestoreResult,
+        Lease,
+        LeaseInfo,
+        RevokeResult,
+        routes::leases::GrantRequest,
         ErrorBody,
         ErrorDetail,
         kvstore_core::ErrorCode,
@@ -97,6 +105,8 @@ pub const PATH: &str = "/v1/openapi.json";
     modifiers(&Doc),
     tags(
         (name = "kv", description = "Keys and values"),
+        (name = "leases", description = "Leases: keys that vanish when their owner stops \
+            keeping them alive"),
         (name = "watch", description = "Change streams (WebSocket or Server-Sent Events)"),
         (name = "snapshot", description = "Backup and restore"),
         (name = "legacy", description = "The API of the service kvstore replaces"),

@@ -93,6 +93,7 @@ async fn an_export_under_concurrent_writes_is_the_store_at_its_revision(
             create_revision: i as u64 + 1,
             mod_revision: i as u64 + 1,
             version: 1,
+            lease: None,
         };
         seed.push('\n');
         seed.push_str(&serde_json::to_string(&entry)?);

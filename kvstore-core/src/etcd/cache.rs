@@ -200,7 +200,13 @@ pub fn entry_of(keys: &Keys, kv: &etcd_client::KeyValue) -> Option<Entry> {
         create_revision: kv.create_revision().max(0) as u64,
         mod_revision: kv.mod_revision().max(0) as u64,
         version: kv.version().max(0) as u64,
+        lease: lease_of(kv),
     })
+}
+
+/// The lease of an etcd key-value (etcd's 0 is none).
+fn lease_of(kv: &etcd_client::KeyValue) -> Option<u64> {
+    (kv.lease() > 0).then_some(kv.lease() as u64)
 }
 
 /// An etcd watch event as ours.
@@ -216,6 +222,7 @@ pub fn event_of(keys: &Keys, event: &etcd_client::Event) -> Option<Event> {
             revision,
             create_revision: kv.create_revision().max(0) as u64,
             version: kv.version().max(0) as u64,
+            lease: lease_of(kv),
         },
         EventType::Delete => Event {
             kind: EventKind::Delete,
@@ -224,6 +231,7 @@ pub fn event_of(keys: &Keys, event: &etcd_client::Event) -> Option<Event> {
             revision,
             create_revision: 0,
             version: 0,
+            lease: None,
         },
     })
 }

@@ -29,6 +29,7 @@ mod barrier;
 mod cache;
 mod client;
 mod keys;
+mod lease;
 mod txn;
 mod watch;
 
@@ -45,7 +46,10 @@ use crate::storage::{
     check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
 };
 use crate::txn::{Txn as OurTxn, TxnResponse};
-use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::wire::{
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
+};
 use barrier::Barrier;
 use cache::{entry_of, Cache};
 use client::{Connection, Retry};
@@ -344,20 +348,26 @@ impl Storage for EtcdStore {
         })
     }
 
-    async fn put(
+    async fn put_leased(
         &self,
         key: &str,
         value: Vec<u8>,
         condition: Option<Condition>,
+        lease: Option<u64>,
     ) -> Result<PutResult, Error> {
         validate_key(key)?;
         self.check_value(&value)?;
         let etcd_key = self.inner.keys.etcd(key);
-        let put = TxnOp::put(
-            etcd_key.clone(),
-            value,
-            Some(PutOptions::new().with_prev_key()),
-        );
+        let mut options = PutOptions::new().with_prev_key();
+        if let Some(lease) = lease {
+            // etcd refuses ids it does not know ("requested lease not found").
+            let id = i64::try_from(lease)
+                .ok()
+                .filter(|&id| id > 0)
+                .ok_or(Error::LeaseNotFound(lease))?;
+            options = options.with_lease(id);
+        }
+        let put = TxnOp::put(etcd_key.clone(), value, Some(options));
         let txn = match condition {
             None => Txn::new().and_then([put]),
             Some(condition) => Txn::new()
@@ -365,7 +375,12 @@ impl Storage for EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
-        let answer = self.etcd_txn(txn).await?;
+        let answer = self.etcd_txn(txn).await.map_err(|e| match (e, lease) {
+            (Error::Unavailable(m), Some(lease)) if m.contains("lease not found") => {
+                Error::LeaseNotFound(lease)
+            }
+            (e, _) => e,
+        })?;
         let revision = header_revision(answer.header())?;
         if !answer.succeeded() {
             return Err(Error::PreconditionFailed {
@@ -377,6 +392,22 @@ impl Storage for EtcdStore {
             _ => None,
         });
         Ok(put_result(revision, prev.as_ref()))
+    }
+
+    async fn grant(&self, ttl: u64) -> Result<Lease, Error> {
+        self.grant_lease(ttl).await
+    }
+
+    async fn keepalive(&self, id: u64) -> Result<Lease, Error> {
+        self.keepalive_lease(id).await
+    }
+
+    async fn revoke(&self, id: u64) -> Result<RevokeResult, Error> {
+        self.revoke_lease(id).await
+    }
+
+    async fn lease(&self, id: u64) -> Result<LeaseInfo, Error> {
+        self.lease_info(id).await
     }
 
     async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error> {

@@ -1,16 +1,22 @@
 //! On-disk layout of the three sled trees.
 //!
-//! - `kv`: key bytes -> `create_revision | mod_revision | version | value` (u64s big-endian).
+//! - `kv`: key bytes -> `create_revision | mod_revision | version | value` (u64s
+//!   big-endian); for a key on a lease, `version` has its top bit set
+//!   ([`LEASED`]) and the lease id follows it: `... | version | lease | value`.
 //! - `log`: one item per write group, keyed by the group's first revision (u64
 //!   big-endian): `REVISIONS | revisions (u32)`, then for each of the group's
 //!   consecutive revisions `changes (u32, at least 1) | records`, each record
 //!   `length (u32) | kind | create_revision | version | key length (u32) | key |
-//!   value`. A revision holds several changes (a transaction, a delete by prefix),
-//!   all in one item, so none is ever read, published or recovered in part. Older
-//!   items are still read: `GROUP | count (u32) | records`, one change per
-//!   revision, and before that one bare record per revision (`kind | ...`).
+//!   value` (kind 1 a put, 2 a delete, 3 a put on a lease, whose lease id follows
+//!   `version`). A revision holds several changes (a transaction, a delete by
+//!   prefix, a lease's end), all in one item, so none is ever read, published or
+//!   recovered in part. Older items are still read: `GROUP | count (u32) |
+//!   records`, one change per revision, and before that one bare record per
+//!   revision (`kind | ...`).
 //! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (the `log`
-//!   can be ahead of it after a crash; see `writer::recover`).
+//!   can be ahead of it after a crash; see `writer::recover`); `next_lease`, the id
+//!   the next lease gets.
+//! - `leases`: lease id (u64 big-endian) -> its granted TTL in seconds (u64).
 
 use super::Error;
 use crate::wire::{Entry, Event, EventKind};
@@ -20,12 +26,20 @@ const HEADER: usize = 24;
 /// `meta` key of the last revision applied to `kv`.
 pub const META_LAST: &[u8] = b"last_revision";
 
+/// `meta` key of the id of the next lease.
+pub const META_NEXT_LEASE: &[u8] = b"next_lease";
+
+/// Top bit of a stored `version`: a lease id follows it. (Stores written before
+/// leases never set it: a version is far below 2^63.)
+const LEASED: u64 = 1 << 63;
+
 /// A stored entry's revisions, without its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    pub lease: Option<u64>,
 }
 
 /// The stored form of one key's state, without its key.
@@ -34,50 +48,70 @@ pub struct Stored {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    pub lease: Option<u64>,
     pub value: Vec<u8>,
 }
 
 impl Stored {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + self.value.len());
+        let mut out = Vec::with_capacity(HEADER + 8 + self.value.len());
         out.extend_from_slice(&self.create_revision.to_be_bytes());
         out.extend_from_slice(&self.mod_revision.to_be_bytes());
-        out.extend_from_slice(&self.version.to_be_bytes());
+        match self.lease {
+            None => out.extend_from_slice(&self.version.to_be_bytes()),
+            Some(lease) => {
+                out.extend_from_slice(&(self.version | LEASED).to_be_bytes());
+                out.extend_from_slice(&lease.to_be_bytes());
+            }
+        }
         out.extend_from_slice(&self.value);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() < HEADER {
-            return Err(Error::Corrupt("short entry in the kv tree".into()));
-        }
+        let (header, at) = Stored::header_and_len(bytes)?;
         Ok(Stored {
-            create_revision: u64_at(bytes, 0)?,
-            mod_revision: u64_at(bytes, 8)?,
-            version: u64_at(bytes, 16)?,
-            value: bytes[HEADER..].to_vec(),
+            create_revision: header.create_revision,
+            mod_revision: header.mod_revision,
+            version: header.version,
+            lease: header.lease,
+            value: bytes[at..].to_vec(),
         })
     }
 
-    /// The entry's revisions.
+    /// The entry's revisions and lease.
     pub fn header(&self) -> Header {
         Header {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
+            lease: self.lease,
         }
     }
 
     /// The [`Stored::header`] of an encoded entry, without copying its value.
     pub fn decode_header(bytes: &[u8]) -> Result<Header, Error> {
+        Stored::header_and_len(bytes).map(|(header, _)| header)
+    }
+
+    /// The header of an encoded entry and where its value starts.
+    fn header_and_len(bytes: &[u8]) -> Result<(Header, usize), Error> {
         if bytes.len() < HEADER {
             return Err(Error::Corrupt("short entry in the kv tree".into()));
         }
-        Ok(Header {
+        let version = u64_at(bytes, 16)?;
+        let (lease, at) = if version & LEASED == 0 {
+            (None, HEADER)
+        } else {
+            (Some(u64_at(bytes, HEADER)?), HEADER + 8)
+        };
+        let header = Header {
             create_revision: u64_at(bytes, 0)?,
             mod_revision: u64_at(bytes, 8)?,
-            version: u64_at(bytes, 16)?,
-        })
+            version: version & !LEASED,
+            lease,
+        };
+        Ok((header, at))
     }
 
     pub fn into_entry(self, key: String) -> Entry {
@@ -87,6 +121,7 @@ impl Stored {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
+            lease: self.lease,
         }
     }
 }
@@ -126,14 +161,18 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, Error> {
 /// `stored` is the key's state after a put, `None` for a delete.
 pub fn encode_record(key: &str, stored: Option<&Stored>) -> Vec<u8> {
     let key = key.as_bytes();
-    let (kind, create_revision, version, value) = match stored {
-        Some(s) => (1, s.create_revision, s.version, s.value.as_slice()),
-        None => (2, 0, 0, &[][..]),
+    let (kind, create_revision, version, lease, value) = match stored {
+        Some(s) if s.lease.is_some() => (3, s.create_revision, s.version, s.lease, &s.value[..]),
+        Some(s) => (1, s.create_revision, s.version, None, s.value.as_slice()),
+        None => (2, 0, 0, None, &[][..]),
     };
-    let mut out = Vec::with_capacity(1 + 16 + 4 + key.len() + value.len());
+    let mut out = Vec::with_capacity(1 + 24 + 4 + key.len() + value.len());
     out.push(kind);
     out.extend_from_slice(&create_revision.to_be_bytes());
     out.extend_from_slice(&version.to_be_bytes());
+    if let Some(lease) = lease {
+        out.extend_from_slice(&lease.to_be_bytes());
+    }
     // Keys are at most MAX_KEY_BYTES, far below u32::MAX.
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
@@ -264,27 +303,30 @@ pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
 /// Decodes one change record of revision `revision`.
 fn decode_record(revision: u64, bytes: &[u8]) -> Result<Event, Error> {
     let corrupt = || Error::Corrupt("malformed record in the log tree".into());
-    let kind = match bytes.first() {
-        Some(1) => EventKind::Put,
-        Some(2) => EventKind::Delete,
+    let (kind, leased) = match bytes.first() {
+        Some(1) => (EventKind::Put, false),
+        Some(2) => (EventKind::Delete, false),
+        Some(3) => (EventKind::Put, true),
         _ => return Err(corrupt()),
     };
     let create_revision = u64_at(bytes, 1)?;
     let version = u64_at(bytes, 9)?;
-    let key_len = bytes
-        .get(17..21)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(corrupt)? as usize;
-    let key = bytes.get(21..21 + key_len).ok_or_else(corrupt)?;
+    let (lease, at) = if leased {
+        (Some(u64_at(bytes, 17)?), 25)
+    } else {
+        (None, 17)
+    };
+    let key_len = u32_at(bytes, at).map_err(|_| corrupt())? as usize;
+    let key = bytes.get(at + 4..at + 4 + key_len).ok_or_else(corrupt)?;
     let key = String::from_utf8(key.to_vec()).map_err(|_| corrupt())?;
     Ok(Event {
         kind,
         key,
-        value: bytes[21 + key_len..].to_vec(),
+        value: bytes[at + 4 + key_len..].to_vec(),
         revision,
         create_revision,
         version,
+        lease,
     })
 }
 
@@ -298,9 +340,16 @@ mod tests {
             create_revision: 3,
             mod_revision: 9,
             version: 4,
+            lease: None,
             value: vec![0, 255, 7],
         };
         assert_eq!(Stored::decode(&s.encode())?, s);
+        let leased = Stored {
+            lease: Some(77),
+            ..s.clone()
+        };
+        assert_eq!(Stored::decode(&leased.encode())?, leased);
+        assert_eq!(Stored::decode_header(&leased.encode())?.lease, Some(77));
         assert!(Stored::decode(&[1, 2, 3]).is_err());
         Ok(())
     }
@@ -311,6 +360,7 @@ mod tests {
             create_revision: 40,
             mod_revision: 42,
             version: 2,
+            lease: None,
             value: b"\x00x".to_vec(),
         };
         let put = decode_record(42, &encode_record("app/db", Some(&stored)))?;
@@ -321,8 +371,21 @@ mod tests {
             revision: 42,
             create_revision: 40,
             version: 2,
+            lease: None,
         };
         assert_eq!(put, expected);
+        let leased = Stored {
+            lease: Some(9),
+            ..stored.clone()
+        };
+        let put = decode_record(42, &encode_record("app/db", Some(&leased)))?;
+        assert_eq!(
+            put,
+            Event {
+                lease: Some(9),
+                ..expected
+            }
+        );
         let del = decode_record(43, &encode_record("app/db", None))?;
         assert_eq!(
             (del.kind, del.revision, del.value.len()),
@@ -338,6 +401,7 @@ mod tests {
             create_revision: 7,
             mod_revision: 7,
             version: 1,
+            lease: None,
             value: b"v".to_vec(),
         };
         let mut group = GroupRecord::new();

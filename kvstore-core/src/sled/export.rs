@@ -250,6 +250,7 @@ mod tests {
             create_revision: 1,
             mod_revision,
             version: mod_revision,
+            lease: None,
             value: value.to_vec(),
         }
         .encode()

@@ -18,6 +18,7 @@
 mod codec;
 mod events;
 mod export;
+mod lease;
 mod stage;
 mod txn;
 mod watch;
@@ -33,11 +34,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
+use crate::lease::check_ttl;
 use crate::storage::{
     check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
 };
 use crate::txn::{Txn, TxnResponse};
-use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::wire::{
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
+};
 use codec::decode_entry;
 use writer::{Change, Op, Outcome, Request};
 
@@ -144,6 +149,8 @@ struct Inner {
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     keys: Arc<AtomicU64>,
+    leases: Arc<lease::Leases>,
+    lease_timer: Option<std::thread::JoinHandle<()>>,
     /// The last durable revision, raised by the writer before it answers.
     durable: Arc<tokio::sync::watch::Sender<u64>>,
     feed: events::Feed,
@@ -156,6 +163,10 @@ impl Drop for Inner {
         // means the data files are released (and a temporary store removed) when
         // the last handle goes.
         self.writer = None;
+        self.leases.stop();
+        if let Some(thread) = self.lease_timer.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.writer_thread.take() {
             let _ = thread.join();
         }
@@ -202,7 +213,9 @@ impl SledStore {
         let kv = db.open_tree("kv").or_storage()?;
         let log = db.open_tree("log").or_storage()?;
         let meta = db.open_tree("meta").or_storage()?;
+        let lease_tree = db.open_tree("leases").or_storage()?;
         let last = writer::recover(&kv, &log, &meta)?;
+        let leases = Arc::new(lease::Leases::load(&lease_tree, &kv)?);
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
         let keys = Arc::new(AtomicU64::new(kv.len() as u64));
@@ -222,8 +235,11 @@ impl SledStore {
             torn: false,
             exports: export::Exports::default(),
             restoring: false,
+            lease_tree,
+            leases: leases.clone(),
         }
         .spawn(rx)?;
+        let lease_timer = leases.start_timer(tx.downgrade())?;
         Ok(SledStore {
             inner: Arc::new(Inner {
                 db,
@@ -232,6 +248,8 @@ impl SledStore {
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
                 keys,
+                leases,
+                lease_timer: Some(lease_timer),
                 durable,
                 feed,
                 config,
@@ -407,11 +425,12 @@ impl Storage for SledStore {
         })
     }
 
-    async fn put(
+    async fn put_leased(
         &self,
         key: &str,
         value: Vec<u8>,
         condition: Option<Condition>,
+        lease: Option<u64>,
     ) -> Result<PutResult, Error> {
         validate_key(key)?;
         let max = self.inner.config.max_value_bytes;
@@ -425,6 +444,7 @@ impl Storage for SledStore {
             key: key.to_string(),
             value,
             condition,
+            lease,
         };
         match self.submit(op).await? {
             Outcome::Put(result) => Ok(result),
@@ -461,6 +481,23 @@ impl Storage for SledStore {
                 "writer answered a delete by prefix with another op".into(),
             )),
         }
+    }
+
+    async fn grant(&self, ttl: u64) -> Result<Lease, Error> {
+        check_ttl(ttl)?;
+        self.ask(|reply| Request::Grant { ttl, reply }).await?
+    }
+
+    async fn keepalive(&self, id: u64) -> Result<Lease, Error> {
+        self.inner.leases.keepalive(id)
+    }
+
+    async fn revoke(&self, id: u64) -> Result<RevokeResult, Error> {
+        self.ask(|reply| Request::Revoke { id, reply }).await?
+    }
+
+    async fn lease(&self, id: u64) -> Result<LeaseInfo, Error> {
+        self.inner.leases.info(id)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {

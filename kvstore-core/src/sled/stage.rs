@@ -149,13 +149,14 @@ impl<'v, 'a> Revision<'v, 'a> {
         self.pending.insert(key.to_string(), state);
     }
 
-    /// Puts `value` at `key`.
-    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<PutResult, Error> {
+    /// Puts `value` at `key`, on `lease` (`None`: permanent).
+    pub fn put(&mut self, key: &str, value: &[u8], lease: Option<u64>) -> Result<PutResult, Error> {
         let current = self.header(key)?;
         let stored = Stored {
             create_revision: current.map_or(self.revision, |h| h.create_revision),
             mod_revision: self.revision,
             version: current.map_or(1, |h| h.version + 1),
+            lease,
             value: value.to_vec(),
         };
         let result = PutResult {
@@ -266,6 +267,7 @@ mod tests {
             create_revision: revision,
             mod_revision: revision,
             version: 1,
+            lease: None,
             value: value.as_bytes().to_vec(),
         }
     }
@@ -282,12 +284,12 @@ mod tests {
         let mut view = View::new(&kv, None);
         let mut first = Revision::new(&view, 2);
         first.delete("p/b")?;
-        first.put("p/bb", b"2")?;
+        first.put("p/bb", b"2", None)?;
         let changes = first.finish();
         view.stage(&changes)?;
         let mut second = Revision::new(&view, 3);
         assert!(!second.delete("p/b")?);
-        second.put("p/0", b"3")?;
+        second.put("p/0", b"3", None)?;
         second.delete("p/c")?;
         let keys: Vec<String> = second
             .under("p/")

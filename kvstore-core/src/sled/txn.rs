@@ -13,8 +13,8 @@ pub(super) fn apply(revision: &mut Revision<'_, '_>, txn: &Txn) -> Result<TxnRes
         let entry = revision
             .get(&compare.key)?
             .map(|stored| stored.into_entry(compare.key.clone()));
-        // No key has a lease on this engine yet.
-        if !compare.holds(entry.as_ref(), 0) {
+        let lease = entry.as_ref().and_then(|e| e.lease).unwrap_or(0);
+        if !compare.holds(entry.as_ref(), lease) {
             succeeded = false;
             break;
         }
@@ -27,7 +27,8 @@ pub(super) fn apply(revision: &mut Revision<'_, '_>, txn: &Txn) -> Result<TxnRes
     let mut results = Vec::with_capacity(branch.len());
     for op in branch {
         results.push(match op {
-            TxnOp::Put { key, value, .. } => TxnResult::Put(revision.put(key, value)?),
+            // Puts on leases are refused before (`storage::check_txn`).
+            TxnOp::Put { key, value, .. } => TxnResult::Put(revision.put(key, value, None)?),
             TxnOp::Delete { key } => TxnResult::Delete(Deleted {
                 deleted: usize::from(revision.delete(key)?),
             }),

@@ -9,12 +9,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::export::{Capture, Exports};
+use super::lease::Leases;
 use super::stage::{Revision, View};
 use super::{storage_error, OrStorage, SyncMode};
 use crate::condition::Condition;
 use crate::storage::Error;
 use crate::txn::{Txn, TxnOp, TxnResponse};
-use crate::wire::{DeleteResult, Entry, EventKind, PutResult};
+use crate::wire::{DeleteResult, Entry, EventKind, Lease, PutResult, RevokeResult};
 
 /// Most writes committed in one group (one flush, one `log` item).
 const MAX_GROUP: usize = 256;
@@ -32,6 +33,8 @@ pub(super) enum Op {
         key: String,
         value: Vec<u8>,
         condition: Option<Condition>,
+        /// The lease to attach the key to; `None` makes it permanent.
+        lease: Option<u64>,
     },
     Delete {
         key: String,
@@ -94,6 +97,19 @@ pub(super) enum Request {
         step: ImportStep,
         reply: oneshot::Sender<Result<usize, Error>>,
     },
+    /// Grants a lease of `ttl` seconds.
+    Grant {
+        ttl: u64,
+        reply: oneshot::Sender<Result<Lease, Error>>,
+    },
+    /// Revokes a lease: its keys are deleted in one group.
+    Revoke {
+        id: u64,
+        reply: oneshot::Sender<Result<RevokeResult, Error>>,
+    },
+    /// The lease timer found the lease past its deadline: expire it, unless it was
+    /// kept alive since.
+    Expire { id: u64 },
 }
 
 /// The steps of a restore. `Begin` requires an empty store and refuses every other
@@ -163,6 +179,10 @@ pub(super) struct Writer {
     pub exports: Exports,
     /// A restore is under way: other writes are refused.
     pub restoring: bool,
+    /// The `leases` tree (id -> granted TTL).
+    pub lease_tree: sled::Tree,
+    /// The live leases and the keys attached to them.
+    pub leases: Arc<Leases>,
 }
 
 impl Writer {
@@ -191,19 +211,34 @@ impl Writer {
                     let _ = reply.send(self.exports.register(self.last, prefix));
                     continue;
                 }
-                write => write,
+                Request::Grant { ttl, reply } => {
+                    let _ = reply.send(self.grant(ttl));
+                    continue;
+                }
+                Request::Revoke { id, reply } => {
+                    let _ = reply.send(self.end_lease(id, false));
+                    continue;
+                }
+                Request::Expire { id } => {
+                    if let Err(e) = self.end_lease(id, true) {
+                        log::error!("expiring lease {id} failed: {e}");
+                    }
+                    continue;
+                }
+                write @ Request::Write { .. } => write,
             };
             let mut bytes = first.value_len();
             group.push(first);
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(request @ (Request::Import { .. } | Request::Export { .. })) => {
-                        held = Some(request);
-                        break;
-                    }
-                    Ok(request) => {
+                    Ok(request @ Request::Write { .. }) => {
                         bytes += request.value_len();
                         group.push(request);
+                    }
+                    // Everything else goes alone, between groups.
+                    Ok(request) => {
+                        held = Some(request);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -222,7 +257,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Write { op, .. } => Some(op),
-                Request::Import { .. } | Request::Export { .. } => None,
+                _ => None,
             })
             .collect();
         let mut results: Vec<Result<Outcome, Error>> = Vec::new();
@@ -274,17 +309,12 @@ impl Writer {
             }
         }
         let mut results = results.into_iter();
+        // Only writes are grouped (see `run`).
         for request in group.drain(..) {
-            match request {
-                Request::Write { reply, .. } => {
-                    let result = results.next().unwrap_or(Err(Error::Closed));
-                    // The requester may have gone away; nothing to do then.
-                    let _ = reply.send(result);
-                }
-                Request::Import { reply, .. } => {
-                    let _ = reply.send(Err(Error::Closed));
-                }
-                Request::Export { .. } => {}
+            if let Request::Write { reply, .. } = request {
+                let result = results.next().unwrap_or(Err(Error::Closed));
+                // The requester may have gone away; nothing to do then.
+                let _ = reply.send(result);
             }
         }
     }
@@ -345,7 +375,7 @@ impl Writer {
         let mut last = self.last;
         for op in ops {
             let mut revision = Revision::new(&view, last + 1);
-            let outcome = apply_op(&mut revision, op);
+            let outcome = apply_op(&mut revision, op, &self.leases);
             if outcome.is_err() || revision.is_empty() {
                 results.push(outcome);
                 continue;
@@ -355,6 +385,10 @@ impl Writer {
                 return self.failed(results, error);
             }
             record.push_revision(changes.iter().map(|c| (c.key.as_str(), c.state.as_ref())));
+            for change in &changes {
+                self.leases
+                    .set_key(&change.key, change.state.as_ref().and_then(|s| s.lease));
+            }
             last += 1;
             results.push(outcome);
         }
@@ -415,6 +449,88 @@ impl Writer {
         }
     }
 
+    /// Grants a lease: a new id (never reused), its TTL in the `leases` tree,
+    /// flushed before it is answered.
+    fn grant(&mut self, ttl: u64) -> Result<Lease, Error> {
+        let id = match self.meta.get(codec::META_NEXT_LEASE).or_storage()? {
+            Some(bytes) => codec::decode_u64(&bytes)?,
+            None => 1,
+        };
+        self.meta
+            .insert(codec::META_NEXT_LEASE, &codec::encode_u64(id + 1))
+            .or_storage()?;
+        self.lease_tree
+            .insert(codec::encode_u64(id), &codec::encode_u64(ttl))
+            .or_storage()?;
+        if let Some(e) = self.make_durable() {
+            return Err(e);
+        }
+        self.leases.insert(id, ttl);
+        Ok(Lease { id, ttl })
+    }
+
+    /// Ends lease `id` (for an expiry, only if it is still past its deadline):
+    /// removes it, and deletes the keys still attached to it in one group.
+    fn end_lease(&mut self, id: u64, expiring: bool) -> Result<RevokeResult, Error> {
+        if expiring && !self.leases.is_expired(id) {
+            // Kept alive since the timer fired, or revoked already.
+            return Ok(RevokeResult {
+                revision: self.last,
+            });
+        }
+        if self.restoring {
+            return Err(Error::Unavailable(
+                "a restore is under way; write when it is done".into(),
+            ));
+        }
+        let keys = self.leases.remove(id).ok_or(Error::LeaseNotFound(id))?;
+        // The lease's record goes after its keys: a crash in between leaves a
+        // lease without keys (it expires again after a restart), never keys on a
+        // lease that is gone.
+        let forget = |writer: &Self| {
+            writer
+                .lease_tree
+                .remove(codec::encode_u64(id))
+                .map(|_| ())
+                .or_storage()
+        };
+        let mut changes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(bytes) = self.kv.get(key.as_bytes()).or_storage()? else {
+                continue;
+            };
+            // Only keys still on this lease: one put again without it stays. (Nothing
+            // writes between this read and the batch: this is the writer.)
+            if Stored::decode_header(&bytes)?.lease == Some(id) {
+                changes.push(Change::Delete { key });
+            }
+        }
+        if changes.is_empty() {
+            forget(self)?;
+            if let Some(e) = self.make_durable() {
+                return Err(e);
+            }
+            return Ok(RevokeResult {
+                revision: self.last,
+            });
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.commit_group(&mut vec![Request::Write {
+            op: Op::Batch(changes),
+            reply,
+        }]);
+        let revision = match answer.try_recv() {
+            Ok(Ok(Outcome::Batch(batch))) => batch.revision,
+            Ok(Err(e)) => return Err(e),
+            _ => return Err(Error::Closed),
+        };
+        // Durable with the next write (or sled's own flush); lost in a crash, the
+        // lease comes back without keys and expires again.
+        forget(self)?;
+        log::debug!("lease {id} ended at revision {revision}");
+        Ok(RevokeResult { revision })
+    }
+
     /// Runs one step of a restore (see [`ImportStep`]).
     fn import(&mut self, entries: Vec<Entry>, step: ImportStep) -> Result<usize, Error> {
         match step {
@@ -435,6 +551,8 @@ impl Writer {
                         create_revision: entry.create_revision,
                         mod_revision: entry.mod_revision,
                         version: entry.version,
+                        // Leases are not part of a snapshot: restored keys are permanent.
+                        lease: None,
                         value: entry.value.clone(),
                     };
                     batch.insert(entry.key.as_bytes(), stored.encode());
@@ -501,15 +619,21 @@ impl Writer {
 
 /// Applies one op to the revision under way: its changes (none when it fails or is
 /// refused) and its answer.
-fn apply_op(revision: &mut Revision<'_, '_>, op: &Op) -> Result<Outcome, Error> {
+fn apply_op(revision: &mut Revision<'_, '_>, op: &Op, leases: &Leases) -> Result<Outcome, Error> {
     match op {
         Op::Put {
             key,
             value,
             condition,
+            lease,
         } => {
             check(revision, key, *condition)?;
-            revision.put(key, value).map(Outcome::Put)
+            if let Some(lease) = *lease {
+                if !leases.is_live(lease) {
+                    return Err(Error::LeaseNotFound(lease));
+                }
+            }
+            revision.put(key, value, *lease).map(Outcome::Put)
         }
         Op::Delete { key, condition } => {
             if revision.header(key)?.is_none() {
@@ -526,7 +650,7 @@ fn apply_op(revision: &mut Revision<'_, '_>, op: &Op) -> Result<Outcome, Error> 
             for change in changes {
                 match change {
                     Change::Put { key, value } => {
-                        revision.put(key, value)?;
+                        revision.put(key, value, None)?;
                     }
                     Change::Delete { key } => deleted += usize::from(revision.delete(key)?),
                     Change::DeletePrefix { prefix } => deleted += revision.delete_prefix(prefix)?,
@@ -610,6 +734,7 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
                         create_revision: event.create_revision,
                         mod_revision: event.revision,
                         version: event.version,
+                        lease: event.lease,
                         value: event.value,
                     };
                     kv.insert(event.key.as_bytes(), stored.encode())
@@ -642,6 +767,7 @@ mod tests {
             create_revision,
             mod_revision,
             version,
+            lease: None,
             value: value.to_vec(),
         }
     }

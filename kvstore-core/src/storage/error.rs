@@ -40,6 +40,12 @@ pub enum Error {
         /// The key's current `mod_revision`, `None` when it does not exist.
         current: Option<u64>,
     },
+    /// The lease does not exist (never granted, expired or revoked).
+    #[error("lease {0} not found: it expired, was revoked, or was never granted")]
+    LeaseNotFound(u64),
+    /// A lease TTL out of range.
+    #[error(transparent)]
+    InvalidTtl(#[from] crate::lease::TtlError),
     /// The history no longer holds the requested revision.
     #[error("revision {requested} is compacted; the oldest revision kept is {oldest}")]
     Compacted {
@@ -90,6 +96,8 @@ impl Error {
             Error::InvalidTxn(_) | Error::Unsupported(_) => ErrorCode::InvalidRequest,
             Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             Error::KeyNotFound => ErrorCode::KeyNotFound,
+            Error::LeaseNotFound(_) => ErrorCode::LeaseNotFound,
+            Error::InvalidTtl(_) => ErrorCode::InvalidTtl,
             Error::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
             Error::Compacted { .. } => ErrorCode::Compacted,
             Error::Lagged { .. } => ErrorCode::Lagged,

@@ -11,6 +11,10 @@
 //!   and no duplicate, from any revision the history still holds; its
 //!   [`Watch::position`] is always safe to resume after.
 //! - A snapshot shows every entry under a prefix as of one revision, streamed.
+//! - A lease ends when its TTL passes without a keep-alive, or when it is revoked;
+//!   then every key still attached to it is deleted, all at one revision, and
+//!   watchers see each deletion as a `delete` event of that revision. A put without
+//!   a lease detaches the key from the one it had.
 //!
 //! What one engine needs and another does not (waiting until a read is durable,
 //! retrying a member that died) stays inside that engine.
@@ -27,7 +31,10 @@ pub use watch::{Watch, WatchItem, WatchOptions, WatchStream};
 
 use crate::condition::Condition;
 use crate::txn::{Txn, TxnOp, TxnResponse};
-use crate::wire::{DeletePrefixResult, DeleteResult, Entry, ListPage, PutResult, RestoreResult};
+use crate::wire::{
+    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
+    RevokeResult,
+};
 
 /// What a store reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,13 +95,39 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<ListPage, Error>;
 
-    /// Sets `key` to `value` if `condition` holds (always, for `None`).
+    /// Sets `key` to `value` if `condition` holds (always, for `None`). The key is
+    /// permanent afterwards: detached from any lease it had.
     async fn put(
         &self,
         key: &str,
         value: Vec<u8>,
         condition: Option<Condition>,
+    ) -> Result<PutResult, Error> {
+        self.put_leased(key, value, condition, None).await
+    }
+
+    /// Like [`Storage::put`], attaching the key to `lease` (`None`: permanent);
+    /// [`Error::LeaseNotFound`] when the lease does not exist.
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        condition: Option<Condition>,
+        lease: Option<u64>,
     ) -> Result<PutResult, Error>;
+
+    /// Grants a lease of `ttl` seconds (see [`crate::lease::check_ttl`]); the
+    /// answer has the TTL granted, which an engine may raise to its own minimum.
+    async fn grant(&self, ttl: u64) -> Result<Lease, Error>;
+
+    /// Restarts the lease's TTL in full; [`Error::LeaseNotFound`] once it ended.
+    async fn keepalive(&self, id: u64) -> Result<Lease, Error>;
+
+    /// Ends the lease now, deleting its keys at one revision.
+    async fn revoke(&self, id: u64) -> Result<RevokeResult, Error>;
+
+    /// The lease's TTL left, its granted TTL and its keys.
+    async fn lease(&self, id: u64) -> Result<LeaseInfo, Error>;
 
     /// Deletes `key` if it exists and `condition` holds; [`Error::KeyNotFound`] if it
     /// does not exist (and no revision is taken).

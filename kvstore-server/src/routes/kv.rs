@@ -21,6 +21,8 @@ pub const MOD_REVISION: &str = "x-kv-mod-revision";
 pub const VERSION: &str = "x-kv-version";
 /// The store's current revision.
 pub const STORE_REVISION: &str = "x-kv-revision";
+/// The lease the key is attached to (absent for a permanent key).
+pub const LEASE: &str = "x-kv-lease";
 
 const PATH_PREFIX: &str = "/v1/kv/";
 const DEFAULT_LIMIT: usize = 100;
@@ -241,6 +243,8 @@ fn etag(mod_revision: u64) -> String {
             ("x-kv-mod-revision" = u64, description = "Revision of the key's last put"),
             ("x-kv-version" = u64, description = "Puts since the key was created"),
             ("x-kv-revision" = u64, description = "The store's current revision"),
+            ("x-kv-lease" = u64, description = "The lease the key is attached to; absent for \
+                a permanent key"),
          )),
         (status = 304, description = "Not modified: `If-None-Match` names the key's current tag \
             (or is `*`); the headers are those of a 200, there is no body",
@@ -280,6 +284,9 @@ async fn get(
         .insert_header((MOD_REVISION, number(entry.mod_revision)))
         .insert_header((VERSION, number(entry.version)))
         .insert_header((STORE_REVISION, number(state.store.revision())));
+    if let Some(lease) = entry.lease {
+        res.insert_header((LEASE, number(lease)));
+    }
     if unchanged {
         Ok(res.finish())
     } else if wants_json(&req) {
@@ -298,7 +305,7 @@ async fn get(
     path = "/v1/kv/{key}",
     tag = "kv",
     operation_id = "put_key",
-    params(KeyParam, IfMatch, IfNoneMatch),
+    params(KeyParam, IfMatch, IfNoneMatch, super::leases::PutLeaseQuery),
     request_body(
         description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default); \
             no body is the empty value",
@@ -307,11 +314,14 @@ async fn get(
     responses(
         (status = 200, description = "Written, durably", body = PutResult,
          headers(("ETag" = String, description = "The new `mod_revision` in quotes"))),
-        (status = 400, description = "`invalid_key`, or `invalid_request` (a malformed \
-            `If-Match` / `If-None-Match`)", body = ErrorBody),
+        (status = 400, description = "`invalid_key`, `invalid_request` (a malformed \
+            `If-Match` / `If-None-Match`, a `lease` that is not a number, both `lease` and \
+            `ttl`), or `invalid_ttl`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within \
             `--request-timeout`", body = ErrorBody),
+        (status = 404, description = "`lease_not_found`: the `lease` expired, was revoked or \
+            was never granted", body = ErrorBody),
         (status = 412, description = "`precondition_failed`; `revision` is the key's current \
             `mod_revision` (absent if the key does not exist). Also for `If-Match` with \
             `If-None-Match: *`, which never both hold.", body = ErrorBody),
@@ -329,13 +339,24 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
+    let lease = super::leases::PutLease::of(&req)?;
     let condition = condition(&req, &state, &key).await?;
     let value = read_limited(&req, payload, state.store.max_value_bytes()).await?;
-    let result = state
+    let lease = match lease {
+        Some(lease) => Some(lease.id(&state).await?),
+        None => None,
+    };
+    let put = state
         .store
-        .put(&key, value, condition)
-        .await
-        .map_err(|e| ApiError::from_store(e, &key))?;
+        .put_leased(&key, value, condition, lease.map(|(id, _)| id))
+        .await;
+    if let (Err(_), Some((id, true))) = (&put, lease) {
+        // The key's own lease, granted for a put that did not happen.
+        if let Err(e) = state.store.revoke(id).await {
+            log::warn!("revoking lease {id} of a failed put: {e}");
+        }
+    }
+    let result = put.map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(result.revision)))
         .json(result))

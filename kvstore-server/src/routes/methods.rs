@@ -91,7 +91,13 @@ pub(crate) fn matches(template: &str, path: &str) -> bool {
 /// not_found`. Either way before any token check.
 pub(crate) fn unmatched(req: &HttpRequest) -> ApiError {
     let path = req.path();
-    match known().iter().find(|k| matches(&k.template, path)) {
+    // The most specific template: `/v1/leases/{id}/keepalive` before
+    // `/v1/leases/{id}`, whose last parameter would take the rest.
+    let known = known()
+        .iter()
+        .filter(|k| matches(&k.template, path))
+        .max_by_key(|k| k.template.matches('/').count());
+    match known {
         Some(known) => {
             // Counted under the path's route (unless its route named one), not
             // among unknown paths.
@@ -138,5 +144,7 @@ mod tests {
         assert_eq!(allow("/kv"), Some("GET, HEAD, PUT"));
         assert_eq!(allow("/v1/snapshot"), Some("GET, HEAD, POST"));
         assert_eq!(allow("/healthz"), Some("GET, HEAD"));
+        assert_eq!(allow("/v1/leases/{id}"), Some("GET, HEAD, DELETE"));
+        assert_eq!(allow("/v1/leases/{id}/keepalive"), Some("POST"));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod kv;
+pub mod leases;
 pub mod legacy;
 pub mod methods;
 pub mod params;

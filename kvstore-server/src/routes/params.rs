@@ -128,7 +128,7 @@ mod tests {
         let get = |path| known(path, &Method::GET);
         assert_eq!(get("/v1/kv").map(|k| k.contains(&"limit")), Some(true));
         assert_eq!(get("/v1/kv/a/b"), Some(vec![]));
-        assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec![]));
+        assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec!["lease", "ttl"]));
         assert_eq!(
             known("/v1/kv", &Method::DELETE).map(|k| k.contains(&"all")),
             Some(true)

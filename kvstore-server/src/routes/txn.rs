@@ -56,8 +56,8 @@ async fn txn(
         .saturating_mul(2)
         .saturating_add(BODY_SLACK);
     let body = read_limited(&req, payload, max_body).await?;
-    let txn: Txn = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_request(format!("malformed transaction: {e}")))?;
+    let txn: Txn = crate::body::json_object(&body, "a transaction object")
+        .map_err(|e| e.prefixed("malformed transaction"))?;
     txn.validate(state.max_txn_ops)
         .map_err(|e| ApiError::from(kvstore_core::Error::from(e)))?;
     check_access(&caller, &txn)?;

@@ -85,6 +85,7 @@ mod tests {
             revision: 7,
             create_revision: 1,
             version: 2,
+            lease: None,
         }
     }
 

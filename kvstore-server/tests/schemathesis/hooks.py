@@ -12,6 +12,8 @@ mismatches, and nothing else:
   independent. A request with neither is refused (400) by design, so it is not
   offered as a valid one; beside `?key=` the body is not read, so a body that breaks
   the schema there is not offered as an invalid request.
+- A key put takes `?lease=ID` or `?ttl=N`, not both (ttl grants the key a lease
+  of its own), so a request with both is not offered as a valid one.
 - A delete by prefix (`DELETE /v1/kv`) with an empty or absent `prefix` deletes every
   key, so it is refused (400) unless `all=true` says so: such a request is not offered
   as a valid one.
@@ -54,9 +56,12 @@ def filter_case(context, case):
         if case.meta is None or not case.meta.generation.mode.is_positive:
             return True
         return not _deletes_everything_unasked(case)
-    if not (_is(operation, "GET", "/kv") or _is(operation, "HEAD", "/kv")):
-        return True
     if case.meta is None:
+        return True
+    if _is(operation, "PUT", "/v1/kv/{key}"):
+        both = bool(case.query) and "lease" in case.query and "ttl" in case.query
+        return not (both and case.meta.generation.mode.is_positive)
+    if not (_is(operation, "GET", "/kv") or _is(operation, "HEAD", "/kv")):
         return True
     names_key = bool(case.query) and "key" in case.query
     if case.meta.generation.mode.is_positive:
