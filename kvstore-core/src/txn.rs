@@ -6,6 +6,7 @@
 //! ```json
 //! {"compare": [{"key": "acct/1", "target": "mod_revision", "op": "==", "value": 5}],
 //!  "success": [{"put": {"key": "acct/1", "value": "90"}},
+//!              {"put": {"key": "acct/2", "value": "110", "ttl": 30}},
 //!              {"delete": {"key": "tmp/x"}}, {"delete": {"prefix": "tmp/"}},
 //!              {"get": {"key": "acct/3"}}, {"list": {"prefix": "acct/", "limit": 10}}],
 //!  "failure": [{"get": {"key": "acct/1"}}]}
@@ -34,6 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::key::{validate_key, KeyError};
+use crate::lease::{check_ttl, TtlError};
 use crate::wire::{value_json, Entry, PutResult};
 
 /// Ops (or compares) a transaction takes by default, per branch, as etcd.
@@ -181,7 +183,8 @@ impl Compare {
     }
 }
 
-/// One op of a transaction branch.
+/// One op of a transaction branch. A put without `lease` or `ttl` makes the key
+/// permanent (detached from any lease it had), as a plain put does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
     /// Sets a key. A `lease` (or a `ttl`, a lease of the key's own) attaches it to
@@ -222,6 +225,26 @@ pub enum TxnOp {
 }
 
 impl TxnOp {
+    /// A put of `value` at `key` attached to `lease`.
+    pub fn put_leased(key: &str, value: impl Into<Vec<u8>>, lease: u64) -> TxnOp {
+        TxnOp::Put {
+            key: key.to_string(),
+            value: value.into(),
+            lease: Some(lease),
+            ttl: None,
+        }
+    }
+
+    /// A put of `value` at `key` on a lease of its own of `ttl` seconds.
+    pub fn put_ttl(key: &str, value: impl Into<Vec<u8>>, ttl: u64) -> TxnOp {
+        TxnOp::Put {
+            key: key.to_string(),
+            value: value.into(),
+            lease: None,
+            ttl: Some(ttl),
+        }
+    }
+
     /// A put of `value` at `key`.
     pub fn put(key: &str, value: impl Into<Vec<u8>>) -> TxnOp {
         TxnOp::Put {
@@ -281,7 +304,20 @@ impl TxnOp {
     /// The key it reads or writes, checked.
     fn check_key(&self) -> Result<(), TxnError> {
         match self {
-            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => {
+            TxnOp::Put {
+                key, lease, ttl, ..
+            } => {
+                validate_key(key).map_err(TxnError::InvalidKey)?;
+                match (lease, ttl) {
+                    (Some(_), Some(_)) => Err(TxnError::Invalid(format!(
+                        "the put of {key:?} gives lease and ttl: give one (ttl grants the key a \
+                         lease of its own)"
+                    ))),
+                    (None, Some(ttl)) => check_ttl(*ttl).map_err(TxnError::InvalidTtl),
+                    _ => Ok(()),
+                }
+            }
+            TxnOp::Delete { key } | TxnOp::Get { key } => {
                 validate_key(key).map_err(TxnError::InvalidKey)
             }
             TxnOp::DeletePrefix { .. } => Ok(()),
@@ -312,6 +348,9 @@ pub enum TxnError {
         /// The limit.
         max: usize,
     },
+    /// A put's `ttl` out of range.
+    #[error(transparent)]
+    InvalidTtl(TtlError),
     /// Two writes of one branch may touch the same key.
     #[error("{0} is written twice in one transaction branch")]
     DuplicateKey(String),
@@ -378,11 +417,20 @@ impl Txn {
             .any(TxnOp::is_write)
     }
 
-    /// Whether any put names a lease or a TTL.
-    pub fn uses_leases(&self) -> bool {
-        self.success.iter().chain(&self.failure).any(
-            |op| matches!(op, TxnOp::Put { lease, ttl, .. } if lease.is_some() || ttl.is_some()),
-        )
+    /// Whether any put names a TTL (a lease of the key's own, yet to be granted).
+    pub fn uses_ttls(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .any(|op| matches!(op, TxnOp::Put { ttl: Some(_), .. }))
+    }
+
+    /// The leases the puts of `branch` attach keys to.
+    pub fn leases(branch: &[TxnOp]) -> impl Iterator<Item = u64> + '_ {
+        branch.iter().filter_map(|op| match op {
+            TxnOp::Put { lease, .. } => *lease,
+            _ => None,
+        })
     }
 }
 
@@ -571,11 +619,14 @@ pub struct RawPut {
     value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     encoding: Option<String>,
-    /// A lease id to attach the key to.
+    /// A lease id to attach the key to (absent, with no `ttl`: the key is
+    /// permanent, detached from any lease it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     lease: Option<u64>,
-    /// Seconds the key lives.
+    /// Seconds the key lives, on a lease of its own (not with `lease`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31536000))]
     ttl: Option<u64>,
 }
 

@@ -338,12 +338,18 @@ async fn bad_transactions_are_refused_and_change_nothing(
             "duplicate_key",
         ),
         (
-            json!({"success": [{"put": {"key": "k", "value": "1", "lease": 7}}]}).to_string(),
+            json!({"success": [{"put": {"key": "k", "value": "1", "lease": 7, "ttl": 30}}]})
+                .to_string(),
             "invalid_request",
         ),
         (
-            json!({"success": [{"put": {"key": "k", "value": "1", "ttl": 30}}]}).to_string(),
-            "invalid_request",
+            json!({"success": [{"put": {"key": "k", "value": "1", "ttl": 0}}]}).to_string(),
+            "invalid_ttl",
+        ),
+        (
+            json!({"success": [{"put": {"key": "k", "value": "1", "ttl": 400_000_000}}]})
+                .to_string(),
+            "invalid_ttl",
         ),
     ];
     for (body, code) in cases {
@@ -359,6 +365,119 @@ async fn bad_transactions_are_refused_and_change_nothing(
     assert_eq!((status, &answer["revision"]), (200, &json!(revision + 1)));
     assert_eq!(client.list_all("p/").await?.len(), 4);
     assert_eq!(client.get("k").await?, b"v");
+    Ok(())
+}
+
+/// The TTL of the leases of the tests, in seconds (etcd's minimum).
+const TTL: u64 = 2;
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_with_a_lease_or_a_ttl_behave_as_plain_ones(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(backend) = Backend::new(engine) else {
+        return Ok(());
+    };
+    let server = TestServer::on(&backend, &[]);
+    let client = Client::new(&server.url)?;
+    let lease = client.grant(60).await?;
+    client
+        .put_with_lease("tl/detached", "old", lease.id)
+        .await?;
+    let mut watch = client.watch_with(WatchOptions {
+        prefix: "tl/".into(),
+        start_revision: Some(client.health().await? + 1),
+        ..WatchOptions::default()
+    });
+
+    // The shape: a put with a ttl, one on a lease, one without (which
+    // detaches its key); the failure branch's ttl put does not run.
+    let (status, answer) = post_txn(
+        &server,
+        &json!({
+            "compare": [{"key": "tl/detached", "target": "lease", "op": "==", "value": lease.id}],
+            "success": [{"put": {"key": "tl/ttl", "value": "110", "ttl": TTL}},
+                        {"put": {"key": "tl/leased", "value": "v", "lease": lease.id}},
+                        {"put": {"key": "tl/detached", "value": "mine"}}],
+            "failure": [{"put": {"key": "tl/failure", "value": "x", "ttl": 30}}],
+        })
+        .to_string(),
+    )
+    .await?;
+    assert_eq!(
+        (status, &answer["succeeded"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+    let revision = answer["revision"].as_u64().ok_or("no revision")?;
+    let own = client.get_entry("tl/ttl").await?.lease.ok_or("no lease")?;
+    assert_ne!(own, lease.id);
+    let info = client.lease(own).await?;
+    assert_eq!(info.keys, ["tl/ttl"]);
+    assert!(info.granted_ttl >= TTL, "{info:?}");
+    assert_eq!(client.get_entry("tl/leased").await?.lease, Some(lease.id));
+    assert_eq!(client.get_entry("tl/detached").await?.lease, None);
+    assert_eq!(client.lease(lease.id).await?.keys, ["tl/leased"]);
+    for event in events(&mut watch, 3).await? {
+        assert_eq!((event.kind, event.revision), (EventKind::Put, revision));
+    }
+
+    // Compares see the real lease.
+    for (compare, holds) in [
+        (
+            Compare::lease("tl/leased", CompareOp::Equal, lease.id),
+            true,
+        ),
+        (Compare::lease("tl/leased", CompareOp::Equal, 0), false),
+        (Compare::lease("tl/detached", CompareOp::Equal, 0), true),
+        (Compare::lease("tl/ttl", CompareOp::Equal, own), true),
+    ] {
+        let txn = Txn {
+            compare: vec![compare.clone()],
+            ..Txn::default()
+        };
+        assert_eq!(client.txn(&txn).await?.succeeded, holds, "{compare:?}");
+    }
+
+    // The ttl key expires as a TTL key does: one delete, at its own revision.
+    let gone = events(&mut watch, 1).await?.remove(0);
+    assert_eq!(
+        (gone.kind, gone.key.as_str()),
+        (EventKind::Delete, "tl/ttl")
+    );
+    assert!(client.get_entry("tl/ttl").await.is_err());
+    // The key on the lease goes with it; the detached one stays.
+    let revoked = client.revoke(lease.id).await?;
+    let gone = events(&mut watch, 1).await?.remove(0);
+    assert_eq!(
+        (gone.kind, gone.key.as_str(), gone.revision),
+        (EventKind::Delete, "tl/leased", revoked.revision)
+    );
+    assert_eq!(client.get("tl/detached").await?, b"mine");
+
+    // An unknown lease: 404 and nothing changes, not even the ttl put before it.
+    let before = client.health().await?;
+    let (status, answer) = post_txn(
+        &server,
+        &json!({"success": [{"put": {"key": "tl/x", "value": "1", "ttl": 30}},
+                            {"put": {"key": "tl/y", "value": "1", "lease": lease.id}}]})
+        .to_string(),
+    )
+    .await?;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["error"]["code"], "lease_not_found", "{answer}");
+    assert_eq!(client.health().await?, before);
+    let keys: Vec<String> = client
+        .list_all("tl/")
+        .await?
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["tl/detached"]);
+    // Nothing else happened: the next change is the next write.
+    let marker = client.put("tl/marker", "x").await?;
+    assert_eq!(events(&mut watch, 1).await?[0].revision, marker.revision);
     Ok(())
 }
 

@@ -358,16 +358,7 @@ impl Storage for EtcdStore {
         validate_key(key)?;
         self.check_value(&value)?;
         let etcd_key = self.inner.keys.etcd(key);
-        let mut options = PutOptions::new().with_prev_key();
-        if let Some(lease) = lease {
-            // etcd refuses ids it does not know ("requested lease not found").
-            let id = i64::try_from(lease)
-                .ok()
-                .filter(|&id| id > 0)
-                .ok_or(Error::LeaseNotFound(lease))?;
-            options = options.with_lease(id);
-        }
-        let put = TxnOp::put(etcd_key.clone(), value, Some(options));
+        let put = TxnOp::put(etcd_key.clone(), value, Some(put_options(lease)?));
         let txn = match condition {
             None => Txn::new().and_then([put]),
             Some(condition) => Txn::new()
@@ -375,12 +366,10 @@ impl Storage for EtcdStore {
                 .and_then([put])
                 .or_else([TxnOp::get(etcd_key, None)]),
         };
-        let answer = self.etcd_txn(txn).await.map_err(|e| match (e, lease) {
-            (Error::Unavailable(m), Some(lease)) if m.contains("lease not found") => {
-                Error::LeaseNotFound(lease)
-            }
-            (e, _) => e,
-        })?;
+        let answer = self
+            .etcd_txn(txn)
+            .await
+            .map_err(|e| lease_not_found(e, lease))?;
         let revision = header_revision(answer.header())?;
         if !answer.succeeded() {
             return Err(Error::PreconditionFailed {
@@ -456,7 +445,12 @@ impl Storage for EtcdStore {
     async fn txn(&self, txn: OurTxn) -> Result<TxnResponse, Error> {
         check_txn(&txn, self.inner.config.max_value_bytes)?;
         let keys = &self.inner.keys;
-        let answer = self.etcd_txn(txn::to_etcd(keys, &txn)).await?;
+        let etcd_txn = txn::to_etcd(keys, &txn)?;
+        let answer = self.etcd_txn(etcd_txn).await.map_err(|e| {
+            // etcd does not say which: the first lease named.
+            let mut named = OurTxn::leases(&txn.success).chain(OurTxn::leases(&txn.failure));
+            lease_not_found(e, named.next())
+        })?;
         let revision = header_revision(answer.header())?;
         txn::response_of(keys, &txn, &answer, revision)
     }
@@ -619,5 +613,30 @@ impl Storage for EtcdStore {
     async fn flush(&self) -> Result<(), Error> {
         // etcd makes every write durable before it answers.
         Ok(())
+    }
+}
+
+/// The options of a put attaching the key to `lease` (`None`: permanent, as etcd
+/// detaches a key put without one).
+fn put_options(lease: Option<u64>) -> Result<PutOptions, Error> {
+    let options = PutOptions::new().with_prev_key();
+    let Some(lease) = lease else {
+        return Ok(options);
+    };
+    // etcd refuses ids it does not know ("requested lease not found").
+    let id = i64::try_from(lease)
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or(Error::LeaseNotFound(lease))?;
+    Ok(options.with_lease(id))
+}
+
+/// etcd's refusal of a put on an unknown lease as ours, for a write naming `lease`.
+fn lease_not_found(error: Error, lease: Option<u64>) -> Error {
+    match (error, lease) {
+        (Error::Unavailable(m), Some(lease)) if m.contains("lease not found") => {
+            Error::LeaseNotFound(lease)
+        }
+        (e, _) => e,
     }
 }

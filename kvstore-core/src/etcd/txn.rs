@@ -3,13 +3,13 @@
 //! before them, as etcd runs a transaction's ops in order).
 
 use etcd_client::{
-    Compare as EtcdCompare, CompareOp as EtcdOp, DeleteOptions, GetOptions, PutOptions,
-    Txn as EtcdTxn, TxnOp as EtcdTxnOp, TxnOpResponse,
+    Compare as EtcdCompare, CompareOp as EtcdOp, DeleteOptions, GetOptions, Txn as EtcdTxn,
+    TxnOp as EtcdTxnOp, TxnOpResponse,
 };
 
 use super::cache::entry_of;
 use super::keys::Keys;
-use super::put_result;
+use super::{put_options, put_result};
 use crate::storage::Error;
 use crate::txn::{
     Compare, CompareOp, Deleted, Got, Listed, Target, Txn, TxnOp, TxnResponse, TxnResult,
@@ -17,17 +17,22 @@ use crate::txn::{
 };
 
 /// `txn` as an etcd transaction.
-pub(super) fn to_etcd(keys: &Keys, txn: &Txn) -> EtcdTxn {
-    let ops = |branch: &[TxnOp]| branch.iter().map(|op| op_of(keys, op)).collect::<Vec<_>>();
-    EtcdTxn::new()
+pub(super) fn to_etcd(keys: &Keys, txn: &Txn) -> Result<EtcdTxn, Error> {
+    let ops = |branch: &[TxnOp]| {
+        branch
+            .iter()
+            .map(|op| op_of(keys, op))
+            .collect::<Result<Vec<_>, Error>>()
+    };
+    Ok(EtcdTxn::new()
         .when(
             txn.compare
                 .iter()
                 .map(|c| compare_of(keys, c))
                 .collect::<Vec<_>>(),
         )
-        .and_then(ops(&txn.success))
-        .or_else(ops(&txn.failure))
+        .and_then(ops(&txn.success)?)
+        .or_else(ops(&txn.failure)?))
 }
 
 fn compare_of(keys: &Keys, compare: &Compare) -> EtcdCompare {
@@ -49,13 +54,11 @@ fn compare_of(keys: &Keys, compare: &Compare) -> EtcdCompare {
     }
 }
 
-fn op_of(keys: &Keys, op: &TxnOp) -> EtcdTxnOp {
-    match op {
-        TxnOp::Put { key, value, .. } => EtcdTxnOp::put(
-            keys.etcd(key),
-            value.clone(),
-            Some(PutOptions::new().with_prev_key()),
-        ),
+fn op_of(keys: &Keys, op: &TxnOp) -> Result<EtcdTxnOp, Error> {
+    Ok(match op {
+        TxnOp::Put {
+            key, value, lease, ..
+        } => EtcdTxnOp::put(keys.etcd(key), value.clone(), Some(put_options(*lease)?)),
         TxnOp::Delete { key } => EtcdTxnOp::delete(keys.etcd(key), None),
         TxnOp::DeletePrefix { prefix } => {
             let (start, end) = keys.range(prefix);
@@ -70,7 +73,7 @@ fn op_of(keys: &Keys, op: &TxnOp) -> EtcdTxnOp {
                 .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
             EtcdTxnOp::get(start, Some(options))
         }
-    }
+    })
 }
 
 /// Our answer from etcd's, for `txn` whose etcd transaction it answers, at `revision`.

@@ -133,6 +133,14 @@ impl Leases {
             .is_some_and(|live| live.deadline > now)
     }
 
+    /// Checks that a put may attach a key to `lease` (`None`: permanent).
+    pub fn check_put(&self, lease: Option<u64>) -> Result<(), Error> {
+        match lease {
+            Some(id) if !self.is_live(id) => Err(Error::LeaseNotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the lease has passed its deadline (so an expiry may go ahead).
     pub fn is_expired(&self, id: u64) -> bool {
         let now = Instant::now();

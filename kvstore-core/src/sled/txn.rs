@@ -2,12 +2,18 @@
 //! revision of the write group (see `stage`). Compares and reads see the store as
 //! the writes before them (in the group, and in the branch) left it.
 
+use super::lease::Leases;
 use super::stage::Revision;
 use crate::storage::Error;
 use crate::txn::{Deleted, Got, Listed, Txn, TxnOp, TxnResponse, TxnResult, DEFAULT_LIST_LIMIT};
 
-/// Runs `txn` in `revision` (checked beforehand: see `storage::check_txn`).
-pub(super) fn apply(revision: &mut Revision<'_, '_>, txn: &Txn) -> Result<TxnResponse, Error> {
+/// Runs `txn` in `revision` (checked beforehand: see `storage::check_txn`); a put
+/// on a lease that is not live fails it whole.
+pub(super) fn apply(
+    revision: &mut Revision<'_, '_>,
+    txn: &Txn,
+    leases: &Leases,
+) -> Result<TxnResponse, Error> {
     let mut succeeded = true;
     for compare in &txn.compare {
         let entry = revision
@@ -27,8 +33,12 @@ pub(super) fn apply(revision: &mut Revision<'_, '_>, txn: &Txn) -> Result<TxnRes
     let mut results = Vec::with_capacity(branch.len());
     for op in branch {
         results.push(match op {
-            // Puts on leases are refused before (`storage::check_txn`).
-            TxnOp::Put { key, value, .. } => TxnResult::Put(revision.put(key, value, None)?),
+            TxnOp::Put {
+                key, value, lease, ..
+            } => {
+                leases.check_put(*lease)?;
+                TxnResult::Put(revision.put(key, value, *lease)?)
+            }
             TxnOp::Delete { key } => TxnResult::Delete(Deleted {
                 deleted: usize::from(revision.delete(key)?),
             }),

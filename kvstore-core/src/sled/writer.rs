@@ -628,11 +628,7 @@ fn apply_op(revision: &mut Revision<'_, '_>, op: &Op, leases: &Leases) -> Result
             lease,
         } => {
             check(revision, key, *condition)?;
-            if let Some(lease) = *lease {
-                if !leases.is_live(lease) {
-                    return Err(Error::LeaseNotFound(lease));
-                }
-            }
+            leases.check_put(*lease)?;
             revision.put(key, value, *lease).map(Outcome::Put)
         }
         Op::Delete { key, condition } => {
@@ -661,7 +657,7 @@ fn apply_op(revision: &mut Revision<'_, '_>, op: &Op, leases: &Leases) -> Result
                 deleted,
             }))
         }
-        Op::Txn(txn) => super::txn::apply(revision, txn).map(Outcome::Txn),
+        Op::Txn(txn) => super::txn::apply(revision, txn, leases).map(Outcome::Txn),
     }
 }
 

@@ -93,6 +93,7 @@ impl Error {
             Error::InvalidTxn(TxnError::InvalidKey(_)) => ErrorCode::InvalidKey,
             Error::InvalidTxn(TxnError::TooManyOps { .. }) => ErrorCode::TooManyOps,
             Error::InvalidTxn(TxnError::DuplicateKey(_)) => ErrorCode::DuplicateKey,
+            Error::InvalidTxn(TxnError::InvalidTtl(_)) => ErrorCode::InvalidTtl,
             Error::InvalidTxn(_) | Error::Unsupported(_) => ErrorCode::InvalidRequest,
             Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             Error::KeyNotFound => ErrorCode::KeyNotFound,

@@ -140,6 +140,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Runs a transaction: its compares, then its `success` ops if all hold, else
     /// its `failure` ops, every write at one revision (none taken when it writes
     /// nothing). A failed compare is no error: see [`TxnResponse::succeeded`].
+    /// A put with a `lease` attaches the key to it ([`Error::LeaseNotFound`], and
+    /// nothing changes, when a put of the branch that runs names a lease that does
+    /// not exist); one without makes the key permanent. Puts with a `ttl` are
+    /// refused: the caller grants each its own lease and puts it with that.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error>;
 
     /// Subscribes to changes; [`WatchOptions`] says where the stream starts.
@@ -162,13 +166,13 @@ pub trait Storage: Send + Sync + 'static {
 
 /// What every engine checks of a transaction before it runs it: its shape (keys,
 /// no key written twice in a branch; the number of ops is the server's to limit),
-/// its values against `max_value_bytes`, and that it asks for no lease (none is
-/// offered yet).
+/// its values against `max_value_bytes`, and that its puts name no `ttl`: the
+/// caller grants those their own leases first (see [`Storage::txn`]).
 pub fn check_txn(txn: &Txn, max_value_bytes: usize) -> Result<(), Error> {
     txn.validate(usize::MAX)?;
-    if txn.uses_leases() {
+    if txn.uses_ttls() {
         return Err(Error::Unsupported(
-            "leases and TTLs are not available on this server yet: put without `lease` and `ttl`"
+            "a transaction's put takes a `lease`: grant the key's own lease for a `ttl` first"
                 .into(),
         ));
     }

@@ -351,10 +351,7 @@ async fn put(
         .put_leased(&key, value, condition, lease.map(|(id, _)| id))
         .await;
     if let (Err(_), Some((id, true))) = (&put, lease) {
-        // The key's own lease, granted for a put that did not happen.
-        if let Err(e) = state.store.revoke(id).await {
-            log::warn!("revoking lease {id} of a failed put: {e}");
-        }
+        super::leases::release_own(&state, id).await;
     }
     let result = put.map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()

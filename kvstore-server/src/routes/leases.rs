@@ -258,3 +258,11 @@ impl PutLease {
         }
     }
 }
+
+/// Revokes lease `id`, granted as a key's own for a put that did not happen (a
+/// failure is logged: the lease then expires with no key).
+pub async fn release_own(state: &AppState, id: u64) {
+    if let Err(e) = state.store.revoke(id).await {
+        log::warn!("revoking lease {id} of a put that did not happen: {e}");
+    }
+}

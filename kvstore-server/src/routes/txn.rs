@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::txn::{Txn, TxnOp, TxnResponse, TxnResult};
 use kvstore_core::wire::ErrorBody;
 
+use super::leases::PutLease;
 use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
@@ -27,18 +28,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tag = "kv",
     operation_id = "txn",
     request_body(content = Txn, description = "Compares and the ops of both branches. \
-        Ops: `put` (`key`, `value`, `encoding`; `lease` and `ttl` are refused until \
-        leases are available), `delete` (`key`, or `prefix`; the empty prefix needs \
+        Ops: `put` (`key`, `value`, `encoding`; `lease` to attach the key to a lease, or \
+        `ttl` (1 to 31536000 seconds) for a lease of its own, granted before the transaction \
+        and revoked if its put does not run; neither: the key is permanent), `delete` (`key`, or `prefix`; the empty prefix needs \
         `\"all\": true`), `get` (`key`), `list` (`prefix`, `limit` 1 to 1000, default 100)."),
     responses(
         (status = 200, description = "The transaction ran: `succeeded` says which branch, \
             `revision` is that of its writes (the store's when it wrote nothing), `results` \
             holds one result per op of the branch", body = TxnResponse),
-        (status = 400, description = "`invalid_request` (malformed, a lease or TTL asked for), \
-            `invalid_key`, `too_many_ops` (over `--max-txn-ops` compares or ops in a branch) or \
+        (status = 400, description = "`invalid_request` (malformed, `lease` and `ttl` in one \
+            put), `invalid_ttl`, `invalid_key`, `too_many_ops` (over `--max-txn-ops` compares or ops in a branch) or \
             `duplicate_key` (a branch writes a key twice); nothing is changed", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not read or write a key the \
             transaction names", body = ErrorBody),
+        (status = 404, description = "`lease_not_found`: a put of the branch that ran names a \
+            lease that expired, was revoked or was never granted; nothing is changed",
+            body = ErrorBody),
         (status = 413, description = "`value_too_large`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`", body = ErrorBody),
@@ -56,18 +61,55 @@ async fn txn(
         .saturating_mul(2)
         .saturating_add(BODY_SLACK);
     let body = read_limited(&req, payload, max_body).await?;
-    let txn: Txn = crate::body::json_object(&body, "a transaction object")
+    let mut txn: Txn = crate::body::json_object(&body, "a transaction object")
         .map_err(|e| e.prefixed("malformed transaction"))?;
     txn.validate(state.max_txn_ops)
         .map_err(|e| ApiError::from(kvstore_core::Error::from(e)))?;
     check_access(&caller, &txn)?;
-    let mut answer = state.store.txn(txn).await.map_err(ApiError::from)?;
+    let own = grant_own_leases(&state, &mut txn).await?;
+    let answer = state.store.txn(txn).await;
+    for (in_success, id) in own {
+        if !matches!(&answer, Ok(a) if a.succeeded == in_success) {
+            super::leases::release_own(&state, id).await;
+        }
+    }
+    let mut answer = answer.map_err(ApiError::from)?;
     for result in &mut answer.results {
         if let TxnResult::List(listed) = result {
             listed.entries.retain(|e| caller.can_read(&e.key));
         }
     }
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Grants each put with a `ttl` a lease of the key's own (as `PUT /v1/kv/KEY?ttl=N`
+/// does) and puts it on that lease; answers the leases granted, each with whether
+/// its put is in the `success` branch, to revoke those whose put does not run.
+async fn grant_own_leases(state: &AppState, txn: &mut Txn) -> Result<Vec<(bool, u64)>, ApiError> {
+    let mut own = Vec::new();
+    for (in_success, branch) in [(true, &mut txn.success), (false, &mut txn.failure)] {
+        for op in branch.iter_mut() {
+            let TxnOp::Put { lease, ttl, .. } = op else {
+                continue;
+            };
+            let Some(seconds) = ttl.take() else {
+                continue;
+            };
+            match PutLease::Own(seconds).id(state).await {
+                Ok((id, _)) => {
+                    *lease = Some(id);
+                    own.push((in_success, id));
+                }
+                Err(e) => {
+                    for (_, id) in own {
+                        super::leases::release_own(state, id).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(own)
 }
 
 fn check_access(caller: &Caller, txn: &Txn) -> Result<(), ApiError> {
