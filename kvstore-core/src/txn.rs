@@ -850,6 +850,36 @@ mod tests {
     }
 
     #[test]
+    fn a_put_takes_a_lease_or_a_ttl_in_range() {
+        let one = |op: TxnOp| Txn {
+            success: vec![op],
+            ..Txn::default()
+        };
+        assert_eq!(one(TxnOp::put_leased("a", "1", 7)).validate(128), Ok(()));
+        assert_eq!(one(TxnOp::put_ttl("a", "1", 30)).validate(128), Ok(()));
+        for ttl in [0, crate::lease::MAX_TTL + 1] {
+            assert_eq!(
+                one(TxnOp::put_ttl("a", "1", ttl)).validate(128),
+                Err(TxnError::InvalidTtl(TtlError(ttl)))
+            );
+        }
+        let both = TxnOp::Put {
+            key: "a".into(),
+            value: b"1".to_vec(),
+            lease: Some(7),
+            ttl: Some(30),
+        };
+        assert!(matches!(one(both).validate(128), Err(TxnError::Invalid(_))));
+        let txn = one(TxnOp::put_ttl("a", "1", 30));
+        assert!(txn.uses_ttls());
+        assert!(!one(TxnOp::put_leased("a", "1", 7)).uses_ttls());
+        assert_eq!(
+            Txn::leases(&[TxnOp::put_leased("a", "1", 7), TxnOp::get("a")]).collect::<Vec<_>>(),
+            [7]
+        );
+    }
+
+    #[test]
     fn compares_follow_etcd_on_absent_keys() {
         let entry = Entry {
             key: "a".into(),

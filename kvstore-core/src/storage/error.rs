@@ -17,7 +17,8 @@ pub enum Error {
     /// A transaction that cannot run as it is.
     #[error(transparent)]
     InvalidTxn(#[from] TxnError),
-    /// The request asks for what this store does not offer (a lease, for now).
+    /// The request asks for what this store does not take (a transaction put with
+    /// a `ttl`: its caller grants the lease first).
     #[error("{0}")]
     Unsupported(String),
     /// The value is larger than the configured limit.
