@@ -240,31 +240,35 @@ pub fn event_of(keys: &Keys, event: &etcd_client::Event) -> Option<Event> {
 /// written from `next` on, and as many keys as the copy's `held` (so none
 /// deleted). Then a progress answer at `at` can be taken: reads see nothing the
 /// copy lacks. Any doubt (an error) is a no: the changes come, or reads go to etcd.
+///
+/// etcd counts a range before it applies `min_mod_revision`, so the keys written
+/// since `next` are read (keys only; etcd scans the prefix to filter them), and the
+/// keys held are counted apart.
 async fn unchanged(connection: &Connection, keys: &Keys, held: usize, next: u64, at: u64) -> bool {
     let (start, end) = keys.range("");
-    let count = |options: GetOptions| {
+    let get = |options: GetOptions| {
         let start = start.clone();
         async move {
             connection
-                .call("a count of the keys", Retry::Read, |mut client| {
+                .call("a check of the copy", Retry::Read, |mut client| {
                     let (start, options) = (start.clone(), options.clone());
                     async move { client.get(start, Some(options)).await }
                 })
                 .await
-                .map(|answer| answer.count())
         }
     };
-    let at_revision = GetOptions::new()
-        .with_range(end)
-        .with_revision(at as i64)
-        .with_count_only();
-    let written = count(at_revision.clone().with_min_mod_revision(next as i64)).await;
-    if !matches!(written, Ok(0)) {
+    let at_revision = GetOptions::new().with_range(end).with_revision(at as i64);
+    let written = get(at_revision
+        .clone()
+        .with_min_mod_revision(next as i64)
+        .with_keys_only())
+    .await;
+    if !written.is_ok_and(|answer| answer.kvs().is_empty()) {
         return false;
     }
-    count(at_revision)
+    get(at_revision.with_count_only())
         .await
-        .is_ok_and(|keys| usize::try_from(keys) == Ok(held))
+        .is_ok_and(|answer| usize::try_from(answer.count()) == Ok(held))
 }
 
 /// Every key under `keys`' prefix as of one revision, read a page at a time.
@@ -401,10 +405,12 @@ async fn run(
                             None => {
                                 let at = answer.header().map_or(0, |h| h.revision().max(0) as u64);
                                 if at < next {
+                                    log::debug!("etcd's progress at {at}: behind {next}");
                                     continue;
                                 }
                                 let held = cache.read().entries.len();
                                 if !unchanged(&connection, &keys, held, next, at).await {
+                                    log::debug!("etcd's progress at {at} is not confirmed yet");
                                     continue;
                                 }
                                 at

@@ -181,7 +181,11 @@ impl EtcdStore {
     /// call; false when it cannot get there in time (then read etcd itself).
     async fn copy_is_current(&self) -> Result<bool, Error> {
         let revision = self.inner.barrier.revision().await?;
-        Ok(self.inner.cache.reach(revision, COPY_WAIT).await.is_ok())
+        let reached = self.inner.cache.reach(revision, COPY_WAIT).await;
+        if let Err(e) = &reached {
+            log::debug!("{e}: reading etcd itself");
+        }
+        Ok(reached.is_ok())
     }
 
     /// A linearizable range read of etcd itself.

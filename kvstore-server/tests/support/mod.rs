@@ -252,7 +252,7 @@ impl TestServer {
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| {
-                    "info,kvstore_server=debug,actix_web=warn,actix_server=warn".into()
+                    "info,kvstore_server=debug,kvstore_core=debug,actix_web=warn,actix_server=warn".into()
                 }),
             )
             .stdin(Stdio::null())
