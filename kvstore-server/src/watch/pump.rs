@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use kvstore_core::wire::Frame as WireFrame;
 use kvstore_core::{ErrorCode, Storage, Watch, WatchItem, WatchOptions};
 use tokio::sync::watch;
@@ -67,10 +68,10 @@ impl Frame {
     /// its revision as the resume point only when it completes its revision (a
     /// transaction's changes share one): resuming after the others would miss the
     /// rest of it.
-    fn of(item: WatchItem, position: u64) -> Frame {
+    fn of(item: WatchItem, position: u64, sent: &metrics::Counter) -> Frame {
         match item {
             WatchItem::Event(event) => {
-                metrics::counter!("kvstore_watch_events_sent_total").increment(1);
+                sent.increment(1);
                 let kind = match event.kind {
                     kvstore_core::wire::EventKind::Put => "put",
                     kvstore_core::wire::EventKind::Delete => "delete",
@@ -133,6 +134,8 @@ pub struct Pump {
     deadline: Instant,
     shutdown: watch::Receiver<bool>,
     done: bool,
+    /// `kvstore_watch_events_sent_total`, looked up once.
+    sent: metrics::Counter,
     /// Counted among the open watchers, and holding a place of its client's, for
     /// as long as the pump lives.
     _held: (WatcherGauge, WatcherSlot),
@@ -153,6 +156,7 @@ impl Pump {
             deadline: Instant::now() + progress,
             shutdown: state.shutdown.clone(),
             done: false,
+            sent: metrics::counter!("kvstore_watch_events_sent_total"),
             _held: (WatcherGauge::open(), slot),
         }
     }
@@ -209,23 +213,23 @@ impl Pump {
             }
         }
         loop {
-            tokio::select! {
-                item = watch.next() => match item {
-                    Ok(item) => {
-                        let visible = match &item {
-                            WatchItem::Event(event) => self.caller.can_read(&event.key),
-                            WatchItem::Entry(entry) => self.caller.can_read(&entry.key),
-                            WatchItem::Synced(_) => {
-                                self.synced = true;
-                                true
-                            }
-                            WatchItem::Progress(_) => self.synced,
-                        };
-                        if visible {
-                            return Frame::of(item, watch.position());
-                        }
+            // Under load the next item is usually there already: take it without
+            // arming the progress timer and the shutdown wait (a timer set and
+            // cleared per frame and watcher, a thousand watchers an event).
+            if self.synced && Instant::now() >= self.deadline {
+                return Frame::progress(watch.position());
+            }
+            if !*self.shutdown.borrow() {
+                if let Some(item) = watch.next().now_or_never() {
+                    match visible(&self.caller, &mut self.synced, item, watch, &self.sent) {
+                        Some(frame) => return frame,
+                        None => continue,
                     }
-                    Err(e) => return Frame::error(watch_error(e)),
+                }
+            }
+            tokio::select! {
+                item = watch.next() => if let Some(frame) = visible(&self.caller, &mut self.synced, item, watch, &self.sent) {
+                    return frame;
                 },
                 () = sleep_until(self.deadline), if self.synced => {
                     return Frame::progress(watch.position());
@@ -234,4 +238,29 @@ impl Pump {
             }
         }
     }
+}
+
+/// The frame of a watch item, `None` for one `caller` does not see; `synced` is the
+/// pump's, set by the `synced` item.
+fn visible(
+    caller: &Caller,
+    synced: &mut bool,
+    item: Result<WatchItem, kvstore_core::Error>,
+    watch: &Watch,
+    sent: &metrics::Counter,
+) -> Option<Frame> {
+    let item = match item {
+        Ok(item) => item,
+        Err(e) => return Some(Frame::error(watch_error(e))),
+    };
+    let visible = match &item {
+        WatchItem::Event(event) => caller.can_read(&event.key),
+        WatchItem::Entry(entry) => caller.can_read(&entry.key),
+        WatchItem::Synced(_) => {
+            *synced = true;
+            true
+        }
+        WatchItem::Progress(_) => *synced,
+    };
+    visible.then(|| Frame::of(item, watch.position(), sent))
 }
