@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
-use support::{Backend, Engine, TestServer};
+use support::Engine;
 
 /// Safety net for a whole run; a healthy one never gets near it.
 const WAIT: Duration = Duration::from_secs(120);
@@ -38,10 +38,9 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 
 #[rstest]
 fn increments_inside_kv_lock_add_up(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return;
     };
-    let server = TestServer::on(&backend, &[]);
     const PROCESSES: usize = 4;
     const TIMES: usize = 5;
     // Read, then write without any condition: only the lock keeps increments apart.
@@ -85,10 +84,9 @@ fn increments_inside_kv_lock_add_up(#[values(Engine::Sled, Engine::Etcd)] engine
 fn a_holder_killed_with_sigkill_frees_the_lock_after_its_ttl(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return;
     };
-    let server = TestServer::on(&backend, &[]);
     // Without a command, kv prints the holder's key once it holds the lock.
     let mut holder = Command::new(kv_path())
         .args(["lock", "--ttl", "2s", "locks/job"])

@@ -5,7 +5,7 @@ mod support;
 
 use assert_cmd::Command;
 use rstest::rstest;
-use support::{Backend, Engine, TestServer};
+use support::{Engine, TestServer};
 
 fn kv(server: &TestServer) -> Command {
     let mut cmd = Command::cargo_bin("kv").expect("kv binary");
@@ -29,10 +29,9 @@ fn run(server: &TestServer, args: &[&str], stdin: &str) -> (i32, String, String)
 
 #[rstest]
 fn txn_from_lines_and_json(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return;
     };
-    let server = TestServer::on(&backend, &[]);
     let (code, out, _) = run(&server, &["put", "acct/1", "100"], "");
     assert_eq!(code, 0, "{out}");
     let (_, health, _) = run(&server, &["-o", "json", "health"], "");
@@ -80,10 +79,9 @@ fn txn_from_lines_and_json(#[values(Engine::Sled, Engine::Etcd)] engine: Engine)
 
 #[rstest]
 fn del_by_prefix(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return;
     };
-    let server = TestServer::on(&backend, &[]);
     for key in ["tmp/a", "tmp/b", "keep"] {
         assert_eq!(run(&server, &["put", key, "v"], "").0, 0);
     }

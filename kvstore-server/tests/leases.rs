@@ -70,10 +70,9 @@ fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Option<ErrorCo
 async fn a_ttl_key_goes_after_its_ttl_in_one_delete(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let mut watch = watch_from_now(&client, "ttl/").await?;
 
@@ -138,10 +137,9 @@ async fn a_ttl_key_goes_after_its_ttl_in_one_delete(
 async fn a_kept_alive_key_stays(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let lease = client.grant(TTL).await?;
     client
@@ -179,10 +177,9 @@ async fn a_kept_alive_key_stays(
 async fn revoke_deletes_every_key_of_the_lease_at_one_revision(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let lease = client.grant(60).await?;
     for key in ["rv/a", "rv/b", "rv/c", "rv/detached"] {
@@ -267,10 +264,9 @@ async fn a_restart_keeps_live_leases_then_expires_them(
 async fn bad_lease_input_is_refused_and_changes_nothing(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let before = client.health().await?;

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kvstore_client::{Client, Entry, Error as ClientError, Update, WatchOptions};
 use kvstore_core::wire::SnapshotHeader;
 use rstest::rstest;
-use support::{Backend, Engine, TestServer};
+use support::Engine;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -75,10 +75,9 @@ async fn write_until(
 async fn an_export_under_concurrent_writes_is_the_store_at_its_revision(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
 
     // Seed the range through a restore (fast), then read it back as the baseline.

@@ -67,10 +67,9 @@ fn entry_of(result: &TxnResult) -> Option<(String, Vec<u8>)> {
 async fn compares_pick_the_branch_and_writes_share_one_revision(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let a = client.put("t/a", "m").await?;
     client.put("t/a", "m").await?;
@@ -195,10 +194,9 @@ async fn concurrent_transfers_keep_the_sum(
     const ACCOUNTS: u64 = 5;
     const CLIENTS: u64 = 4;
     const TRANSFERS: u64 = 15;
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     for i in 0..ACCOUNTS {
         client.put(&format!("acct/{i}"), "100").await?;
@@ -304,10 +302,9 @@ async fn concurrent_transfers_keep_the_sum(
 async fn bad_transactions_are_refused_and_change_nothing(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &["--max-txn-ops", "4"]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &["--max-txn-ops", "4"]);
     let client = Client::new(&server.url)?;
     client.put("k", "v").await?;
     let revision = client.health().await?;
@@ -376,10 +373,9 @@ const TTL: u64 = 2;
 async fn puts_with_a_lease_or_a_ttl_behave_as_plain_ones(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let lease = client.grant(60).await?;
     client
@@ -486,10 +482,9 @@ async fn puts_with_a_lease_or_a_ttl_behave_as_plain_ones(
 async fn delete_by_prefix_is_one_revision(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     for key in ["d/1", "d/2", "d/3/x", "dz", "keep"] {
         client.put(key, "v").await?;
@@ -583,10 +578,9 @@ async fn a_restart_reads_back_and_resumes_multi_change_revisions(
 async fn unknown_query_parameters_are_refused(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
 ) -> TestResult {
-    let Some(backend) = Backend::new(engine) else {
+    let Some(server) = support::serve(engine, &[]) else {
         return Ok(());
     };
-    let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
     let http = reqwest::Client::new();
     let url = |rest: &str| format!("{}{rest}", server.url);
