@@ -11,8 +11,9 @@
 
 use std::sync::OnceLock;
 
+use actix_web::http::Method;
 use actix_web::{HttpMessage, HttpRequest};
-use utoipa::openapi::path::PathItem;
+use utoipa::openapi::path::{Operation, PathItem};
 
 use crate::error::ApiError;
 use crate::metrics::RouteLabel;
@@ -25,22 +26,21 @@ struct Known {
     allow: String,
 }
 
-/// The operations of a path item, in the order `Allow` lists them.
-fn methods_of(item: &PathItem) -> Vec<&'static str> {
+/// The operations of a path item with their methods, in the order `Allow` lists
+/// them.
+pub(crate) fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
     [
-        ("GET", &item.get),
-        ("HEAD", &item.head),
-        ("PUT", &item.put),
-        ("POST", &item.post),
-        ("DELETE", &item.delete),
-        ("OPTIONS", &item.options),
-        ("PATCH", &item.patch),
-        ("TRACE", &item.trace),
+        (Method::GET, &item.get),
+        (Method::HEAD, &item.head),
+        (Method::PUT, &item.put),
+        (Method::POST, &item.post),
+        (Method::DELETE, &item.delete),
+        (Method::OPTIONS, &item.options),
+        (Method::PATCH, &item.patch),
+        (Method::TRACE, &item.trace),
     ]
     .into_iter()
-    .filter(|(_, operation)| operation.is_some())
-    .map(|(method, _)| method)
-    .collect()
+    .filter_map(|(method, operation)| Some((method, operation.as_ref()?)))
 }
 
 /// Every documented path, built once from the document.
@@ -53,7 +53,10 @@ fn known() -> &'static [Known] {
             .iter()
             .map(|(template, item)| Known {
                 template: template.clone(),
-                allow: methods_of(item).join(", "),
+                allow: operations(item)
+                    .map(|(method, _)| method.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
             .collect()
     })

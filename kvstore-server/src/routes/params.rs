@@ -15,7 +15,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use percent_encoding::percent_decode_str;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::ParameterIn;
 
 use crate::error::ApiError;
 
@@ -36,18 +36,7 @@ fn taken() -> &'static [Taken] {
     TAKEN.get_or_init(|| {
         let mut all = Vec::new();
         for (template, item) in &crate::openapi::spec().paths.paths {
-            let operations: [(Method, &Option<Operation>); 8] = [
-                (Method::GET, &item.get),
-                (Method::HEAD, &item.head),
-                (Method::PUT, &item.put),
-                (Method::POST, &item.post),
-                (Method::DELETE, &item.delete),
-                (Method::OPTIONS, &item.options),
-                (Method::PATCH, &item.patch),
-                (Method::TRACE, &item.trace),
-            ];
-            for (method, operation) in operations {
-                let Some(operation) = operation else { continue };
+            for (method, operation) in super::methods::operations(item) {
                 let names = operation
                     .parameters
                     .iter()
