@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::client::{Connection, Retry};
 use super::keys::Keys;
+use super::route::Target;
 use crate::storage::{Error, SharedEvent};
 use crate::wire::{Entry, Event, EventKind};
 
@@ -104,14 +105,26 @@ impl Cache {
     /// Waits (at most `wait`) until the copy shows `revision` or later, asking
     /// etcd to tell the watch where it is when no change brings it there.
     pub async fn reach(&self, revision: u64, wait: Duration) -> Result<(), Error> {
+        self.wait_for(revision, wait, true).await
+    }
+
+    /// As `reach`, for a revision a change is known to bring (`ask` false: etcd is
+    /// not asked for its progress).
+    async fn wait_for(&self, revision: u64, wait: Duration, ask: bool) -> Result<(), Error> {
         if self.current() >= revision && self.read().loaded {
             return Ok(());
         }
         let mut revisions = self.revision.subscribe();
         let reached = async {
             loop {
-                let _ = self.progress.try_send(());
-                let asked = tokio::time::sleep(Duration::from_millis(50));
+                let asked = async {
+                    if ask {
+                        let _ = self.progress.try_send(());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     reached = revisions.wait_for(|&r| r >= revision) => {
                         if reached.is_err() {
@@ -132,6 +145,43 @@ impl Cache {
                 self.current()
             ))),
         }
+    }
+
+    /// The key's create revision and version after a put of it at `revision`, as
+    /// the copy tells once it holds every change before that revision (waiting at
+    /// most `wait`); `None` when it cannot tell.
+    ///
+    /// Before the put reaches the copy, the key's entry is its state before the
+    /// put; after, the put's own change is the entry, or in the history. The put's
+    /// change is on its way to the copy, so etcd is not asked for progress.
+    pub async fn after_put(&self, key: &str, revision: u64, wait: Duration) -> Option<(u64, u64)> {
+        self.wait_for(revision.saturating_sub(1), wait, false)
+            .await
+            .ok()?;
+        let state = self.read();
+        if state.revision < revision {
+            return Some(match state.entries.get(key) {
+                Some(entry) => (entry.create_revision, entry.version + 1),
+                None => (revision, 1),
+            });
+        }
+        if let Some(entry) = state
+            .entries
+            .get(key)
+            .filter(|e| e.mod_revision == revision)
+        {
+            return Some((entry.create_revision, entry.version));
+        }
+        let from = state
+            .history
+            .partition_point(|batch| batch.revision < revision);
+        state
+            .history
+            .range(from..)
+            .flat_map(|batch| batch.events.iter())
+            .find(|event| event.revision == revision && event.key == key)
+            .filter(|event| event.kind == EventKind::Put)
+            .map(|event| (event.create_revision, event.version))
     }
 
     /// Applies one watch answer's changes and publishes them.
@@ -271,6 +321,20 @@ async fn unchanged(connection: &Connection, keys: &Keys, held: usize, next: u64,
         .is_ok_and(|answer| usize::try_from(answer.count()) == Ok(held))
 }
 
+/// Waits until the leader found is another than `target` (never, once no one
+/// finds it any more).
+async fn moved_from(moves: &mut watch::Receiver<Target>, target: Target) {
+    loop {
+        let now = *moves.borrow_and_update();
+        if matches!(now, Target::Leader(_)) && now != target {
+            return;
+        }
+        if moves.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Every key under `keys`' prefix as of one revision, read a page at a time.
 pub async fn load(
     connection: &Connection,
@@ -339,11 +403,10 @@ async fn run(
                 .with_range(end.clone())
                 .with_start_revision(next as i64)
                 .with_progress_notify();
-            let mut stream = match connection
-                .client()
-                .watch(start.clone(), Some(options))
-                .await
-            {
+            // On the leader, which knows first that a change is committed.
+            let (client, target) = connection.members().stream_client();
+            let mut moves = connection.members().moves();
+            let mut stream = match client.clone().watch(start.clone(), Some(options)).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     log::debug!("cannot watch etcd (trying again): {e}");
@@ -355,6 +418,11 @@ async fn run(
             loop {
                 let message = tokio::select! {
                     message = stream.message() => message,
+                    () = moved_from(&mut moves, target) => {
+                        log::debug!("the etcd leader moved; watching through it from {next}");
+                        pause = Duration::ZERO;
+                        break;
+                    }
                     asked = wanted.recv() => {
                         if asked.is_none() {
                             return;
@@ -428,7 +496,7 @@ async fn run(
                 }
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            pause = (pause * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
         }
     }
 }

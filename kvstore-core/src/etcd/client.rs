@@ -5,14 +5,17 @@
 //! timeout. So every call here gets [`ATTEMPT`] per try; a read (which changes
 //! nothing) is tried again on any transport or availability error until
 //! [`DEADLINE`]; a write only when the error says it never reached a member (a
-//! refused connection), since otherwise it may have been applied.
+//! refused connection), since otherwise it may have been applied. Calls go to the
+//! leader when it is known (`route`).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::time::{sleep, timeout, Instant};
 
+use super::route::Members;
 use crate::storage::Error;
 
 /// Longest one try of a call may take.
@@ -47,6 +50,23 @@ pub fn error(e: &etcd_client::Error) -> Error {
     Error::Unavailable(format!("etcd: {e}"))
 }
 
+/// Whether the failure says the member called is gone or cut off (not an answer to
+/// the call itself).
+fn out_of_reach(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Aborted
+                | tonic::Code::Cancelled
+        ),
+        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => false,
+        _ => true,
+    }
+}
+
 /// Whether the failure may pass on a retry, for a call of kind `retry`.
 fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
     let text = e.to_string();
@@ -73,10 +93,11 @@ fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
     }
 }
 
-/// The connection to the cluster: a client that balances over every endpoint.
+/// The connection to the cluster: a client that balances over every endpoint, and
+/// one to the leader's.
 #[derive(Clone)]
 pub struct Connection {
-    client: Client,
+    members: Arc<Members>,
 }
 
 impl Connection {
@@ -92,7 +113,11 @@ impl Connection {
         let deadline = Instant::now() + DEADLINE;
         loop {
             match timeout(ATTEMPT, Client::connect(endpoints, Some(options.clone()))).await {
-                Ok(Ok(client)) => return Ok(Connection { client }),
+                Ok(Ok(client)) => {
+                    return Ok(Connection {
+                        members: Members::start(endpoints, options, client),
+                    })
+                }
                 Ok(Err(
                     e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)),
                 )) => return Err(Error::Unavailable(format!("etcd: {e}"))),
@@ -109,7 +134,12 @@ impl Connection {
 
     /// A handle for calls that need one of their own (a watch stream).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.members.all()
+    }
+
+    /// The members, for a stream that follows the leader.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// Runs `call` with a deadline per try, retrying as `retry` allows until
@@ -122,7 +152,16 @@ impl Connection {
         let deadline = Instant::now() + DEADLINE;
         let mut pause = Duration::from_millis(20);
         loop {
-            let failure = match timeout(ATTEMPT, call(self.client.clone())).await {
+            let target = self.members.target();
+            let client = self.members.client(target).await;
+            let answer = timeout(ATTEMPT, call(client)).await;
+            if answer
+                .as_ref()
+                .map_or(true, |a| a.as_ref().is_err_and(out_of_reach))
+            {
+                self.members.failed(target);
+            }
+            let failure = match answer {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if retryable(&e, retry) && Instant::now() + pause < deadline => {
                     log::debug!("etcd {what} failed, trying again: {e}");

@@ -30,6 +30,7 @@ mod cache;
 mod client;
 mod keys;
 mod lease;
+mod route;
 mod txn;
 mod watch;
 
@@ -214,6 +215,33 @@ impl EtcdStore {
             .await
     }
 
+    /// The answer to a put of `key` at `revision` made without its previous state:
+    /// from the copy, or else from etcd's record of the key at that revision.
+    async fn put_answer(&self, key: &str, revision: u64) -> Result<PutResult, Error> {
+        if let Some((create_revision, version)) =
+            self.inner.cache.after_put(key, revision, COPY_WAIT).await
+        {
+            return Ok(PutResult {
+                revision,
+                create_revision,
+                version,
+            });
+        }
+        log::debug!("the copy cannot tell the put at {revision}: reading etcd itself");
+        let at = GetOptions::new().with_revision(revision as i64);
+        let answer = self.range(self.inner.keys.etcd(key), at).await?;
+        match answer.kvs().first() {
+            Some(kv) if kv.mod_revision().max(0) as u64 == revision => Ok(PutResult {
+                revision,
+                create_revision: kv.create_revision().max(0) as u64,
+                version: kv.version().max(0) as u64,
+            }),
+            _ => Err(Error::Unavailable(format!(
+                "etcd: the put was applied at revision {revision}, but etcd no longer shows it"
+            ))),
+        }
+    }
+
     fn check_value(&self, value: &[u8]) -> Result<(), Error> {
         let max = self.inner.config.max_value_bytes;
         if value.len() > max {
@@ -365,7 +393,8 @@ impl Storage for EtcdStore {
         let options = put_options(lease)?;
         let Some(condition) = condition else {
             // No condition: etcd's plain put, lighter on the cluster than a
-            // transaction of one op.
+            // transaction of one op, and without the key's previous state (which
+            // every member would read as it applies the put): the copy tells it.
             let answer = self
                 .inner
                 .connection
@@ -376,9 +405,9 @@ impl Storage for EtcdStore {
                 .await
                 .map_err(|e| lease_not_found(e, lease))?;
             let revision = header_revision(answer.header())?;
-            return Ok(put_result(revision, answer.prev_key()));
+            return self.put_answer(key, revision).await;
         };
-        let put = TxnOp::put(etcd_key.clone(), value, Some(options));
+        let put = TxnOp::put(etcd_key.clone(), value, Some(options.with_prev_key()));
         let txn = Txn::new()
             .when(compares(&etcd_key, condition))
             .and_then([put])
@@ -636,7 +665,7 @@ impl Storage for EtcdStore {
 /// The options of a put attaching the key to `lease` (`None`: permanent, as etcd
 /// detaches a key put without one).
 fn put_options(lease: Option<u64>) -> Result<PutOptions, Error> {
-    let options = PutOptions::new().with_prev_key();
+    let options = PutOptions::new();
     let Some(lease) = lease else {
         return Ok(options);
     };

@@ -58,7 +58,11 @@ fn op_of(keys: &Keys, op: &TxnOp) -> Result<EtcdTxnOp, Error> {
     Ok(match op {
         TxnOp::Put {
             key, value, lease, ..
-        } => EtcdTxnOp::put(keys.etcd(key), value.clone(), Some(put_options(*lease)?)),
+        } => EtcdTxnOp::put(
+            keys.etcd(key),
+            value.clone(),
+            Some(put_options(*lease)?.with_prev_key()),
+        ),
         TxnOp::Delete { key } => EtcdTxnOp::delete(keys.etcd(key), None),
         TxnOp::DeletePrefix { prefix } => {
             let (start, end) = keys.range(prefix);
