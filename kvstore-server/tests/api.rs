@@ -2163,6 +2163,78 @@ async fn concurrent_puts_get_distinct_revisions(
     Ok(())
 }
 
+/// What a put answers (its revision, the key's create revision and version) is
+/// what a watcher sees of it, with writers racing on one key and deleting it.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_of_one_key_answer_what_a_watch_sees(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let start = client.put("race/one", "start").await?;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = vec![];
+            for i in 0..50 {
+                let put = client.put("race/one", format!("{t}-{i}")).await?;
+                answers.push(put);
+                // Writer 0 deletes the key now and then: the next put creates it again.
+                if t == 0 && i % 10 == 9 {
+                    match client.delete("race/one").await {
+                        Ok(_) | Err(ClientError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok::<_, ClientError>(answers)
+        }));
+    }
+    let mut answers = vec![start];
+    for task in tasks {
+        answers.extend(within("a writer task", task).await???);
+    }
+    let last = answers.iter().map(|a| a.revision).max().ok_or("no puts")?;
+
+    let mut watch = Box::pin(client.watch_with(WatchOptions {
+        prefix: "race/".into(),
+        start_revision: Some(start.revision),
+        reconnect: false,
+        ..WatchOptions::default()
+    }));
+    let mut seen = BTreeMap::new();
+    loop {
+        let Update::Event(event) = next_update(&mut watch).await? else {
+            continue;
+        };
+        let revision = event.revision;
+        seen.insert(revision, event);
+        if revision >= last {
+            break;
+        }
+    }
+    let mut creations = HashSet::new();
+    for answer in &answers {
+        let event = seen
+            .get(&answer.revision)
+            .ok_or(format!("no event at {}", answer.revision))?;
+        assert_eq!(event.kind, EventKind::Put, "{answer:?}");
+        assert_eq!(
+            (event.create_revision, event.version),
+            (answer.create_revision, answer.version),
+            "the answer {answer:?} against the watch"
+        );
+        creations.insert(answer.create_revision);
+    }
+    assert_eq!(answers.len(), 201);
+    assert!(creations.len() > 1, "the deletes made the key anew");
+    Ok(())
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_continue_after_a_restart(
