@@ -2,8 +2,9 @@
 //!
 //! The stream remembers the revision through which it has seen everything (from
 //! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
-//! error or a server shutdown it reconnects with backoff and asks for
-//! `start_revision = that + 1`, so the program sees every change exactly once. A
+//! or `storage_unavailable` error or a server shutdown it reconnects with backoff
+//! and asks for `start_revision = that + 1`, so the program sees every change
+//! exactly once. A
 //! revision can hold several changes (a transaction): until a later revision or a
 //! `progress` frame shows it complete, the stream resumes at that revision and
 //! passes over the changes of it already seen (the server sends them in the same
@@ -393,7 +394,9 @@ impl State {
                 Step::Nothing
             }
             Frame::Error(detail) => match detail.code {
-                ErrorCode::Lagged | ErrorCode::ShuttingDown => {
+                // The server (or its store) could not go on for now: resume from the
+                // position, as after a broken connection.
+                ErrorCode::Lagged | ErrorCode::ShuttingDown | ErrorCode::StorageUnavailable => {
                     if let Some(last) = detail.revision {
                         self.position = Some(self.position.map_or(last, |p| p.max(last)));
                         if self.partial.is_some_and(|p| p.revision <= last) {

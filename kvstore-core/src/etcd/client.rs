@@ -132,12 +132,7 @@ impl Connection {
         }
     }
 
-    /// A handle for calls that need one of their own (a watch stream).
-    pub fn client(&self) -> Client {
-        self.members.all()
-    }
-
-    /// The members, for a stream that follows the leader.
+    /// The members, for a call that stays open (a watch stream).
     pub fn members(&self) -> &Members {
         &self.members
     }

@@ -90,11 +90,6 @@ impl Members {
         members
     }
 
-    /// The balanced client.
-    pub fn all(&self) -> Client {
-        self.all.clone()
-    }
-
     /// A client of the engine's runtime for a call that stays open (a watch), to
     /// the leader when it is known, and where it goes.
     ///
