@@ -18,7 +18,6 @@
 //! the engine's clients.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -33,8 +32,6 @@ const RECHECK: Duration = Duration::from_secs(5);
 const SEARCH: Duration = Duration::from_millis(250);
 /// Longest one lookup (or one connection) may take.
 const ASK: Duration = Duration::from_secs(1);
-/// No leader known.
-const UNKNOWN: usize = usize::MAX;
 
 /// Where a call goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +49,8 @@ pub struct Members {
     options: ConnectOptions,
     all: Client,
     each: Vec<Mutex<Option<Client>>>,
-    leader: AtomicUsize,
-    /// The target as the finder last set it, for those who follow the leader.
-    moves: watch::Sender<Target>,
+    /// Where calls go; its receivers follow the leader.
+    leader: watch::Sender<Target>,
     recheck: Notify,
 }
 
@@ -80,8 +76,7 @@ impl Members {
             options,
             all,
             each: endpoints.iter().map(|_| Mutex::new(None)).collect(),
-            leader: AtomicUsize::new(UNKNOWN),
-            moves: watch::channel(Target::All).0,
+            leader: watch::channel(Target::All).0,
             recheck: Notify::new(),
         });
         if endpoints.len() > 1 {
@@ -103,15 +98,12 @@ impl Members {
 
     /// Changes of the leader found, for a stream to follow it.
     pub fn moves(&self) -> watch::Receiver<Target> {
-        self.moves.subscribe()
+        self.leader.subscribe()
     }
 
     /// Where calls go now.
     pub fn target(&self) -> Target {
-        match self.leader.load(Ordering::Relaxed) {
-            UNKNOWN => Target::All,
-            leader => Target::Leader(leader),
-        }
+        *self.leader.borrow()
     }
 
     /// A client for `target`, made on this thread when it runs a current-thread
@@ -142,8 +134,8 @@ impl Members {
             Target::All => self.endpoints.clone(),
             Target::Leader(i) => vec![self.endpoints[i].clone()],
         };
-        match timeout(ASK, Client::connect(endpoints, Some(self.options.clone()))).await {
-            Ok(Ok(client)) => {
+        match self.connect(endpoints).await {
+            Some(client) => {
                 LOCAL.with(|list| {
                     let mut list = list.borrow_mut();
                     // Clients of dropped stores go, and this thread's earlier client
@@ -162,11 +154,20 @@ impl Members {
                 });
                 client
             }
+            None => self.engine_client(target),
+        }
+    }
+
+    /// A client of `endpoints`, made on the current runtime; `None` when it cannot
+    /// be made in time.
+    async fn connect(&self, endpoints: Vec<String>) -> Option<Client> {
+        match timeout(ASK, Client::connect(&endpoints, Some(self.options.clone()))).await {
+            Ok(Ok(client)) => Some(client),
             Ok(Err(e)) => {
-                log::debug!("cannot make a client on this thread (using the engine's): {e}");
-                self.engine_client(target)
+                log::debug!("cannot connect to etcd at {endpoints:?}: {e}");
+                None
             }
-            Err(_) => self.engine_client(target),
+            Err(_) => None,
         }
     }
 
@@ -182,11 +183,14 @@ impl Members {
     /// calls go to every endpoint until the leader is found again.
     pub fn failed(&self, target: Target) {
         if let Target::Leader(i) = target {
-            if self
-                .leader
-                .compare_exchange(i, UNKNOWN, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
+            let forgot = self.leader.send_if_modified(|now| {
+                let forget = *now == target;
+                if forget {
+                    *now = Target::All;
+                }
+                forget
+            });
+            if forgot {
                 log::debug!(
                     "etcd: the call to {} failed; looking for the leader",
                     self.endpoints[i]
@@ -202,14 +206,11 @@ impl Members {
         let mut client = match client {
             Some(client) => client,
             None => {
-                let endpoint = [self.endpoints[i].clone()];
-                match timeout(ASK, Client::connect(endpoint, Some(self.options.clone()))).await {
-                    Ok(Ok(client)) => {
-                        *lock(&self.each[i]) = Some(client.clone());
-                        client
-                    }
-                    _ => return false,
-                }
+                let Some(client) = self.connect(vec![self.endpoints[i].clone()]).await else {
+                    return false;
+                };
+                *lock(&self.each[i]) = Some(client.clone());
+                client
             }
         };
         match timeout(ASK, client.status()).await {
@@ -234,21 +235,28 @@ async fn find_leader(members: Weak<Members>) {
         let asked =
             futures_util::future::join_all((0..strong.endpoints.len()).map(|i| strong.leads(i)))
                 .await;
-        let found = asked.iter().position(|&leads| leads).unwrap_or(UNKNOWN);
-        let before = strong.leader.swap(found, Ordering::Relaxed);
-        if before != found {
-            match found {
-                UNKNOWN => log::debug!("etcd: no endpoint answers as the leader"),
-                i => log::debug!("etcd: the leader answers on {}", strong.endpoints[i]),
-            }
-        }
-        strong.moves.send_if_modified(|target| {
-            let now = strong.target();
-            let moved = *target != now;
-            *target = now;
+        let found = asked
+            .iter()
+            .position(|&leads| leads)
+            .map_or(Target::All, Target::Leader);
+        let moved = strong.leader.send_if_modified(|now| {
+            let moved = *now != found;
+            *now = found;
             moved
         });
-        let wait = if found == UNKNOWN { SEARCH } else { RECHECK };
+        if moved {
+            match found {
+                Target::All => log::debug!("etcd: no endpoint answers as the leader"),
+                Target::Leader(i) => {
+                    log::debug!("etcd: the leader answers on {}", strong.endpoints[i])
+                }
+            }
+        }
+        let wait = if found == Target::All {
+            SEARCH
+        } else {
+            RECHECK
+        };
         let _ = timeout(wait, strong.recheck.notified()).await;
     }
 }

@@ -253,27 +253,15 @@ impl HistoryWatch {
             .with_range(end)
             .with_start_revision((self.position + 1) as i64)
             .with_progress_notify();
-        // Opening a watch changes nothing: a member out of reach (a dead leader,
-        // or one the balanced client still picks) is left for another.
-        let deadline = tokio::time::Instant::now() + QUIET;
-        let mut stream = loop {
-            let members = self.connection.members();
-            let (mut client, target) = members.stream_client();
-            let opened =
-                tokio::time::timeout(QUIET, client.watch(start.clone(), Some(options.clone())))
-                    .await
-                    .map_err(|_| Error::Unavailable("etcd: no answer to a watch in time".into()))
-                    .and_then(|opened| opened.map_err(|e| super::client::error(&e)));
-            match opened {
-                Ok(stream) => break stream,
-                Err(Error::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
-                    log::debug!("cannot open an etcd watch (trying again): {m}");
-                    members.failed(target);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        // Opening a watch changes nothing: tried again, as a read, while a member
+        // is out of reach (a dead leader, or one the balanced client still picks).
+        let mut stream = self
+            .connection
+            .call("opening a watch", Retry::Read, |mut client| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { client.watch(start, Some(options)).await }
+            })
+            .await?;
         self.take(next_answer(&mut stream).await?)?;
         if compacted {
             loop {
