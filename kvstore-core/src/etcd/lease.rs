@@ -5,7 +5,7 @@
 use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions};
 
 use super::client::Retry;
-use super::{header_revision, EtcdStore};
+use super::EtcdStore;
 use crate::lease::check_ttl;
 use crate::storage::Error;
 use crate::wire::{Lease, LeaseInfo, RevokeResult};
@@ -86,7 +86,7 @@ impl EtcdStore {
             .await
             .map_err(|e| lease_error(id, e))?;
         Ok(RevokeResult {
-            revision: header_revision(answer.header())?,
+            revision: self.answered(answer.header())?,
         })
     }
 

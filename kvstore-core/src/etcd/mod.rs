@@ -34,6 +34,7 @@ mod route;
 mod txn;
 mod watch;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,10 @@ struct Inner {
     keys: Keys,
     cache: Arc<Cache>,
     barrier: Arc<Barrier>,
+    /// The highest revision an answer of etcd's showed this replica (a write, a
+    /// read that went to etcd itself): `revision` is never below what a caller
+    /// was shown.
+    seen: AtomicU64,
     config: EtcdConfig,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -172,6 +177,7 @@ impl EtcdStore {
                 keys,
                 cache,
                 barrier,
+                seen: AtomicU64::new(0),
                 config,
                 runtime: Some(runtime),
             }),
@@ -195,13 +201,25 @@ impl EtcdStore {
         from: Vec<u8>,
         options: GetOptions,
     ) -> Result<etcd_client::GetResponse, Error> {
-        self.inner
+        let answer = self
+            .inner
             .connection
             .call("a read", Retry::Read, |mut client| {
                 let (from, options) = (from.clone(), options.clone());
                 async move { client.get(from, Some(options)).await }
             })
-            .await
+            .await?;
+        self.answered(answer.header())?;
+        Ok(answer)
+    }
+
+    /// The revision of an answer of etcd's, noted as seen.
+    fn answered(&self, header: Option<&etcd_client::ResponseHeader>) -> Result<u64, Error> {
+        let revision = header
+            .map(|h| h.revision().max(0) as u64)
+            .ok_or_else(|| Error::Unavailable("etcd: an answer without a header".into()))?;
+        self.inner.seen.fetch_max(revision, Ordering::Relaxed);
+        Ok(revision)
     }
 
     /// A transaction (a write).
@@ -266,12 +284,6 @@ fn compares(key: &[u8], condition: Condition) -> Vec<Compare> {
     }
 }
 
-fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<u64, Error> {
-    header
-        .map(|h| h.revision().max(0) as u64)
-        .ok_or_else(|| Error::Unavailable("etcd: an answer without a header".into()))
-}
-
 /// The key's `mod_revision` in the `get` of a transaction's failure branch.
 fn current_of(txn: &etcd_client::TxnResponse) -> Option<u64> {
     txn.op_responses().iter().find_map(|op| match op {
@@ -305,7 +317,10 @@ impl Storage for EtcdStore {
     }
 
     fn revision(&self) -> u64 {
-        self.inner.cache.current()
+        // The copy's revision as read with its entries (its published revision
+        // follows a moment later): an entry read from it is never newer.
+        let copy = self.inner.cache.read().revision;
+        copy.max(self.inner.seen.load(Ordering::Relaxed))
     }
 
     fn max_value_bytes(&self) -> usize {
@@ -376,7 +391,7 @@ impl Storage for EtcdStore {
         Ok(ListPage {
             entries,
             next,
-            revision: header_revision(answer.header())?,
+            revision: self.answered(answer.header())?,
         })
     }
 
@@ -404,7 +419,7 @@ impl Storage for EtcdStore {
                 })
                 .await
                 .map_err(|e| lease_not_found(e, lease))?;
-            let revision = header_revision(answer.header())?;
+            let revision = self.answered(answer.header())?;
             return self.put_answer(key, revision).await;
         };
         let put = TxnOp::put(etcd_key.clone(), value, Some(options.with_prev_key()));
@@ -416,7 +431,7 @@ impl Storage for EtcdStore {
             .etcd_txn(txn)
             .await
             .map_err(|e| lease_not_found(e, lease))?;
-        let revision = header_revision(answer.header())?;
+        let revision = self.answered(answer.header())?;
         if !answer.succeeded() {
             return Err(Error::PreconditionFailed {
                 current: current_of(&answer),
@@ -461,7 +476,7 @@ impl Storage for EtcdStore {
         let answer = self.etcd_txn(txn).await?;
         if answer.succeeded() {
             return Ok(DeleteResult {
-                revision: header_revision(answer.header())?,
+                revision: self.answered(answer.header())?,
             });
         }
         match current_of(&answer) {
@@ -484,7 +499,7 @@ impl Storage for EtcdStore {
             .sum();
         Ok(DeletePrefixResult {
             deleted,
-            revision: header_revision(answer.header())?,
+            revision: self.answered(answer.header())?,
         })
     }
 
@@ -497,7 +512,7 @@ impl Storage for EtcdStore {
             let mut named = OurTxn::leases(&txn.success).chain(OurTxn::leases(&txn.failure));
             lease_not_found(e, named.next())
         })?;
-        let revision = header_revision(answer.header())?;
+        let revision = self.answered(answer.header())?;
         txn::response_of(keys, &txn, &answer, revision)
     }
 
@@ -545,7 +560,7 @@ impl Storage for EtcdStore {
                     .with_limit(SNAPSHOT_PAGE),
             )
             .await?;
-        let revision = header_revision(first.header())?;
+        let revision = self.answered(first.header())?;
         let store = self.clone();
         let pages = futures_util::stream::unfold(Some((first, start)), move |state| {
             let (store, end) = (store.clone(), end.clone());
@@ -607,7 +622,7 @@ impl Storage for EtcdStore {
         } = snapshot;
         let max = self.inner.config.max_value_bytes;
         let mut restored = 0;
-        let mut revision = header_revision(existing.header())?;
+        let mut revision = self.answered(existing.header())?;
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
         loop {
             let next = entries.next().await;
@@ -626,7 +641,7 @@ impl Storage for EtcdStore {
                 let answer = self
                     .etcd_txn(Txn::new().and_then(std::mem::take(&mut chunk)))
                     .await?;
-                revision = header_revision(answer.header())?;
+                revision = self.answered(answer.header())?;
             }
             if end {
                 return Ok(RestoreResult { restored, revision });
@@ -646,7 +661,7 @@ impl Storage for EtcdStore {
                 client.status().await
             })
             .await?;
-        let revision = header_revision(keys.header())?;
+        let revision = self.answered(keys.header())?;
         Ok(Status {
             engine: "etcd",
             revision,
