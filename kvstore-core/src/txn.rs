@@ -348,6 +348,10 @@ pub enum TxnError {
         /// The limit.
         max: usize,
     },
+    /// More compares or ops than the store itself takes (etcd's own
+    /// `--max-txn-ops`, when it is below ours).
+    #[error("{0}")]
+    OverStoreLimit(String),
     /// A put's `ttl` out of range.
     #[error(transparent)]
     InvalidTtl(TtlError),

@@ -365,6 +365,38 @@ async fn bad_transactions_are_refused_and_change_nothing(
     Ok(())
 }
 
+/// Above etcd's own limit (128 ops, the test cluster's default) a transaction the
+/// server's `--max-txn-ops` lets through is refused by etcd: `too_many_ops`, not
+/// an outage, and nothing is written. sled has no limit of its own.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_the_stores_own_limit_is_too_many_ops(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &["--max-txn-ops", "200"]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let puts: Value = (0..150)
+        .map(|i| json!({"put": {"key": format!("big/{i:03}"), "value": "x"}}))
+        .collect();
+    let (status, answer) = post_txn(&server, &json!({ "success": puts }).to_string()).await?;
+    match engine {
+        Engine::Sled => {
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(client.list_all("big/").await?.len(), 150);
+        }
+        Engine::Etcd => {
+            assert_eq!(status, 400, "{answer}");
+            assert_eq!(answer["error"]["code"], "too_many_ops", "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("--max-txn-ops"), "{message}");
+            assert!(client.list_all("big/").await?.is_empty());
+        }
+    }
+    Ok(())
+}
+
 /// The TTL of the leases of the tests, in seconds (etcd's minimum).
 const TTL: u64 = 2;
 

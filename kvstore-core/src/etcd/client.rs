@@ -17,6 +17,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use super::route::Members;
 use crate::storage::Error;
+use crate::txn::TxnError;
 
 /// Longest one try of a call may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
@@ -44,6 +45,12 @@ pub fn error(e: &etcd_client::Error) -> Error {
         }
         if message.contains("request is too large") {
             return Error::ValueTooLarge { size: 0, max: 0 };
+        }
+        if message.contains("too many operations in txn request") {
+            // Refused before it was proposed: nothing was applied.
+            return Error::InvalidTxn(TxnError::OverStoreLimit(format!(
+                "etcd: {message} (etcd's own --max-txn-ops, 128 by default, is below this server's)"
+            )));
         }
         return Error::Unavailable(format!("etcd: {message}"));
     }

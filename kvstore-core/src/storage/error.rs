@@ -92,7 +92,9 @@ impl Error {
         match self {
             Error::InvalidKey(_) => ErrorCode::InvalidKey,
             Error::InvalidTxn(TxnError::InvalidKey(_)) => ErrorCode::InvalidKey,
-            Error::InvalidTxn(TxnError::TooManyOps { .. }) => ErrorCode::TooManyOps,
+            Error::InvalidTxn(TxnError::TooManyOps { .. } | TxnError::OverStoreLimit(_)) => {
+                ErrorCode::TooManyOps
+            }
             Error::InvalidTxn(TxnError::DuplicateKey(_)) => ErrorCode::DuplicateKey,
             Error::InvalidTxn(TxnError::InvalidTtl(_)) => ErrorCode::InvalidTtl,
             Error::InvalidTxn(_) | Error::Unsupported(_) => ErrorCode::InvalidRequest,
