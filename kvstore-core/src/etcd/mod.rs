@@ -59,6 +59,10 @@ use keys::Keys;
 
 /// How long a read waits for this replica's copy before it asks etcd itself.
 const COPY_WAIT: Duration = Duration::from_secs(2);
+/// How long a put's answer waits for the copy (which brings the key's create
+/// revision and version) before it reads them from etcd: the copy trails a put by
+/// milliseconds, unless its watch is broken, and a put already waited for etcd.
+const PUT_ANSWER_WAIT: Duration = Duration::from_millis(250);
 /// Entries read per page of a snapshot.
 const SNAPSHOT_PAGE: i64 = 1000;
 /// Entries written per transaction of a restore (etcd takes 128 operations).
@@ -236,8 +240,11 @@ impl EtcdStore {
     /// The answer to a put of `key` at `revision` made without its previous state:
     /// from the copy, or else from etcd's record of the key at that revision.
     async fn put_answer(&self, key: &str, revision: u64) -> Result<PutResult, Error> {
-        if let Some((create_revision, version)) =
-            self.inner.cache.after_put(key, revision, COPY_WAIT).await
+        if let Some((create_revision, version)) = self
+            .inner
+            .cache
+            .after_put(key, revision, PUT_ANSWER_WAIT)
+            .await
         {
             return Ok(PutResult {
                 revision,
