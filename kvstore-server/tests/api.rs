@@ -535,6 +535,44 @@ async fn the_default_value_limit_is_one_mib(
     Ok(())
 }
 
+/// A value the server's `--max-value-bytes` takes but etcd's own request limit
+/// (1.5 MiB by default) does not is `value_too_large` naming etcd's limit, and
+/// nothing is written. sled has no limit of its own.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_over_the_stores_own_limit_is_value_too_large(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &["--max-value-bytes", "3000000"]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let before = client.health().await?;
+    let value = vec![b'x'; 2_000_000];
+    let res = reqwest::Client::new()
+        .put(format!("{}/v1/kv/big", server.url))
+        .body(value.clone())
+        .send()
+        .await?;
+    match engine {
+        Engine::Sled => {
+            assert_eq!(res.status(), 200);
+            assert_eq!(client.get("big").await?, value);
+        }
+        Engine::Etcd => {
+            let error = expect_error(res, 413, "value_too_large").await?;
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(message.contains("--max-request-bytes"), "{message}");
+            assert!(matches!(
+                client.get("big").await,
+                Err(ClientError::NotFound { .. })
+            ));
+            assert_eq!(client.health().await?, before, "nothing written");
+        }
+    }
+    Ok(())
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_values_round_trip_raw_and_as_base64(

@@ -43,11 +43,14 @@ pub fn error(e: &etcd_client::Error) -> Error {
                 oldest: 0,
             };
         }
+        // Both refused before they are proposed: nothing was applied.
         if message.contains("request is too large") {
-            return Error::ValueTooLarge { size: 0, max: 0 };
+            return Error::RequestTooLarge(format!(
+                "etcd: {message} (etcd's own --max-request-bytes, 1.5 MiB by default, is below \
+                 what this server's --max-value-bytes lets through)"
+            ));
         }
         if message.contains("too many operations in txn request") {
-            // Refused before it was proposed: nothing was applied.
             return Error::InvalidTxn(TxnError::OverStoreLimit(format!(
                 "etcd: {message} (etcd's own --max-txn-ops, 128 by default, is below this server's)"
             )));

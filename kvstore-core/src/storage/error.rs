@@ -29,6 +29,10 @@ pub enum Error {
         /// The configured limit.
         max: usize,
     },
+    /// The store itself refused the request as too large (etcd's own
+    /// `--max-request-bytes`, when it is below what the value limit lets through).
+    #[error("{0}")]
+    RequestTooLarge(String),
     /// The key does not exist.
     #[error("key not found")]
     KeyNotFound,
@@ -98,7 +102,7 @@ impl Error {
             Error::InvalidTxn(TxnError::DuplicateKey(_)) => ErrorCode::DuplicateKey,
             Error::InvalidTxn(TxnError::InvalidTtl(_)) => ErrorCode::InvalidTtl,
             Error::InvalidTxn(_) | Error::Unsupported(_) => ErrorCode::InvalidRequest,
-            Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            Error::ValueTooLarge { .. } | Error::RequestTooLarge(_) => ErrorCode::ValueTooLarge,
             Error::KeyNotFound => ErrorCode::KeyNotFound,
             Error::LeaseNotFound(_) => ErrorCode::LeaseNotFound,
             Error::InvalidTtl(_) => ErrorCode::InvalidTtl,
