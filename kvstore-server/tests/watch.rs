@@ -668,6 +668,7 @@ async fn random_writers_and_resuming_watchers_see_exactly_the_history(
 
     // Catching up on a thousand changes with random drops and lags is work, not a
     // wait on one event: a minute, for the whole suite running on two cores.
+    let sentinels_written = std::time::Instant::now();
     for (name, prefix, task) in watchers {
         let watched = tokio::time::timeout(Duration::from_secs(60), task)
             .await
@@ -679,11 +680,13 @@ async fn random_writers_and_resuming_watchers_see_exactly_the_history(
             .cloned()
             .collect();
         println!(
-            "{name} on {prefix:?}: {} changes, {} progress frames, {} connection(s), {} lagged",
+            "{name} on {prefix:?}: {} changes, {} progress frames, {} connection(s), {} lagged; \
+             caught up {:?} after the sentinels",
             got.len(),
             watched.progress.len(),
             watched.connections,
-            watched.lags
+            watched.lags,
+            sentinels_written.elapsed()
         );
         // A progress frame at P came after every change under the prefix up to P
         // and before any later one: resuming from it would have missed nothing.
