@@ -61,7 +61,7 @@ pub fn error(e: &etcd_client::Error) -> Error {
 }
 
 /// Whether the failure says the member called is gone or cut off (not an answer to
-/// the call itself).
+/// the call itself): a read may then be tried again, on the leader found next.
 fn out_of_reach(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(status) => matches!(
@@ -77,29 +77,21 @@ fn out_of_reach(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Whether the failure may pass on a retry, for a call of kind `retry`.
-fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
+/// Whether the failure says the call never reached a member (a write may then be
+/// sent again).
+fn not_sent(e: &etcd_client::Error) -> bool {
     let text = e.to_string();
-    let not_sent = text.contains("tcp connect error")
+    text.contains("tcp connect error")
         || text.contains("Connection refused")
         || text.contains("error trying to connect")
-        || text.contains("connection error");
-    match (e, retry) {
-        (_, Retry::Write) => not_sent,
-        (etcd_client::Error::GRpcStatus(status), Retry::Read) => matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Unknown
-                | tonic::Code::Aborted
-        ),
-        (
-            etcd_client::Error::TransportError(_)
-            | etcd_client::Error::IoError(_)
-            | etcd_client::Error::WatchError(_),
-            Retry::Read,
-        ) => true,
-        _ => not_sent,
+        || text.contains("connection error")
+}
+
+/// Whether the failure may pass on a retry, for a call of kind `retry`.
+fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
+    match retry {
+        Retry::Read => out_of_reach(e),
+        Retry::Write => not_sent(e),
     }
 }
 
