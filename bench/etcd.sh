@@ -32,7 +32,8 @@
 # members share the machine's cores, and the disk's sync times vary from second to
 # second: so the loads alternate, replica then gateway, for ROUNDS rounds, and the
 # table gives the mean of the rounds (req/s) and their worst p99, with each round's
-# ratio below it.
+# ratio below it, and the loads during which etcd's members logged an apply of over
+# 100 ms (a stall of the cluster's own, which shows in that load's p99).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -106,13 +107,25 @@ curl -sf -X POST -d "{\"key\":\"$KEY_B64\",\"value\":\"$VALUE_B64\"}" "http://$G
 
 # --- loads -------------------------------------------------------------------------
 
+# etcd's own stalls: the members log each apply over 100 ms (a slow disk sync, a
+# pause), whoever sent the request; counted per load, so that a load's worst p99
+# can be told apart from the cluster's.
+slow_applies() { cat "$WORK"/etcd-*.err | grep -c 'apply request took too long' || true; }
+declare -A SLOW
+load() {
+    local name=$1 before
+    before=$(slow_applies)
+    run_wrk "$@"
+    SLOW[$name]=$(($(slow_applies) - before))
+}
+
 LOAD_BEFORE=$(cut -d ' ' -f 1 /proc/loadavg)
 declare -A ROUND_RATIOS
 for ((round = 1; round <= ROUNDS; round++)); do
-    run_wrk "get.replica.$round" "$CONNECTIONS" "http://$REPLICA/v1/kv/$KEY"
-    run_wrk "get.gateway.$round" "$CONNECTIONS" "http://$GATEWAY/v3/kv/range" etcd-range.lua
-    run_wrk "put.replica.$round" "$CONNECTIONS" "http://$REPLICA/v1/kv/$KEY" put.lua
-    run_wrk "put.gateway.$round" "$CONNECTIONS" "http://$GATEWAY/v3/kv/put" etcd-put.lua
+    load "get.replica.$round" "$CONNECTIONS" "http://$REPLICA/v1/kv/$KEY"
+    load "get.gateway.$round" "$CONNECTIONS" "http://$GATEWAY/v3/kv/range" etcd-range.lua
+    load "put.replica.$round" "$CONNECTIONS" "http://$REPLICA/v1/kv/$KEY" put.lua
+    load "put.gateway.$round" "$CONNECTIONS" "http://$GATEWAY/v3/kv/put" etcd-put.lua
     for load in get put; do
         ROUND_RATIOS[$load]+="${ROUND_RATIOS[$load]:+ }$(ratio "${RPS[$load.replica.$round]}" "${RPS[$load.gateway.$round]}")"
     done
@@ -176,6 +189,8 @@ row() { printf '%-14s %5s %11s %9s %11s %9s %8s  %-20s %s\n' "$@"; }
         "${RPS[put.gateway]}$(mark put.gateway)" "${P99[put.gateway]}" "$p" ">=1x (floor)" "$(meets "$p" 1)"
     echo
     echo "ratio in each round: GET ${ROUND_RATIOS[get]}; PUT ${ROUND_RATIOS[put]}"
+    stalls=$(for name in "${!SLOW[@]}"; do [ "${SLOW[$name]}" = 0 ] || echo "$name ${SLOW[$name]}"; done | sort | paste -sd, | sed 's/,/, /g')
+    echo "etcd's slow applies (over 100 ms, from its members' logs) during the loads: ${stalls:-none}"
     echo "!: some answers were not 2xx (see the wrk output)."
     echo "$WATCH_LINE"
 }
