@@ -26,6 +26,34 @@ fn finish(child: Child) -> Output {
     })
 }
 
+/// A `kv` killed and reaped when dropped, so that a failing test leaves none
+/// behind (a `kv watch` would go on retrying its vanished server).
+struct Running(Option<Child>);
+
+impl Running {
+    fn spawn(command: &mut Command) -> Running {
+        Running(Some(command.spawn().expect("kv runs")))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still running")
+    }
+
+    /// Waits for it to end (at most [`WAIT`]).
+    fn finish(mut self) -> Output {
+        finish(self.0.take().expect("still running"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `f`'s answer, run on a thread of its own, or a failure after [`WAIT`].
 fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
@@ -88,40 +116,40 @@ fn a_holder_killed_with_sigkill_frees_the_lock_after_its_ttl(
         return;
     };
     // Without a command, kv prints the holder's key once it holds the lock.
-    let mut holder = Command::new(kv_path())
-        .args(["lock", "--ttl", "2s", "locks/job"])
-        .env("KV_URL", &server.url)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kv runs");
+    let mut holder = Running::spawn(
+        Command::new(kv_path())
+            .args(["lock", "--ttl", "2s", "locks/job"])
+            .env("KV_URL", &server.url)
+            .stdout(Stdio::piped()),
+    );
     let mut line = String::new();
-    BufReader::new(holder.stdout.take().expect("piped"))
+    BufReader::new(holder.child().stdout.take().expect("piped"))
         .read_line(&mut line)
         .expect("the holder's key");
     assert!(line.starts_with("locks/job/"), "{line:?}");
 
-    let mut waiter = Command::new(kv_path())
-        .args(["lock", "--ttl", "2s", "locks/job", "--", "echo", "mine"])
-        .env("KV_URL", &server.url)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kv runs");
+    let mut waiter = Running::spawn(
+        Command::new(kv_path())
+            .args(["lock", "--ttl", "2s", "locks/job", "--", "echo", "mine"])
+            .env("KV_URL", &server.url)
+            .stdout(Stdio::piped()),
+    );
     // The holder keeps its lease alive: the waiter waits.
-    let mut watch = Command::new(kv_path())
-        .args(["watch", "locks/job/"])
-        .env("KV_URL", &server.url)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kv runs");
-    let changes = BufReader::new(watch.stdout.take().expect("piped")).lines();
+    let mut watch = Running::spawn(
+        Command::new(kv_path())
+            .args(["watch", "locks/job/"])
+            .env("KV_URL", &server.url)
+            .stdout(Stdio::piped()),
+    );
+    let changes = BufReader::new(watch.child().stdout.take().expect("piped")).lines();
     assert!(
-        waiter.try_wait().expect("waiter").is_none(),
+        waiter.child().try_wait().expect("waiter").is_none(),
         "the waiter did not wait"
     );
 
-    holder.kill().expect("SIGKILL the holder");
+    holder.child().kill().expect("SIGKILL the holder");
     let killed = Instant::now();
-    holder.wait().expect("reaped");
+    holder.child().wait().expect("reaped");
     // The holder's key goes when its lease expires (the watch shows it), then the
     // waiter's own key comes and goes: it ran its command.
     let holder_key = line.trim().to_string();
@@ -131,14 +159,15 @@ fn a_holder_killed_with_sigkill_frees_the_lock_after_its_ttl(
             .any(|change| change.starts_with(&format!("DELETE {holder_key} ")))
     });
     assert!(deleted, "the holder's key was never deleted");
+    // The TTL is what frees it, not the store's default nor a lease never revoked:
+    // etcd revokes expired leases on a 500 ms round, through its log, and on two
+    // cores shared with the whole suite the delete has come 3.1 s after the kill.
     let freed = killed.elapsed();
     assert!(
-        freed <= Duration::from_secs(2 + 1),
+        freed <= Duration::from_secs(2 + 3),
         "the lock was freed {freed:?} after its holder died, with a TTL of 2 s"
     );
-    let out = finish(waiter);
+    let out = waiter.finish();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "mine\n");
-    let _ = watch.kill();
-    let _ = watch.wait();
 }
