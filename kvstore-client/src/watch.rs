@@ -4,13 +4,13 @@
 //! events, `synced` and `progress` frames). After a dropped connection, a `lagged`
 //! or `storage_unavailable` error or a server shutdown it reconnects with backoff
 //! and asks for `start_revision = that + 1`, so the program sees every change
-//! exactly once. A
-//! revision can hold several changes (a transaction): until a later revision or a
-//! `progress` frame shows it complete, the stream resumes at that revision and
-//! passes over the changes of it already seen (the server sends them in the same
-//! order every time). With several servers (replicas of one store, whose revisions
-//! are the cluster's) it connects to the client's server in use and moves on to the
-//! next while one cannot be reached, resuming there the same way.
+//! exactly once. A revision can hold several changes (a transaction): until a
+//! later revision or a `progress` frame shows it complete, the stream resumes at
+//! that revision and passes over the changes of it already seen (the server sends
+//! them in the same order every time). With several servers (replicas of one
+//! store, whose revisions are the cluster's) it connects to the client's server in
+//! use and moves on to the next while one cannot be reached, resuming there the
+//! same way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
