@@ -4,7 +4,7 @@
 #
 #   cargo build --release -p kvstore-server -p kv-cli
 #   docker/build-local.sh [-t TAG] [--bin-dir DIR] [--keep-debug] [-- DOCKER_BUILD_ARGS...]
-#   docker/build-local.sh --etcd [-t TAG] [--etcd-bin FILE] [-- DOCKER_BUILD_ARGS...]
+#   docker/build-local.sh --etcd [-t TAG] [--etcd-bin FILE|NAME] [-- DOCKER_BUILD_ARGS...]
 #
 # It makes the Dockerfile's two base images locally with `docker import`, from
 # files of this host (so the host must be Linux with glibc, like the image):
@@ -22,7 +22,7 @@
 #
 # With --etcd it builds the etcd image of docker/compose.cluster.yaml instead
 # (docker/etcd.Dockerfile, default tag kvstore-etcd:latest): its base image holds
-# /bin/sh, Debian's `etcd` (FILE, or /usr/bin/etcd of the `etcd-server` package
+# /bin/sh, Debian's `etcd` (FILE, or the command NAME on the PATH, or /usr/bin/etcd of the `etcd-server` package
 # fetched with `apt-get download` and unpacked with `dpkg -x`: no root needed)
 # and the libraries they load, so the Dockerfile finds etcd installed.
 set -euo pipefail
@@ -48,6 +48,18 @@ done
 
 if $etcd && [ -z "${tag_given:-}" ]; then
     tag=kvstore-etcd:latest
+fi
+# --etcd-bin takes a file or the name of a command on the PATH.
+if [ -n "$etcd_bin" ] && [ ! -f "$etcd_bin" ]; then
+    case $etcd_bin in
+        */*) found= ;;
+        *) found=$(command -v -- "$etcd_bin" 2>/dev/null || true) ;;
+    esac
+    if [ -z "$found" ] || [ ! -f "$found" ]; then
+        echo "build-local.sh: --etcd-bin $etcd_bin: no such file, nor a command of that name on the PATH" >&2
+        exit 1
+    fi
+    etcd_bin=$found
 fi
 for bin in kvstore-server kv; do
     if ! $etcd && [ ! -x "$bin_dir/$bin" ]; then

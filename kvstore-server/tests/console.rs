@@ -46,19 +46,14 @@ struct Tools {
 }
 
 fn on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    names.iter().find_map(|name| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
+    names.iter().find_map(support::program)
 }
 
+/// Each as an absolute path: chromedriver is handed Chromium's as a file.
 fn find_tools() -> Option<Tools> {
-    let pick = |var: &str, names: &[&str]| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .or_else(|| on_path(names))
+    let pick = |var: &str, names: &[&str]| match std::env::var_os(var) {
+        Some(given) => support::program(given),
+        None => on_path(names),
     };
     Some(Tools {
         chromium: pick(

@@ -176,9 +176,15 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
 
 /// Runs `docker/build-local.sh ARGS`, which must succeed.
 fn build_local(args: &[&str]) {
+    build_local_with(args, &[]);
+}
+
+/// Runs `docker/build-local.sh ARGS` with the variables `env` set, which must succeed.
+fn build_local_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) {
     let output = Command::new("bash")
         .arg(workspace_root().join("docker/build-local.sh"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .output()
@@ -612,13 +618,18 @@ fn compose_cluster_serves_one_store_through_two_replicas() {
     let started = Instant::now();
     docker.build_image(&bins);
     let etcd_image = format!("{}-etcd", docker.image);
-    build_local(&[
-        "--etcd",
-        "--etcd-bin",
-        &etcd.to_string_lossy(),
-        "-t",
-        &etcd_image,
-    ]);
+    // As a user with etcd installed calls it: by the name on the PATH (the test
+    // support's own etcd may be elsewhere, so a PATH of its own holds it).
+    let on_path = tempfile::tempdir().expect("a temp dir");
+    std::os::unix::fs::symlink(&etcd, on_path.path().join("etcd")).expect("a link to etcd");
+    let path = std::env::join_paths(std::iter::once(on_path.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("a PATH");
+    build_local_with(
+        &["--etcd", "--etcd-bin", "etcd", "-t", &etcd_image],
+        &[("PATH", path.as_os_str())],
+    );
     eprintln!("built both images in {:?}", started.elapsed());
 
     let cluster = Compose {

@@ -1,6 +1,8 @@
 //! An etcd cluster shared with other programs: their writes, outside our
 //! `--etcd-prefix`, move the cluster's revision without a change the replica's copy
 //! sees. Reads must still be served from the copy, once etcd confirms it current.
+//! And etcd as a user has it installed: on the PATH, found by the test support as a
+//! path that scripts can copy.
 
 mod support;
 
@@ -50,5 +52,29 @@ async fn reads_stay_on_the_copy_while_other_programs_write_to_the_cluster() -> T
     })
     .await?;
     drop(server);
+    Ok(())
+}
+
+/// The test support finds `etcd` on the PATH as an absolute path (a bare name once
+/// reached `docker/build-local.sh`, which copies it as a file), whichever way this
+/// machine has etcd.
+#[test]
+fn etcd_on_the_path_is_handed_on_as_an_absolute_path() -> TestResult {
+    let etcd = match support::etcd::etcd_bin() {
+        Ok(etcd) => etcd,
+        Err(why) => {
+            support::skip("KVSTORE_REQUIRE_ETCD", "etcd_on_the_path", &why);
+            return Ok(());
+        }
+    };
+    let dir = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&etcd, dir.path().join("etcd"))?;
+    let path = std::env::join_paths([dir.path(), std::path::Path::new("/nonexistent")])?;
+    let found = support::etcd::on_path(Some(&path)).ok_or("etcd on the PATH not found")?;
+    assert_eq!(found, dir.path().join("etcd"));
+    assert!(found.is_absolute(), "{}", found.display());
+    // So is a name given in KVSTORE_ETCD_BIN.
+    let given = support::resolve_program("etcd".as_ref(), Some(&path));
+    assert_eq!(given.as_deref(), Some(found.as_path()));
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! etcd clusters on loopback for the tests of the etcd engine, started and stopped
 //! by the tests themselves: each member on free ports with a temp data dir.
 //!
-//! The `etcd` binary is `KVSTORE_ETCD_BIN`, or `etcd` on the PATH, or Debian's
+//! The `etcd` binary, always as an absolute path, is `KVSTORE_ETCD_BIN` (a path or
+//! a name on the PATH), or `etcd` on the PATH, or Debian's
 //! `etcd-server` package unpacked under the target dir (`apt-get download` and
 //! `dpkg -x`: no root, no service started; as root, `apt-get update` first when the
 //! package lists are empty). Without any, the tests that need etcd say they skipped,
@@ -31,18 +32,17 @@ fn works(bin: &Path) -> bool {
 }
 
 fn find_or_unpack() -> Result<PathBuf, String> {
-    if let Ok(bin) = std::env::var("KVSTORE_ETCD_BIN") {
-        let bin = PathBuf::from(bin);
-        return if works(&bin) {
-            Ok(bin)
-        } else {
-            Err(format!("KVSTORE_ETCD_BIN={} does not run", bin.display()))
+    if let Some(given) = std::env::var_os("KVSTORE_ETCD_BIN") {
+        return match super::program(&given) {
+            Some(bin) if works(&bin) => Ok(bin),
+            _ => Err(format!(
+                "KVSTORE_ETCD_BIN={} does not run",
+                given.to_string_lossy()
+            )),
         };
     }
-    for bin in [PathBuf::from("etcd"), PathBuf::from("/usr/bin/etcd")] {
-        if works(&bin) {
-            return Ok(bin);
-        }
+    if let Some(bin) = on_path(std::env::var_os("PATH").as_deref()) {
+        return Ok(bin);
     }
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = target
@@ -103,6 +103,18 @@ fn find_or_unpack() -> Result<PathBuf, String> {
             deb.display()
         ))
     }
+}
+
+/// A working `etcd` on the PATH `path` (or Debian's place for it), as an absolute
+/// path: the scripts it is handed to take it for a file.
+pub fn on_path(path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    [
+        super::resolve_program("etcd".as_ref(), path),
+        Some(PathBuf::from("/usr/bin/etcd")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|bin| works(bin))
 }
 
 /// A free loopback port (bound, read, released).

@@ -53,6 +53,32 @@ pub fn kv_bin() -> PathBuf {
     built.clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The program `name` as an absolute path: `name` itself when it names a file (a
+/// path, relative to the current dir or not), else the first executable file of
+/// that name in the directories of `path` (a `PATH` value). Tools found here are
+/// handed to scripts and other programs, which may take a bare name for a path.
+pub fn resolve_program(name: &std::ffi::OsStr, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let given = Path::new(name);
+    let found = if given.components().count() > 1 {
+        Some(given.to_path_buf()).filter(|p| executable(p))
+    } else {
+        std::env::split_paths(path?)
+            .map(|dir| dir.join(name))
+            .find(|p| executable(p))
+    }?;
+    std::path::absolute(found).ok()
+}
+
+/// [`resolve_program`] on this process's `PATH`.
+pub fn program(name: impl AsRef<std::ffi::OsStr>) -> Option<PathBuf> {
+    resolve_program(name.as_ref(), std::env::var_os("PATH").as_deref())
+}
+
 /// The storage engines the suites run on, each test once per engine (with
 /// `#[rstest]` and `#[values(Engine::Sled, Engine::Etcd)] engine: Engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
