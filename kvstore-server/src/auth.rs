@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use actix_web::{web, FromRequest, HttpRequest};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -112,6 +112,32 @@ impl Role {
         self.read
             .iter()
             .any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
+
+    /// Prefixes, disjoint and in key order, under which lie exactly the keys under
+    /// `prefix` that this role may read (none when it may read no such key).
+    pub fn readable_ranges(&self, prefix: &str) -> Vec<String> {
+        if self.can_read(prefix) {
+            return vec![prefix.to_string()];
+        }
+        let mut under: Vec<&str> = self
+            .read
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .map(String::as_str)
+            .collect();
+        // Sorted, a prefix comes right before the prefixes that extend it.
+        under.sort_unstable();
+        let mut ranges: Vec<String> = Vec::with_capacity(under.len());
+        for p in under {
+            if !ranges
+                .last()
+                .is_some_and(|last| p.starts_with(last.as_str()))
+            {
+                ranges.push(p.to_string());
+            }
+        }
+        ranges
     }
 
     /// The key prefixes it may read (`""` is every key).
@@ -253,6 +279,30 @@ impl Caller {
         }
     }
 
+    /// Prefixes, disjoint and in key order, under which lie exactly the keys under
+    /// `prefix` the caller may read: a listing reads these and nothing else, so no
+    /// part of its answer depends on keys the caller may not read.
+    pub fn readable_ranges(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Caller::Open => vec![prefix.to_string()],
+            Caller::Token(role) => role.readable_ranges(prefix),
+        }
+    }
+
+    /// 403 unless the caller may read every key under `prefix` (a transaction's
+    /// list, which reads a whole prefix as etcd's range does).
+    pub fn check_read_all(&self, prefix: &str) -> Result<(), ApiError> {
+        if self.can_read(prefix) {
+            Ok(())
+        } else if prefix.is_empty() {
+            Err(ApiError::forbidden("this token may not read every key"))
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this token may not read every key under {prefix:?}"
+            )))
+        }
+    }
+
     /// 403 unless the caller may read some key under `prefix` (what it may not
     /// read is then left out of lists and watches).
     pub fn check_read_some(&self, prefix: &str) -> Result<(), ApiError> {
@@ -266,6 +316,12 @@ impl Caller {
     }
 }
 
+/// The cookie that carries the console's token (set by `POST /ui/login`).
+pub const COOKIE: &str = "kv_token";
+/// The header the console sends with every call; without it the cookie does not
+/// authenticate a request other than GET or HEAD.
+pub const CONSOLE_HEADER: &str = "x-kv-console";
+
 fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let Some(state) = req.app_data::<web::Data<AppState>>() else {
         return Err(ApiError::internal("no application state"));
@@ -273,24 +329,86 @@ fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
     let Some(access) = &state.access else {
         return Ok(Caller::Open);
     };
-    let bearer = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // The console's login cookie stands in for the header (EventSource cannot send one).
-    let cookie = bearer
-        .is_none()
-        .then(|| crate::console::cookie_token(req))
-        .flatten();
-    let token = bearer
-        .or(cookie.as_deref())
-        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+    let token = match bearer_token(req)? {
+        Some(token) => token.to_string(),
+        // The console's login cookie stands in for the header (EventSource cannot
+        // send one).
+        None => cookie_token(req)?
+            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?,
+    };
     access
-        .role_of(token)
+        .role_of(&token)
         .map(Caller::Token)
         .ok_or_else(|| ApiError::unauthorized("unknown token"))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case,
+/// as RFC 9110 has it); `None` without the header. Two headers are refused rather
+/// than one of them chosen.
+fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let mut headers = req.headers().get_all(AUTHORIZATION);
+    let Some(header) = headers.next() else {
+        return Ok(None);
+    };
+    if headers.next().is_some() {
+        return Err(ApiError::invalid_request(
+            "send one Authorization header, not several",
+        ));
+    }
+    let bad = || ApiError::unauthorized("send Authorization: Bearer <token>");
+    let value = header.to_str().map_err(|_| bad())?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(bad());
+    }
+    Ok(Some(token.trim()))
+}
+
+/// The token in the console's cookie: on any GET or HEAD (the page's reads and its
+/// `EventSource`), on other methods only with [`CONSOLE_HEADER`], which a page of
+/// another origin cannot add without a CORS preflight that is never granted with
+/// credentials. A request that carries the cookie and an `Origin` other than the
+/// server's own is refused: browsers send the cookie on a cross-origin WebSocket
+/// handshake (to which CORS does not apply) from any page of the same site.
+fn cookie_token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    if !req.method().is_safe() && !req.headers().contains_key(CONSOLE_HEADER) {
+        return Ok(None);
+    }
+    let Some(token) = req
+        .cookie(COOKIE)
+        .map(|c| c.value().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if let Some(origin) = req.headers().get(ORIGIN) {
+        let own = own_origin(req);
+        if own.as_deref().map(str::as_bytes) != Some(origin.as_bytes()) {
+            return Err(ApiError::forbidden(format!(
+                "the console's cookie is only taken from pages of this server ({}), \
+                 not from the origin {}: send Authorization: Bearer <token> instead",
+                own.as_deref().unwrap_or("unknown"),
+                String::from_utf8_lossy(origin.as_bytes())
+            )));
+        }
+    }
+    Ok(Some(token))
+}
+
+/// The origin of the server's own pages as a browser names it in `Origin`: the
+/// scheme it serves and the `Host` the request was sent to.
+fn own_origin(req: &HttpRequest) -> Option<String> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{host}"))
 }
 
 impl FromRequest for Caller {
@@ -339,6 +457,27 @@ mod tests {
         let writer = access.role_of("writer-secret").ok_or("writer token")?;
         assert!(writer.can_write("app/x") && !writer.can_write("other"));
         assert!(access.role_of("nope").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn readable_ranges_are_disjoint_sorted_and_exact() -> Result<(), String> {
+        let access = AccessControl::parse(
+            r#"
+            [roles.some]
+            read = ["b/", "app/x/", "app/", "zz", "ap", "c/d/", "c/e"]
+            [[tokens]]
+            name = "s"
+            role = "some"
+            token = "t"
+            "#,
+        )?;
+        let role = access.role_of("t").ok_or("token")?;
+        assert_eq!(role.readable_ranges(""), ["ap", "b/", "c/d/", "c/e", "zz"]);
+        assert_eq!(role.readable_ranges("app/"), ["app/"]);
+        assert_eq!(role.readable_ranges("app/x/y"), ["app/x/y"]);
+        assert_eq!(role.readable_ranges("c/"), ["c/d/", "c/e"]);
+        assert!(role.readable_ranges("d").is_empty());
         Ok(())
     }
 

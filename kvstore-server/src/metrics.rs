@@ -225,7 +225,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", crate::routes::get_or_head().to(render));
 }
 
-async fn render(_caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn render(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Store-wide figures (keys, size, every route's traffic): for a token that may
+    // read the whole store.
+    caller
+        .check_read_all("")
+        .map_err(|e| e.prefixed("/metrics shows store-wide figures"))?;
     let installed = installed().ok_or_else(|| ApiError::internal("metrics are not installed"))?;
     // The render drains every histogram.
     metrics::gauge!("kvstore_metrics_pending_samples").set(installed.pending.take() as f64);

@@ -195,6 +195,9 @@ fn add_shared_errors(operation: &mut Operation) {
         responses.entry("401".into()).or_insert_with(|| {
             error("`unauthorized`: no token or an unknown one (only with an access file)").into()
         });
+        responses.entry("400".into()).or_insert_with(|| {
+            error("`invalid_request`: more than one `Authorization` header").into()
+        });
     }
     responses
         .entry("500".into())
@@ -244,6 +247,8 @@ impl ToSchema for Binary {}
     responses(
         (status = 200, description = "Prometheus text format 0.0.4",
          content_type = "text/plain", body = String),
+        (status = 403, description = "`forbidden`: the token may not read every key (with an \
+            access file)", body = ErrorBody),
     )
 )]
 #[allow(dead_code)] // Documents `crate::metrics::render`, mounted by `crate::metrics::configure`.

@@ -363,3 +363,251 @@ fn bad_access_files_stop_the_server_with_one_line() -> TestResult {
     assert!(stderr.contains("unknown role \"missing\""), "{stderr}");
     Ok(())
 }
+
+/// A token's view of a listing: every page's entries and `next`, with the page's
+/// raw JSON, followed from the first page to the last.
+async fn pages_as(
+    url: &str,
+    token: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        // The keys here need no escaping in a query string.
+        let mut query = format!("prefix={prefix}&limit={limit}");
+        if let Some(after) = &after {
+            query.push_str(&format!("&after={after}"));
+        }
+        let res = reqwest::Client::new()
+            .get(format!("{url}/v1/kv?{query}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut page: serde_json::Value = res.json().await?;
+        // The store's revision is on every answer and says nothing of a key.
+        page.as_object_mut()
+            .ok_or("a page object")?
+            .remove("revision");
+        after = page["next"].as_str().map(str::to_string);
+        pages.push(page);
+        if after.is_none() {
+            return Ok(pages);
+        }
+        assert!(pages.len() < 100, "paging does not end: {pages:?}");
+    }
+}
+
+/// A list answers the same pages to a token whether or not keys it may not read
+/// exist: `limit` counts readable keys, and `next` never names another.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_tell_nothing_of_unreadable_keys(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(secured) = secured_server(engine)? else {
+        return Ok(());
+    };
+    let url = &secured.server.url;
+    let admin = Client::new(url)?.with_token("admin-token")?;
+    for key in ["app/a", "app/b", "app/c"] {
+        admin.put(key, "v").await?;
+    }
+    let mut views = Vec::new();
+    for hidden in [
+        &[][..],
+        &[
+            "aaa/hidden",
+            "apz/hidden",
+            "app",
+            "other/secret",
+            "zzz/hidden",
+        ],
+    ] {
+        for key in hidden {
+            admin.put(key, "secret").await?;
+        }
+        let mut view = Vec::new();
+        for (prefix, limit) in [("", 1), ("", 2), ("a", 1), ("app/", 2), ("", 100)] {
+            view.push(pages_as(url, "reader-token", prefix, limit).await?);
+        }
+        views.push(view);
+    }
+    assert_eq!(
+        views[0], views[1],
+        "the reader's pages changed with unreadable keys"
+    );
+    let first = &views[1][0];
+    assert_eq!(
+        first,
+        &vec![
+            serde_json::json!({"entries": [entry(first, 0, "app/a")], "next": "app/a"}),
+            serde_json::json!({"entries": [entry(first, 1, "app/b")], "next": "app/b"}),
+            serde_json::json!({"entries": [entry(first, 2, "app/c")]}),
+        ]
+    );
+    for view in &views[1] {
+        let text = serde_json::to_string(view)?;
+        assert!(
+            !text.contains("hidden") && !text.contains("secret"),
+            "{text}"
+        );
+    }
+
+    // A transaction's list reads a whole prefix: refused unless the token may read
+    // all of it, so neither its entries nor its `more` tell of other keys.
+    let txn = |prefix: &str| {
+        format!(r#"{{"success": [{{"list": {{"prefix": "{prefix}", "limit": 1}}}}]}}"#)
+    };
+    let json = [("content-type", "application/json")];
+    for prefix in ["", "a", "ap"] {
+        let (status, code) = call(
+            url,
+            Method::POST,
+            "/v1/txn",
+            Some("reader-token"),
+            &txn(prefix),
+            &json,
+        )
+        .await?;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{prefix:?}"
+        );
+    }
+    let listed: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/v1/txn"))
+        .bearer_auth("reader-token")
+        .header("content-type", "application/json")
+        .body(txn("app/"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let result = &listed["results"][0]["list"];
+    assert_eq!(result["entries"][0]["key"], "app/a");
+    assert_eq!(result["more"], true);
+    Ok(())
+}
+
+/// Entry `i` of the first page of `pages`, checked to be `key`.
+fn entry(pages: &[serde_json::Value], i: usize, key: &str) -> serde_json::Value {
+    let entry = pages[i]["entries"][0].clone();
+    assert_eq!(entry["key"], key);
+    entry
+}
+
+/// The console's cookie works only from the server's own pages; bearer tokens in
+/// any case of the scheme; one `Authorization` header; what is public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_stay_on_their_origin_and_headers_are_read_strictly() -> TestResult {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let Some(secured) = secured_server(Engine::Sled)? else {
+        return Ok(());
+    };
+    let url = &secured.server.url;
+    let own = url.trim_end_matches('/').to_string();
+    Client::new(url)?
+        .with_token("admin-token")?
+        .put("app/x", "1")
+        .await?;
+    let cookie = ("cookie", "kv_token=reader%2Dtoken");
+
+    // A WebSocket handshake with the cookie from another origin: 403 and why.
+    let ws = format!(
+        "{}/v1/watch?prefix=app/&initial=true",
+        own.replacen("http", "ws", 1)
+    );
+    for (origin, allowed) in [
+        ("http://127.0.0.1:1", false),
+        ("null", false),
+        (own.as_str(), true),
+    ] {
+        let mut request = ws.as_str().into_client_request()?;
+        request.headers_mut().insert("cookie", cookie.1.parse()?);
+        request.headers_mut().insert("origin", origin.parse()?);
+        match tokio_tungstenite::connect_async(request).await {
+            Ok(_) if allowed => {}
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) if !allowed => {
+                assert_eq!(res.status().as_u16(), 403, "{origin}");
+                let body =
+                    String::from_utf8_lossy(res.body().as_deref().unwrap_or_default()).into_owned();
+                assert!(
+                    body.contains("forbidden") && body.contains(origin),
+                    "{body}"
+                );
+            }
+            other => panic!("origin {origin}: {other:?}"),
+        }
+    }
+    // The same for SSE and a plain read; without an Origin (a same-origin GET in a
+    // browser, or a program) the cookie still works.
+    for (path, accept) in [
+        ("/v1/watch?prefix=app/", "text/event-stream"),
+        ("/v1/kv/app/x", "*/*"),
+    ] {
+        let (status, code) = call(
+            url,
+            Method::GET,
+            path,
+            None,
+            "",
+            &[cookie, ("origin", "http://evil.test"), ("accept", accept)],
+        )
+        .await?;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path}"
+        );
+        let res = reqwest::Client::new()
+            .get(format!("{url}{path}"))
+            .header(cookie.0, cookie.1)
+            .header("accept", accept)
+            .send()
+            .await?;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+
+    // The scheme of Authorization in any case; two headers are refused.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} reader-token");
+        let (status, _) = call(
+            url,
+            Method::GET,
+            "/v1/kv/app/x",
+            None,
+            "",
+            &[("authorization", &auth)],
+        )
+        .await?;
+        assert_eq!(status, StatusCode::OK, "{scheme}");
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{url}/v1/kv/app/x"))
+        .header("authorization", "Bearer admin-token")
+        .header("authorization", "Bearer reader-token")
+        .send()
+        .await?;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "invalid_request");
+
+    // The API's description is public; the store-wide metrics need a token that
+    // may read every key.
+    let (status, _) = call(url, Method::GET, "/v1/openapi.json", None, "", &[]).await?;
+    assert_eq!(status, StatusCode::OK);
+    for (token, expected) in [
+        ("reader-token", StatusCode::FORBIDDEN),
+        ("writer-token", StatusCode::OK),
+        ("admin-token", StatusCode::OK),
+    ] {
+        let (status, _) = call(url, Method::GET, "/metrics", Some(token), "", &[]).await?;
+        assert_eq!(status, expected, "/metrics as {token}");
+    }
+    Ok(())
+}

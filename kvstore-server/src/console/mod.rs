@@ -8,7 +8,8 @@
 //!   cookie [`COOKIE`] (`HttpOnly`, `SameSite=Strict`, `Path=/`, `Secure` over TLS,
 //!   gone when the browser closes). A browser's `EventSource` cannot send an
 //!   `Authorization` header, so for the console the server takes the token from that
-//!   cookie instead ([`cookie_token`], used by [`crate::auth::Caller`]).
+//!   cookie instead (see [`crate::auth::Caller`]), and only from the server's own
+//!   origin.
 //! - `POST /ui/logout`: removes the cookie.
 //! - `GET /ui/session`: what the caller may read and write, so the page shows no
 //!   edit controls to a read-only token (the API refuses its writes anyway).
@@ -32,11 +33,7 @@ use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The cookie that carries the console's token.
-pub const COOKIE: &str = "kv_token";
-/// The header the console sends with every call; without it the cookie does not
-/// authenticate a request other than GET or HEAD.
-pub const CONSOLE_HEADER: &str = "x-kv-console";
+use crate::auth::{CONSOLE_HEADER, COOKIE};
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -200,18 +197,6 @@ async fn logout(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::NoContent()
         .cookie(token_cookie(&req, None))
         .finish())
-}
-
-/// The token in the console's cookie, for [`crate::auth::Caller`]: any GET or HEAD
-/// (the page's reads and its `EventSource`), other methods only with
-/// [`CONSOLE_HEADER`] (see the module docs).
-pub(crate) fn cookie_token(req: &HttpRequest) -> Option<String> {
-    if !req.method().is_safe() && !req.headers().contains_key(CONSOLE_HEADER) {
-        return None;
-    }
-    req.cookie(COOKIE)
-        .map(|c| c.value().to_string())
-        .filter(|v| !v.is_empty())
 }
 
 /// The assets are served as they are; keep them honest about what they load.

@@ -547,14 +547,62 @@ async fn list(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let mut page = state
-        .store
-        .list(&query.prefix, query.after.as_deref(), limit)
-        .await
-        .map_err(|e| ApiError::from_store(e, &query.prefix))?;
-    // What the token may not read is left out; `next` still pages past it.
-    page.entries.retain(|e| caller.can_read(&e.key));
+    let page = readable_page(
+        &state,
+        &caller,
+        &query.prefix,
+        query.after.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(|e| ApiError::from_store(e, &query.prefix))?;
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
         .json(page))
+}
+
+/// Up to `limit` entries under `prefix` that `caller` may read, after `after`, and
+/// the key to page on from when more follow. Only the ranges the caller may read
+/// are read, so nothing in the page (entries, `next`, its length) depends on keys
+/// it may not read.
+async fn readable_page(
+    state: &AppState,
+    caller: &Caller,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<ListPage, kvstore_core::Error> {
+    let mut entries = Vec::new();
+    let mut revision = 0;
+    // One entry beyond the page says whether more follow.
+    'ranges: for range in caller.readable_ranges(prefix) {
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let page = state
+                .store
+                .list(&range, cursor.as_deref(), limit + 1 - entries.len())
+                .await?;
+            revision = revision.max(page.revision);
+            entries.extend(page.entries);
+            if entries.len() > limit {
+                break 'ranges;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    if revision == 0 {
+        revision = state.store.revision();
+    }
+    let next = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries.last().map(|e| e.key.clone())
+    });
+    Ok(ListPage {
+        entries,
+        next: next.flatten(),
+        revision,
+    })
 }

@@ -1,9 +1,9 @@
 //! `POST /v1/txn`: a transaction (see `kvstore_core::txn` for its shape). Every
-//! key a compare or a read names must be readable by the token, every key or
-//! prefix a write names writable; what a `list` may not show is left out.
+//! key a compare or a read names must be readable by the token (every key under a
+//! `list`'s prefix), every key or prefix a write names writable.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::txn::{Txn, TxnOp, TxnResponse, TxnResult};
+use kvstore_core::txn::{Txn, TxnOp, TxnResponse};
 use kvstore_core::wire::ErrorBody;
 
 use super::leases::PutLease;
@@ -40,7 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             put), `invalid_ttl`, `invalid_key`, `too_many_ops` (over `--max-txn-ops` compares or ops in a branch) or \
             `duplicate_key` (a branch writes a key twice); nothing is changed", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not read or write a key the \
-            transaction names", body = ErrorBody),
+            transaction names, or may not read every key under a `list`'s prefix",
+            body = ErrorBody),
         (status = 404, description = "`lease_not_found`: a put of the branch that ran names a \
             lease that expired, was revoked or was never granted; nothing is changed",
             body = ErrorBody),
@@ -73,12 +74,7 @@ async fn txn(
             super::leases::release_own(&state, id).await;
         }
     }
-    let mut answer = answer.map_err(ApiError::from)?;
-    for result in &mut answer.results {
-        if let TxnResult::List(listed) = result {
-            listed.entries.retain(|e| caller.can_read(&e.key));
-        }
-    }
+    let answer = answer.map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -123,7 +119,10 @@ fn check_access(caller: &Caller, txn: &Txn) -> Result<(), ApiError> {
             // token may write.
             TxnOp::DeletePrefix { prefix } => caller.check_write(prefix)?,
             TxnOp::Get { key } => caller.check_read(key)?,
-            TxnOp::List { prefix, .. } => caller.check_read_some(prefix)?,
+            // A list reads its whole prefix (as etcd's RBAC has a range): what it
+            // says of its prefix, `more` included, must not tell of keys the token
+            // may not read.
+            TxnOp::List { prefix, .. } => caller.check_read_all(prefix)?,
         }
     }
     Ok(())
