@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use kvstore_client::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::TestServer;
+use support::{say, TestServer};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
@@ -121,11 +121,6 @@ fn tools() -> Result<Tools, String> {
         .clone()
 }
 
-/// A line past the harness's capture, on stdout and stderr.
-fn say(line: &str) {
-    let _ = writeln!(std::io::stdout(), "{line}");
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
 
 /// Browser tests run one at a time: two Chromiums on two cores make every wait slow.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

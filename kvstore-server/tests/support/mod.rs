@@ -490,10 +490,16 @@ pub fn admin_access_file(dir: &Path) -> std::io::Result<String> {
 /// only), so `cargo test` shows it even when the test passes.
 #[track_caller]
 pub fn skip(require: &str, test: &str, why: &str) {
-    use std::io::Write;
     let required = std::env::var(require).is_ok_and(|v| v == "1");
     assert!(!required, "{require}=1, but {test} cannot run: {why}");
-    let line = format!("SKIPPED {test}: {why} (with {require}=1 this fails)\n");
+    say(&format!("SKIPPED {test}: {why} (with {require}=1 this fails)"));
+}
+
+/// Writes `line` to stdout and stderr past the harness's capture, so that `cargo
+/// test` shows it even when the test passes.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let line = format!("{line}\n");
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

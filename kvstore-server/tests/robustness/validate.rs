@@ -1,0 +1,390 @@
+//! The checks of a run: the watchers' streams against one another and against the
+//! requests' answers (etcd's `validate/watch.go` guarantees), then the whole
+//! history for linearizability against [`crate::model::StoreModel`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use porcupine_rs::{CheckResult, LinearizationInfo, Operation};
+
+use super::history::{Kv, Record, Request, Response};
+use super::model::StoreModel;
+use super::watchers::{Change, Recorded};
+
+/// The changes of each revision, from a complete stream.
+pub type Log = BTreeMap<u64, Vec<Change>>;
+
+/// The reference log: the changes of a watcher that saw every revision from the
+/// first, read after the faults. Ordered, unique and gap-free, or anomalies.
+pub fn reference_log(reference: &Recorded, last: u64, anomalies: &mut Vec<String>) -> Log {
+    let mut log = Log::new();
+    let mut previous = 0;
+    for change in &reference.changes {
+        if change.revision < previous {
+            anomalies.push(format!(
+                "ordered: {} sent revision {} after {previous}",
+                reference.name, change.revision
+            ));
+        }
+        previous = change.revision;
+        let changes = log.entry(change.revision).or_default();
+        if changes.iter().any(|c| c.key == change.key) {
+            anomalies.push(format!(
+                "unique: {} sent {} at revision {} twice",
+                reference.name, change.key, change.revision
+            ));
+        }
+        changes.push(change.clone());
+    }
+    // Every write of this store is under the watched prefix: every revision up to
+    // the last has changes.
+    let missing: Vec<u64> = (1..=last).filter(|r| !log.contains_key(r)).collect();
+    if !missing.is_empty() {
+        anomalies.push(format!(
+            "reliable: {} has no change at revisions {missing:?} (of 1..={last})",
+            reference.name
+        ));
+    }
+    log
+}
+
+/// The store after every change of `log` up to `revision`.
+pub fn state_at(log: &Log, revision: u64) -> BTreeMap<String, Kv> {
+    let mut state = BTreeMap::new();
+    for change in log.range(..=revision).flat_map(|(_, c)| c) {
+        match &change.value {
+            Some(value) => {
+                state.insert(
+                    change.key.clone(),
+                    Kv {
+                        value: value.clone(),
+                        create_revision: change.create_revision,
+                        mod_revision: change.revision,
+                        version: change.version,
+                    },
+                );
+            }
+            None => {
+                state.remove(&change.key);
+            }
+        }
+    }
+    state
+}
+
+/// Each watcher's stream must be the reference log over the revisions it covers:
+/// the same changes, in the same order, each once, every revision whole (atomic),
+/// whatever it resumed through; with `initial`, its entries the store at the
+/// revision they name.
+pub fn check_watchers(log: &Log, watchers: &[Recorded], base: u64, anomalies: &mut Vec<String>) {
+    for watcher in watchers {
+        if let Some(error) = &watcher.error {
+            anomalies.push(format!("{} ended with an error: {error}", watcher.name));
+        }
+        let from = match &watcher.initial {
+            Some((entries, revision)) => {
+                let shown: BTreeMap<String, Kv> =
+                    entries.iter().map(|e| Kv::of(e, base)).collect();
+                let expected = state_at(log, *revision);
+                if shown != expected {
+                    anomalies.push(format!(
+                        "initial: {} showed the store at revision {revision} as {shown:?}, \
+                         the log has {expected:?}",
+                        watcher.name
+                    ));
+                }
+                revision + 1
+            }
+            None => 1,
+        };
+        let last = watcher.last_revision();
+        let expected: Vec<&Change> = log.range(from..=last).flat_map(|(_, c)| c).collect();
+        let got: Vec<&Change> = watcher.changes.iter().collect();
+        if got != expected {
+            let at = got
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(expected.len()));
+            anomalies.push(format!(
+                "{} (resumed {} times) differs from the log at change {at}: sent {:?}, the log \
+                 has {:?} ({} changes sent, {} in the log from revision {from} to {last})",
+                watcher.name,
+                watcher.resumes,
+                got.get(at),
+                expected.get(at),
+                got.len(),
+                expected.len()
+            ));
+        }
+    }
+}
+
+/// The changes a request's answer says it made, if it says so.
+fn claimed(record: &Record) -> Option<(u64, Vec<(String, Option<String>)>)> {
+    match (&record.request, &record.response) {
+        (Request::Put { key, value, .. }, Response::Put { revision, .. }) => {
+            Some((*revision, vec![(key.clone(), Some(value.clone()))]))
+        }
+        (Request::Delete { key, .. }, Response::Deleted { revision }) => {
+            Some((*revision, vec![(key.clone(), None)]))
+        }
+        (
+            Request::Txn { keys, values, .. },
+            Response::Txn {
+                succeeded: true,
+                revision,
+                ..
+            },
+        ) => Some((
+            *revision,
+            keys.iter()
+                .cloned()
+                .zip(values.iter().cloned().map(Some))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// Holds every answer against the log: an acknowledged write is in it at the
+/// revision it was given, with exactly its changes; every change in the log comes
+/// from a request that was acknowledged at that revision or whose outcome is
+/// unknown (none appears that no client asked for, nor one whose request was
+/// answered as not applied). Then settles the unknown outcomes the log decides:
+/// a put or transaction in it gets the answer it would have had, one not in it
+/// never happened and leaves the history.
+pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<String>) {
+    let mut claims: HashMap<u64, usize> = HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        let (revision, writes) = match (&record.request, &record.response) {
+            (Request::DeletePrefix { prefix }, Response::DeletedPrefix { revision, deleted }) => {
+                if *deleted == 0 {
+                    continue;
+                }
+                let changes = log.get(revision).map(Vec::as_slice).unwrap_or_default();
+                if changes.len() != *deleted
+                    || changes
+                        .iter()
+                        .any(|c| c.value.is_some() || !c.key.starts_with(prefix.as_str()))
+                {
+                    anomalies.push(format!(
+                        "acknowledged: {} — the log has at revision {revision}: {changes:?}",
+                        record.describe()
+                    ));
+                }
+                (*revision, Vec::new())
+            }
+            _ => match claimed(record) {
+                Some(claim) => claim,
+                None => continue,
+            },
+        };
+        if let Some(other) = claims.insert(revision, i) {
+            anomalies.push(format!(
+                "two requests were given revision {revision}: {} and {}",
+                records[other].describe(),
+                record.describe()
+            ));
+        }
+        if writes.is_empty() {
+            continue;
+        }
+        let changes: Vec<(String, Option<String>)> = log
+            .get(&revision)
+            .map(|c| c.iter().map(|c| (c.key.clone(), c.value.clone())).collect())
+            .unwrap_or_default();
+        let mut sorted = writes.clone();
+        sorted.sort();
+        let mut seen = changes.clone();
+        seen.sort();
+        if sorted != seen {
+            anomalies.push(format!(
+                "acknowledged: {} — the log has at revision {revision}: {changes:?}",
+                record.describe()
+            ));
+        }
+    }
+
+    // The revisions no answer claims: an unknown outcome must explain each.
+    let mut settled: HashMap<usize, u64> = HashMap::new();
+    for (revision, changes) in log {
+        if claims.contains_key(revision) {
+            continue;
+        }
+        let explains = |record: &Record| -> bool {
+            if !matches!(record.response, Response::Unknown(_)) {
+                return false;
+            }
+            match &record.request {
+                Request::Put { key, value, .. } => {
+                    changes.len() == 1
+                        && changes[0].key == *key
+                        && changes[0].value.as_ref() == Some(value)
+                }
+                Request::Txn { keys, values, .. } => {
+                    changes.len() == 2
+                        && keys.iter().zip(values).all(|(k, v)| {
+                            changes
+                                .iter()
+                                .any(|c| c.key == *k && c.value.as_ref() == Some(v))
+                        })
+                }
+                Request::Delete { key, .. } => {
+                    changes.len() == 1 && changes[0].key == *key && changes[0].value.is_none()
+                }
+                Request::DeletePrefix { prefix } => changes
+                    .iter()
+                    .all(|c| c.value.is_none() && c.key.starts_with(prefix.as_str())),
+                _ => false,
+            }
+        };
+        match records
+            .iter()
+            .enumerate()
+            .find(|(i, r)| !settled.contains_key(i) && explains(r))
+        {
+            Some((i, _)) => {
+                settled.insert(i, *revision);
+            }
+            None => {
+                let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+                // When the change happened: between the answers nearest it.
+                let around: Vec<&Record> = records
+                    .iter()
+                    .filter(|r| claimed(r).is_some_and(|(rev, _)| rev.abs_diff(*revision) <= 5))
+                    .collect();
+                let from = around.iter().map(|r| r.call).min().unwrap_or(0);
+                let to = around.iter().map(|r| r.ret).max().unwrap_or(i64::MAX);
+                let nearby: Vec<String> = records
+                    .iter()
+                    .filter(|r| r.request.is_write() && r.call <= to && r.ret >= from)
+                    .filter(|r| {
+                        r.request
+                            .keys()
+                            .iter()
+                            .any(|k| keys.iter().any(|key| key.starts_with(k)))
+                    })
+                    .map(Record::describe)
+                    .collect();
+                anomalies.push(format!(
+                    "revision {revision}: {changes:?} — no request acknowledged at that revision \
+                     nor any left unknown explains it. Writes of those keys at about that \
+                     time:\n    {}",
+                    nearby.join("\n    ")
+                ));
+            }
+        }
+    }
+
+    // Settle what the log decides.
+    let mut kept = Vec::with_capacity(records.len());
+    for (i, mut record) in records.drain(..).enumerate() {
+        if !matches!(record.response, Response::Unknown(_)) {
+            kept.push(record);
+            continue;
+        }
+        match (&record.request, settled.get(&i)) {
+            (Request::Put { key, .. }, Some(revision)) => {
+                let change = log[revision].iter().find(|c| &c.key == key);
+                record.response = Response::Put {
+                    revision: *revision,
+                    create_revision: change.map_or(0, |c| c.create_revision),
+                    version: change.map_or(0, |c| c.version),
+                };
+                kept.push(record);
+            }
+            (Request::Txn { .. }, Some(revision)) => {
+                record.response = Response::Txn {
+                    succeeded: true,
+                    revision: *revision,
+                    reads: [None, None],
+                };
+                kept.push(record);
+            }
+            // A put or a transaction that is not in the log never happened.
+            (Request::Put { .. } | Request::Txn { .. }, None) => {}
+            // A delete stays unknown: which of several requests made it, the log
+            // cannot say.
+            _ => kept.push(record),
+        }
+    }
+    *records = kept;
+}
+
+/// What the linearizability check found.
+pub enum Verdict {
+    Linearizable,
+    Undecided(Duration),
+    /// The shortest part of the history that shows it, as lines.
+    Violation(Vec<String>, LinearizationInfo<StoreModel>),
+}
+
+/// Checks `records` against the model, within `budget`.
+pub fn linearizable(records: &[Record], budget: Duration) -> Verdict {
+    let operations: Vec<Operation<StoreModel>> = records
+        .iter()
+        .map(|r| Operation {
+            client_id: Some(r.client),
+            call_time: r.call,
+            return_time: r.ret,
+            op: (r.request.clone(), r.response.clone()),
+            metadata: Some(r.client),
+        })
+        .collect();
+    let (result, info) = porcupine_rs::check_operations_info_timeout(&operations, budget);
+    match result {
+        CheckResult::Ok => Verdict::Linearizable,
+        CheckResult::Unknown => Verdict::Undecided(budget),
+        CheckResult::Illegal => Verdict::Violation(shortest_part(records, &info), info),
+    }
+}
+
+/// The requests around the one the search could not place: the longest partial
+/// linearization's last steps, then every request on the same keys that overlaps
+/// the first request left out.
+fn shortest_part(records: &[Record], info: &LinearizationInfo<StoreModel>) -> Vec<String> {
+    let longest: Vec<usize> = info
+        .partial_linearizations
+        .iter()
+        .flatten()
+        .max_by_key(|seq| seq.len())
+        .cloned()
+        .unwrap_or_default();
+    let placed: std::collections::HashSet<usize> = longest.iter().copied().collect();
+    let Some(stuck) = (0..records.len())
+        .filter(|i| !placed.contains(i))
+        .min_by_key(|i| records[*i].call)
+    else {
+        return vec!["every request was placed".into()];
+    };
+    let stuck_record = &records[stuck];
+    let keys = stuck_record.request.keys();
+    let touches = |r: &Record| {
+        r.request
+            .keys()
+            .iter()
+            .any(|k| keys.iter().any(|key| key.starts_with(k) || k.starts_with(key)))
+    };
+    let mut lines = vec![format!(
+        "{} requests placed in order before the search got stuck; its last steps on these keys:",
+        longest.len()
+    )];
+    for i in longest.iter().rev().take(40).rev() {
+        if touches(&records[*i]) {
+            lines.push(format!("  placed  {}", records[*i].describe()));
+        }
+    }
+    lines.push(format!("  STUCK   {}", stuck_record.describe()));
+    for (i, r) in records.iter().enumerate() {
+        if i != stuck
+            && !placed.contains(&i)
+            && touches(r)
+            && r.call <= stuck_record.ret
+            && r.ret >= stuck_record.call
+        {
+            lines.push(format!("  overlaps {}", r.describe()));
+        }
+    }
+    lines
+}
