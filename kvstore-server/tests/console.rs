@@ -121,7 +121,6 @@ fn tools() -> Result<Tools, String> {
         .clone()
 }
 
-
 /// Browser tests run one at a time: two Chromiums on two cores make every wait slow.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -18,6 +18,8 @@
 mod codec;
 mod events;
 mod export;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod lease;
 mod stage;
 mod txn;
@@ -194,6 +196,8 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store described by `config`.
     pub fn open(mut config: SledConfig) -> Result<SledStore, Error> {
+        #[cfg(feature = "failpoints")]
+        failpoints::setup();
         config.max_value_bytes = config.max_value_bytes.min(MAX_VALUE_BYTES_LIMIT);
         let db = sled::Config::new()
             .path(&config.path)

@@ -289,6 +289,10 @@ impl Writer {
                 None if applied.last == *self.durable.borrow() => None,
                 None => self.make_durable(),
             };
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("sled::after-flush", failure.is_none(), |_| {
+                super::failpoints::crash("sled::after-flush")
+            });
             metrics::histogram!("kvstore_commit_group_size").record(ops.len() as f64);
             metrics::histogram!("kvstore_commit_seconds").record(started.elapsed().as_secs_f64());
             // Revisions taken stay taken, even by a failed group: its change records
@@ -346,6 +350,17 @@ impl Writer {
     fn make_durable(&self) -> Option<Error> {
         if self.sync == SyncMode::None {
             return None;
+        }
+        #[cfg(feature = "failpoints")]
+        {
+            fail::fail_point!("sled::before-flush", |_| -> Option<Error> {
+                super::failpoints::crash("sled::before-flush")
+            });
+            fail::fail_point!("sled::flush-error", |_| {
+                Some(Error::Unavailable(
+                    "storage error: an I/O error on the flush (failpoint)".into(),
+                ))
+            });
         }
         let started = Instant::now();
         let flushed = self.db.flush();
@@ -406,6 +421,10 @@ impl Writer {
         if let Err(error) = self.log.insert(first, record.finish()) {
             return self.failed(results, storage_error(error));
         }
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("sled::between-log-and-kv", |_| -> Applied {
+            super::failpoints::crash("sled::between-log-and-kv")
+        });
         for (key, state) in &view.changed {
             let written = match state {
                 Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),

@@ -16,6 +16,14 @@ pub enum Fault {
     KillServer,
     /// SIGTERM a kvstore server (a graceful stop), then start it again.
     StopServer,
+    /// Restart a sled server with a failpoint that crashes its writer at the next
+    /// few groups (`kvstore-core`'s `failpoints`): before or after a flush, or
+    /// between the change log and the kv tree; then start it again, plainly.
+    CrashBeforeFlush,
+    CrashAfterFlush,
+    CrashBetweenLogAndKv,
+    /// Restart a sled server whose flush fails twice a little later.
+    FlushError,
     /// SIGKILL the etcd leader, then restart it.
     KillLeader,
     /// SIGKILL an etcd follower, then restart it.
@@ -42,7 +50,14 @@ impl Fault {
 
     fn all(engine: Engine) -> &'static [Fault] {
         match engine {
-            Engine::Sled => &[Fault::KillServer, Fault::KillServer, Fault::StopServer],
+            Engine::Sled => &[
+                Fault::KillServer,
+                Fault::StopServer,
+                Fault::CrashBeforeFlush,
+                Fault::CrashAfterFlush,
+                Fault::CrashBetweenLogAndKv,
+                Fault::FlushError,
+            ],
             Engine::Etcd => &[
                 Fault::KillLeader,
                 Fault::KillFollower,
@@ -87,9 +102,13 @@ impl System {
     }
 
     fn start_behind(&self, address: &HeldAddress) -> TestServer {
+        self.start_behind_with(address, &[])
+    }
+
+    fn start_behind_with(&self, address: &HeldAddress, env: &[(&str, &str)]) -> TestServer {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         address
-            .start_on(&self.backend, &args)
+            .start_on_with_env(&self.backend, &args, env)
             .unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
@@ -116,6 +135,39 @@ impl System {
                 self.servers[i] = Some(self.start_behind(&self.addresses[i]));
                 format!("{fault:?} of server {i}, back after {pause:?}")
             }
+            Fault::CrashBeforeFlush | Fault::CrashAfterFlush | Fault::CrashBetweenLogAndKv => {
+                let point = match fault {
+                    Fault::CrashBeforeFlush => "sled::before-flush",
+                    Fault::CrashAfterFlush => "sled::after-flush",
+                    _ => "sled::between-log-and-kv",
+                };
+                let i = rng.random_range(0..self.servers.len());
+                if let Some(mut server) = self.servers[i].take() {
+                    self.addresses[i].kill(&mut server);
+                }
+                // Crashes at one of the next groups, with traffic under way.
+                let armed = format!("{point}=10%return");
+                let mut server =
+                    self.start_behind_with(&self.addresses[i], &[("FAILPOINTS", &armed)]);
+                let crashed = server.wait_exit(Duration::from_secs(10));
+                self.addresses[i].detach();
+                drop(server);
+                self.servers[i] = Some(self.start_behind(&self.addresses[i]));
+                match crashed {
+                    Some(status) => format!("{fault:?} of server {i} ({status})"),
+                    None => format!("{fault:?} of server {i}: no crash within 10 s, killed"),
+                }
+            }
+            Fault::FlushError => {
+                let i = rng.random_range(0..self.servers.len());
+                if let Some(mut server) = self.servers[i].take() {
+                    self.addresses[i].kill(&mut server);
+                }
+                let armed = "sled::flush-error=20*off->2*return->off";
+                self.servers[i] =
+                    Some(self.start_behind_with(&self.addresses[i], &[("FAILPOINTS", armed)]));
+                format!("{fault:?} of server {i} (after a restart: 20 flushes, then 2 fail)")
+            }
             Fault::KillLeader | Fault::KillFollower => {
                 let Some(cluster) = self.backend.cluster() else {
                     return "no cluster".into();
@@ -131,7 +183,10 @@ impl System {
                 cluster.kill(member);
                 std::thread::sleep(pause + Duration::from_secs(1));
                 let restarted = cluster.restart(member);
-                format!("{fault:?}: member {member} killed, restarted after {:?}: {restarted:?}", pause + Duration::from_secs(1))
+                format!(
+                    "{fault:?}: member {member} killed, restarted after {:?}: {restarted:?}",
+                    pause + Duration::from_secs(1)
+                )
             }
         }
     }

@@ -53,14 +53,31 @@ impl Cond {
 /// A request, its revisions (in conditions) relative to the store's first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Get { key: String },
-    List { prefix: String },
-    Put { key: String, value: String, cond: Cond },
-    Delete { key: String, cond: Cond },
-    DeletePrefix { prefix: String },
+    Get {
+        key: String,
+    },
+    List {
+        prefix: String,
+    },
+    Put {
+        key: String,
+        value: String,
+        cond: Cond,
+    },
+    Delete {
+        key: String,
+        cond: Cond,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
     /// Read-modify-write of two keys: if both are still at the mod revisions read
     /// (0: absent), put both; else read both.
-    Txn { keys: [String; 2], expect: [u64; 2], values: [String; 2] },
+    Txn {
+        keys: [String; 2],
+        expect: [u64; 2],
+        values: [String; 2],
+    },
 }
 
 impl Request {
@@ -85,17 +102,36 @@ impl Request {
 pub enum Response {
     /// A read: the entry (none: 404) and the store revision the answer names, at
     /// or above the one the read saw (a 404 names none).
-    Get { kv: Option<Kv>, revision: Option<u64> },
-    List { entries: BTreeMap<String, Kv>, revision: u64 },
+    Get {
+        kv: Option<Kv>,
+        revision: Option<u64>,
+    },
+    List {
+        entries: BTreeMap<String, Kv>,
+        revision: u64,
+    },
     /// A put's revision, and the key's create revision and version after it.
-    Put { revision: u64, create_revision: u64, version: u64 },
-    Deleted { revision: u64 },
-    DeletedPrefix { revision: u64, deleted: usize },
+    Put {
+        revision: u64,
+        create_revision: u64,
+        version: u64,
+    },
+    Deleted {
+        revision: u64,
+    },
+    DeletedPrefix {
+        revision: u64,
+        deleted: usize,
+    },
     /// 404 for a delete.
     NotFound,
     /// 412.
     PreconditionFailed,
-    Txn { succeeded: bool, revision: u64, reads: [Option<Kv>; 2] },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        reads: [Option<Kv>; 2],
+    },
     /// Sent, and no answer says whether it was applied: it may take effect at any
     /// moment after it was sent, or never.
     Unknown(String),

@@ -281,7 +281,8 @@ async fn run(
     validate::explain_log(&mut history, &log, &mut anomalies);
     let checked_at = Instant::now();
     let verdict = validate::linearizable(&history, CHECK_BUDGET);
-    let frames: usize = watched.iter().map(|w| w.changes.len()).sum::<usize>() + reference.changes.len();
+    let frames: usize =
+        watched.iter().map(|w| w.changes.len()).sum::<usize>() + reference.changes.len();
     let verdict_line = match &verdict {
         Verdict::Linearizable => format!("linearizable (checked in {:?})", checked_at.elapsed()),
         Verdict::Undecided(budget) => format!("NOT DECIDED within {budget:?}"),

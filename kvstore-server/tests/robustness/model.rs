@@ -70,12 +70,9 @@ impl Model for StoreModel {
     fn step(state: &Store, (request, response): &(Request, Response)) -> (bool, Store) {
         let same = |ok: bool| (ok, state.clone());
         match (request, response) {
-            (Request::Get { key }, Response::Get { kv, revision }) => {
-                same(
-                    state.keys.get(key) == kv.as_ref()
-                        && revision.is_none_or(|r| r >= state.revision),
-                )
-            }
+            (Request::Get { key }, Response::Get { kv, revision }) => same(
+                state.keys.get(key) == kv.as_ref() && revision.is_none_or(|r| r >= state.revision),
+            ),
             (Request::List { prefix }, Response::List { entries, revision }) => {
                 let now: BTreeMap<String, Kv> = state
                     .under(prefix)
@@ -115,7 +112,9 @@ impl Model for StoreModel {
                     next
                 };
                 match response {
-                    Response::Deleted { revision } if applies && *revision == state.revision + 1 => {
+                    Response::Deleted { revision }
+                        if applies && *revision == state.revision + 1 =>
+                    {
                         (true, deleted())
                     }
                     Response::Deleted { .. } => same(false),
@@ -140,7 +139,10 @@ impl Model for StoreModel {
                     next
                 };
                 match response {
-                    Response::DeletedPrefix { revision, deleted: n } => {
+                    Response::DeletedPrefix {
+                        revision,
+                        deleted: n,
+                    } => {
                         let next = deleted();
                         (*n == doomed.len() && *revision == next.revision, next)
                     }

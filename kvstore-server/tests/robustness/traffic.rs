@@ -63,7 +63,11 @@ pub async fn run_client(
             52..62 => Request::Put {
                 key: key.into(),
                 value,
-                cond: if last == 0 { Cond::Absent } else { Cond::ModRevision(last) },
+                cond: if last == 0 {
+                    Cond::Absent
+                } else {
+                    Cond::ModRevision(last)
+                },
             },
             62..67 => Request::Put {
                 key: key.into(),
@@ -138,7 +142,14 @@ fn learn(seen: &mut HashMap<&'static str, u64>, request: &Request, response: &Re
         (Request::Delete { key, .. }, Response::Deleted { .. } | Response::NotFound) => {
             note(key, 0)
         }
-        (Request::Txn { keys, .. }, Response::Txn { succeeded: true, revision, .. }) => {
+        (
+            Request::Txn { keys, .. },
+            Response::Txn {
+                succeeded: true,
+                revision,
+                ..
+            },
+        ) => {
             note(&keys[0], *revision);
             note(&keys[1], *revision);
         }
@@ -164,12 +175,14 @@ async fn send(target: &Target, http: &reqwest::Client, request: &Request) -> Opt
     let sdk = &target.sdk;
     let outcome: Result<Response, Error> = match request {
         Request::Get { key } => return get_raw(http, &target.url, key, base).await,
-        Request::List { prefix } => sdk.list(prefix, None, Some(1000)).await.map(|page| {
-            Response::List {
-                entries: page.entries.iter().map(|e| Kv::of(e, base)).collect(),
-                revision: rel(page.revision),
-            }
-        }),
+        Request::List { prefix } => {
+            sdk.list(prefix, None, Some(1000))
+                .await
+                .map(|page| Response::List {
+                    entries: page.entries.iter().map(|e| Kv::of(e, base)).collect(),
+                    revision: rel(page.revision),
+                })
+        }
         Request::Put { key, value, cond } => {
             let put = match condition(*cond) {
                 Some(c) => sdk.put_if(key, value.as_bytes(), c).await,
@@ -205,8 +218,16 @@ async fn send(target: &Target, http: &reqwest::Client, request: &Request) -> Opt
         } => {
             let txn = sdk
                 .transaction()
-                .when(Compare::mod_revision(&keys[0], CompareOp::Equal, abs(expect[0])))
-                .when(Compare::mod_revision(&keys[1], CompareOp::Equal, abs(expect[1])))
+                .when(Compare::mod_revision(
+                    &keys[0],
+                    CompareOp::Equal,
+                    abs(expect[0]),
+                ))
+                .when(Compare::mod_revision(
+                    &keys[1],
+                    CompareOp::Equal,
+                    abs(expect[1]),
+                ))
                 .and_then(TxnOp::put(&keys[0], values[0].as_bytes()))
                 .and_then(TxnOp::put(&keys[1], values[1].as_bytes()))
                 .or_else(TxnOp::get(&keys[0]))

@@ -83,8 +83,7 @@ pub fn check_watchers(log: &Log, watchers: &[Recorded], base: u64, anomalies: &m
         }
         let from = match &watcher.initial {
             Some((entries, revision)) => {
-                let shown: BTreeMap<String, Kv> =
-                    entries.iter().map(|e| Kv::of(e, base)).collect();
+                let shown: BTreeMap<String, Kv> = entries.iter().map(|e| Kv::of(e, base)).collect();
                 let expected = state_at(log, *revision);
                 if shown != expected {
                     anomalies.push(format!(
@@ -361,10 +360,10 @@ fn shortest_part(records: &[Record], info: &LinearizationInfo<StoreModel>) -> Ve
     let stuck_record = &records[stuck];
     let keys = stuck_record.request.keys();
     let touches = |r: &Record| {
-        r.request
-            .keys()
-            .iter()
-            .any(|k| keys.iter().any(|key| key.starts_with(k) || k.starts_with(key)))
+        r.request.keys().iter().any(|k| {
+            keys.iter()
+                .any(|key| key.starts_with(k) || k.starts_with(key))
+        })
     };
     let mut lines = vec![format!(
         "{} requests placed in order before the search got stuck; its last steps on these keys:",

@@ -91,7 +91,8 @@ pub async fn run_watcher(
         let mut since_resume = 0;
         loop {
             let reached = |recorded: &Recorded, done: &watch::Receiver<Option<u64>>| {
-                done.borrow().is_some_and(|end| recorded.last_revision() >= end)
+                done.borrow()
+                    .is_some_and(|end| recorded.last_revision() >= end)
             };
             if reached(&recorded, &done) {
                 return recorded;
@@ -166,7 +167,10 @@ pub async fn run_sse_watcher(
         recorded.changes.retain(|c| c.revision != last);
         let from = if last == 0 { 1 } else { last };
         let res = http
-            .get(format!("{url}/v1/watch?prefix={PREFIX}&start_revision={}", from + base))
+            .get(format!(
+                "{url}/v1/watch?prefix={PREFIX}&start_revision={}",
+                from + base
+            ))
             .header("accept", "text/event-stream")
             .send()
             .await;

@@ -264,11 +264,23 @@ impl TestServer {
         if option_env!("CARGO_BIN_EXE_kvstore-server").is_none() {
             return Self::start_in_process(listen, data_dir, args);
         }
+        Self::try_start_process_at(listen, data_dir, args, &[])
+    }
+
+    /// The server binary on `data_dir` listening on `listen`, with the variables
+    /// `env` set (e.g. `FAILPOINTS`), or why it did not start.
+    pub fn try_start_process_at(
+        listen: &str,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, String> {
         let mut command = Command::new(server_bin());
         command
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         Self::start_process(command, data_dir)
     }
 
@@ -492,7 +504,9 @@ pub fn admin_access_file(dir: &Path) -> std::io::Result<String> {
 pub fn skip(require: &str, test: &str, why: &str) {
     let required = std::env::var(require).is_ok_and(|v| v == "1");
     assert!(!required, "{require}=1, but {test} cannot run: {why}");
-    say(&format!("SKIPPED {test}: {why} (with {require}=1 this fails)"));
+    say(&format!(
+        "SKIPPED {test}: {why} (with {require}=1 this fails)"
+    ));
 }
 
 /// Writes `line` to stdout and stderr past the harness's capture, so that `cargo
@@ -563,7 +577,29 @@ impl HeldAddress {
 
     /// Starts a server on `store` and relays new connections to it.
     pub fn start_on(&self, store: &Backend, args: &[&str]) -> Result<TestServer, String> {
-        self.relay_to(TestServer::try_on_at("127.0.0.1:0", store, args)?)
+        self.start_on_with_env(store, args, &[])
+    }
+
+    /// Like [`HeldAddress::start_on`], the server's process with `env` set.
+    pub fn start_on_with_env(
+        &self,
+        store: &Backend,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, String> {
+        let engine = store.args();
+        let all: Vec<&str> = engine
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        let server = TestServer::try_start_process_at("127.0.0.1:0", store.dir(), &all, env)?;
+        self.relay_to(server)
+    }
+
+    /// Stops relaying new connections (to a server about to stop).
+    pub fn detach(&self) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn relay_to(&self, server: TestServer) -> Result<TestServer, String> {
