@@ -119,8 +119,11 @@ pub fn check_watchers(log: &Log, watchers: &[Recorded], base: u64, anomalies: &m
     }
 }
 
-/// The changes a request's answer says it made, if it says so.
-fn claimed(record: &Record) -> Option<(u64, Vec<(String, Option<String>)>)> {
+/// Changes as (key, value; `None` for a delete).
+type Writes = Vec<(String, Option<String>)>;
+
+/// The changes a request's answer says it made, and their revision, if it says so.
+fn claimed(record: &Record) -> Option<(u64, Writes)> {
     match (&record.request, &record.response) {
         (Request::Put { key, value, .. }, Response::Put { revision, .. }) => {
             Some((*revision, vec![(key.clone(), Some(value.clone()))]))
@@ -189,7 +192,7 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
         if writes.is_empty() {
             continue;
         }
-        let changes: Vec<(String, Option<String>)> = log
+        let changes: Writes = log
             .get(&revision)
             .map(|c| c.iter().map(|c| (c.key.clone(), c.value.clone())).collect())
             .unwrap_or_default();
