@@ -13,6 +13,8 @@ pub struct Kv {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// The key's lease (0: none).
+    pub lease: u64,
 }
 
 impl Kv {
@@ -25,6 +27,7 @@ impl Kv {
                 create_revision: entry.create_revision.saturating_sub(base),
                 mod_revision: entry.mod_revision.saturating_sub(base),
                 version: entry.version,
+                lease: entry.lease.unwrap_or(0),
             },
         )
     }
@@ -64,6 +67,23 @@ pub enum Request {
         value: String,
         cond: Cond,
     },
+    /// A put on a lease the client was granted.
+    PutLeased {
+        key: String,
+        value: String,
+        lease: u64,
+    },
+    /// A put on a lease of its own (`?ttl=`): the lease it gets is known from the
+    /// change the watchers saw (0 until then).
+    PutTtl {
+        key: String,
+        value: String,
+        lease: u64,
+    },
+    Grant,
+    Revoke {
+        lease: u64,
+    },
     Delete {
         key: String,
         cond: Cond,
@@ -88,9 +108,13 @@ impl Request {
     /// The keys it may change or read (prefixes for prefix requests).
     pub fn keys(&self) -> Vec<&str> {
         match self {
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-                vec![key]
-            }
+            Request::Get { key }
+            | Request::Put { key, .. }
+            | Request::PutLeased { key, .. }
+            | Request::PutTtl { key, .. }
+            | Request::Delete { key, .. } => vec![key],
+            // Any key may be on the lease.
+            Request::Grant | Request::Revoke { .. } => vec![""],
             Request::List { prefix } | Request::DeletePrefix { prefix } => vec![prefix],
             Request::Txn { keys, .. } => keys.iter().map(String::as_str).collect(),
         }
@@ -132,6 +156,15 @@ pub enum Response {
         revision: u64,
         reads: [Option<Kv>; 2],
     },
+    Granted {
+        lease: u64,
+    },
+    /// A revoke: the revision its keys were deleted at (the store's when none).
+    Revoked {
+        revision: u64,
+    },
+    /// 404 `lease_not_found`.
+    LeaseNotFound,
     /// Sent, and no answer says whether it was applied: it may take effect at any
     /// moment after it was sent, or never.
     Unknown(String),

@@ -2,7 +2,7 @@
 //! with their values, create and mod revisions and versions, and the store's
 //! revision, which every write that changes something raises by one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use porcupine_rs::Model;
 
@@ -13,6 +13,8 @@ use super::history::{Kv, Request, Response};
 pub struct Store {
     pub revision: u64,
     pub keys: BTreeMap<String, Kv>,
+    /// The leases that exist.
+    pub leases: BTreeSet<u64>,
 }
 
 impl Store {
@@ -22,11 +24,12 @@ impl Store {
             .take_while(move |(k, _)| k.starts_with(prefix))
     }
 
-    /// The state after puts of `writes`, all at the next revision.
-    fn put_all<'a>(&self, writes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Store {
+    /// The state after puts of `writes` (key, value, lease), all at the next
+    /// revision.
+    fn put_all<'a>(&self, writes: impl IntoIterator<Item = (&'a str, &'a str, u64)>) -> Store {
         let mut next = self.clone();
         next.revision += 1;
-        for (key, value) in writes {
+        for (key, value, lease) in writes {
             let (create_revision, version) = match self.keys.get(key) {
                 Some(kv) => (kv.create_revision, kv.version + 1),
                 None => (next.revision, 1),
@@ -38,6 +41,7 @@ impl Store {
                     create_revision,
                     mod_revision: next.revision,
                     version,
+                    lease,
                 },
             );
         }
@@ -45,7 +49,16 @@ impl Store {
     }
 
     fn put(&self, key: &str, value: &str) -> Store {
-        self.put_all([(key, value)])
+        self.put_all([(key, value, 0)])
+    }
+
+    /// Whether a put answered `response` is the put that leads to `next`.
+    fn put_answered(next: &Store, key: &str, response: &Response) -> bool {
+        let kv = &next.keys[key];
+        matches!(response, Response::Put { revision, create_revision, version }
+            if *revision == next.revision
+                && *create_revision == kv.create_revision
+                && *version == kv.version)
     }
 
     fn mod_revision(&self, key: &str) -> u64 {
@@ -83,21 +96,73 @@ impl Model for StoreModel {
             (Request::Put { key, value, cond }, response) => {
                 let holds = cond.holds(state.keys.get(key));
                 match response {
-                    Response::Put {
-                        revision,
-                        create_revision,
-                        version,
-                    } => {
+                    Response::Put { .. } => {
                         let next = state.put(key, value);
-                        let kv = &next.keys[key];
-                        let ok = holds
-                            && *revision == next.revision
-                            && *create_revision == kv.create_revision
-                            && *version == kv.version;
-                        (ok, next)
+                        (holds && Store::put_answered(&next, key, response), next)
                     }
                     Response::PreconditionFailed => same(!holds),
                     Response::Unknown(_) if holds => (true, state.put(key, value)),
+                    Response::Unknown(_) => same(true),
+                    _ => same(false),
+                }
+            }
+            (Request::PutLeased { key, value, lease }, response) => {
+                let exists = state.leases.contains(lease);
+                let next = || state.put_all([(key.as_str(), value.as_str(), *lease)]);
+                match response {
+                    Response::Put { .. } => {
+                        let next = next();
+                        (exists && Store::put_answered(&next, key, response), next)
+                    }
+                    Response::LeaseNotFound => same(!exists),
+                    Response::Unknown(_) if exists => (true, next()),
+                    Response::Unknown(_) => same(true),
+                    _ => same(false),
+                }
+            }
+            (Request::PutTtl { key, value, lease }, response) => {
+                // A lease of its own, granted for it.
+                let mut next = state.put_all([(key.as_str(), value.as_str(), *lease)]);
+                next.leases.insert(*lease);
+                match response {
+                    Response::Put { .. } => (
+                        !state.leases.contains(lease) && Store::put_answered(&next, key, response),
+                        next,
+                    ),
+                    Response::Unknown(_) => (true, next),
+                    _ => same(false),
+                }
+            }
+            (Request::Grant, Response::Granted { lease }) => {
+                let mut next = state.clone();
+                (next.leases.insert(*lease), next)
+            }
+            (Request::Revoke { lease }, response) => {
+                let exists = state.leases.contains(lease);
+                let revoked = || {
+                    let mut next = state.clone();
+                    next.leases.remove(lease);
+                    let doomed: Vec<String> = state
+                        .keys
+                        .iter()
+                        .filter(|(_, kv)| kv.lease == *lease)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    if !doomed.is_empty() {
+                        next.revision += 1;
+                        for key in doomed {
+                            next.keys.remove(&key);
+                        }
+                    }
+                    next
+                };
+                match response {
+                    Response::Revoked { revision } => {
+                        let next = revoked();
+                        (exists && *revision == next.revision, next)
+                    }
+                    Response::LeaseNotFound => same(!exists),
+                    Response::Unknown(_) if exists => (true, revoked()),
                     Response::Unknown(_) => same(true),
                     _ => same(false),
                 }
@@ -162,8 +227,8 @@ impl Model for StoreModel {
                     && state.mod_revision(&keys[1]) == expect[1];
                 let written = || {
                     state.put_all([
-                        (keys[0].as_str(), values[0].as_str()),
-                        (keys[1].as_str(), values[1].as_str()),
+                        (keys[0].as_str(), values[0].as_str(), 0),
+                        (keys[1].as_str(), values[1].as_str(), 0),
                     ])
                 };
                 match response {
@@ -202,7 +267,12 @@ impl Model for StoreModel {
         let keys: Vec<String> = state
             .keys
             .iter()
-            .map(|(k, kv)| format!("{k}={} (mod {} v{})", kv.value, kv.mod_revision, kv.version))
+            .map(|(k, kv)| {
+                format!(
+                    "{k}={} (mod {} v{} lease {})",
+                    kv.value, kv.mod_revision, kv.version, kv.lease
+                )
+            })
             .collect();
         format!("rev {}: {}", state.revision, keys.join(", "))
     }
@@ -242,6 +312,7 @@ mod tests {
             create_revision: create,
             mod_revision: modr,
             version,
+            lease: 0,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kvstore_client::{Client, Condition, Error};
+use kvstore_client::{Client, Condition, Error, ErrorCode, PutResult};
 use kvstore_core::txn::{Compare, CompareOp, TxnOp, TxnResult};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,6 +16,8 @@ pub const KEYS: [&str; 5] = ["r/a0", "r/a1", "r/b0", "r/b1", "r/c0"];
 /// Every key the traffic touches starts with this.
 pub const PREFIX: &str = "r/";
 const PREFIXES: [&str; 3] = ["r/a", "r/b", "r/"];
+/// Leases outlive a run: none ends but by a revoke.
+const LEASE_TTL: u64 = 600;
 
 /// How one client reaches the server.
 pub struct Target {
@@ -44,6 +46,8 @@ pub async fn run_client(
     // conditional writes.
     let mut seen: HashMap<&'static str, u64> = HashMap::new();
     let mut records = Vec::new();
+    // The leases this client was granted and has not revoked.
+    let mut granted: Vec<u64> = Vec::new();
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
@@ -85,6 +89,20 @@ pub async fn run_client(
             75..83 => Request::DeletePrefix {
                 prefix: PREFIXES[rng.random_range(0..2)].into(),
             },
+            90..92 if granted.len() < 2 => Request::Grant,
+            90..95 if !granted.is_empty() => Request::PutLeased {
+                key: key.into(),
+                value,
+                lease: granted[rng.random_range(0..granted.len())],
+            },
+            95..98 => Request::PutTtl {
+                key: key.into(),
+                value,
+                lease: 0,
+            },
+            98..100 if !granted.is_empty() => Request::Revoke {
+                lease: granted.swap_remove(rng.random_range(0..granted.len())),
+            },
             _ => {
                 let other = loop {
                     let other = KEYS[rng.random_range(0..KEYS.len())];
@@ -111,6 +129,9 @@ pub async fn run_client(
             continue;
         };
         learn(&mut seen, &request, &response);
+        if let Response::Granted { lease } = response {
+            granted.push(lease);
+        }
         records.push(Record {
             client: id,
             call,
@@ -138,7 +159,10 @@ fn learn(seen: &mut HashMap<&'static str, u64>, request: &Request, response: &Re
                 note(key, entries.get(key).map_or(0, |kv| kv.mod_revision));
             }
         }
-        (Request::Put { key, .. }, Response::Put { revision, .. }) => note(key, *revision),
+        (
+            Request::Put { key, .. } | Request::PutLeased { key, .. } | Request::PutTtl { key, .. },
+            Response::Put { revision, .. },
+        ) => note(key, *revision),
         (Request::Delete { key, .. }, Response::Deleted { .. } | Response::NotFound) => {
             note(key, 0)
         }
@@ -188,12 +212,23 @@ async fn send(target: &Target, http: &reqwest::Client, request: &Request) -> Opt
                 Some(c) => sdk.put_if(key, value.as_bytes(), c).await,
                 None => sdk.put(key, value.as_bytes()).await,
             };
-            put.map(|p| Response::Put {
-                revision: rel(p.revision),
-                create_revision: rel(p.create_revision),
-                version: p.version,
-            })
+            put.map(|p| put_response(&p, base))
         }
+        Request::PutLeased { key, value, lease } => sdk
+            .put_with_lease(key, value.as_bytes(), *lease)
+            .await
+            .map(|p| put_response(&p, base)),
+        Request::PutTtl { key, value, .. } => sdk
+            .put_with_ttl(key, value.as_bytes(), LEASE_TTL)
+            .await
+            .map(|p| put_response(&p, base)),
+        Request::Grant => sdk
+            .grant(LEASE_TTL)
+            .await
+            .map(|lease| Response::Granted { lease: lease.id }),
+        Request::Revoke { lease } => sdk.revoke(*lease).await.map(|r| Response::Revoked {
+            revision: rel(r.revision),
+        }),
         Request::Delete { key, cond } => {
             let deleted = match condition(*cond) {
                 Some(c) => sdk.delete_if(key, c).await,
@@ -252,6 +287,7 @@ async fn send(target: &Target, http: &reqwest::Client, request: &Request) -> Opt
     };
     match outcome {
         Ok(response) => Some(response),
+        Err(e) if e.code() == Some(ErrorCode::LeaseNotFound) => Some(Response::LeaseNotFound),
         Err(Error::NotFound { .. }) => Some(Response::NotFound),
         Err(Error::PreconditionFailed { .. }) => Some(Response::PreconditionFailed),
         // A read that failed tells nothing.
@@ -262,6 +298,15 @@ async fn send(target: &Target, http: &reqwest::Client, request: &Request) -> Opt
         }
         // Anything else may or may not have been applied.
         Err(e) => Some(Response::Unknown(e.to_string())),
+    }
+}
+
+/// A put's answer, its revisions relative to `base`.
+fn put_response(put: &PutResult, base: u64) -> Response {
+    Response::Put {
+        revision: put.revision.saturating_sub(base),
+        create_revision: put.create_revision.saturating_sub(base),
+        version: put.version,
     }
 }
 

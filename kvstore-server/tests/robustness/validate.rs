@@ -61,6 +61,7 @@ pub fn state_at(log: &Log, revision: u64) -> BTreeMap<String, Kv> {
                         create_revision: change.create_revision,
                         mod_revision: change.revision,
                         version: change.version,
+                        lease: change.lease,
                     },
                 );
             }
@@ -125,9 +126,12 @@ type Writes = Vec<(String, Option<String>)>;
 /// The changes a request's answer says it made, and their revision, if it says so.
 fn claimed(record: &Record) -> Option<(u64, Writes)> {
     match (&record.request, &record.response) {
-        (Request::Put { key, value, .. }, Response::Put { revision, .. }) => {
-            Some((*revision, vec![(key.clone(), Some(value.clone()))]))
-        }
+        (
+            Request::Put { key, value, .. }
+            | Request::PutLeased { key, value, .. }
+            | Request::PutTtl { key, value, .. },
+            Response::Put { revision, .. },
+        ) => Some((*revision, vec![(key.clone(), Some(value.clone()))])),
         (Request::Delete { key, .. }, Response::Deleted { revision }) => {
             Some((*revision, vec![(key.clone(), None)]))
         }
@@ -158,8 +162,24 @@ fn claimed(record: &Record) -> Option<(u64, Writes)> {
 /// never happened and leaves the history.
 pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<String>) {
     let mut claims: HashMap<u64, usize> = HashMap::new();
-    for (i, record) in records.iter().enumerate() {
+    // Revokes last: one that deleted nothing answers the store's revision, which
+    // another request may have been given.
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|i| matches!(records[*i].request, Request::Revoke { .. }));
+    for i in order {
+        let record = &records[i];
         let (revision, writes) = match (&record.request, &record.response) {
+            (Request::Revoke { .. }, Response::Revoked { revision }) => {
+                // A lease with no key left takes no revision.
+                let Some(changes) = log.get(revision) else {
+                    continue;
+                };
+                if claims.contains_key(revision) || changes.iter().any(|c| c.value.is_some()) {
+                    // Not this revoke's: it deleted nothing, at the store's revision.
+                    continue;
+                }
+                (*revision, Vec::new())
+            }
             (Request::DeletePrefix { prefix }, Response::DeletedPrefix { revision, deleted }) => {
                 if *deleted == 0 {
                     continue;
@@ -219,7 +239,9 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 return false;
             }
             match &record.request {
-                Request::Put { key, value, .. } => {
+                Request::Put { key, value, .. }
+                | Request::PutLeased { key, value, .. }
+                | Request::PutTtl { key, value, .. } => {
                     changes.len() == 1
                         && changes[0].key == *key
                         && changes[0].value.as_ref() == Some(value)
@@ -238,6 +260,7 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 Request::DeletePrefix { prefix } => changes
                     .iter()
                     .all(|c| c.value.is_none() && c.key.starts_with(prefix.as_str())),
+                Request::Revoke { .. } => changes.iter().all(|c| c.value.is_none()),
                 _ => false,
             }
         };
@@ -287,7 +310,12 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
             continue;
         }
         match (&record.request, settled.get(&i)) {
-            (Request::Put { key, .. }, Some(revision)) => {
+            (
+                Request::Put { key, .. }
+                | Request::PutLeased { key, .. }
+                | Request::PutTtl { key, .. },
+                Some(revision),
+            ) => {
                 let change = log[revision].iter().find(|c| &c.key == key);
                 record.response = Response::Put {
                     revision: *revision,
@@ -304,11 +332,32 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 };
                 kept.push(record);
             }
-            // A put or a transaction that is not in the log never happened.
-            (Request::Put { .. } | Request::Txn { .. }, None) => {}
+            // A put or a transaction that is not in the log never happened; a
+            // grant whose answer was lost has no lease anyone uses.
+            (
+                Request::Put { .. }
+                | Request::PutLeased { .. }
+                | Request::PutTtl { .. }
+                | Request::Txn { .. }
+                | Request::Grant,
+                None,
+            ) => {}
             // A delete stays unknown: which of several requests made it, the log
             // cannot say.
             _ => kept.push(record),
+        }
+    }
+    // A put on a lease of its own names the lease the log shows it got.
+    for record in &mut kept {
+        if let (Request::PutTtl { key, lease, .. }, Response::Put { revision, .. }) =
+            (&mut record.request, &record.response)
+        {
+            if let Some(change) = log
+                .get(revision)
+                .and_then(|changes| changes.iter().find(|c| &c.key == key))
+            {
+                *lease = change.lease;
+            }
         }
     }
     *records = kept;

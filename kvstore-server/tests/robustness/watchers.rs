@@ -16,6 +16,8 @@ pub struct Change {
     pub value: Option<String>,
     pub create_revision: u64,
     pub version: u64,
+    /// The key's lease after a put (0: none).
+    pub lease: u64,
 }
 
 impl Change {
@@ -27,6 +29,7 @@ impl Change {
                 .then(|| String::from_utf8_lossy(&event.value).into_owned()),
             create_revision: event.create_revision.saturating_sub(base),
             version: event.version,
+            lease: event.lease.unwrap_or(0),
         }
     }
 }
