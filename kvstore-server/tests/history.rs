@@ -1,0 +1,428 @@
+//! Reads of the past (issue 24), on both engines: a key and a range at any
+//! revision kept, listings whose pages are one snapshot, a key's history, and the
+//! errors of revisions compacted or still to come. Through the SDK and raw HTTP
+//! against the real server binary.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use kvstore_client::txn::TxnOp;
+use kvstore_client::{Client, Error as ClientError, ErrorCode, EventKind};
+use rstest::rstest;
+use serde_json::Value;
+use support::{Backend, Engine};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestResult = Result<(), BoxError>;
+
+/// Safety net for a whole test's waits.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The code of a client error, with its HTTP status for a bad request.
+fn code_of(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+/// One put's answer, as the test saw it.
+#[derive(Debug, Clone)]
+struct Put {
+    revision: u64,
+    create_revision: u64,
+    version: u64,
+    value: String,
+}
+
+/// Every revision of a key written many times reads back as it was: value,
+/// version, create and mod revision; a delete reads as absent, and a re-create
+/// starts over (version 1, a new create revision). The history lists every
+/// change in order, a page at a time.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revision_of_a_key_reads_as_it_was(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let key = "h/key";
+    let mut puts = Vec::new();
+    for i in 1..=25 {
+        let value = format!("value {i}");
+        // Another key between, so that the key's revisions are not consecutive.
+        client.put("h/other", format!("other {i}")).await?;
+        let put = client.put(key, value.clone()).await?;
+        puts.push(Put {
+            revision: put.revision,
+            create_revision: put.create_revision,
+            version: put.version,
+            value,
+        });
+    }
+    let deleted = client.delete(key).await?.revision;
+    let again = client.put(key, "born again").await?;
+    assert_eq!((again.version, again.create_revision), (1, again.revision));
+
+    for (n, put) in puts.iter().enumerate() {
+        // At the put's revision, and just before the next change of the key.
+        let until = puts.get(n + 1).map_or(deleted, |next| next.revision) - 1;
+        for revision in [put.revision, until] {
+            let at = client.get_at(key, revision).await?;
+            assert_eq!(at.read_revision, revision);
+            assert_eq!(at.current_revision, again.revision);
+            assert_eq!(at.entry.value, put.value.as_bytes());
+            assert_eq!(at.entry.version, put.version);
+            assert_eq!(at.entry.version, n as u64 + 1);
+            assert_eq!(at.entry.mod_revision, put.revision);
+            assert_eq!(at.entry.create_revision, puts[0].revision);
+            assert_eq!(at.entry.create_revision, put.create_revision);
+        }
+    }
+    let first = puts[0].revision;
+    for revision in [first - 1, deleted, again.revision - 1] {
+        match client.get_at(key, revision).await {
+            Err(ClientError::NotFound { .. }) => {}
+            other => return Err(format!("at {revision}: expected 404, got {other:?}").into()),
+        }
+    }
+    let reborn = client.get_at(key, again.revision).await?;
+    assert_eq!(
+        (reborn.entry.version, reborn.entry.create_revision),
+        (1, again.revision)
+    );
+
+    // Raw HTTP: the value itself, with the revision read at and the store's.
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!(
+            "{}/v1/kv/h/key?revision={}",
+            server.url, puts[3].revision
+        ))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    let header = |name: &str| -> Option<String> {
+        res.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        header("x-kv-read-revision"),
+        Some(puts[3].revision.to_string())
+    );
+    assert_eq!(header("x-kv-revision"), Some(again.revision.to_string()));
+    assert_eq!(header("x-kv-version"), Some("4".to_string()));
+    assert_eq!(res.text().await?, "value 4");
+    let res = http
+        .get(format!("{}/v1/kv/h/key?revision={deleted}", server.url))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "key_not_found", "{body}");
+
+    // A range at a revision: each key as it was.
+    let page = client
+        .list_page_at("h/", None, None, puts[9].revision)
+        .await?;
+    assert_eq!(page.revision, puts[9].revision);
+    assert_eq!(page.current_revision, Some(again.revision));
+    let seen: Vec<(String, Vec<u8>)> = page.entries.into_iter().map(|e| (e.key, e.value)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("h/key".to_string(), b"value 10".to_vec()),
+            ("h/other".to_string(), b"other 10".to_vec()),
+        ]
+    );
+    let page = client.list_page_at("h/", None, None, deleted).await?;
+    let keys: Vec<String> = page.entries.into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["h/other"]);
+
+    // The history, 10 at a time, oldest first.
+    let mut events = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client.history(key, after, Some(10)).await?;
+        assert!(page.events.len() <= 10);
+        assert_eq!(page.revision, again.revision);
+        events.extend(page.events);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(events.len(), 27);
+    for (event, put) in events.iter().zip(&puts) {
+        assert_eq!(event.kind, EventKind::Put);
+        assert_eq!(event.key, key);
+        assert_eq!(event.revision, put.revision);
+        assert_eq!(event.value, put.value.as_bytes());
+        assert_eq!(event.version, put.version);
+    }
+    assert_eq!(
+        (events[25].kind, events[25].revision),
+        (EventKind::Delete, deleted)
+    );
+    assert_eq!(
+        (events[26].kind, events[26].revision, events[26].version),
+        (EventKind::Put, again.revision, 1)
+    );
+    // After the last change: nothing more.
+    let rest = client.history(key, Some(again.revision), None).await?;
+    assert!(rest.events.is_empty() && rest.next.is_none(), "{rest:?}");
+    // Raw: the route's JSON.
+    let body: Value = http
+        .get(format!("{}/v1/history/h/key?limit=2", server.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(body["events"][0]["type"], "put", "{body}");
+    assert_eq!(body["events"][0]["value"], "value 1", "{body}");
+    assert_eq!(body["next"], puts[1].revision, "{body}");
+    Ok(())
+}
+
+/// A revision past the store's is `400 future_revision` (naming the store's); one
+/// below the oldest kept is `410 compacted` (naming the oldest), for a key, a
+/// range, a page that follows a `continue` token and a history. The oldest kept
+/// is what `/healthz` reports, and reads there work.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_and_future_revisions_are_refused(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let retention: &[&str] = match engine {
+        Engine::Sled => &["--retain-revisions", "10"],
+        Engine::Etcd => &[],
+    };
+    let Some(mut server) = support::serve(engine, retention) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let mut last = 0;
+    for i in 0..30 {
+        last = client
+            .put(&format!("c/{}", i % 3), format!("v{i}"))
+            .await?
+            .revision;
+    }
+    let current = client.get_at("c/0", last).await?;
+    assert_eq!(current.read_revision, last);
+
+    // The future.
+    match client.get_at("c/0", last + 5).await {
+        Err(e) if code_of(&e) == Some(ErrorCode::FutureRevision) => {}
+        other => return Err(format!("expected future_revision, got {other:?}").into()),
+    }
+    for path in [
+        format!("/v1/kv/c/0?revision={}", last + 5),
+        format!("/v1/kv?prefix=c/&revision={}", last + 5),
+    ] {
+        let res = http.get(format!("{}{path}", server.url)).send().await?;
+        assert_eq!(res.status(), 400, "{path}");
+        let body: Value = res.json().await?;
+        assert_eq!(body["error"]["code"], "future_revision", "{body}");
+        assert_eq!(body["error"]["revision"], last, "{body}");
+    }
+
+    // The past: keep the last 10 revisions.
+    let oldest = last - 9;
+    compact(&mut server, &client, oldest).await?;
+    let health: Value = http
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(health["oldest_revision"], oldest, "{health}");
+    let kept = client.get_at("c/0", oldest).await?;
+    assert!(kept.entry.mod_revision <= oldest);
+    let page = client.list_page_at("c/", None, Some(1), oldest).await?;
+    assert_eq!(page.entries.len(), 1);
+    let token = page.continue_token.clone().ok_or("a continue token")?;
+    for revision in [1, oldest - 1] {
+        match client.get_at("c/0", revision).await {
+            Err(ClientError::Compacted { oldest: got, .. }) => assert_eq!(got, oldest),
+            other => return Err(format!("at {revision}: expected compacted, got {other:?}").into()),
+        }
+        let res = http
+            .get(format!(
+                "{}/v1/kv?prefix=c/&revision={revision}",
+                server.url
+            ))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 410);
+        let body: Value = res.json().await?;
+        assert_eq!(body["error"]["code"], "compacted", "{body}");
+        assert_eq!(body["error"]["revision"], oldest, "{body}");
+    }
+    // The history starts at the oldest kept; asking for older is compacted.
+    let history = client.history("c/0", None, None).await?;
+    assert!(
+        history.events.iter().all(|e| e.revision >= oldest),
+        "{history:?}"
+    );
+    assert_eq!(history.events.len(), 3, "{history:?}");
+    match client.history("c/0", Some(oldest - 5), None).await {
+        Err(ClientError::Compacted { oldest: got, .. }) => assert_eq!(got, oldest),
+        other => return Err(format!("expected compacted, got {other:?}").into()),
+    }
+
+    // A listing whose revision is compacted between two pages: 410, start again.
+    for i in 0..10 {
+        last = client.put(&format!("c/{}", i % 3), "more").await?.revision;
+    }
+    let newer = last - 9;
+    compact(&mut server, &client, newer).await?;
+    match client.list_continue("c/", &token, Some(1)).await {
+        Err(ClientError::Compacted { oldest: got, .. }) => assert_eq!(got, newer),
+        other => return Err(format!("expected compacted, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// Makes `oldest` the oldest revision kept: etcd is compacted through its API; the
+/// sled server keeps its last `--retain-revisions` (10) and trims after each write
+/// group, so a request through its writer (a delete of an absent key) returns
+/// once the trim after the last write is done.
+async fn compact(server: &mut support::TestServer, client: &Client, oldest: u64) -> TestResult {
+    if let Some(cluster) = server.backend().and_then(Backend::cluster) {
+        cluster.compact(oldest)?;
+        return Ok(());
+    }
+    match client.delete("c/absent").await {
+        Err(ClientError::NotFound { .. }) => Ok(()),
+        other => Err(format!("expected 404, got {other:?}").into()),
+    }
+}
+
+/// A tiny deterministic generator (xorshift), so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A listing of 5,000 keys, 100 a page, while 4 writers put, delete and create
+/// keys in the range: the pages together are exactly the store at the first
+/// page's revision, as computed from the writes' acknowledgements (no key missed,
+/// none twice, each in the version it had then).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_is_one_snapshot_while_writers_run(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let key = |i: u64| format!("p/{i:05}");
+    // key -> (value, mod_revision), as acknowledged.
+    let mut initial = BTreeMap::new();
+    for chunk in 0..50 {
+        let mut txn = client.transaction();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            txn = txn.and_then(TxnOp::put(&key(i), format!("initial {i}")));
+        }
+        let answer = txn.commit().await?;
+        for i in chunk * 100..(chunk + 1) * 100 {
+            initial.insert(key(i), (format!("initial {i}"), answer.revision));
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writes acknowledged so far, by every writer.
+    let (progress, _) = tokio::sync::watch::channel(0u64);
+    let progress = Arc::new(progress);
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (client, stop, progress) = (client.clone(), stop.clone(), progress.clone());
+        writers.push(tokio::spawn(async move {
+            // (revision, key, value; None for a delete), acknowledged.
+            let mut acked: Vec<(u64, String, Option<String>)> = Vec::new();
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1));
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // Keys 0..6000: some exist, some are created.
+                let k = format!("p/{:05}", rng.below(6000));
+                if rng.below(3) == 0 {
+                    match client.delete(&k).await {
+                        Ok(deleted) => acked.push((deleted.revision, k, None)),
+                        Err(ClientError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                } else {
+                    let value = format!("writer {w} op {n}");
+                    let put = client
+                        .put(&k, value.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    acked.push((put.revision, k, Some(value)));
+                }
+                progress.send_modify(|n| *n += 1);
+            }
+            Ok::<_, String>(acked)
+        }));
+    }
+
+    // Let the writers get going, then list.
+    tokio::time::timeout(WAIT, progress.subscribe().wait_for(|&n| n >= 20)).await??;
+    let pages: Vec<kvstore_client::ListPage> =
+        tokio::time::timeout(WAIT, client.list_at("p/", None, Some(100)).try_collect()).await??;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await??);
+    }
+
+    let revision = pages[0].revision;
+    assert!(pages.len() >= 50, "{} pages", pages.len());
+    assert!(pages.iter().all(|p| p.revision == revision));
+    let written_meanwhile = acked.iter().filter(|(r, _, _)| *r > revision).count();
+    assert!(written_meanwhile > 0, "no write while the pages were read");
+
+    let mut expected = initial;
+    acked.sort_by_key(|(r, _, _)| *r);
+    for (r, k, value) in acked.into_iter().filter(|(r, _, _)| *r <= revision) {
+        match value {
+            Some(v) => expected.insert(k, (v, r)),
+            None => expected.remove(&k),
+        };
+    }
+    let mut listed = BTreeMap::new();
+    for page in &pages {
+        assert!(page.entries.len() <= 100);
+        for entry in &page.entries {
+            let value = String::from_utf8(entry.value.clone())?;
+            let twice = listed.insert(entry.key.clone(), (value, entry.mod_revision));
+            assert!(twice.is_none(), "{} listed twice", entry.key);
+        }
+    }
+    assert_eq!(listed.len(), expected.len());
+    assert!(
+        listed == expected,
+        "the pages are not the store at {revision}"
+    );
+    println!(
+        "{engine:?}: {} keys in {} pages at revision {revision}; {written_meanwhile} writes meanwhile",
+        listed.len(),
+        pages.len()
+    );
+    Ok(())
+}
