@@ -426,3 +426,218 @@ async fn a_listing_is_one_snapshot_while_writers_run(
     );
     Ok(())
 }
+
+/// What a crash writer sent: a put of a value (unique) or a delete of a key, and
+/// the revision of its acknowledgement when one came back.
+#[derive(Debug, Clone)]
+struct Sent {
+    key: String,
+    value: Option<String>,
+    acked: Option<u64>,
+}
+
+/// sled: the server is SIGKILLed at random points of a write load (4 writers, 20
+/// keys, puts and deletes), three times over on one data dir. After each restart:
+/// the history holds every acknowledged write at its revision and nothing that
+/// was never sent, one change per revision with no gap, exactly as the `log`
+/// replays it to a watch from revision 1; and a read of the range and of each key
+/// at every revision up to the last one acknowledged shows the state those changes
+/// make. (Writes cut off by the kill may be there or not, as a 503's may.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_every_revision_reads_as_the_acknowledged_writes_made_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut sent: Vec<Sent> = Vec::new();
+    for round in 0..3u64 {
+        let mut server = support::TestServer::start_in(dir.path(), &[]);
+        let client = Client::new(&server.url)?;
+        check_after_crash(&client, &sent).await?;
+
+        // The load, killed after a random number of acknowledgements.
+        let kill_after = 30 + rng.below(200);
+        let (progress, _) = tokio::sync::watch::channel(0u64);
+        let progress = Arc::new(progress);
+        let mut writers = Vec::new();
+        for w in 0..4u64 {
+            let (client, progress) = (client.clone(), progress.clone());
+            let mut rng = Rng(seed ^ (round * 8 + w + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            writers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for n in 0.. {
+                    let key = format!("crash/{:02}", rng.below(20));
+                    let value = (rng.below(4) != 0).then(|| format!("r{round} w{w} n{n}"));
+                    let answer = match &value {
+                        Some(v) => client.put(&key, v.clone()).await.map(|p| Some(p.revision)),
+                        None => match client.delete(&key).await {
+                            Ok(d) => Ok(Some(d.revision)),
+                            // Nothing deleted, no revision taken.
+                            Err(ClientError::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match answer {
+                        Ok(acked) => {
+                            if acked.is_some() {
+                                mine.push(Sent { key, value, acked });
+                            }
+                            progress.send_modify(|n| *n += 1);
+                        }
+                        // The kill: this write may or may not be there.
+                        Err(_) => {
+                            mine.push(Sent {
+                                key,
+                                value,
+                                acked: None,
+                            });
+                            return mine;
+                        }
+                    }
+                }
+                mine
+            }));
+        }
+        tokio::time::timeout(WAIT, progress.subscribe().wait_for(|&n| n >= kill_after)).await??;
+        server.kill();
+        for writer in writers {
+            sent.extend(writer.await?);
+        }
+        println!(
+            "round {round}: killed after {kill_after} acknowledgements; {} writes sent so far",
+            sent.len()
+        );
+    }
+    let server = support::TestServer::start_in(dir.path(), &[]);
+    check_after_crash(&Client::new(&server.url)?, &sent).await
+}
+
+/// The checks of the crash test on a server restarted after a kill; see it.
+async fn check_after_crash(client: &Client, sent: &[Sent]) -> TestResult {
+    let last_acked = sent.iter().filter_map(|s| s.acked).max().unwrap_or(0);
+    // Every change the history holds, by revision.
+    let mut changes: BTreeMap<u64, (String, Option<String>)> = BTreeMap::new();
+    for k in 0..20 {
+        let key = format!("crash/{k:02}");
+        let mut after = None;
+        loop {
+            let page = client.history(&key, after, Some(1000)).await?;
+            for event in page.events {
+                let value = match event.kind {
+                    EventKind::Put => Some(String::from_utf8(event.value)?),
+                    EventKind::Delete => None,
+                };
+                let twice = changes.insert(event.revision, (key.clone(), value));
+                assert!(
+                    twice.is_none(),
+                    "two changes at revision {}",
+                    event.revision
+                );
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    let last = changes.keys().next_back().copied().unwrap_or(0);
+    assert!(
+        last >= last_acked,
+        "revision {last_acked} was acknowledged, the store is at {last}"
+    );
+    assert_eq!(
+        changes.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "the revisions have a gap"
+    );
+    // Acknowledged writes are there, at their revision; nothing else but writes sent.
+    for s in sent {
+        if let Some(revision) = s.acked {
+            assert_eq!(
+                changes.get(&revision),
+                Some(&(s.key.clone(), s.value.clone())),
+                "acknowledged at {revision}"
+            );
+        }
+    }
+    let mut unacked_deletes: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in sent
+        .iter()
+        .filter(|s| s.acked.is_none() && s.value.is_none())
+    {
+        *unacked_deletes.entry(s.key.as_str()).or_default() += 1;
+    }
+    let acked: std::collections::HashSet<u64> = sent.iter().filter_map(|s| s.acked).collect();
+    for (revision, (key, value)) in &changes {
+        if acked.contains(revision) {
+            continue;
+        }
+        match value {
+            Some(v) => assert!(
+                sent.iter().any(|s| s.acked.is_none()
+                    && s.value.as_deref() == Some(v.as_str())
+                    && &s.key == key),
+                "revision {revision}: {key} = {v} was never sent"
+            ),
+            None => {
+                let left = unacked_deletes.entry(key.as_str()).or_default();
+                assert!(
+                    *left > 0,
+                    "revision {revision}: a delete of {key} that was never sent"
+                );
+                *left -= 1;
+            }
+        }
+    }
+    // The log, replayed to a watch from revision 1, says the same.
+    if last > 0 {
+        let mut watch = Box::pin(client.watch_with(kvstore_client::WatchOptions {
+            prefix: "crash/".into(),
+            start_revision: Some(1),
+            ..kvstore_client::WatchOptions::default()
+        }));
+        let mut replayed = BTreeMap::new();
+        while replayed.len() < changes.len() {
+            let update = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut watch))
+                .await?
+                .ok_or("the watch ended")??;
+            if let kvstore_client::Update::Event(event) = update {
+                let value = match event.kind {
+                    EventKind::Put => Some(String::from_utf8(event.value)?),
+                    EventKind::Delete => None,
+                };
+                replayed.insert(event.revision, (event.key, value));
+            }
+        }
+        assert!(replayed == changes, "the history and the log differ");
+    }
+    // Reads at every revision up to the last acknowledged one.
+    let mut state: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for revision in 1..=last_acked {
+        let (key, value) = &changes[&revision];
+        match value {
+            Some(v) => state.insert(key.clone(), (v.clone(), revision)),
+            None => state.remove(key),
+        };
+        let page = client
+            .list_page_at("crash/", None, Some(100), revision)
+            .await?;
+        let listed: BTreeMap<String, (String, u64)> = page
+            .entries
+            .into_iter()
+            .map(|e| Ok((e.key, (String::from_utf8(e.value)?, e.mod_revision))))
+            .collect::<Result<_, BoxError>>()?;
+        assert!(listed == state, "the range at revision {revision}");
+        match (client.get_at(key, revision).await, state.get(key)) {
+            (Ok(at), Some((v, _))) => assert_eq!(at.entry.value, v.as_bytes()),
+            (Err(ClientError::NotFound { .. }), None) => {}
+            (other, expected) => {
+                return Err(format!("{key} at {revision}: {other:?}, expected {expected:?}").into())
+            }
+        }
+    }
+    Ok(())
+}
