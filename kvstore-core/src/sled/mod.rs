@@ -279,14 +279,24 @@ impl SledStore {
         *self.inner.durable.borrow()
     }
 
-    /// The oldest revision the change history still holds (one past the current
-    /// revision when the history is empty), and so the oldest a read can ask for.
+    /// The oldest revision a read can ask for: the oldest the change history still
+    /// holds (and the `history` tree answers for); with no history, the current
+    /// one, which can always be read (1 for a store that never changed).
+    ///
+    /// A restored store (or one made before the `history` tree) answers from the
+    /// revision it started at, until compaction passes it.
     fn oldest_revision(&self) -> Result<u64, Error> {
-        let oldest = match self.inner.log.first().or_storage()? {
-            Some((rev, _)) => codec::decode_u64(&rev)?,
-            None => self.durable_revision() + 1,
-        };
-        Ok(oldest.max(self.inner.history_from.load(Ordering::Relaxed)))
+        let current = self.durable_revision();
+        let from = self.inner.history_from.load(Ordering::Relaxed);
+        Ok(match self.inner.log.first().or_storage()? {
+            Some((first, _)) => match codec::decode_u64(&first)? {
+                // Nothing compacted since the revision the history starts at.
+                first if first == from + 1 => from,
+                first => first.max(from),
+            },
+            None if current == 0 => 1,
+            None => current.max(from),
+        })
     }
 
     /// Checks that a read may ask for `revision`: neither compacted nor ahead of

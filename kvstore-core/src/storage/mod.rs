@@ -47,8 +47,9 @@ pub struct Status {
     pub engine: &'static str,
     /// The store's current revision.
     pub revision: u64,
-    /// The oldest revision the change history still holds (one past `revision`
-    /// when it holds none).
+    /// The oldest revision a read can ask for, and a watch start from: the oldest
+    /// the change history still holds (when it holds none: `revision`, which can
+    /// always be read, or 1 for a store that never changed).
     pub oldest_revision: u64,
     /// How many keys the store holds.
     pub keys: u64,

@@ -232,8 +232,9 @@ fn etag(mod_revision: u64) -> String {
     responses(
         (status = 200,
          description = "The value: its raw bytes (`application/octet-stream`, the default), or \
-            the entry as JSON when `Accept` names `application/json`. The metadata is in \
-            the headers either way.",
+            the entry as JSON when `Accept` names `application/json` (with `revision`, an \
+            `EntryAt`: the entry then, `read_revision` and `current_revision`). The \
+            metadata is in the headers either way.",
          content(
             (crate::openapi::Binary = "application/octet-stream"),
             (Entry = "application/json"),
