@@ -34,6 +34,8 @@ Examples:
   kv get app/db/url                    print it (just the value)
   printf '\\x00\\x01' | kv put blob -   binary values from stdin
   kv ls app/                           list keys under a prefix
+  kv get app/db/url --rev 42           the value as it was at revision 42
+  kv history app/db/url                every change of a key the history keeps
   kv del --prefix tmp/                 delete every key under a prefix
   kv txn < transfer.txt                a transaction (see kv txn --help)
   kv watch app/ --initial              current values, then every change
@@ -99,6 +101,10 @@ pub enum Command {
     Get {
         /// The key.
         key: String,
+        /// As it was at revision R (exit 1 when it did not exist then, or R is
+        /// compacted).
+        #[arg(long, value_name = "R")]
+        rev: Option<u64>,
     },
     /// Set KEY to VALUE (`-` reads the value from stdin, binary-safe).
     Put {
@@ -144,6 +150,19 @@ pub enum Command {
         /// Key prefix.
         #[arg(default_value = "")]
         prefix: String,
+        /// As the store was at revision R (exit 1 when R is compacted). Without
+        /// it, every page is read at the revision of the first.
+        #[arg(long, value_name = "R")]
+        rev: Option<u64>,
+    },
+    /// Print every change of KEY the history keeps, oldest first: revision,
+    /// put or delete, version, value (with -o json, one event object per line).
+    History {
+        /// The key.
+        key: String,
+        /// Only changes after revision N.
+        #[arg(long, value_name = "N")]
+        after: Option<u64>,
     },
     /// Write every entry under PREFIX, as of one revision, to stdout (NDJSON:
     /// a header line, then one entry per line; binary-safe).

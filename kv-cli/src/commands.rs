@@ -28,7 +28,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.output == Output::Json;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Get { key } => {
+        Command::Get {
+            key,
+            rev: Some(rev),
+        } => {
+            let at = client.get_at(&key, rev).await?;
+            if json {
+                print_json(&mut out, &at)?;
+            } else {
+                out.write_all(&at.entry.value)?;
+                if std::io::stdout().is_terminal() && !at.entry.value.ends_with(b"\n") {
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        Command::Get { key, rev: None } => {
             if json {
                 print_json(&mut out, &client.get_entry(&key).await?)?;
             } else {
@@ -113,13 +127,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::txn::print(&mut out, &answer)?;
             }
         }
-        Command::Ls { prefix } => {
-            let entries = client.list_all(&prefix).await?;
+        Command::Ls { prefix, rev } => {
+            let entries = match rev {
+                None => client.list_all(&prefix).await?,
+                Some(rev) => {
+                    let mut entries = Vec::new();
+                    let mut pages = std::pin::pin!(client.list_at(&prefix, Some(rev), Some(1000)));
+                    while let Some(page) = pages.next().await {
+                        entries.extend(page?.entries);
+                    }
+                    entries
+                }
+            };
             if json {
                 print_json(&mut out, &entries)?;
             } else {
                 for entry in entries {
                     writeln!(out, "{}", entry.key)?;
+                }
+            }
+        }
+        Command::History { key, after } => {
+            let mut after = after;
+            loop {
+                let page = client.history(&key, after, Some(1000)).await?;
+                for event in &page.events {
+                    if json {
+                        print_json(&mut out, event)?;
+                    } else {
+                        print_change(&mut out, event)?;
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
         }
@@ -268,4 +309,24 @@ fn show(value: &[u8]) -> String {
         Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
         _ => value.escape_ascii().to_string(),
     }
+}
+
+/// One change of `kv history`: revision, kind, version, value (as text when it is
+/// UTF-8, else its size).
+fn print_change(out: &mut impl Write, event: &Event) -> anyhow::Result<()> {
+    match event.kind {
+        EventKind::Put => {
+            let value = match std::str::from_utf8(&event.value) {
+                Ok(text) => text.to_string(),
+                Err(_) => format!("<{} bytes, not UTF-8>", event.value.len()),
+            };
+            writeln!(
+                out,
+                "{}\tput\tversion {}\t{value}",
+                event.revision, event.version
+            )?;
+        }
+        EventKind::Delete => writeln!(out, "{}\tdelete", event.revision)?,
+    }
+    Ok(())
 }

@@ -602,3 +602,87 @@ fn watch_into_a_closed_pipe_exits_zero(#[values(Engine::Sled, Engine::Etcd)] eng
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kv get --rev`, `kv ls --rev` and `kv history` show the past, in text and JSON;
+/// a compacted revision exits 1 with one line, a future one 2.
+#[rstest]
+fn reads_of_the_past(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
+    let Some(mut server) = support::serve(engine, &["--retain-revisions", "5"]) else {
+        return;
+    };
+    let empty = server.first_revision();
+    for value in ["one", "two", "three"] {
+        kv(&server).args(["put", "h/k", value]).assert().success();
+    }
+    kv(&server).args(["put", "h/j", "jay"]).assert().success();
+    kv(&server).args(["del", "h/k"]).assert().success();
+    let (one, two, jay, deleted) = (empty + 1, empty + 2, empty + 4, empty + 5);
+    assert_eq!(
+        stdout_of(kv(&server).args(["get", "h/k", "--rev", &two.to_string()])),
+        "two"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout_of(kv(&server).args([
+        "-o",
+        "json",
+        "get",
+        "h/k",
+        "--rev",
+        &one.to_string(),
+    ])))
+    .expect("JSON");
+    assert_eq!(json["value"], "one", "{json}");
+    assert_eq!(json["version"], 1, "{json}");
+    assert_eq!(json["read_revision"], one, "{json}");
+    let (code, _) = failure_of(kv(&server).args(["get", "h/k", "--rev", &deleted.to_string()]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        stdout_of(kv(&server).args(["ls", "h/", "--rev", &jay.to_string()])),
+        "h/j\nh/k\n"
+    );
+    assert_eq!(
+        stdout_of(kv(&server).args(["ls", "h/", "--rev", &deleted.to_string()])),
+        "h/j\n"
+    );
+    assert_eq!(
+        stdout_of(kv(&server).args(["history", "h/k"])),
+        format!(
+            "{one}\tput\tversion 1\tone\n{two}\tput\tversion 2\ttwo\n{}\tput\tversion 3\tthree\n\
+             {deleted}\tdelete\n",
+            empty + 3
+        )
+    );
+    let lines = stdout_of(kv(&server).args(["-o", "json", "history", "h/k"]));
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            event["type"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["put", "put", "put", "delete"]);
+
+    let (code, stderr) =
+        failure_of(kv(&server).args(["get", "h/k", "--rev", &(deleted + 100).to_string()]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("future"), "{stderr}");
+    // Compacted: keep 5 revisions of 40 more.
+    for i in 0..40 {
+        kv(&server)
+            .args(["put", &format!("k{}", i % 3), "v"])
+            .assert()
+            .success();
+    }
+    let last = deleted + 40;
+    if let Some(cluster) = server.backend().and_then(Backend::cluster) {
+        cluster.compact(last - 4).expect("etcd compacts");
+    }
+    for args in [
+        ["get", "h/j", "--rev", &one.to_string()],
+        ["ls", "h/", "--rev", &one.to_string()],
+    ] {
+        let (code, stderr) = failure_of(kv(&server).args(args));
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("compacted"), "{stderr}");
+    }
+}

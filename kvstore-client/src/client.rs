@@ -210,7 +210,7 @@ impl Client {
     }
 
     /// A read sent to `path` (with its query), moving on as reads may.
-    async fn read(
+    pub(crate) async fn read(
         &self,
         path: &str,
         decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
@@ -322,17 +322,18 @@ impl Client {
         decode(check(res, prefix).await?).await
     }
 
-    /// Every entry under `prefix`, following the pages.
+    /// Every entry under `prefix`, following the pages, all read at the first
+    /// page's revision (a server without `continue` tokens reads each page now).
     pub async fn list_all(&self, prefix: &str) -> Result<Vec<Entry>, Error> {
         let mut entries = Vec::new();
-        let mut after: Option<String> = None;
+        let mut page = self.list(prefix, None, Some(1000)).await?;
         loop {
-            let page = self.list(prefix, after.as_deref(), Some(1000)).await?;
-            entries.extend(page.entries);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(entries),
-            }
+            entries.extend(std::mem::take(&mut page.entries));
+            page = match (&page.continue_token, &page.next) {
+                (Some(token), _) => self.list_continue(prefix, token, Some(1000)).await?,
+                (None, Some(next)) => self.list(prefix, Some(next), Some(1000)).await?,
+                (None, None) => return Ok(entries),
+            };
         }
     }
 

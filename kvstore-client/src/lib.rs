@@ -62,6 +62,7 @@
 mod client;
 mod endpoints;
 mod error;
+mod history;
 mod lease;
 mod lock;
 mod tls;
@@ -73,8 +74,8 @@ mod watch;
 pub use client::Client;
 pub use error::Error;
 pub use kvstore_core::wire::{
-    self, DeletePrefixResult, DeleteResult, Entry, Event, EventKind, Lease, LeaseInfo, ListPage,
-    PutResult, RestoreResult, RevokeResult,
+    self, DeletePrefixResult, DeleteResult, Entry, EntryAt, Event, EventKind, HistoryPage, Lease,
+    LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
 };
 pub use kvstore_core::{Condition, ErrorCode};
 pub use lease::{KeepAlive, LeaseLost};

@@ -71,6 +71,9 @@ error_codes! {
     InvalidTtl = (400, "invalid_ttl"),
     /// A restore body is not a snapshot.
     InvalidSnapshot = (400, "invalid_snapshot"),
+    /// A read at a revision the store has not reached yet; `revision` is the
+    /// store's current one.
+    FutureRevision = (400, "future_revision"),
     /// No token, or an unknown one.
     Unauthorized = (401, "unauthorized"),
     /// The token may not read or write that key or prefix.

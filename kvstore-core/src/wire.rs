@@ -168,8 +168,53 @@ pub struct ListPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub next: Option<String>,
-    /// Store revision when the page was read.
+    /// The revision the page shows: the store's when the page was read, or the one
+    /// asked for (`revision`, or the revision a `continue` token carries).
     pub revision: u64,
+    /// Pass as `continue` to get the next page at this page's `revision` (absent on
+    /// the last page): the pages of one listing together show the store as it was
+    /// at one revision. Opaque.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub continue_token: Option<String>,
+    /// The store's current revision (a page read at a past revision shows an
+    /// older one in `revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub current_revision: Option<u64>,
+}
+
+/// A key as it was at a revision (`GET /v1/kv/KEY?revision=R` with `Accept:
+/// application/json`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryAt {
+    /// The key as it was then.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// The revision the key was read at.
+    pub read_revision: u64,
+    /// The store's current revision.
+    pub current_revision: u64,
+}
+
+/// One page of a key's history (`GET /v1/history/KEY`): its changes within the
+/// retained window, oldest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The changes, oldest first: each a put (with the value, version and lease it
+    /// left) or a delete.
+    pub events: Vec<Event>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub next: Option<u64>,
+    /// The revision the history runs to: no change of the key after `next` (or the
+    /// last event) up to it is left out.
+    pub revision: u64,
+    /// The oldest revision the history holds.
+    pub oldest_revision: u64,
 }
 
 /// The first line of a snapshot (`GET /v1/snapshot`); every further line is one

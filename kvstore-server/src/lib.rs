@@ -112,6 +112,7 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
     cfg.app_data(web::Data::new(state))
         .configure(routes::health::configure)
         .configure(routes::kv::configure)
+        .configure(routes::history::configure)
         .configure(routes::leases::configure)
         .configure(routes::watch::configure)
         .configure(routes::legacy::configure)

@@ -11,8 +11,9 @@ use std::sync::OnceLock;
 use actix_web::{web, HttpResponse};
 use kvstore_core::wire::value_json::{EncodedValue, ValueEncoding};
 use kvstore_core::wire::{
-    DeletePrefixResult, DeleteResult, Entry, ErrorBody, ErrorDetail, Event, EventKind, Lease,
-    LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult, SnapshotHeader,
+    DeletePrefixResult, DeleteResult, Entry, EntryAt, ErrorBody, ErrorDetail, Event, EventKind,
+    HistoryPage, Lease, LeaseInfo, ListPage, PutResult, RestoreResult, RevokeResult,
+    SnapshotHeader,
 };
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
@@ -69,6 +70,7 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::leases::info,
         routes::leases::revoke,
         routes::kv::delete_prefix,
+        routes::history::history,
         routes::txn::txn,
         routes::watch::watch,
         routes::snapshot::export,
@@ -87,6 +89,8 @@ pub const PATH: &str = "/v1/openapi.json";
         DeleteResult,
         DeletePrefixResult,
         ListPage,
+        EntryAt,
+        HistoryPage,
         kvstore_core::txn::Txn,
         kvstore_core::txn::TxnResponse,
         SnapshotHeader,

@@ -721,7 +721,8 @@ async fn healthz_reports_the_store_revision(
     let body: Value = http.get(&url).send().await?.json().await?;
     assert_eq!(
         body,
-        json!({"status": "ok", "engine": engine, "revision": server.first_revision()})
+        json!({"status": "ok", "engine": engine, "revision": server.first_revision(),
+               "oldest_revision": 1})
     );
     client.put("h/a", "1").await?;
     let put = client.put("h/b", "2").await?;
@@ -731,7 +732,8 @@ async fn healthz_reports_the_store_revision(
     let body: Value = res.json().await?;
     assert_eq!(
         body,
-        json!({"status": "ok", "engine": engine, "revision": put.revision})
+        json!({"status": "ok", "engine": engine, "revision": put.revision,
+               "oldest_revision": 1})
     );
     assert_eq!(client.health().await?, put.revision);
     Ok(())

@@ -1257,3 +1257,87 @@ async fn cors_is_off_by_default_and_answers_preflights_for_the_listed_origins() 
     assert!(why.contains("expected an origin"), "{why}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_versions_show_under_its_value_each_viewable_with_its_difference() -> TestResult {
+    in_browser("versions", versions).await
+}
+
+/// The value panel lists the key's versions (revision, put or delete, oldest
+/// first), shows any of them, and the difference between one and the one before
+/// it; a change made meanwhile with `kv` joins the list.
+async fn versions(b: &Browser) -> TestResult {
+    let server = TestServer::start_with(&["--sync", "none"]);
+    let url = &server.url;
+    let first = kv_put(url, &[], "cfg/app", "host=a\nport=1\nmode=blue");
+    let second = kv_put(url, &[], "cfg/app", "host=a\nport=2\nmode=blue");
+    kv_ok(url, &["del", "cfg/app"]);
+    let deleted = server_revision(url).await?;
+    let again = kv_put(url, &[], "cfg/app", "host=b\nport=2\nmode=blue");
+    b.goto(&format!("{url}/ui/#?p=cfg%2F&k=cfg%2Fapp")).await?;
+    b.until(
+        "four versions",
+        "document.querySelectorAll('#versions-rows tr').length === 4",
+    )
+    .await?;
+    let rows = b
+        .js("return [...document.querySelectorAll('#versions-rows tr')].map(r => [r.dataset.revision, r.children[1].textContent])")
+        .await?;
+    assert_eq!(
+        rows,
+        json!([
+            [first.to_string(), "put"],
+            [second.to_string(), "put"],
+            [deleted.to_string(), "delete"],
+            [again.to_string(), "put"]
+        ])
+    );
+    b.until(
+        "the live badge",
+        "document.querySelector('#conn').dataset.state === 'live'",
+    )
+    .await?;
+
+    // The first version itself.
+    b.click(&format!(
+        "#versions-rows tr[data-revision='{first}'] .version-view"
+    ))
+    .await?;
+    b.until(
+        "the first version shown",
+        "document.querySelector('#version-value').textContent === 'host=a\\nport=1\\nmode=blue'",
+    )
+    .await?;
+    // The second against the first: one line changed.
+    b.click(&format!(
+        "#versions-rows tr[data-revision='{second}'] .version-diff"
+    ))
+    .await?;
+    b.until(
+        "the difference",
+        "document.querySelectorAll('#version-value .removed').length === 1",
+    )
+    .await?;
+    let diff = b
+        .js("return [...document.querySelectorAll('#version-value span')].map(s => [s.className, s.textContent])")
+        .await?;
+    assert_eq!(
+        diff,
+        json!([
+            ["same", "  host=a"],
+            ["removed", "- port=1"],
+            ["added", "+ port=2"],
+            ["same", "  mode=blue"]
+        ])
+    );
+    b.shot("versions").await?;
+
+    // A change made meanwhile joins the list.
+    let latest = kv_put(url, &[], "cfg/app", "host=c");
+    b.until(
+        "the new version",
+        &format!("document.querySelector(\"#versions-rows tr[data-revision='{latest}']\")"),
+    )
+    .await?;
+    Ok(())
+}

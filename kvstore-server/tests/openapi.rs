@@ -30,6 +30,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/v1/kv/{key}", &["get", "head", "put", "delete"]),
     ("/v1/kv", &["get", "head", "delete"]),
+    ("/v1/history/{key}", &["get", "head"]),
     ("/v1/txn", &["post"]),
     ("/v1/leases", &["post"]),
     ("/v1/leases/{id}", &["get", "head", "delete"]),
@@ -210,7 +211,10 @@ async fn the_document_describes_every_endpoint_and_the_error_body() -> TestResul
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert_eq!(list_params, ["prefix", "limit", "after"]);
+    assert_eq!(
+        list_params,
+        ["prefix", "limit", "after", "revision", "continue"]
+    );
     assert!(
         paths["/v1/watch"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object()
     );
@@ -525,7 +529,7 @@ fn schemathesis_with_every_check_finds_nothing() {
         "schemathesis found failures ({status}):\n{output}"
     );
     // It tested every operation but the watch (GET and HEAD), in both phases.
-    assert!(output.contains("Tested: 24"), "{output}");
+    assert!(output.contains("Tested: 26"), "{output}");
     for phase in ["✅ Coverage", "✅ Fuzzing"] {
         assert!(output.contains(phase), "no {phase:?}:\n{output}");
     }

@@ -45,12 +45,12 @@ use etcd_client::{
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES};
 use crate::storage::{
-    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchItem, WatchOptions,
 };
 use crate::txn::{Txn as OurTxn, TxnResponse};
 use crate::wire::{
-    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
-    RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, HistoryPage, Lease, LeaseInfo, ListPage, PutResult,
+    RestoreResult, RevokeResult,
 };
 use barrier::Barrier;
 use cache::{entry_of, Cache};
@@ -267,6 +267,69 @@ impl EtcdStore {
         }
     }
 
+    /// The oldest revision etcd still keeps (its last compaction's; 1 when it never
+    /// compacted): a read at revision 1 fails when it is compacted, and a watch
+    /// from 1 is then cancelled with the oldest revision kept.
+    async fn oldest_kept(&self) -> Result<u64, Error> {
+        let (start, end) = self.inner.keys.range("");
+        let at_one = GetOptions::new()
+            .with_range(end)
+            .with_revision(1)
+            .with_count_only();
+        match self.range(start, at_one).await {
+            Ok(_) => Ok(1),
+            Err(Error::Compacted { .. }) => {
+                let watch = watch::HistoryWatch::open(
+                    self.inner.connection.clone(),
+                    self.inner.keys.clone(),
+                    String::new(),
+                    1,
+                )
+                .await;
+                match watch {
+                    Err(Error::Compacted { oldest, .. }) => Ok(oldest),
+                    Err(e) => Err(e),
+                    Ok(_) => Err(Error::Unavailable(
+                        "etcd: revision 1 is compacted, but a watch from it was taken".into(),
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A range read at `revision`, with etcd's refusals in our terms.
+    async fn range_at(
+        &self,
+        from: Vec<u8>,
+        options: GetOptions,
+        revision: u64,
+    ) -> Result<etcd_client::GetResponse, Error> {
+        if revision == 0 {
+            // etcd reads revision 0 as "now"; before the first revision there was
+            // nothing, and it is compacted like every revision before the oldest.
+            return Err(Error::Compacted {
+                requested: 0,
+                oldest: self.oldest_kept().await?,
+            });
+        }
+        let options = options.with_revision(i64::try_from(revision).unwrap_or(i64::MAX));
+        match self.range(from, options).await {
+            Ok(answer) => Ok(answer),
+            Err(Error::Compacted { .. }) => Err(Error::Compacted {
+                requested: revision,
+                oldest: self.oldest_kept().await?,
+            }),
+            Err(Error::Unavailable(m)) if m.contains("required revision is a future revision") => {
+                Err(Error::FutureRevision {
+                    requested: revision,
+                    current: self.revision(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn check_value(&self, value: &[u8]) -> Result<(), Error> {
         let max = self.inner.config.max_value_bytes;
         if value.len() > max {
@@ -376,6 +439,8 @@ impl Storage for EtcdStore {
                 entries,
                 next: next.flatten(),
                 revision: state.revision,
+                continue_token: None,
+                current_revision: None,
             });
         }
         let (_, end) = self.inner.keys.range(prefix);
@@ -399,6 +464,120 @@ impl Storage for EtcdStore {
             entries,
             next,
             revision: self.answered(answer.header())?,
+            continue_token: None,
+            current_revision: None,
+        })
+    }
+
+    async fn get_at(&self, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
+        validate_key(key)?;
+        let answer = self
+            .range_at(self.inner.keys.etcd(key), GetOptions::new(), revision)
+            .await?;
+        Ok(answer
+            .kvs()
+            .first()
+            .and_then(|kv| entry_of(&self.inner.keys, kv)))
+    }
+
+    async fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: u64,
+    ) -> Result<ListPage, Error> {
+        let limit = limit.max(1);
+        let start = match after {
+            Some(after) if after >= prefix => format!("{after}\0"),
+            _ => prefix.to_string(),
+        };
+        let (_, end) = self.inner.keys.range(prefix);
+        let answer = self
+            .range_at(
+                self.inner.keys.etcd(&start),
+                GetOptions::new().with_range(end).with_limit(limit as i64),
+                revision,
+            )
+            .await?;
+        let entries: Vec<Entry> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| entry_of(&self.inner.keys, kv))
+            .collect();
+        let next = if answer.more() {
+            entries.last().map(|e| e.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            entries,
+            next,
+            revision,
+            continue_token: None,
+            current_revision: Some(self.answered(answer.header())?),
+        })
+    }
+
+    /// From etcd's watch of the key: etcd has no other way to tell a key's changes.
+    async fn history(&self, key: &str, after: u64, limit: usize) -> Result<HistoryPage, Error> {
+        validate_key(key)?;
+        let limit = limit.max(1);
+        // The revision the history runs to, and the key's last change then if it
+        // exists (a delete's revision is known only from the watch).
+        let now = self
+            .range(self.inner.keys.etcd(key), GetOptions::new())
+            .await?;
+        let through = self.answered(now.header())?;
+        let last_put = now.kvs().first().map(|kv| kv.mod_revision().max(0) as u64);
+        let oldest = self.oldest_kept().await?;
+        if after != 0 && after.saturating_add(1) < oldest {
+            return Err(Error::Compacted {
+                requested: after + 1,
+                oldest,
+            });
+        }
+        let start = after.saturating_add(1).max(oldest);
+        let mut events = Vec::new();
+        let nothing_new = last_put.is_some_and(|m| m < start);
+        if start <= through && !nothing_new {
+            let mut watch = self
+                .watch(WatchOptions {
+                    prefix: key.to_string(),
+                    start_revision: Some(start),
+                    initial: false,
+                })
+                .await?;
+            loop {
+                let done = events.len() > limit
+                    || watch.position() >= through
+                    || last_put.is_some_and(|m| {
+                        events
+                            .last()
+                            .is_some_and(|e: &crate::wire::Event| e.revision >= m)
+                    });
+                if done {
+                    break;
+                }
+                if let WatchItem::Event(event) = watch.next().await? {
+                    if event.revision > through {
+                        break;
+                    }
+                    if event.key == key {
+                        events.push(event.event().clone());
+                    }
+                }
+            }
+        }
+        let next = (events.len() > limit).then(|| {
+            events.truncate(limit);
+            events.last().map(|e| e.revision)
+        });
+        Ok(HistoryPage {
+            events,
+            next: next.flatten(),
+            revision: through,
+            oldest_revision: oldest,
         })
     }
 
@@ -672,7 +851,7 @@ impl Storage for EtcdStore {
         Ok(Status {
             engine: "etcd",
             revision,
-            oldest_revision: 1,
+            oldest_revision: self.oldest_kept().await?,
             keys: keys.count().max(0) as u64,
             size_on_disk: Some(status.db_size().max(0) as u64),
         })

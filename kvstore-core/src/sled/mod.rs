@@ -20,6 +20,7 @@ mod events;
 mod export;
 #[cfg(feature = "failpoints")]
 mod failpoints;
+mod history;
 mod lease;
 mod stage;
 mod txn;
@@ -42,8 +43,8 @@ use crate::storage::{
 };
 use crate::txn::{Txn, TxnResponse};
 use crate::wire::{
-    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
-    RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, HistoryPage, Lease, LeaseInfo, ListPage, PutResult,
+    RestoreResult, RevokeResult,
 };
 use codec::decode_entry;
 use writer::{Change, Op, Outcome, Request};
@@ -147,6 +148,10 @@ struct Inner {
     db: sled::Db,
     kv: sled::Tree,
     log: sled::Tree,
+    /// Each key's changes by revision (see `history`).
+    history: sled::Tree,
+    /// The oldest revision `history` answers for.
+    history_from: Arc<AtomicU64>,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -218,7 +223,9 @@ impl SledStore {
         let log = db.open_tree("log").or_storage()?;
         let meta = db.open_tree("meta").or_storage()?;
         let lease_tree = db.open_tree("leases").or_storage()?;
-        let last = writer::recover(&kv, &log, &meta)?;
+        let history = db.open_tree("history").or_storage()?;
+        let last = writer::recover(&kv, &log, &meta, &history)?;
+        let history_from = Arc::new(AtomicU64::new(history_from(&kv, &meta, &history, last)?));
         let leases = Arc::new(lease::Leases::load(&lease_tree, &kv)?);
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
@@ -230,6 +237,8 @@ impl SledStore {
             kv: kv.clone(),
             log: log.clone(),
             meta,
+            history: history.clone(),
+            history_from: history_from.clone(),
             last,
             sync: config.sync,
             retain: config.retain_revisions,
@@ -249,6 +258,8 @@ impl SledStore {
                 db,
                 kv,
                 log,
+                history,
+                history_from,
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
                 keys,
@@ -272,13 +283,45 @@ impl SledStore {
         *self.inner.durable.borrow()
     }
 
-    /// The oldest revision the change history still holds (one past the current
-    /// revision when the history is empty).
+    /// The oldest revision a read can ask for: the oldest the change history still
+    /// holds (and the `history` tree answers for); with no history, the current
+    /// one, which can always be read (1 for a store that never changed).
+    ///
+    /// A restored store (or one made before the `history` tree) answers from the
+    /// revision it started at, until compaction passes it.
     fn oldest_revision(&self) -> Result<u64, Error> {
-        match self.inner.log.first().or_storage()? {
-            Some((rev, _)) => codec::decode_u64(&rev),
-            None => Ok(self.durable_revision() + 1),
+        let current = self.durable_revision();
+        let from = self.inner.history_from.load(Ordering::Relaxed);
+        Ok(match self.inner.log.first().or_storage()? {
+            Some((first, _)) => match codec::decode_u64(&first)? {
+                // Nothing compacted since the revision the history starts at.
+                first if first == from + 1 => from,
+                first => first.max(from),
+            },
+            None if current == 0 => 1,
+            None => current.max(from),
+        })
+    }
+
+    /// Checks that a read may ask for `revision`: neither compacted nor ahead of
+    /// the store (the current revision is always readable). Returns the oldest
+    /// revision kept.
+    fn check_revision(&self, revision: u64) -> Result<u64, Error> {
+        let current = self.durable_revision();
+        if revision > current {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current,
+            });
         }
+        let oldest = self.oldest_revision()?;
+        if revision < oldest && revision != current {
+            return Err(Error::Compacted {
+                requested: revision,
+                oldest,
+            });
+        }
+        Ok(oldest)
     }
 
     /// Sends the request `make` builds around a reply channel to the writer, and
@@ -387,37 +430,38 @@ impl Storage for SledStore {
         Ok(Some(entry))
     }
 
+    /// Read at the durable revision from the `history` tree: one revision for the
+    /// whole page, whatever is written meanwhile.
     async fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, Error> {
-        let revision = self.durable_revision();
-        let start = match after {
-            Some(after) if after >= prefix => {
-                let mut k = after.as_bytes().to_vec();
-                k.push(0);
-                k
-            }
-            _ => prefix.as_bytes().to_vec(),
-        };
-        let limit = limit.max(1);
-        let mut entries = Vec::new();
-        let mut more = false;
-        for item in self.inner.kv.range(start..) {
-            let (k, v) = item.or_storage()?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            if entries.len() == limit {
-                more = true;
-                break;
-            }
-            entries.push(decode_entry(&k, &v)?);
-        }
-        let newest = entries.iter().map(|e| e.mod_revision).max().unwrap_or(0);
-        self.readable(newest).await?;
+        self.list_at(prefix, after, limit, self.durable_revision())
+            .await
+    }
+
+    async fn get_at(&self, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
+        validate_key(key)?;
+        self.check_revision(revision)?;
+        let entry = history::get_at(&self.inner.history, key, revision)?;
+        // Compacted meanwhile: what was read may be incomplete.
+        self.check_revision(revision)?;
+        Ok(entry)
+    }
+
+    async fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: u64,
+    ) -> Result<ListPage, Error> {
+        self.check_revision(revision)?;
+        let (entries, more) =
+            history::list_at(&self.inner.history, prefix, after, limit.max(1), revision)?;
+        self.check_revision(revision)?;
         let next = match (more, entries.last()) {
             (true, Some(last)) => Some(last.key.clone()),
             _ => None,
@@ -425,7 +469,47 @@ impl Storage for SledStore {
         Ok(ListPage {
             entries,
             next,
-            revision: revision.max(newest),
+            revision,
+            continue_token: None,
+            current_revision: Some(self.durable_revision()),
+        })
+    }
+
+    async fn history(&self, key: &str, after: u64, limit: usize) -> Result<HistoryPage, Error> {
+        validate_key(key)?;
+        let through = self.durable_revision();
+        let oldest = self.oldest_revision()?;
+        if after.saturating_add(1) < oldest && after != 0 {
+            return Err(Error::Compacted {
+                requested: after + 1,
+                oldest,
+            });
+        }
+        let (events, more) = history::history(
+            &self.inner.history,
+            key,
+            after,
+            oldest,
+            through,
+            limit.max(1),
+        )?;
+        // Compacted meanwhile: the first events read may be gone.
+        let now_oldest = self.oldest_revision()?;
+        if events.first().is_some_and(|e| e.revision < now_oldest) {
+            return Err(Error::Compacted {
+                requested: after + 1,
+                oldest: now_oldest,
+            });
+        }
+        let next = match (more, events.last()) {
+            (true, Some(last)) => Some(last.revision),
+            _ => None,
+        };
+        Ok(HistoryPage {
+            events,
+            next,
+            revision: through,
+            oldest_revision: oldest,
         })
     }
 
@@ -578,4 +662,28 @@ impl Storage for SledStore {
         self.inner.db.flush().or_storage()?;
         Ok(())
     }
+}
+
+/// The oldest revision the `history` tree answers for, from `meta`; for a store
+/// made before the tree existed, the tree is written first from `kv` (each key's
+/// present state), and answers from the last revision on.
+fn history_from(
+    kv: &sled::Tree,
+    meta: &sled::Tree,
+    tree: &sled::Tree,
+    last: u64,
+) -> Result<u64, Error> {
+    if let Some(bytes) = meta.get(history::META_HISTORY_FROM).or_storage()? {
+        return codec::decode_u64(&bytes);
+    }
+    let from = last.max(1);
+    if last > 0 {
+        tree.clear().or_storage()?;
+        history::build(kv, tree)?;
+        log::info!("indexed the store's keys for reads of the past, from revision {from} on");
+    }
+    meta.insert(history::META_HISTORY_FROM, &codec::encode_u64(from))
+        .or_storage()?;
+    meta.flush().or_storage()?;
+    Ok(from)
 }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{self, Stored};
 use super::events::SequencerHandle;
 use super::export::{Capture, Exports};
+use super::history;
 use super::lease::Leases;
 use super::stage::{Revision, View};
 use super::{storage_error, OrStorage, SyncMode};
@@ -165,6 +166,10 @@ pub(super) struct Writer {
     pub kv: sled::Tree,
     pub log: sled::Tree,
     pub meta: sled::Tree,
+    /// Each key's changes by revision (see `history`).
+    pub history: sled::Tree,
+    /// The oldest revision `history` answers for (raised by a restore).
+    pub history_from: Arc<AtomicU64>,
     pub last: u64,
     pub sync: SyncMode,
     pub retain: u64,
@@ -339,7 +344,7 @@ impl Writer {
         if !self.torn {
             return Ok(());
         }
-        recover(&self.kv, &self.log, &self.meta)?;
+        recover(&self.kv, &self.log, &self.meta, &self.history)?;
         self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
         self.torn = false;
         log::warn!("the store caught up with its change history after a failed write");
@@ -386,6 +391,8 @@ impl Writer {
     fn apply_group(&self, ops: &[&Op], capturing: bool) -> Applied {
         let mut results = Vec::with_capacity(ops.len());
         let mut record = codec::GroupRecord::new();
+        // The group's `history` items: (key, revision) -> the state it left.
+        let mut index = Vec::new();
         let mut view = View::new(&self.kv, capturing.then_some(&self.exports));
         let mut last = self.last;
         for op in ops {
@@ -400,6 +407,12 @@ impl Writer {
                 return self.failed(results, error);
             }
             record.push_revision(changes.iter().map(|c| (c.key.as_str(), c.state.as_ref())));
+            for change in &changes {
+                index.push((
+                    history::item_key(change.key.as_bytes(), last + 1),
+                    history::encode_state(change.state.as_ref()),
+                ));
+            }
             for change in &changes {
                 self.leases
                     .set_key(&change.key, change.state.as_ref().and_then(|s| s.lease));
@@ -425,6 +438,18 @@ impl Writer {
         fail::fail_point!("sled::between-log-and-kv", |_| -> Applied {
             super::failpoints::crash("sled::between-log-and-kv")
         });
+        // After the `log` item (which `recover` rebuilds them from), before `kv`.
+        for (item, state) in index {
+            if let Err(error) = self.history.insert(item, state) {
+                return Applied {
+                    results,
+                    last,
+                    failure: Some(storage_error(error)),
+                    torn: true,
+                    keys_delta,
+                };
+            }
+        }
         for (key, state) in &view.changed {
             let written = match state {
                 Some(stored) => self.kv.insert(key.as_bytes(), stored.encode()),
@@ -574,7 +599,14 @@ impl Writer {
                         lease: None,
                         value: entry.value.clone(),
                     };
-                    batch.insert(entry.key.as_bytes(), stored.encode());
+                    let encoded = stored.encode();
+                    self.history
+                        .insert(
+                            history::item_key(entry.key.as_bytes(), entry.mod_revision),
+                            encoded.clone(),
+                        )
+                        .or_storage()?;
+                    batch.insert(entry.key.as_bytes(), encoded);
                 }
                 self.kv.apply_batch(batch).or_storage()?;
                 self.db.flush().or_storage()?;
@@ -584,8 +616,16 @@ impl Writer {
                 self.meta
                     .insert(codec::META_LAST, &codec::encode_u64(revision))
                     .or_storage()?;
+                // Nothing before the snapshot's revision is known.
+                self.meta
+                    .insert(
+                        history::META_HISTORY_FROM,
+                        &codec::encode_u64(revision.max(1)),
+                    )
+                    .or_storage()?;
                 self.meta.remove(META_RESTORING).or_storage()?;
                 self.db.flush().or_storage()?;
+                self.history_from.store(revision.max(1), Ordering::Relaxed);
                 self.restoring = false;
                 // Counted, not summed: a snapshot may name a key twice.
                 self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
@@ -596,7 +636,7 @@ impl Writer {
             }
             ImportStep::Abort => {
                 self.restoring = false;
-                undo_restore(&self.kv, &self.meta)?;
+                undo_restore(&self.kv, &self.meta, &self.history)?;
                 self.db.flush().or_storage()?;
                 self.keys.store(0, Ordering::Relaxed);
                 Ok(0)
@@ -621,7 +661,11 @@ impl Writer {
                 if codec::last_revision(&first, &record)? >= cutoff {
                     return Ok(false);
                 }
+                // The `log` item first: a crash in between leaves `history` items
+                // no read chooses, never a read that finds too little.
+                let events = codec::decode_group(&first, &record)?;
                 self.log.remove(first).or_storage()?;
+                history::compact(&self.history, &events)?;
                 Ok(true)
             });
             match outcome {
@@ -698,8 +742,9 @@ fn fail_all(n: usize, e: &Error) -> Vec<Result<Outcome, Error>> {
 }
 
 /// Removes what an unfinished restore imported (the store was empty before it).
-fn undo_restore(kv: &sled::Tree, meta: &sled::Tree) -> Result<(), Error> {
+fn undo_restore(kv: &sled::Tree, meta: &sled::Tree, history: &sled::Tree) -> Result<(), Error> {
     kv.clear().or_storage()?;
+    history.clear().or_storage()?;
     meta.remove(META_RESTORING).or_storage()?;
     Ok(())
 }
@@ -720,10 +765,15 @@ struct Applied {
 
 /// Brings `kv` and `meta` up to the change history after a crash in the middle of a
 /// group (see `Writer::apply_group`), and returns the last revision.
-pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> Result<u64, Error> {
+pub(super) fn recover(
+    kv: &sled::Tree,
+    log: &sled::Tree,
+    meta: &sled::Tree,
+    history: &sled::Tree,
+) -> Result<u64, Error> {
     if meta.get(META_RESTORING).or_storage()?.is_some() {
         // A restore was cut short: it began on an empty store, so empty it is again.
-        undo_restore(kv, meta)?;
+        undo_restore(kv, meta, history)?;
         meta.flush().or_storage()?;
         log::warn!("removed the entries of a restore that did not finish");
     }
@@ -735,6 +785,20 @@ pub(super) fn recover(kv: &sled::Tree, log: &sled::Tree, meta: &sled::Tree) -> R
     for item in log.range(codec::encode_u64(applied + 1)..) {
         let (first, record) = item.or_storage()?;
         for event in codec::decode_group(&first, &record)? {
+            // The group's `history` items may be missing, whatever `kv` shows.
+            let state = event.entry().map(|entry| Stored {
+                create_revision: entry.create_revision,
+                mod_revision: entry.mod_revision,
+                version: entry.version,
+                lease: entry.lease,
+                value: entry.value,
+            });
+            history
+                .insert(
+                    history::item_key(event.key.as_bytes(), event.revision),
+                    history::encode_state(state.as_ref()),
+                )
+                .or_storage()?;
             let current = match kv.get(event.key.as_bytes()).or_storage()? {
                 Some(bytes) => Some(Stored::decode_header(&bytes)?.mod_revision),
                 None => None,
@@ -792,10 +856,11 @@ mod tests {
     #[test]
     fn recover_reapplies_a_torn_group() -> Result<(), Box<dyn std::error::Error>> {
         let db = sled::Config::new().temporary(true).open()?;
-        let (kv, log, meta) = (
+        let (kv, log, meta, index) = (
             db.open_tree("kv")?,
             db.open_tree("log")?,
             db.open_tree("meta")?,
+            db.open_tree("history")?,
         );
         let old = stored(1, 1, 1, b"old");
         kv.insert("a", old.encode())?;
@@ -812,7 +877,7 @@ mod tests {
         log.insert(codec::encode_u64(2), group.finish())?;
         kv.insert("a", two.encode())?;
 
-        assert_eq!(recover(&kv, &log, &meta)?, 4);
+        assert_eq!(recover(&kv, &log, &meta, &index)?, 4);
         let get = |key: &str| -> Result<Option<Stored>, Error> {
             kv.get(key)
                 .or_storage()?
@@ -826,8 +891,14 @@ mod tests {
         assert_eq!(get("gone")?, None);
         let last = meta.get(codec::META_LAST)?.map(|b| codec::decode_u64(&b));
         assert_eq!(last.transpose()?, Some(4));
+        // The history items of the torn group are written too, whatever kv showed.
+        let at = |key: &str, r| history::get_at(&index, key, r);
+        assert_eq!(at("a", 2)?.map(|e| e.value), Some(b"new".to_vec()));
+        assert_eq!(at("b", 3)?.map(|e| e.version), Some(1));
+        assert!(index.contains_key(history::item_key(b"gone", 4))?);
+        assert_eq!(at("gone", 4)?, None);
         // Nothing left to do the second time.
-        assert_eq!(recover(&kv, &log, &meta)?, 4);
+        assert_eq!(recover(&kv, &log, &meta, &index)?, 4);
         Ok(())
     }
 }

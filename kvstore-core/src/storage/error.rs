@@ -59,6 +59,14 @@ pub enum Error {
         /// The oldest revision still available.
         oldest: u64,
     },
+    /// A read at a revision the store has not reached yet.
+    #[error("revision {requested} is a future revision; the store is at revision {current}")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's current revision.
+        current: u64,
+    },
     /// A watcher fell too far behind the live feed.
     #[error("the watcher fell too far behind; resume from revision {}", last + 1)]
     Lagged {
@@ -108,6 +116,7 @@ impl Error {
             Error::InvalidTtl(_) => ErrorCode::InvalidTtl,
             Error::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
             Error::Compacted { .. } => ErrorCode::Compacted,
+            Error::FutureRevision { .. } => ErrorCode::FutureRevision,
             Error::Lagged { .. } => ErrorCode::Lagged,
             Error::NotEmpty => ErrorCode::StoreNotEmpty,
             Error::InvalidSnapshot(_) => ErrorCode::InvalidSnapshot,
@@ -125,6 +134,7 @@ impl Error {
         match self {
             Error::PreconditionFailed { current } => *current,
             Error::Compacted { oldest, .. } => Some(*oldest),
+            Error::FutureRevision { current, .. } => Some(*current),
             Error::Lagged { last } => Some(*last),
             _ => None,
         }

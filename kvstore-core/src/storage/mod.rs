@@ -11,6 +11,10 @@
 //!   and no duplicate, from any revision the history still holds; its
 //!   [`Watch::position`] is always safe to resume after.
 //! - A snapshot shows every entry under a prefix as of one revision, streamed.
+//! - Any revision from the oldest the history holds ([`Status::oldest_revision`])
+//!   to the current one can be read: a key or a range as it was then, and a key's
+//!   changes. An older one is [`Error::Compacted`], a newer one
+//!   [`Error::FutureRevision`].
 //! - A lease ends when its TTL passes without a keep-alive, or when it is revoked;
 //!   then every key still attached to it is deleted, all at one revision, and
 //!   watchers see each deletion as a `delete` event of that revision. A put without
@@ -32,8 +36,8 @@ pub use watch::{Watch, WatchItem, WatchOptions, WatchStream};
 use crate::condition::Condition;
 use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::wire::{
-    DeletePrefixResult, DeleteResult, Entry, Lease, LeaseInfo, ListPage, PutResult, RestoreResult,
-    RevokeResult,
+    DeletePrefixResult, DeleteResult, Entry, HistoryPage, Lease, LeaseInfo, ListPage, PutResult,
+    RestoreResult, RevokeResult,
 };
 
 /// What a store reports about itself.
@@ -43,8 +47,9 @@ pub struct Status {
     pub engine: &'static str,
     /// The store's current revision.
     pub revision: u64,
-    /// The oldest revision the change history still holds (one past `revision`
-    /// when it holds none).
+    /// The oldest revision a read can ask for, and a watch start from: the oldest
+    /// the change history still holds (when it holds none: `revision`, which can
+    /// always be read, or 1 for a store that never changed).
     pub oldest_revision: u64,
     /// How many keys the store holds.
     pub keys: u64,
@@ -94,6 +99,30 @@ pub trait Storage: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, Error>;
+
+    /// Reads one key as it was at `revision` (its value, revisions, version and
+    /// lease then); `None` when it did not exist then. [`Error::Compacted`] below
+    /// the oldest revision kept, [`Error::FutureRevision`] above the current one.
+    async fn get_at(&self, key: &str, revision: u64) -> Result<Option<Entry>, Error>;
+
+    /// Like [`Storage::list`], as the store was at `revision` (the page's
+    /// `revision` is that one, `current_revision` the store's); the errors of
+    /// [`Storage::get_at`]. Pages read at one revision, each after the last key of
+    /// the one before, show the store at that revision once, whatever is written
+    /// meanwhile, until it is compacted.
+    async fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: u64,
+    ) -> Result<ListPage, Error>;
+
+    /// Up to `limit` (at least 1) changes of `key` after revision `after`, oldest
+    /// first, through the current revision: from the oldest revision kept when
+    /// `after` is 0, else [`Error::Compacted`] when revisions after `after` are
+    /// gone. `next` is set when more follow.
+    async fn history(&self, key: &str, after: u64, limit: usize) -> Result<HistoryPage, Error>;
 
     /// Sets `key` to `value` if `condition` holds (always, for `None`). The key is
     /// permanent afterwards: detached from any lease it had.

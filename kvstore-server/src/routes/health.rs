@@ -22,6 +22,8 @@ pub struct Health {
     engine: &'static str,
     /// The store's current revision.
     revision: u64,
+    /// The oldest revision a read (`?revision=`) or a watch can start from.
+    oldest_revision: u64,
 }
 
 /// Whether the server is up and its store answers reads. Needs no token.
@@ -46,5 +48,6 @@ async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         status: "ok",
         engine: status.engine,
         revision: status.revision,
+        oldest_revision: status.oldest_revision,
     }))
 }

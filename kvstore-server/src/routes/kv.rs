@@ -3,7 +3,9 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use kvstore_core::wire::{DeletePrefixResult, DeleteResult, Entry, ErrorBody, ListPage, PutResult};
+use kvstore_core::wire::{
+    DeletePrefixResult, DeleteResult, Entry, EntryAt, ErrorBody, ListPage, PutResult,
+};
 use kvstore_core::Condition;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
@@ -226,12 +228,13 @@ fn etag(mod_revision: u64) -> String {
     path = "/v1/kv/{key}",
     tag = "kv",
     operation_id = "get_key",
-    params(KeyParam, IfNoneMatchTag),
+    params(KeyParam, IfNoneMatchTag, GetQuery),
     responses(
         (status = 200,
          description = "The value: its raw bytes (`application/octet-stream`, the default), or \
-            the entry as JSON when `Accept` names `application/json`. The metadata is in \
-            the headers either way.",
+            the entry as JSON when `Accept` names `application/json` (with `revision`, an \
+            `EntryAt`: the entry then, `read_revision` and `current_revision`). The \
+            metadata is in the headers either way.",
          content(
             (crate::openapi::Binary = "application/octet-stream"),
             (Entry = "application/json"),
@@ -245,6 +248,9 @@ fn etag(mod_revision: u64) -> String {
             ("x-kv-revision" = u64, description = "The store's current revision"),
             ("x-kv-lease" = u64, description = "The lease the key is attached to; absent for \
                 a permanent key"),
+            ("x-kv-read-revision" = u64, description = "With `revision`: the revision the key \
+                was read at (the JSON form says it too, as `read_revision`, beside \
+                `current_revision`)"),
          )),
         (status = 304, description = "Not modified: `If-None-Match` names the key's current tag \
             (or is `*`); the headers are those of a 200, there is no body",
@@ -253,9 +259,14 @@ fn etag(mod_revision: u64) -> String {
             ("x-kv-mod-revision" = u64, description = "Revision of the key's last put"),
          )),
         (status = 400, description = "`invalid_key`: empty, over 4 KiB, or not UTF-8 once \
-            percent-decoded; `invalid_request`: an `If-None-Match` that is not text", body = ErrorBody),
+            percent-decoded; `invalid_request`: an `If-None-Match` that is not text, a bad \
+            `revision`; `future_revision`: `revision` is past the store's (the error's \
+            `revision` is the store's)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
-        (status = 404, description = "`key_not_found`", body = ErrorBody),
+        (status = 404, description = "`key_not_found` (with `revision`: the key did not \
+            exist then)", body = ErrorBody),
+        (status = 410, description = "`compacted`: `revision` is older than the oldest \
+            revision kept, which the error's `revision` names", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` (the value is not durable yet) \
             or `shutting_down`", body = ErrorBody),
     )
@@ -267,10 +278,16 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_read(&key)?;
-    let entry = state
-        .store
-        .get(&key)
-        .await
+    let at = web::Query::<GetQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?
+        .revision
+        .map(super::history::check_revision)
+        .transpose()?;
+    let read = match at {
+        None => state.store.get(&key).await,
+        Some(revision) => state.store.get_at(&key, revision).await,
+    };
+    let entry = read
         .map_err(|e| ApiError::from_store(e, &key))?
         .ok_or_else(|| ApiError::key_not_found(&key))?;
     let unchanged = not_modified(&req, entry.mod_revision)?;
@@ -287,8 +304,17 @@ async fn get(
     if let Some(lease) = entry.lease {
         res.insert_header((LEASE, number(lease)));
     }
+    if let Some(revision) = at {
+        res.insert_header((super::history::READ_REVISION, number(revision)));
+    }
     if unchanged {
         Ok(res.finish())
+    } else if let (true, Some(read_revision)) = (wants_json(&req), at) {
+        Ok(res.json(EntryAt {
+            entry,
+            read_revision,
+            current_revision: state.store.revision(),
+        }))
     } else if wants_json(&req) {
         Ok(res.json(entry))
     } else {
@@ -404,6 +430,22 @@ struct ListQuery {
     /// Start after this key (the `next` of the previous page).
     #[param(nullable = false)]
     after: Option<String>,
+    /// Read the store as it was at this revision (absent: now).
+    #[param(minimum = 1, nullable = false)]
+    revision: Option<u64>,
+    /// The `continue` of the previous page: the next page, read at that page's
+    /// revision (alone: not with `after` or `revision`).
+    #[serde(rename = "continue")]
+    #[param(rename = "continue", nullable = false)]
+    continue_token: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct GetQuery {
+    /// Read the key as it was at this revision (absent: now).
+    #[param(minimum = 1, nullable = false)]
+    revision: Option<u64>,
 }
 
 /// The key in the path.
@@ -523,13 +565,18 @@ async fn delete_prefix(
     operation_id = "list_keys",
     params(ListQuery),
     responses(
-        (status = 200, description = "One page; pass `next` as `after` for the following one",
+        (status = 200, description = "One page; pass `continue` as `continue` for the \
+            following one, read at the same revision (or `next` as `after`, read now)",
          body = ListPage,
-         headers(("x-kv-revision" = u64, description = "The revision the page shows"))),
-        (status = 400, description = "`invalid_request`: a bad query string or `limit`",
-         body = ErrorBody),
+         headers(("x-kv-revision" = u64, description = "The revision the page shows"),
+                 ("x-kv-current-revision" = u64, description = "The store's current revision"))),
+        (status = 400, description = "`invalid_request`: a bad query string, `limit` or \
+            `continue`; `future_revision`: `revision` is past the store's", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
          body = ErrorBody),
+        (status = 410, description = "`compacted`: the revision asked for (or the one the \
+            `continue` token carries) is no longer kept; the error's `revision` is the oldest \
+            kept: list again from the start", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
@@ -547,42 +594,65 @@ async fn list(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let page = readable_page(
-        &state,
-        &caller,
-        &query.prefix,
-        query.after.as_deref(),
-        limit,
-    )
-    .await
-    .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    // An empty `continue` is no token (the last page has none).
+    let (at, after) = match query.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        None => (query.revision, query.after.clone()),
+        Some(_) if query.after.is_some() || query.revision.is_some() => {
+            return Err(ApiError::invalid_request(
+                "continue carries the revision and the key to start after: not with after or revision",
+            ))
+        }
+        Some(token) => super::history::parse_continue(token).map(|(r, k)| (Some(r), Some(k)))?,
+    };
+    let at = at.map(super::history::check_revision).transpose()?;
+    let mut page = readable_page(&state, &caller, &query.prefix, after.as_deref(), limit, at)
+        .await
+        .map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    // The next page is read at this page's revision.
+    page.continue_token = page
+        .next
+        .as_deref()
+        .map(|next| super::history::continue_token(page.revision, next));
+    let current = *page
+        .current_revision
+        .get_or_insert(state.store.revision().max(page.revision));
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
+        .insert_header((super::history::CURRENT_REVISION, number(current)))
         .json(page))
 }
 
-/// Up to `limit` entries under `prefix` that `caller` may read, after `after`, and
-/// the key to page on from when more follow. Only the ranges the caller may read
-/// are read, so nothing in the page (entries, `next`, its length) depends on keys
-/// it may not read.
+/// Up to `limit` entries under `prefix` that `caller` may read, after `after`, as
+/// of revision `at` (the current one when `None`), and the key to page on from
+/// when more follow. Only the ranges the caller may read are read, so nothing in
+/// the page (entries, `next`, its length) depends on keys it may not read; all of
+/// them at the first read's revision, so the page is one snapshot.
 async fn readable_page(
     state: &AppState,
     caller: &Caller,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
+    mut at: Option<u64>,
 ) -> Result<ListPage, kvstore_core::Error> {
     let mut entries = Vec::new();
-    let mut revision = 0;
+    let mut current = None;
     // One entry beyond the page says whether more follow.
     'ranges: for range in caller.readable_ranges(prefix) {
         let mut cursor = after.map(str::to_string);
         loop {
-            let page = state
-                .store
-                .list(&range, cursor.as_deref(), limit + 1 - entries.len())
-                .await?;
-            revision = revision.max(page.revision);
+            let want = limit + 1 - entries.len();
+            let page = match at {
+                None => state.store.list(&range, cursor.as_deref(), want).await?,
+                Some(r) => {
+                    state
+                        .store
+                        .list_at(&range, cursor.as_deref(), want, r)
+                        .await?
+                }
+            };
+            at = Some(page.revision);
+            current = current.max(page.current_revision);
             entries.extend(page.entries);
             if entries.len() > limit {
                 break 'ranges;
@@ -593,9 +663,6 @@ async fn readable_page(
             }
         }
     }
-    if revision == 0 {
-        revision = state.store.revision();
-    }
     let next = (entries.len() > limit).then(|| {
         entries.truncate(limit);
         entries.last().map(|e| e.key.clone())
@@ -603,6 +670,8 @@ async fn readable_page(
     Ok(ListPage {
         entries,
         next: next.flatten(),
-        revision,
+        revision: at.unwrap_or_else(|| state.store.revision()),
+        continue_token: None,
+        current_revision: current,
     })
 }

@@ -3,6 +3,7 @@
 //! route takes ([`methods`]).
 
 pub mod health;
+pub mod history;
 pub mod kv;
 pub mod leases;
 pub mod legacy;

@@ -35,6 +35,7 @@ const state = {
   retryTimer: null,
   loadSeq: 0,
   listedPrefix: null, // the folder the list shows
+  versions: null,     // {key, events: [], next, shown}: the open key's history
 };
 
 // ---------- HTTP ----------
@@ -535,6 +536,8 @@ function closeDetail() {
   $("editor").hidden = true;
   $("detail-empty").hidden = false;
   $("detail-title").textContent = "Value";
+  state.versions = null;
+  $("versions").hidden = true;
 }
 
 async function openKey(key) {
@@ -544,6 +547,7 @@ async function openKey(key) {
   state.open = open;
   state.mode = null;
   renderOpen();
+  await loadVersions(key);
 }
 
 function modesFor(bytes) {
@@ -981,6 +985,12 @@ function applyToOpen(frame) {
       : { key: open.key, bytes: new Uint8Array(), meta: null, deleted: true, deletedAt: frame.revision };
     if (!state.editing) renderOpen();
   }
+  const v = state.versions;
+  // A change after the versions shown (when they run to the present).
+  if (v && v.key === frame.key && !v.next && !(v.events.length && frame.revision <= v.events[v.events.length - 1].revision)) {
+    v.events.push(frame);
+    renderVersions();
+  }
   const ed = state.editing;
   if (ed && ed.key === frame.key) {
     // The editor keeps what was typed; the save (still against the revision the
@@ -991,6 +1001,155 @@ function applyToOpen(frame) {
       ? `Someone changed this key (revision ${frame.revision}) while you edit: saving will show both versions first.`
       : `Someone deleted this key (revision ${frame.revision}) while you edit: saving will show you first.`;
   }
+}
+
+// ---------- versions ----------
+
+// The open key's changes within the kept history (GET /v1/history/KEY), oldest first.
+async function loadVersions(key, more = false) {
+  const q = new URLSearchParams({ limit: "100" });
+  if (more && state.versions && state.versions.next) q.set("after", String(state.versions.next));
+  let page;
+  try {
+    page = await (await api("/v1/history/" + encodeURIComponent(key) + "?" + q)).json();
+  } catch (e) {
+    if (e instanceof ApiError && e.code === "compacted" && !more) {
+      // Compacted between two pages: the whole history again.
+      return loadVersions(key);
+    }
+    failed("Reading the versions of " + key, e);
+    return;
+  }
+  if (here().key !== key) return;
+  if (!more || !state.versions || state.versions.key !== key) {
+    state.versions = { key, events: [], next: null, shown: null, oldest: page.oldest_revision };
+  }
+  state.versions.events.push(...page.events);
+  state.versions.next = page.next ?? null;
+  renderVersions();
+}
+
+function renderVersions() {
+  const v = state.versions;
+  $("versions").hidden = !v;
+  if (!v) return;
+  const events = v.events;
+  $("versions-notice").textContent = events.length === 0
+    ? `No change of this key since revision ${Number(v.oldest).toLocaleString("en")}, the oldest kept.`
+    : `${events.length.toLocaleString("en")} change${events.length === 1 ? "" : "s"} since revision ${Number(v.oldest).toLocaleString("en")}, the oldest kept.`;
+  const rows = $("versions-rows");
+  rows.replaceChildren();
+  events.forEach((ev, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.revision = String(ev.revision);
+    if (i === events.length - 1 && !v.next) tr.className = "current";
+    const cells = [
+      ev.revision.toLocaleString("en"),
+      ev.type,
+      ev.type === "put" ? ev.version.toLocaleString("en") : "",
+      ev.type === "put" ? formatSize(entrySize(ev)) : "",
+    ];
+    cells.forEach((text, c) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (c === 1) td.className = "kind-" + ev.type;
+      tr.append(td);
+    });
+    const actions = document.createElement("td");
+    const view = document.createElement("button");
+    view.type = "button";
+    view.className = "version-view";
+    view.textContent = "View";
+    view.setAttribute("aria-label", `View revision ${ev.revision}`);
+    view.addEventListener("click", () => showVersion(i, false));
+    actions.append(view);
+    if (i > 0) {
+      const diff = document.createElement("button");
+      diff.type = "button";
+      diff.className = "version-diff";
+      diff.textContent = "Diff";
+      diff.setAttribute("aria-label", `Difference between revision ${events[i - 1].revision} and ${ev.revision}`);
+      diff.addEventListener("click", () => showVersion(i, true));
+      actions.append(diff);
+    }
+    tr.append(actions);
+    rows.append(tr);
+  });
+  $("versions-more").hidden = !v.next;
+  if (v.shown) showVersion(v.shown.index, v.shown.diff);
+  else $("version-shown").hidden = true;
+}
+
+$("versions-more").addEventListener("click", () => {
+  if (state.versions) loadVersions(state.versions.key, true);
+});
+
+// The bytes a change left (nothing for a delete).
+const versionBytes = (ev) => (ev && ev.type === "put" ? frameBytes(ev) : new Uint8Array());
+
+// Shows version `i`, or the difference between the one before it and it.
+function showVersion(i, diff) {
+  const v = state.versions;
+  const ev = v && v.events[i];
+  if (!ev) return;
+  v.shown = { index: i, diff };
+  const pre = $("version-value");
+  pre.className = "";
+  pre.replaceChildren();
+  $("version-shown").hidden = false;
+  const what = ev.type === "put" ? `put, version ${ev.version}` : "delete";
+  if (!diff) {
+    $("version-title").textContent = `Revision ${ev.revision.toLocaleString("en")} (${what})`;
+    if (ev.type === "delete") { pre.textContent = "The key was deleted at this revision."; return; }
+    const bytes = versionBytes(ev);
+    const text = decodeText(bytes);
+    if (text === null) { pre.className = "hex"; pre.textContent = hexDump(bytes); }
+    else pre.textContent = prettyJson(text) ?? text;
+    return;
+  }
+  const before = v.events[i - 1];
+  $("version-title").textContent =
+    `Revision ${before.revision.toLocaleString("en")} → ${ev.revision.toLocaleString("en")} (${what})`;
+  const [a, b] = [versionBytes(before), versionBytes(ev)];
+  const [ta, tb] = [decodeText(a), decodeText(b)];
+  if (ta === null || tb === null) {
+    pre.textContent = `Binary values: ${formatSize(a.length)} → ${formatSize(b.length)}` +
+      (a.length === b.length && a.every((x, k) => x === b[k]) ? ", the same bytes." : ", different bytes.");
+    return;
+  }
+  for (const [kind, line] of lineDiff(ta, tb)) {
+    const span = document.createElement("span");
+    span.className = kind;
+    span.textContent = (kind === "added" ? "+ " : kind === "removed" ? "- " : "  ") + line;
+    pre.append(span);
+  }
+}
+
+// The lines of `a` and `b` as ["same" | "removed" | "added", line], in order (a
+// longest common subsequence; values over 2,000 lines are compared as wholes).
+function lineDiff(a, b) {
+  const x = a === "" ? [] : a.split("\n");
+  const y = b === "" ? [] : b.split("\n");
+  if (x.length * y.length > 4_000_000) {
+    return a === b ? x.map((l) => ["same", l]) : [...x.map((l) => ["removed", l]), ...y.map((l) => ["added", l])];
+  }
+  const n = x.length, m = y.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = [];
+  let i = 0, j = 0;
+  while (i < n && j < m) {
+    if (x[i] === y[j]) { out.push(["same", x[i]]); i++; j++; }
+    else if (lcs[i + 1][j] >= lcs[i][j + 1]) out.push(["removed", x[i++]]);
+    else out.push(["added", y[j++]]);
+  }
+  while (i < n) out.push(["removed", x[i++]]);
+  while (j < m) out.push(["added", y[j++]]);
+  return out;
 }
 
 // Reads the folder and the open key again (after the server came back).

@@ -1,0 +1,183 @@
+//! Reads of the past: a key's changes (`GET /v1/history/{key}`), and what the key
+//! and list routes share to read at a revision (`?revision=R`, the `continue`
+//! token of a listing).
+
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use kvstore_core::wire::{ErrorBody, HistoryPage};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The revision a read was made at (beside `x-kv-revision`, the store's).
+pub const READ_REVISION: &str = "x-kv-read-revision";
+/// The store's current revision, on a list page read at a past revision.
+pub const CURRENT_REVISION: &str = "x-kv-current-revision";
+
+const PATH_PREFIX: &str = "/v1/history/";
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::scope("/v1/history").default_service(web::to(key)));
+}
+
+/// A revision named by a query: at least 1 (revisions start there).
+pub fn check_revision(revision: u64) -> Result<u64, ApiError> {
+    if revision == 0 || revision > MAX_REVISION {
+        return Err(ApiError::invalid_request(format!(
+            "revision must be between 1 (the first change) and {MAX_REVISION}"
+        )));
+    }
+    Ok(revision)
+}
+
+/// The largest revision a query may name (etcd's are signed 64-bit numbers).
+const MAX_REVISION: u64 = i64::MAX as u64;
+
+/// The `continue` token of a list page: the page's revision and its last key,
+/// so that the next page is read at the same revision, after that key.
+pub fn continue_token(revision: u64, after: &str) -> String {
+    let mut bytes = revision.to_be_bytes().to_vec();
+    bytes.extend_from_slice(after.as_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The revision and key a `continue` token carries.
+pub fn parse_continue(token: &str) -> Result<(u64, String), ApiError> {
+    let bad = || ApiError::invalid_request("continue: not a token of a list page's `continue`");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    if bytes.len() < 8 {
+        return Err(bad());
+    }
+    let (revision, key) = bytes.split_at(8);
+    let revision = u64::from_be_bytes(revision.try_into().map_err(|_| bad())?);
+    let key = String::from_utf8(key.to_vec()).map_err(|_| bad())?;
+    Ok((check_revision(revision).map_err(|_| bad())?, key))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct HistoryQuery {
+    /// Only changes after this revision (the `next` of the previous page); absent:
+    /// from the oldest revision kept.
+    #[param(nullable = false)]
+    after: Option<u64>,
+    /// Most changes in the page.
+    #[param(minimum = 1, maximum = 1000, default = 100, nullable = false)]
+    limit: Option<usize>,
+}
+
+/// The key in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("key"), parameter_in = Path)]
+#[allow(dead_code)]
+struct KeyParam(
+    /// The key, percent-decoded once, as in `/v1/kv/{key}`.
+    #[param(min_length = 1)]
+    String,
+);
+
+/// A key's changes within the retained history, oldest first, a page at a time:
+/// each put with the value, version and lease it left, each delete.
+#[utoipa::path(
+    get,
+    path = "/v1/history/{key}",
+    tag = "kv",
+    operation_id = "key_history",
+    params(KeyParam, HistoryQuery),
+    responses(
+        (status = 200, description = "One page; pass `next` as `after` for the following one. \
+            `revision` is the store's revision the history runs to",
+         body = HistoryPage,
+         headers(("x-kv-revision" = u64, description = "The revision the history runs to"))),
+        (status = 400, description = "`invalid_key`, or `invalid_request`: a bad query string \
+            or `limit`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
+        (status = 410, description = "`compacted`: changes after `after` are no longer kept; \
+            `revision` is the oldest revision kept", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
+    )
+)]
+async fn history(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = key_of(&req)?;
+    caller.check_read(&key)?;
+    let query = web::Query::<HistoryQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
+    if query.after.is_some_and(|after| after > MAX_REVISION) {
+        return Err(ApiError::invalid_request(format!(
+            "after must be at most {MAX_REVISION}"
+        )));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::invalid_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let page = state
+        .store
+        .history(&key, query.after.unwrap_or(0), limit)
+        .await
+        .map_err(|e| ApiError::from_store(e, &key))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((super::kv::STORE_REVISION, page.revision))
+        .json(page))
+}
+
+/// Every path under `/v1/history`: GET (and HEAD) of a key's history; another
+/// method gets `405`.
+async fn key(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
+    use actix_web::http::Method;
+    if req.match_info().unprocessed().is_empty()
+        || !matches!(*req.method(), Method::GET | Method::HEAD)
+    {
+        return Err(super::methods::unmatched(&req).into());
+    }
+    req.extensions_mut()
+        .insert(crate::metrics::RouteLabel("/v1/history/{key}"));
+    let caller = Caller::extract(&req).await?;
+    let state = web::Data::<AppState>::extract(&req).await?;
+    Ok(history(req, caller, state).await?)
+}
+
+/// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
+fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix(PATH_PREFIX)
+        .ok_or_else(|| ApiError::invalid_key("the key is missing from the path"))?;
+    let key = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?
+        .into_owned();
+    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() -> Result<(), ApiError> {
+        for key in ["", "app/x", "a\0b", "ключ"] {
+            assert_eq!(
+                parse_continue(&continue_token(42, key))?,
+                (42, key.to_string())
+            );
+        }
+        assert!(parse_continue("!!").is_err());
+        assert!(parse_continue(&URL_SAFE_NO_PAD.encode([0u8; 8])).is_err());
+        Ok(())
+    }
+}
