@@ -8,7 +8,9 @@
 //! `503 storage_unavailable` answers naming etcd, and service resumes when members
 //! return; with puts and deletes through two replicas, every change a watcher sees
 //! is one a client asked for, answered at its revision or told its outcome is
-//! unknown (nothing applied is answered as if it had not been, nothing is undone).
+//! unknown (nothing applied is answered as if it had not been, nothing is undone);
+//! and a write whose connection breaks after etcd took it (through a relay that
+//! cuts etcd's answer) is answered 503 "may or may not" and applied once.
 
 mod support;
 
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kvstore_client::{Client, Error as ClientError, Update, WatchOptions};
+use support::h2cut::{Cut, CuttingRelay};
 use support::{Backend, Engine, TestServer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -692,5 +695,178 @@ async fn every_change_watchers_see_through_leader_kills_is_one_a_client_asked_fo
         problems.first()
     );
     assert_eq!(histories[0], histories[1], "both replicas show one history");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// A write etcd took, its answer lost on the way: never sent again
+// ---------------------------------------------------------------------------
+
+/// The writes whose second sending would be answered otherwise than the first.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    /// A delete: a second one finds no key (404).
+    Delete,
+    /// A put under `If-Match`: a second one finds another revision (412).
+    PutIfMatch,
+    /// A create-only put: a second one finds the key (412).
+    Create,
+    /// A plain put: a second one writes the value again.
+    Put,
+    /// A transaction under a compare: a second one fails the compare.
+    Txn,
+    /// A lease revocation: a second one finds no lease (404).
+    Revoke,
+    /// A put on a lease of the key's own (`?ttl=`): that lease must outlive it.
+    PutTtl,
+    /// A transaction whose put has a lease of its own.
+    TxnTtl,
+}
+
+/// A write whose connection to etcd breaks after etcd took it (before etcd
+/// answered, after its answer's headers, or before its trailers) is answered 503
+/// `storage_unavailable`, "may or may not have been applied", and is not sent
+/// again: etcd applied it once, and nothing answers as if it had not been.
+#[rstest::rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_etcd_lost_is_unknown_and_not_sent_again(
+    #[values(Cut::BeforeAnswer, Cut::AfterHeaders, Cut::BeforeTrailers)] cut: Cut,
+    #[values(
+        Write::Delete,
+        Write::PutIfMatch,
+        Write::Create,
+        Write::Put,
+        Write::Txn,
+        Write::Revoke,
+        Write::PutTtl,
+        Write::TxnTtl
+    )]
+    write: Write,
+) -> TestResult {
+    use kvstore_client::txn::{Compare, CompareOp, TxnOp};
+    use kvstore_client::{Condition, ErrorCode, EventKind};
+
+    let Some(backend) = Backend::new(Engine::Etcd) else {
+        return Ok(());
+    };
+    let member = backend
+        .args()
+        .get(1)
+        .cloned()
+        .ok_or("the member's endpoint")?;
+    let relay = CuttingRelay::new(&member)?;
+    let server = TestServer::try_start_at(
+        "127.0.0.1:0",
+        backend.dir(),
+        &["--etcd-endpoints", &relay.url],
+    )?;
+    let client = Client::new(&server.url)?;
+    let lease = client.grant(60).await?;
+    let before = client.put("cut/k", "v0").await?;
+    let leased = client.put_with_lease("cut/leased", "l", lease.id).await?;
+    let watch = tokio::spawn(watch_kinds_until(
+        client.clone(),
+        "cut/".into(),
+        leased.revision + 1,
+        "cut/end".into(),
+    ));
+    // The watch is open (it delivers a change) before the cut is armed.
+    client.put("cut/open", "x").await?;
+
+    // A put on a lease of its own is a lease grant first.
+    let pass = usize::from(matches!(write, Write::PutTtl | Write::TxnTtl));
+    relay.arm_after(pass, cut);
+    let (answer, expected) = match write {
+        Write::Delete => (
+            client.delete("cut/k").await.map(|_| ()),
+            (EventKind::Delete, "cut/k", &b""[..]),
+        ),
+        Write::PutIfMatch => (
+            client
+                .put_if("cut/k", "v1", Condition::ModRevision(before.revision))
+                .await
+                .map(|_| ()),
+            (EventKind::Put, "cut/k", &b"v1"[..]),
+        ),
+        Write::Create => (
+            client
+                .put_if("cut/new", "v1", Condition::Absent)
+                .await
+                .map(|_| ()),
+            (EventKind::Put, "cut/new", &b"v1"[..]),
+        ),
+        Write::Put => (
+            client.put("cut/k", "v1").await.map(|_| ()),
+            (EventKind::Put, "cut/k", &b"v1"[..]),
+        ),
+        Write::Txn => {
+            let answer = client
+                .transaction()
+                .when(Compare::mod_revision(
+                    "cut/k",
+                    CompareOp::Equal,
+                    before.revision,
+                ))
+                .and_then(TxnOp::put("cut/k", "v1"))
+                .commit()
+                .await;
+            let answer = match answer {
+                Ok(r) if !r.succeeded => Err(ClientError::PreconditionFailed {
+                    current: None,
+                    message: "the transaction's compare failed".into(),
+                }),
+                other => other.map(|_| ()),
+            };
+            (answer, (EventKind::Put, "cut/k", &b"v1"[..]))
+        }
+        Write::Revoke => (
+            client.revoke(lease.id).await.map(|_| ()),
+            (EventKind::Delete, "cut/leased", &b""[..]),
+        ),
+        Write::PutTtl => (
+            client.put_with_ttl("cut/k", "v1", 600).await.map(|_| ()),
+            (EventKind::Put, "cut/k", &b"v1"[..]),
+        ),
+        Write::TxnTtl => (
+            client
+                .transaction()
+                .and_then(TxnOp::put_ttl("cut/k", "v1", 600))
+                .commit()
+                .await
+                .map(|_| ()),
+            (EventKind::Put, "cut/k", &b"v1"[..]),
+        ),
+    };
+    assert!(
+        relay.wait_cuts(1, WAIT),
+        "{write:?}: no answer was cut at {cut:?}"
+    );
+    match answer {
+        Err(ClientError::Server {
+            status: 503,
+            code: ErrorCode::StorageUnavailable,
+            message,
+        }) => assert!(
+            message.contains("may or may not have been applied"),
+            "{write:?} cut {cut:?}: {message}"
+        ),
+        other => panic!("{write:?} cut {cut:?}: expected 503 storage_unavailable, got {other:?}"),
+    }
+
+    eventually("the sentinel", WAIT, || client.put("cut/end", "end")).await?;
+    let seen = watch.await??;
+    let changes: Vec<(EventKind, &str, &[u8])> = seen
+        .iter()
+        .map(|e| (e.kind, e.key.as_str(), e.value.as_slice()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (EventKind::Put, "cut/open", &b"x"[..]),
+            expected,
+            (EventKind::Put, "cut/end", &b"end"[..]),
+        ],
+        "{write:?} cut {cut:?}: etcd applied the write once, and only it"
+    );
     Ok(())
 }

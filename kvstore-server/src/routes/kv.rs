@@ -350,8 +350,8 @@ async fn put(
         .store
         .put_leased(&key, value, condition, lease.map(|(id, _)| id))
         .await;
-    if let (Err(_), Some((id, true))) = (&put, lease) {
-        super::leases::release_own(&state, id).await;
+    if let (Err(e), Some((id, true))) = (&put, lease) {
+        super::leases::release_own_after(&state, id, e).await;
     }
     let result = put.map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()

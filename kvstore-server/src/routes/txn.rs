@@ -69,8 +69,10 @@ async fn txn(
     let own = grant_own_leases(&state, &mut txn).await?;
     let answer = state.store.txn(txn).await;
     for (in_success, id) in own {
-        if !matches!(&answer, Ok(a) if a.succeeded == in_success) {
-            super::leases::release_own(&state, id).await;
+        match &answer {
+            Ok(a) if a.succeeded != in_success => super::leases::release_own(&state, id).await,
+            Ok(_) => {}
+            Err(e) => super::leases::release_own_after(&state, id, e).await,
         }
     }
     let mut answer = answer.map_err(ApiError::from)?;
