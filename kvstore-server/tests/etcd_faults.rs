@@ -472,16 +472,26 @@ async fn watch_kinds_until(
     });
     let mut seen = Vec::new();
     loop {
+        let event = next_change(&mut updates).await?;
+        let done = event.key == end;
+        seen.push(event);
+        if done {
+            return Ok(seen);
+        }
+    }
+}
+
+/// The next change a watch delivers (within [`WAIT`]).
+async fn next_change(
+    updates: &mut kvstore_client::Watch,
+) -> Result<kvstore_client::Event, BoxError> {
+    loop {
         let update = tokio::time::timeout(WAIT, updates.next())
             .await
-            .map_err(|_| format!("no change within {WAIT:?} after {} changes", seen.len()))?
+            .map_err(|_| format!("no change within {WAIT:?}"))?
             .ok_or("the watch ended")??;
         if let Update::Event(event) = update {
-            let done = event.key == end;
-            seen.push(event);
-            if done {
-                return Ok(seen);
-            }
+            return Ok(event);
         }
     }
 }
@@ -758,20 +768,22 @@ async fn a_write_whose_answer_etcd_lost_is_unknown_and_not_sent_again(
     let server = TestServer::try_start_at(
         "127.0.0.1:0",
         backend.dir(),
-        &["--etcd-endpoints", &relay.url],
+        // No progress frame (nor a call of the watch's to etcd) in the test's time.
+        &["--etcd-endpoints", &relay.url, "--progress-interval", "600"],
     )?;
     let client = Client::new(&server.url)?;
     let lease = client.grant(60).await?;
     let before = client.put("cut/k", "v0").await?;
     let leased = client.put_with_lease("cut/leased", "l", lease.id).await?;
-    let watch = tokio::spawn(watch_kinds_until(
-        client.clone(),
-        "cut/".into(),
-        leased.revision + 1,
-        "cut/end".into(),
-    ));
-    // The watch is open (it delivers a change) before the cut is armed.
+    let mut updates = client.watch_with(WatchOptions {
+        prefix: "cut/".into(),
+        start_revision: Some(leased.revision + 1),
+        ..WatchOptions::default()
+    });
+    // The watch is open (it delivered a change) before the cut is armed: no call
+    // but the write's starts an answer then.
     client.put("cut/open", "x").await?;
+    let mut seen = vec![next_change(&mut updates).await?];
 
     // A put on a lease of its own is a lease grant first.
     let pass = usize::from(matches!(write, Write::PutTtl | Write::TxnTtl));
@@ -854,7 +866,9 @@ async fn a_write_whose_answer_etcd_lost_is_unknown_and_not_sent_again(
     }
 
     eventually("the sentinel", WAIT, || client.put("cut/end", "end")).await?;
-    let seen = watch.await??;
+    while seen.last().is_some_and(|e| e.key != "cut/end") {
+        seen.push(next_change(&mut updates).await?);
+    }
     let changes: Vec<(EventKind, &str, &[u8])> = seen
         .iter()
         .map(|e| (e.kind, e.key.as_str(), e.value.as_slice()))
