@@ -158,3 +158,29 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_says_a_failed_write_changed_nothing() {
+        for refused in [
+            Error::KeyNotFound,
+            Error::PreconditionFailed { current: Some(3) },
+            Error::LeaseNotFound(7),
+            Error::ValueTooLarge { size: 2, max: 1 },
+            Error::RequestTooLarge("etcd: request is too large".into()),
+        ] {
+            assert!(refused.refused(), "{refused:?}");
+        }
+        // Each may follow a write that was applied: nothing may be undone on it.
+        for unknown in [
+            Error::Unavailable("etcd: transport error (during a write)".into()),
+            Error::DiskFull("no space left on device".into()),
+            Error::Closed,
+        ] {
+            assert!(!unknown.refused(), "{unknown:?}");
+        }
+    }
+}
