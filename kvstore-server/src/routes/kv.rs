@@ -327,7 +327,8 @@ async fn get(
             `If-None-Match: *`, which never both hold.", body = ErrorBody),
         (status = 413, description = "`value_too_large`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`: the write \
-            may or may not have been applied", body = ErrorBody),
+            may or may not have been applied (with `ttl`, its lease is kept: the key, if \
+            written, goes when the TTL ends)", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk is full", body = ErrorBody),
     )
 )]

@@ -30,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     request_body(content = Txn, description = "Compares and the ops of both branches. \
         Ops: `put` (`key`, `value`, `encoding`; `lease` to attach the key to a lease, or \
         `ttl` (1 to 31536000 seconds) for a lease of its own, granted before the transaction \
-        and revoked if its put does not run; neither: the key is permanent), `delete` (`key`, or `prefix`; the empty prefix needs \
+        and revoked if its put does not run (kept until its TTL after a `503`, when the put may \
+        have run); neither: the key is permanent), `delete` (`key`, or `prefix`; the empty prefix needs \
         `\"all\": true`), `get` (`key`), `list` (`prefix`, `limit` 1 to 1000, default 100)."),
     responses(
         (status = 200, description = "The transaction ran: `succeeded` says which branch, \
