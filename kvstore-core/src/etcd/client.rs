@@ -4,9 +4,11 @@
 //! flight when its member dies (or loses the leader) fails or hangs until a server
 //! timeout. So every call here gets [`ATTEMPT`] per try; a read (which changes
 //! nothing) is tried again on any transport or availability error until
-//! [`DEADLINE`]; a write only when the error says it never reached a member (a
-//! refused connection), since otherwise it may have been applied. Calls go to the
-//! leader when it is known (`route`).
+//! [`DEADLINE`]; a write only when the failure proves etcd never took it
+//! ([`never_taken`]), since otherwise it may have been applied: sent again, a
+//! delete applied by the first try would be answered "not found", a put under a
+//! condition "precondition failed". Calls go to the leader when it is known
+//! (`route`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,22 +79,45 @@ fn out_of_reach(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Whether the failure says the call never reached a member (a write may then be
-/// sent again).
-fn not_sent(e: &etcd_client::Error) -> bool {
-    let text = e.to_string();
-    text.contains("tcp connect error")
-        || text.contains("Connection refused")
-        || text.contains("error trying to connect")
-        || text.contains("connection error")
+/// etcd's refusals of a call made before it is proposed to raft: the call changed
+/// nothing. "no leader" is the answer of a member without a leader to a call that
+/// requires one (every call here does); "too many requests" that of a member whose
+/// applying lags its log; a dropped proposal never entered the log.
+const REFUSED_BEFORE_PROPOSAL: [&str; 3] = [
+    "etcdserver: no leader",
+    "etcdserver: too many requests",
+    "raft proposal dropped",
+];
+
+/// Whether the failure proves etcd never took the call: no connection to the
+/// member could be made (tonic's `ConnectError`, found by type in the error's
+/// causes, not by words in its text), or etcd refused it before proposing it.
+/// Only then is a write sent again. Anything else may come after etcd applied it:
+/// a connection that broke once the call was sent ("transport error", "h2
+/// protocol error", hyper's "connection error"), a timeout, "leader changed",
+/// "request timed out", "request timed out, possibly due to previous leader
+/// failure"; such a write is answered as of unknown outcome, never tried again.
+fn never_taken(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    if REFUSED_BEFORE_PROPOSAL.contains(&status.message()) {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
-/// Whether the failure may pass on a retry, for a call of kind `retry`.
+/// Whether the failure may pass on a retry, for a call of kind `retry`: the one
+/// rule for which failures a call is tried again after.
 fn retryable(e: &etcd_client::Error, retry: Retry) -> bool {
-    match retry {
-        Retry::Read => out_of_reach(e),
-        Retry::Write => not_sent(e),
-    }
+    never_taken(e) || (retry == Retry::Read && out_of_reach(e))
 }
 
 /// The connection to the cluster: a client that balances over every endpoint, and
@@ -165,6 +190,9 @@ impl Connection {
                     None
                 }
                 Ok(Err(e)) => Some(match (error(&e), retry) {
+                    (Error::Unavailable(m), Retry::Write) if never_taken(&e) => {
+                        Error::Unavailable(format!("{m} (during {what}; it was not applied)"))
+                    }
                     (Error::Unavailable(m), Retry::Write) => Error::Unavailable(format!(
                         "{m} (during {what}; the write may or may not have been applied)"
                     )),
@@ -184,5 +212,144 @@ impl Connection {
             sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tonic::{Code, Status};
+
+    use super::*;
+
+    fn status(code: Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(Status::new(code, message))
+    }
+
+    /// A cause around another, as tonic's transport error wraps a connect error.
+    #[derive(Debug)]
+    struct Around(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Around {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Around {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    /// A call whose connection was refused, as tonic reports it: `Unavailable`,
+    /// its `ConnectError` among the causes.
+    fn refused_connection() -> etcd_client::Error {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::ConnectError(Box::new(refused));
+        etcd_client::Error::GRpcStatus(Status::from_error(Box::new(Around(Box::new(connect)))))
+    }
+
+    /// Failures after which etcd may have applied the write: etcd's own (the codes
+    /// and words of etcd 3.4's rpctypes) and the client's when the connection
+    /// broke after the call left (tonic's and hyper's words).
+    const MAY_HAVE_BEEN_APPLIED: [(Code, &str); 10] = [
+        (Code::Unavailable, "etcdserver: leader changed"),
+        (Code::Unavailable, "etcdserver: request timed out"),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out, possibly due to previous leader failure",
+        ),
+        (
+            Code::Unavailable,
+            "etcdserver: request timed out, possibly due to connection lost",
+        ),
+        (Code::Unavailable, "etcdserver: server stopped"),
+        (Code::DeadlineExceeded, "context deadline exceeded"),
+        (Code::Unknown, "transport error"),
+        (Code::Unknown, "connection error"),
+        (
+            Code::Internal,
+            "h2 protocol error: error reading a body from connection",
+        ),
+        // Words about a refused connection prove nothing by themselves (here a
+        // member's own, about a peer): only the connect error's type does.
+        (
+            Code::Unavailable,
+            "connection error: desc = \"transport: Error while dialing dial tcp \
+             127.0.0.1:2380: connect: Connection refused\"",
+        ),
+    ];
+
+    #[test]
+    fn a_write_is_sent_again_only_after_a_failure_that_proves_etcd_never_took_it() {
+        for (code, message) in MAY_HAVE_BEEN_APPLIED {
+            let e = status(code, message);
+            assert!(!never_taken(&e), "{message}");
+            assert!(!retryable(&e, Retry::Write), "{message}");
+        }
+        for e in [
+            refused_connection(),
+            status(Code::Unavailable, "etcdserver: no leader"),
+            status(Code::ResourceExhausted, "etcdserver: too many requests"),
+            status(Code::Unknown, "raft proposal dropped"),
+        ] {
+            assert!(retryable(&e, Retry::Write), "{e}");
+            assert!(retryable(&e, Retry::Read), "{e}");
+        }
+        // A read changes nothing: it goes on after a lost member too.
+        let lost = status(Code::Unavailable, "etcdserver: leader changed");
+        assert!(retryable(&lost, Retry::Read));
+    }
+
+    /// A connection to nothing: the calls below never use it.
+    async fn connection() -> Connection {
+        let endpoints = ["http://127.0.0.1:9".to_string()];
+        Connection::open(&endpoints, ConnectOptions::new())
+            .await
+            .expect("a client connects lazily")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_write_that_may_have_been_applied_is_sent_once_and_answered_unknown() {
+        let connection = connection().await;
+        for (code, message) in MAY_HAVE_BEEN_APPLIED {
+            let tries = AtomicUsize::new(0);
+            let answer: Result<(), Error> = connection
+                .call("a delete", Retry::Write, |_| {
+                    tries.fetch_add(1, Ordering::Relaxed);
+                    async move { Err(status(code, message)) }
+                })
+                .await;
+            assert_eq!(tries.load(Ordering::Relaxed), 1, "{message}: sent once");
+            match answer {
+                Err(Error::Unavailable(m)) => assert!(
+                    m.contains(message) && m.contains("may or may not have been applied"),
+                    "{message}: {m}"
+                ),
+                other => panic!("{message}: expected storage_unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_write_etcd_never_took_is_sent_again() {
+        let connection = connection().await;
+        let tries = AtomicUsize::new(0);
+        let answer = connection
+            .call("a delete", Retry::Write, |_| {
+                let n = tries.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    match n {
+                        0 => Err(refused_connection()),
+                        1 => Err(status(Code::Unavailable, "etcdserver: no leader")),
+                        _ => Ok(7),
+                    }
+                }
+            })
+            .await;
+        assert_eq!(answer, Ok(7));
+        assert_eq!(tries.load(Ordering::Relaxed), 3);
     }
 }

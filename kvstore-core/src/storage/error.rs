@@ -127,6 +127,34 @@ impl Error {
         }
     }
 
+    /// Whether a write that failed with this error certainly changed nothing: the
+    /// store refused it (a bad request, a missing key or lease, a condition that
+    /// did not hold). `false` after a failure that leaves its outcome unknown
+    /// (`Unavailable`, `DiskFull`, `Closed`: it may or may not have been applied),
+    /// so that nothing is undone on the strength of it.
+    pub fn refused(&self) -> bool {
+        match self {
+            Error::InvalidKey(_)
+            | Error::InvalidTxn(_)
+            | Error::Unsupported(_)
+            | Error::ValueTooLarge { .. }
+            | Error::RequestTooLarge(_)
+            | Error::KeyNotFound
+            | Error::PreconditionFailed { .. }
+            | Error::LeaseNotFound(_)
+            | Error::InvalidTtl(_)
+            | Error::NotEmpty
+            | Error::InvalidSnapshot(_) => true,
+            Error::Compacted { .. }
+            | Error::Lagged { .. }
+            | Error::Closed
+            | Error::Unavailable(_)
+            | Error::DiskFull(_)
+            | Error::Locked(_)
+            | Error::Corrupt(_) => false,
+        }
+    }
+
     /// The revision the error refers to: the key's current `mod_revision` for a
     /// failed condition, the oldest kept revision for `compacted`, the last
     /// delivered one for `lagged`.
@@ -137,6 +165,32 @@ impl Error {
             Error::FutureRevision { current, .. } => Some(*current),
             Error::Lagged { last } => Some(*last),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_says_a_failed_write_changed_nothing() {
+        for refused in [
+            Error::KeyNotFound,
+            Error::PreconditionFailed { current: Some(3) },
+            Error::LeaseNotFound(7),
+            Error::ValueTooLarge { size: 2, max: 1 },
+            Error::RequestTooLarge("etcd: request is too large".into()),
+        ] {
+            assert!(refused.refused(), "{refused:?}");
+        }
+        // Each may follow a write that was applied: nothing may be undone on it.
+        for unknown in [
+            Error::Unavailable("etcd: transport error (during a write)".into()),
+            Error::DiskFull("no space left on device".into()),
+            Error::Closed,
+        ] {
+            assert!(!unknown.refused(), "{unknown:?}");
         }
     }
 }

@@ -353,7 +353,8 @@ async fn get(
             `If-None-Match: *`, which never both hold.", body = ErrorBody),
         (status = 413, description = "`value_too_large`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable` or `shutting_down`: the write \
-            may or may not have been applied", body = ErrorBody),
+            may or may not have been applied (with `ttl`, its lease is kept: the key, if \
+            written, goes when the TTL ends)", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`: the disk is full", body = ErrorBody),
     )
 )]
@@ -376,8 +377,8 @@ async fn put(
         .store
         .put_leased(&key, value, condition, lease.map(|(id, _)| id))
         .await;
-    if let (Err(_), Some((id, true))) = (&put, lease) {
-        super::leases::release_own(&state, id).await;
+    if let (Err(e), Some((id, true))) = (&put, lease) {
+        super::leases::release_own_after(&state, id, e).await;
     }
     let result = put.map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()

@@ -30,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     request_body(content = Txn, description = "Compares and the ops of both branches. \
         Ops: `put` (`key`, `value`, `encoding`; `lease` to attach the key to a lease, or \
         `ttl` (1 to 31536000 seconds) for a lease of its own, granted before the transaction \
-        and revoked if its put does not run; neither: the key is permanent), `delete` (`key`, or `prefix`; the empty prefix needs \
+        and revoked if its put does not run (kept until its TTL after a `503`, when the put may \
+        have run); neither: the key is permanent), `delete` (`key`, or `prefix`; the empty prefix needs \
         `\"all\": true`), `get` (`key`), `list` (`prefix`, `limit` 1 to 1000, default 100)."),
     responses(
         (status = 200, description = "The transaction ran: `succeeded` says which branch, \
@@ -70,8 +71,10 @@ async fn txn(
     let own = grant_own_leases(&state, &mut txn).await?;
     let answer = state.store.txn(txn).await;
     for (in_success, id) in own {
-        if !matches!(&answer, Ok(a) if a.succeeded == in_success) {
-            super::leases::release_own(&state, id).await;
+        match &answer {
+            Ok(a) if a.succeeded != in_success => super::leases::release_own(&state, id).await,
+            Ok(_) => {}
+            Err(e) => super::leases::release_own_after(&state, id, e).await,
         }
     }
     let answer = answer.map_err(ApiError::from)?;

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod h2cut;
 pub mod venv;
 
 use std::io::{BufRead, BufReader};
