@@ -144,7 +144,8 @@ impl Error {
             | Error::LeaseNotFound(_)
             | Error::InvalidTtl(_)
             | Error::NotEmpty
-            | Error::InvalidSnapshot(_) => true,
+            | Error::InvalidSnapshot(_)
+            | Error::FutureRevision { .. } => true,
             Error::Compacted { .. }
             | Error::Lagged { .. }
             | Error::Closed
