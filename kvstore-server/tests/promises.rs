@@ -172,3 +172,43 @@ async fn a_change_seen_before_its_write_was_acknowledged_survives_a_sigkill() ->
     }
     Ok(())
 }
+
+/// "A read never shows a write that a crash could still undo", for a delete: while
+/// a delete's flush has not ended (held for two seconds by a failpoint), reads
+/// still show the key, since a crash then would bring it back. Found by the
+/// robustness suite: a GET answered 404 for a delete that a crash then undid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_shows_a_delete_before_it_is_durable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // The first flush (the put) passes; the second (the delete) waits 2 s.
+    let held = "sled::before-flush=1*off->1*sleep(2000)->off";
+    let server = support::TestServer::try_start_process_at(
+        "127.0.0.1:0",
+        dir.path(),
+        &[],
+        &[("FAILPOINTS", held)],
+    )?;
+    let client = Client::new(&server.url)?;
+    client.put("held/k", "v").await?;
+    let deleter = client.clone();
+    let sent = std::time::Instant::now();
+    let delete = tokio::spawn(async move { deleter.delete("held/k").await });
+    let mut reads = 0;
+    // Reads sent well within the held flush: each must still see the key.
+    while sent.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            client.get("held/k").await?,
+            b"v",
+            "a read after {:?} of a delete still being flushed",
+            sent.elapsed()
+        );
+        reads += 1;
+    }
+    delete.await??;
+    assert!(matches!(
+        client.get("held/k").await,
+        Err(kvstore_client::Error::NotFound { .. })
+    ));
+    assert!(reads > 10, "only {reads} reads");
+    Ok(())
+}

@@ -423,7 +423,9 @@ impl Storage for SledStore {
         validate_key(key)?;
         let entry = match self.inner.kv.get(key.as_bytes()).or_storage()? {
             Some(bytes) => decode_entry(key.as_bytes(), &bytes)?,
-            None => return Ok(None),
+            // Gone from `kv`, but its delete may not be durable yet, and a crash
+            // would bring the key back: show it as of the durable revision.
+            None => return history::get_at(&self.inner.history, key, self.durable_revision()),
         };
         // sled shows a group's writes before its flush ends.
         self.readable(entry.mod_revision).await?;
