@@ -271,6 +271,7 @@ async fn run(
     let mut anomalies = Vec::new();
     let log = validate::reference_log(&reference, last, &mut anomalies);
     validate::check_watchers(&log, &watched, base, &mut anomalies);
+    validate::check_lists(&records, &log, &mut anomalies);
     let operations = records.len();
     let unknown = records
         .iter()
@@ -301,7 +302,29 @@ async fn run(
     drop(system);
 
     if let Verdict::Violation(lines, _) = &verdict {
-        anomalies.push(format!("linearizability:\n{}", lines.join("\n")));
+        // The requests up to the first one that cannot be placed, on its keys.
+        let shortest = validate::shortest_failing_prefix(&history, Duration::from_secs(5));
+        let mut tail: Vec<String> = Vec::new();
+        if let Some(last) = shortest.iter().max_by_key(|r| r.call) {
+            let keys = last.request.keys();
+            for r in shortest.iter().rev() {
+                let touches = r.request.keys().iter().any(|k| {
+                    keys.iter()
+                        .any(|key| key.starts_with(k) || k.starts_with(key))
+                });
+                if touches && tail.len() < 30 {
+                    tail.push(format!("  {}", r.describe()));
+                }
+            }
+        }
+        tail.reverse();
+        anomalies.push(format!(
+            "linearizability: the first {} requests sent already cannot be ordered; the last \
+             of them on its keys:\n{}\n(the search's own view:\n{})",
+            shortest.len(),
+            tail.join("\n"),
+            lines.join("\n")
+        ));
     }
     if struck.len() < settings.faults.min(2) {
         anomalies.push(format!("only {} faults were struck", struck.len()));
@@ -309,7 +332,7 @@ async fn run(
     if anomalies.is_empty() {
         return Ok(Some(Ok(())));
     }
-    let files = write_report(engine, seed, &records, &verdict)?;
+    let files = write_report(engine, seed, &records, &history, &verdict)?;
     Ok(Some(Err(format!(
         "robustness {} seed {seed} (KVSTORE_ROBUSTNESS_SEEDS={seed} to run it again): {} \
          anomalies; history and visualisation in {}\n{}",
@@ -326,16 +349,20 @@ fn write_report(
     engine: Engine,
     seed: u64,
     records: &[Record],
+    checked: &[Record],
     verdict: &Verdict,
 ) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = tmp.parent().unwrap_or(&tmp).join("robustness");
     std::fs::create_dir_all(&dir)?;
     let name = format!("{}-seed{seed}", engine.name());
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by_key(|r| r.call);
-    let text: Vec<String> = sorted.iter().map(|r| r.describe()).collect();
-    std::fs::write(dir.join(format!("{name}.history.txt")), text.join("\n"))?;
+    // As recorded, and as checked (unknown outcomes the watchers' log settled).
+    for (records, what) in [(records, "history"), (checked, "checked")] {
+        let mut sorted: Vec<&Record> = records.iter().collect();
+        sorted.sort_by_key(|r| r.call);
+        let text: Vec<String> = sorted.iter().map(|r| r.describe()).collect();
+        std::fs::write(dir.join(format!("{name}.{what}.txt")), text.join("\n"))?;
+    }
     if let Verdict::Violation(_, info) = verdict {
         porcupine_rs::visualize_path::<model::StoreModel>(info, &dir.join(format!("{name}.html")))?;
     }

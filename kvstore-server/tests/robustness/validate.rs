@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use porcupine_rs::{CheckResult, LinearizationInfo, Operation};
 
-use super::history::{Kv, Record, Request, Response};
+use super::history::{Cond, Kv, Record, Request, Response};
 use super::model::StoreModel;
 use super::watchers::{Change, Recorded};
 
@@ -122,6 +122,29 @@ pub fn check_watchers(log: &Log, watchers: &[Recorded], base: u64, anomalies: &m
 
 /// Changes as (key, value; `None` for a delete).
 type Writes = Vec<(String, Option<String>)>;
+
+/// Every list names the revision it shows: it must be the log's state then.
+pub fn check_lists(records: &[Record], log: &Log, anomalies: &mut Vec<String>) {
+    let mut reported = 0;
+    for record in records {
+        let (Request::List { prefix }, Response::List { entries, revision }) =
+            (&record.request, &record.response)
+        else {
+            continue;
+        };
+        let expected: BTreeMap<String, Kv> = state_at(log, *revision)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix.as_str()))
+            .collect();
+        if &expected != entries && reported < 5 {
+            reported += 1;
+            anomalies.push(format!(
+                "a list is not the store at the revision it names: {} — the log has {expected:?}",
+                record.describe()
+            ));
+        }
+    }
+}
 
 /// The changes a request's answer says it made, and their revision, if it says so.
 fn claimed(record: &Record) -> Option<(u64, Writes)> {
@@ -264,10 +287,29 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 _ => false,
             }
         };
-        match records
-            .iter()
-            .enumerate()
-            .find(|(i, r)| !settled.contains_key(i) && explains(r))
+        // Of the requests that could have made it, one unconditional if any (a
+        // conditional one may not have held then), else the first sent.
+        let candidates = || {
+            records
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| !settled.contains_key(i) && explains(r))
+        };
+        let unconditional = |r: &Record| {
+            !matches!(
+                r.request,
+                Request::Put {
+                    cond: Cond::ModRevision(_) | Cond::Absent,
+                    ..
+                } | Request::Delete {
+                    cond: Cond::ModRevision(_) | Cond::Absent,
+                    ..
+                }
+            )
+        };
+        match candidates()
+            .find(|(_, r)| unconditional(r))
+            .or_else(|| candidates().next())
         {
             Some((i, _)) => {
                 settled.insert(i, *revision);
@@ -332,6 +374,27 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 };
                 kept.push(record);
             }
+            (Request::Delete { .. }, Some(revision)) => {
+                record.response = Response::Deleted {
+                    revision: *revision,
+                };
+                kept.push(record);
+            }
+            (Request::DeletePrefix { .. }, Some(revision)) => {
+                record.response = Response::DeletedPrefix {
+                    revision: *revision,
+                    deleted: log[revision].len(),
+                };
+                kept.push(record);
+            }
+            (Request::Revoke { .. }, Some(revision)) => {
+                record.response = Response::Revoked {
+                    revision: *revision,
+                };
+                kept.push(record);
+            }
+            // A delete that made no change in the log changed nothing.
+            (Request::Delete { .. } | Request::DeletePrefix { .. }, None) => {}
             // A put or a transaction that is not in the log never happened; a
             // grant whose answer was lost has no lease anyone uses.
             (
@@ -342,8 +405,7 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
                 | Request::Grant,
                 None,
             ) => {}
-            // A delete stays unknown: which of several requests made it, the log
-            // cannot say.
+            // A revoke of a lease without keys changes nothing the log shows.
             _ => kept.push(record),
         }
     }
@@ -369,6 +431,44 @@ pub enum Verdict {
     Undecided(Duration),
     /// The shortest part of the history that shows it, as lines.
     Violation(Vec<String>, LinearizationInfo<StoreModel>),
+}
+
+/// The shortest prefix of `records` (by the time each was sent) that is not
+/// linearizable, found by bisection: requests sent before a moment, those still
+/// unanswered then cut to what was known then (a write's outcome unknown, a read
+/// left out). Each check within `budget`; one not decided counts as failing.
+pub fn shortest_failing_prefix(records: &[Record], budget: Duration) -> Vec<Record> {
+    let mut sorted: Vec<Record> = records.to_vec();
+    sorted.sort_by_key(|r| r.call);
+    let prefix = |n: usize| -> Vec<Record> {
+        let Some(cut) = sorted.get(n).map(|r| r.call) else {
+            return sorted.clone();
+        };
+        sorted[..n]
+            .iter()
+            .filter_map(|r| {
+                if r.ret < cut {
+                    return Some(r.clone());
+                }
+                r.request.is_write().then(|| Record {
+                    ret: i64::MAX,
+                    response: Response::Unknown("unanswered at the cut".into()),
+                    ..r.clone()
+                })
+            })
+            .collect()
+    };
+    let fails = |n: usize| !matches!(linearizable(&prefix(n), budget), Verdict::Linearizable);
+    let (mut good, mut bad) = (0, sorted.len());
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if fails(mid) {
+            bad = mid;
+        } else {
+            good = mid;
+        }
+    }
+    prefix(bad)
 }
 
 /// Checks `records` against the model, within `budget`.
