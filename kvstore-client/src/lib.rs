@@ -20,6 +20,11 @@
 //! - [`Error`] tells not-found, failed preconditions, bad requests, server errors
 //!   and connection failures apart.
 //!
+//! Whole programs are in `examples/`: `config_watcher` (a configuration kept current
+//! through reconnects), `leader` (leader election with [`Client::lock`]) and
+//! `cas_counter` (increments that never get lost, by compare-and-swap); run one with
+//! `cargo run -p kvstore-client --example NAME` against a server at `KV_URL`.
+//!
 //! # Example
 //!
 //! ```
