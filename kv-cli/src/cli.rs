@@ -41,6 +41,7 @@ Examples:
   kv watch app/ --initial              current values, then every change
   kv put session/a up --ttl 30s        a key that goes unless put again in 30 s
   kv lock jobs/report -- ./report.sh   run a command holding a lock
+  kv completion bash > /etc/bash_completion.d/kv    completions (bash, zsh, fish, ...)
   kv --url http://a:5000,http://b:5000 ls   replicas: on to b while a is down";
 
 const TXN_HELP: &str = "\
@@ -183,6 +184,16 @@ pub enum Command {
     Lease(crate::lease::LeaseCommand),
     /// Take the lock NAME (waiting in line), run CMD holding it, release it.
     Lock(crate::lease::LockArgs),
+    /// Print the completion script of SHELL for kv: e.g. `kv completion bash >
+    /// ~/.local/share/bash-completion/completions/kv`, or in ~/.zshrc
+    /// `source <(kv completion zsh)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kv's man page (roff): `kv man > ~/.local/share/man/man1/kv.1`.
+    Man,
     /// Print every change under PREFIX as it happens, until Ctrl-C.
     Watch {
         /// Key prefix.

@@ -202,6 +202,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lease(command) => crate::lease::lease(&client, command, json, &mut out).await?,
         Command::Lock(args) => crate::lease::lock(&client, args, &mut out).await?,
+        // Answered by `main` before a client is made.
+        Command::Completion { .. } | Command::Man => {}
         Command::Watch {
             prefix,
             from_revision,

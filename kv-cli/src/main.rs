@@ -9,13 +9,32 @@ mod txn;
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kvstore_client::Error;
 
 use cli::{exit, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // What kv says about itself needs no server and no runtime.
+    match &cli.command {
+        cli::Command::Completion { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "kv", &mut std::io::stdout());
+            return ExitCode::from(exit::OK);
+        }
+        cli::Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("kv: cannot write the man page: {e}");
+                    ExitCode::from(exit::UNAVAILABLE)
+                }
+            };
+        }
+        _ => {}
+    }
     let mut builder = match &cli.command {
         cli::Command::Bench(bench) => bench::runtime_builder(bench),
         _ => tokio::runtime::Builder::new_current_thread(),

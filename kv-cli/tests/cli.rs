@@ -686,3 +686,50 @@ fn reads_of_the_past(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
         assert!(stderr.contains("compacted"), "{stderr}");
     }
 }
+
+/// `kv completion SHELL` and `kv man` come from the parser's own definitions and
+/// need no server: the bash script is valid bash and knows every subcommand, the
+/// man page is roff for section 1.
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definitions() {
+    let run = |args: &[&str]| {
+        let out = Command::cargo_bin("kv")
+            .expect("kv binary")
+            .args(args)
+            .env("KV_URL", "http://127.0.0.1:1")
+            .output()
+            .expect("kv runs");
+        assert!(out.status.success(), "kv {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let bash = run(&["completion", "bash"]);
+    for word in [
+        "get",
+        "put",
+        "history",
+        "watch",
+        "lease",
+        "completion",
+        "--rev",
+    ] {
+        assert!(bash.contains(word), "the bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("kv.bash");
+    std::fs::write(&script, &bash).expect("write the script");
+    if let Ok(check) = StdCommand::new("bash").arg("-n").arg(&script).output() {
+        assert!(check.status.success(), "bash -n: {check:?}");
+    }
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completion", shell]).contains("history"), "{shell}");
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH kv 1"), "{}", &man[..man.len().min(200)]);
+    assert!(man.contains("KV_URL"), "the man page names the variables");
+    let refused = Command::cargo_bin("kv")
+        .expect("kv binary")
+        .args(["completion", "nosh"])
+        .output()
+        .expect("kv runs");
+    assert_eq!(refused.status.code(), Some(2));
+}
