@@ -5,7 +5,7 @@
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use kvstore_core::wire::{ErrorBody, HistoryPage};
+use kvstore_core::wire::{ErrorBody, HistoryPage, ListPage};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -58,6 +58,45 @@ pub fn parse_continue(token: &str) -> Result<(u64, String), ApiError> {
     let revision = u64::from_be_bytes(revision.try_into().map_err(|_| bad())?);
     let key = String::from_utf8(key.to_vec()).map_err(|_| bad())?;
     Ok((check_revision(revision).map_err(|_| bad())?, key))
+}
+
+/// Where a list page starts: the list query's `after`, `revision` and `continue`.
+pub type ListFrom<'a> = (&'a Option<String>, Option<u64>, &'a Option<String>);
+
+/// The page of `prefix` that `from` asks for: now, at a revision, or after a
+/// `continue` token; with its own `continue` token (the next page is read at this
+/// page's revision) and the store's current revision.
+pub async fn list_page(
+    state: &AppState,
+    prefix: &str,
+    (after, revision, token): ListFrom<'_>,
+    limit: usize,
+) -> Result<ListPage, ApiError> {
+    // An empty `continue` is no token (the last page has none).
+    let (at, after) = match token.as_deref().filter(|t| !t.is_empty()) {
+        None => (revision, after.clone()),
+        Some(_) if after.is_some() || revision.is_some() => return Err(ApiError::invalid_request(
+            "continue carries the revision and the key to start after: not with after or revision",
+        )),
+        Some(token) => parse_continue(token).map(|(r, k)| (Some(r), Some(k)))?,
+    };
+    let read = match at.map(check_revision).transpose()? {
+        None => state.store.list(prefix, after.as_deref(), limit).await,
+        Some(r) => {
+            state
+                .store
+                .list_at(prefix, after.as_deref(), limit, r)
+                .await
+        }
+    };
+    let mut page = read.map_err(|e| ApiError::from_store(e, prefix))?;
+    page.continue_token = page
+        .next
+        .as_deref()
+        .map(|next| continue_token(page.revision, next));
+    page.current_revision
+        .get_or_insert(state.store.revision().max(page.revision));
+    Ok(page)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

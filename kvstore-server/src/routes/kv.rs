@@ -594,43 +594,15 @@ async fn list(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    // An empty `continue` is no token (the last page has none).
-    let (at, after) = match query.continue_token.as_deref().filter(|t| !t.is_empty()) {
-        None => (query.revision, query.after.clone()),
-        Some(_) if query.after.is_some() || query.revision.is_some() => {
-            return Err(ApiError::invalid_request(
-                "continue carries the revision and the key to start after: not with after or revision",
-            ))
-        }
-        Some(token) => super::history::parse_continue(token).map(|(r, k)| (Some(r), Some(k)))?,
-    };
-    let read = match at.map(super::history::check_revision).transpose()? {
-        None => {
-            state
-                .store
-                .list(&query.prefix, after.as_deref(), limit)
-                .await
-        }
-        Some(r) => {
-            state
-                .store
-                .list_at(&query.prefix, after.as_deref(), limit, r)
-                .await
-        }
-    };
-    let mut page = read.map_err(|e| ApiError::from_store(e, &query.prefix))?;
+    let from = (&query.after, query.revision, &query.continue_token);
+    let mut page = super::history::list_page(&state, &query.prefix, from, limit).await?;
     // What the token may not read is left out; `next` still pages past it.
     page.entries.retain(|e| caller.can_read(&e.key));
-    // The next page is read at this page's revision.
-    page.continue_token = page
-        .next
-        .as_deref()
-        .map(|next| super::history::continue_token(page.revision, next));
-    let current = *page
-        .current_revision
-        .get_or_insert(state.store.revision().max(page.revision));
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
-        .insert_header((super::history::CURRENT_REVISION, number(current)))
+        .insert_header((
+            super::history::CURRENT_REVISION,
+            number(page.current_revision.unwrap_or(page.revision)),
+        ))
         .json(page))
 }
