@@ -1,24 +1,27 @@
 //! The `history` tree: each key's changes by revision, for reads of the past.
 //!
 //! The `log` holds every retained change, but by revision: finding a key's state at
-//! a revision there means scanning it. This tree indexes the same changes by key:
+//! a revision there means scanning it. This tree indexes the same changes by key,
+//! one item per key and write group (a key written many times in one group costs
+//! one item, as it costs one `kv` write):
 //!
 //! - item key: the key's bytes with each `0x00` written `0x00 0xFF`, then `0x00
-//!   0x00`, then the revision (u64 big-endian). Items sort by key, in key order
-//!   (the escape keeps it), and each key's changes by revision, together; the
-//!   encoding of a prefix (without the end mark) is a prefix of the encoding of
-//!   every key under it.
-//! - item value: empty for a delete; for a put, the key's state after it, encoded
-//!   as in the `kv` tree.
+//!   0x00`, then the revision (u64 big-endian) of the key's first change in the
+//!   group. Items sort by key, in key order (the escape keeps it), and each key's
+//!   by revision, together; the encoding of a prefix (without the end mark) is a
+//!   prefix of the encoding of every key under it.
+//! - item value: the key's changes in the group, in revision order, each `revision
+//!   (u64) | length (u32) | state`, the state empty for a delete and for a put the
+//!   key's state after it, encoded as in the `kv` tree.
 //!
-//! A key's state at revision R is its item of the largest revision at or below R
-//! (none, or a delete: absent). The writer adds a group's items after its `log` item
-//! and before `kv` and `meta`, so a crash leaves at most items of revisions past
-//! `meta`'s, which `writer::recover` writes again from the `log` before anything
-//! reads them. Compaction keeps, of the changes older than the oldest revision
-//! kept, only each key's last one, when it is a put (the key's state at every
-//! revision since); it removes the `log` item first, so a crash part way only
-//! leaves items that no read chooses.
+//! A key's state at revision R is the last change at or below R of its item of the
+//! largest revision at or below R (none, or a delete: absent). The writer adds a
+//! group's items after its `log` item and before `kv` and `meta`, so a crash leaves
+//! at most items of groups past `meta`'s revision, which `writer::recover` writes
+//! again from the `log` before anything reads them. Compaction keeps, of the
+//! changes older than the oldest revision kept, only each key's last one, when it
+//! is a put (the key's state at every revision since); it removes the `log` item
+//! first, so a crash part way only leaves changes that no read chooses.
 
 use std::ops::Bound;
 
@@ -85,6 +88,66 @@ pub fn encode_state(state: Option<&Stored>) -> Vec<u8> {
     state.map(Stored::encode).unwrap_or_default()
 }
 
+/// Adds the change at `revision` leaving `state` (encoded by [`encode_state`]) to
+/// an item value.
+pub fn push_change(item: &mut Vec<u8>, revision: u64, state: &[u8]) {
+    item.extend_from_slice(&revision.to_be_bytes());
+    // A state is at most a key's header and a value, far below u32::MAX.
+    item.extend_from_slice(&(state.len() as u32).to_be_bytes());
+    item.extend_from_slice(state);
+}
+
+/// The changes of an item value: (revision, encoded state), in revision order.
+fn changes(item: &[u8]) -> Result<Vec<(u64, &[u8])>, Error> {
+    let corrupt = || Error::Corrupt("malformed change in the history tree".into());
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < item.len() {
+        let head = item.get(at..at + 12).ok_or_else(corrupt)?;
+        let revision = u64::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
+        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?) as usize;
+        let state = item.get(at + 12..at + 12 + len).ok_or_else(corrupt)?;
+        out.push((revision, state));
+        at += 12 + len;
+    }
+    Ok(out)
+}
+
+/// The state an item leaves at `revision`: its last change at or below it.
+fn state_at(item: &[u8], revision: u64) -> Result<Option<Stored>, Error> {
+    match changes(item)?
+        .into_iter()
+        .rev()
+        .find(|(r, _)| *r <= revision)
+    {
+        Some((_, state)) => decode_state(state),
+        None => Ok(None),
+    }
+}
+
+/// The items of the changes `events` (a write group's, in revision order): one
+/// per key, keyed by its first change in them.
+pub fn group_items(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut items: std::collections::BTreeMap<&str, (u64, Vec<u8>)> = Default::default();
+    for event in events {
+        let state = event.entry().map(|entry| Stored {
+            create_revision: entry.create_revision,
+            mod_revision: entry.mod_revision,
+            version: entry.version,
+            lease: entry.lease,
+            value: entry.value,
+        });
+        let (_, item) = items
+            .entry(event.key.as_str())
+            .or_insert_with(|| (event.revision, Vec::new()));
+        push_change(item, event.revision, &encode_state(state.as_ref()));
+    }
+    items
+        .into_iter()
+        .map(|(key, (first, item))| (item_key(key.as_bytes(), first), item))
+        .collect()
+}
+
 fn decode_state(bytes: &[u8]) -> Result<Option<Stored>, Error> {
     if bytes.is_empty() {
         return Ok(None);
@@ -100,7 +163,7 @@ pub fn get_at(tree: &sled::Tree, key: &str, revision: u64) -> Result<Option<Entr
         None => Ok(None),
         Some(item) => {
             let (_, value) = item.or_storage()?;
-            Ok(decode_state(&value)?.map(|s| s.into_entry(key.to_string())))
+            Ok(state_at(&value, revision)?.map(|s| s.into_entry(key.to_string())))
         }
     }
 }
@@ -139,7 +202,7 @@ pub fn list_at(
         upto.extend_from_slice(&revision.to_be_bytes());
         if let Some(item) = tree.range(part.clone()..=upto).next_back() {
             let (item, value) = item.or_storage()?;
-            if let Some(stored) = decode_state(&value)? {
+            if let Some(stored) = state_at(&value, revision)? {
                 if entries.len() == limit {
                     return Ok((entries, true));
                 }
@@ -167,54 +230,88 @@ pub fn history(
     if start > through {
         return Ok((Vec::new(), false));
     }
-    let from = item_key(key.as_bytes(), start);
+    // From the item holding `start` (its group may begin before it).
+    let part = key_part(key.as_bytes());
+    let from = match tree
+        .range(part..=item_key(key.as_bytes(), start))
+        .next_back()
+    {
+        Some(item) => item.or_storage()?.0.to_vec(),
+        None => item_key(key.as_bytes(), start),
+    };
     let to = item_key(key.as_bytes(), through);
     let mut events = Vec::new();
     for item in tree.range(from..=to) {
-        let (item, value) = item.or_storage()?;
-        if events.len() == limit {
-            return Ok((events, true));
+        let (_, value) = item.or_storage()?;
+        for (revision, state) in changes(&value)? {
+            if revision < start || revision > through {
+                continue;
+            }
+            if events.len() == limit {
+                return Ok((events, true));
+            }
+            events.push(event_of(key, revision, decode_state(state)?));
         }
-        let (_, revision) = split(&item)?;
-        events.push(match decode_state(&value)? {
-            Some(stored) => Event {
-                kind: EventKind::Put,
-                key: key.to_string(),
-                value: stored.value,
-                revision,
-                create_revision: stored.create_revision,
-                version: stored.version,
-                lease: stored.lease,
-            },
-            None => Event {
-                kind: EventKind::Delete,
-                key: key.to_string(),
-                value: Vec::new(),
-                revision,
-                create_revision: 0,
-                version: 0,
-                lease: None,
-            },
-        });
     }
     Ok((events, false))
 }
 
-/// Forgets what the changes `events` (of a `log` item just removed) make useless:
-/// each key's earlier items, and the item of a delete.
+/// The event of `key`'s change at `revision`, leaving `state` (`None`: a delete).
+fn event_of(key: &str, revision: u64, state: Option<Stored>) -> Event {
+    match state {
+        Some(stored) => Event {
+            kind: EventKind::Put,
+            key: key.to_string(),
+            value: stored.value,
+            revision,
+            create_revision: stored.create_revision,
+            version: stored.version,
+            lease: stored.lease,
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            key: key.to_string(),
+            value: Vec::new(),
+            revision,
+            create_revision: 0,
+            version: 0,
+            lease: None,
+        },
+    }
+}
+
+/// Forgets what the changes `events` (of a `log` item just removed, in revision
+/// order) make useless: for each key, its earlier items, and of its item of these
+/// changes all but the last change, or all of it when that is a delete.
 pub fn compact(tree: &sled::Tree, events: &[Event]) -> Result<(), Error> {
+    // Each key's first change in the group (its item's key) and its last change.
+    let mut keys: std::collections::BTreeMap<&str, (u64, &Event)> = Default::default();
     for event in events {
-        let key = event.key.as_bytes();
+        keys.entry(event.key.as_str())
+            .and_modify(|(_, last)| *last = event)
+            .or_insert((event.revision, event));
+    }
+    for (key, (first, last)) in keys {
+        let key = key.as_bytes();
+        let own = item_key(key, first);
         let older = tree
-            .range(key_part(key)..item_key(key, event.revision))
+            .range(key_part(key)..own.clone())
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .or_storage()?;
         for item in older {
             tree.remove(item).or_storage()?;
         }
-        if event.kind == EventKind::Delete {
-            tree.remove(item_key(key, event.revision)).or_storage()?;
+        if last.kind == EventKind::Delete {
+            tree.remove(own).or_storage()?;
+        } else if first != last.revision {
+            if let Some(value) = tree.get(&own).or_storage()? {
+                if let Some(&(revision, state)) = changes(&value)?.last() {
+                    let mut kept = Vec::with_capacity(12 + state.len());
+                    push_change(&mut kept, revision, state);
+                    tree.insert(own, kept).or_storage()?;
+                }
+            }
         }
     }
     Ok(())
@@ -226,7 +323,9 @@ pub fn build(kv: &sled::Tree, tree: &sled::Tree) -> Result<(), Error> {
     for item in kv.iter() {
         let (key, value) = item.or_storage()?;
         let header = Stored::decode_header(&value)?;
-        tree.insert(item_key(&key, header.mod_revision), value)
+        let mut item = Vec::with_capacity(12 + value.len());
+        push_change(&mut item, header.mod_revision, &value);
+        tree.insert(item_key(&key, header.mod_revision), item)
             .or_storage()?;
     }
     Ok(())
@@ -272,14 +371,19 @@ mod tests {
     fn reads_at_a_revision_and_compaction() -> Result<(), Box<dyn std::error::Error>> {
         let db = sled::Config::new().temporary(true).open()?;
         let tree = db.open_tree("history")?;
+        // Groups: k at 1; k at 3 with its delete at 5 and k2's put at 4; k at 7.
         let put = |key: &str, s: &Stored| {
-            tree.insert(item_key(key.as_bytes(), s.mod_revision), s.encode())
+            let mut item = Vec::new();
+            push_change(&mut item, s.mod_revision, &s.encode());
+            tree.insert(item_key(key.as_bytes(), s.mod_revision), item)
         };
         put("k", &stored(1, 1, 1, "one"))?;
-        put("k", &stored(1, 3, 2, "two"))?;
-        tree.insert(item_key(b"k", 5), encode_state(None))?;
+        let mut item = Vec::new();
+        push_change(&mut item, 3, &stored(1, 3, 2, "two").encode());
+        push_change(&mut item, 5, &encode_state(None));
+        tree.insert(item_key(b"k", 3), item)?;
+        put("k2", &stored(4, 4, 1, "other"))?;
         put("k", &stored(7, 7, 1, "again"))?;
-        put("k2", &stored(2, 2, 1, "other"))?;
         let value_at =
             |r| -> Result<Option<Vec<u8>>, Error> { Ok(get_at(&tree, "k", r)?.map(|e| e.value)) };
         assert_eq!(value_at(0)?, None);
@@ -295,6 +399,8 @@ mod tests {
                 .collect())
         };
         assert_eq!(keys(1)?, ["k"]);
+        assert_eq!(keys(3)?, ["k"]);
+        assert_eq!(keys(4)?, ["k", "k2"]);
         assert_eq!(keys(5)?, ["k2"]);
         assert_eq!(keys(7)?, ["k", "k2"]);
         assert!(list_at(&tree, "k", None, 1, 7)?.1);
@@ -310,11 +416,22 @@ mod tests {
                 (5, EventKind::Delete)
             ]
         );
-        // Compacting through revision 5: the delete and what it hides go.
-        let (events, _) = history(&tree, "k", 0, 1, 5, 10)?;
-        compact(&tree, &events)?;
+        let (events, _) = history(&tree, "k", 3, 1, 10, 10)?;
+        let seen: Vec<_> = events.iter().map(|e| e.revision).collect();
+        assert_eq!(seen, [5, 7], "from inside an item");
+        // Compacting the groups through revision 5: the delete and what it hides go.
+        let (first, _) = history(&tree, "k", 0, 1, 1, 10)?;
+        compact(&tree, &first)?;
+        let (mut group, _) = history(&tree, "k", 1, 1, 5, 10)?;
+        group.extend(history(&tree, "k2", 0, 1, 5, 10)?.0);
+        group.sort_by_key(|e| e.revision);
+        compact(&tree, &group)?;
         assert_eq!(value_at(6)?, None);
         assert_eq!(value_at(7)?, Some(b"again".to_vec()));
+        assert_eq!(
+            get_at(&tree, "k2", 6)?.map(|e| e.value),
+            Some(b"other".to_vec())
+        );
         assert_eq!(tree.len(), 2);
         Ok(())
     }
