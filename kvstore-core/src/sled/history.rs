@@ -25,7 +25,7 @@
 
 use std::ops::Bound;
 
-use super::codec::Stored;
+use super::codec::{Stored, Touched};
 use super::OrStorage;
 use crate::storage::Error;
 use crate::wire::{Entry, Event, EventKind};
@@ -280,19 +280,19 @@ fn event_of(key: &str, revision: u64, state: Option<Stored>) -> Event {
     }
 }
 
-/// Forgets what the changes `events` (of a `log` item just removed, in revision
-/// order) make useless: for each key, its earlier items, and of its item of these
-/// changes all but the last change, or all of it when that is a delete.
-pub fn compact(tree: &sled::Tree, events: &[Event]) -> Result<(), Error> {
+/// Forgets what the changes `changes` (of a `log` item just removed, in revision
+/// order) make useless: for each key, its earlier items, and its item of these
+/// changes when the last of them is a delete. (A key's item of a removed group may
+/// still hold the group's earlier changes of it: reads choose its last one.)
+pub fn compact(tree: &sled::Tree, changes: &[Touched<'_>]) -> Result<(), Error> {
     // Each key's first change in the group (its item's key) and its last change.
-    let mut keys: std::collections::BTreeMap<&str, (u64, &Event)> = Default::default();
-    for event in events {
-        keys.entry(event.key.as_str())
-            .and_modify(|(_, last)| *last = event)
-            .or_insert((event.revision, event));
+    let mut keys: std::collections::HashMap<&[u8], (u64, EventKind)> = Default::default();
+    for change in changes {
+        keys.entry(change.key)
+            .and_modify(|(_, last)| *last = change.kind)
+            .or_insert((change.revision, change.kind));
     }
     for (key, (first, last)) in keys {
-        let key = key.as_bytes();
         let own = item_key(key, first);
         let older = tree
             .range(key_part(key)..own.clone())
@@ -302,16 +302,8 @@ pub fn compact(tree: &sled::Tree, events: &[Event]) -> Result<(), Error> {
         for item in older {
             tree.remove(item).or_storage()?;
         }
-        if last.kind == EventKind::Delete {
+        if last == EventKind::Delete {
             tree.remove(own).or_storage()?;
-        } else if first != last.revision {
-            if let Some(value) = tree.get(&own).or_storage()? {
-                if let Some(&(revision, state)) = changes(&value)?.last() {
-                    let mut kept = Vec::with_capacity(12 + state.len());
-                    push_change(&mut kept, revision, state);
-                    tree.insert(own, kept).or_storage()?;
-                }
-            }
         }
     }
     Ok(())
@@ -420,12 +412,25 @@ mod tests {
         let seen: Vec<_> = events.iter().map(|e| e.revision).collect();
         assert_eq!(seen, [5, 7], "from inside an item");
         // Compacting the groups through revision 5: the delete and what it hides go.
-        let (first, _) = history(&tree, "k", 0, 1, 1, 10)?;
-        compact(&tree, &first)?;
-        let (mut group, _) = history(&tree, "k", 1, 1, 5, 10)?;
-        group.extend(history(&tree, "k2", 0, 1, 5, 10)?.0);
-        group.sort_by_key(|e| e.revision);
-        compact(&tree, &group)?;
+        let touched = |events: &[(u64, EventKind, &'static str)]| -> Vec<Touched<'static>> {
+            events
+                .iter()
+                .map(|&(revision, kind, key)| Touched {
+                    revision,
+                    kind,
+                    key: key.as_bytes(),
+                })
+                .collect()
+        };
+        compact(&tree, &touched(&[(1, EventKind::Put, "k")]))?;
+        compact(
+            &tree,
+            &touched(&[
+                (3, EventKind::Put, "k"),
+                (4, EventKind::Put, "k2"),
+                (5, EventKind::Delete, "k"),
+            ]),
+        )?;
         assert_eq!(value_at(6)?, None);
         assert_eq!(value_at(7)?, Some(b"again".to_vec()));
         assert_eq!(

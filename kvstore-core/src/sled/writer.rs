@@ -654,9 +654,9 @@ impl Writer {
                 }
                 // The `log` item first: a crash in between leaves `history` items
                 // no read chooses, never a read that finds too little.
-                let events = codec::decode_group(&first, &record)?;
-                self.log.remove(first).or_storage()?;
-                history::compact(&self.history, &events)?;
+                let changes = codec::group_changes(&first, &record)?;
+                self.log.remove(&first).or_storage()?;
+                history::compact(&self.history, &changes)?;
                 Ok(true)
             });
             match outcome {
