@@ -12,7 +12,10 @@
 //!   prefix of the encoding of every key under it.
 //! - item value: the key's changes in the group, in revision order, each `revision
 //!   (u64) | length (u32) | state`, the state empty for a delete and for a put the
-//!   key's state after it, encoded as in the `kv` tree.
+//!   key's state after it, encoded as in the `kv` tree; or, for a put whose record
+//!   is in the `log` (all the writer's), `revision | 0xFFFFFFFF`, so that a value
+//!   is written once. Compaction writes the last put of each key inline before it
+//!   removes the `log` item it was in.
 //!
 //! A key's state at revision R is the last change at or below R of its item of the
 //! largest revision at or below R (none, or a delete: absent). The writer adds a
@@ -84,8 +87,27 @@ fn split(item: &[u8]) -> Result<(String, u64), Error> {
 }
 
 /// The item value of a change: the state it leaves (`None`: a delete).
+#[cfg(test)]
 pub fn encode_state(state: Option<&Stored>) -> Vec<u8> {
     state.map(Stored::encode).unwrap_or_default()
+}
+
+/// The length of a change whose state is the record of its put in the `log`.
+const IN_LOG: u32 = u32::MAX;
+
+/// Adds the put at `revision` whose record is in the `log` to an item value.
+pub fn push_in_log(item: &mut Vec<u8>, revision: u64) {
+    item.extend_from_slice(&revision.to_be_bytes());
+    item.extend_from_slice(&IN_LOG.to_be_bytes());
+}
+
+/// Where a change's state is.
+#[derive(Clone, Copy)]
+enum Slot<'a> {
+    /// Encoded in the item (empty: a delete).
+    Inline(&'a [u8]),
+    /// In the change record of the `log`.
+    InLog,
 }
 
 /// Adds the change at `revision` leaving `state` (encoded by [`encode_state`]) to
@@ -97,32 +119,109 @@ pub fn push_change(item: &mut Vec<u8>, revision: u64, state: &[u8]) {
     item.extend_from_slice(state);
 }
 
-/// The changes of an item value: (revision, encoded state), in revision order.
-fn changes(item: &[u8]) -> Result<Vec<(u64, &[u8])>, Error> {
+/// The changes of an item value: (revision, where its state is), in revision order.
+fn changes(item: &[u8]) -> Result<Vec<(u64, Slot<'_>)>, Error> {
     let corrupt = || Error::Corrupt("malformed change in the history tree".into());
     let mut out = Vec::new();
     let mut at = 0;
     while at < item.len() {
         let head = item.get(at..at + 12).ok_or_else(corrupt)?;
         let revision = u64::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
-        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?) as usize;
+        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?);
+        if len == IN_LOG {
+            out.push((revision, Slot::InLog));
+            at += 12;
+            continue;
+        }
+        let len = len as usize;
         let state = item.get(at + 12..at + 12 + len).ok_or_else(corrupt)?;
-        out.push((revision, state));
+        out.push((revision, Slot::Inline(state)));
         at += 12 + len;
     }
     Ok(out)
 }
 
-/// The state an item leaves at `revision`: its last change at or below it.
-fn state_at(item: &[u8], revision: u64) -> Result<Option<Stored>, Error> {
-    match changes(item)?
-        .into_iter()
-        .rev()
-        .find(|(r, _)| *r <= revision)
-    {
-        Some((_, state)) => decode_state(state),
-        None => Ok(None),
+/// Reads states out of items, and out of the `log` for puts recorded there
+/// (keeping the last `log` item decoded: the keys of a range often share one).
+pub struct Reader<'t> {
+    tree: &'t sled::Tree,
+    log: &'t sled::Tree,
+    group: Option<(u64, u64, Vec<Event>)>,
+}
+
+impl<'t> Reader<'t> {
+    pub fn new(tree: &'t sled::Tree, log: &'t sled::Tree) -> Self {
+        Reader {
+            tree,
+            log,
+            group: None,
+        }
     }
+
+    /// The state `key`'s change at `revision` left. A `log` item no longer there
+    /// was compacted meanwhile: [`Error::Compacted`] with no oldest revision.
+    fn state(&mut self, key: &str, revision: u64, slot: Slot<'_>) -> Result<Option<Stored>, Error> {
+        let Slot::InLog = slot else {
+            let Slot::Inline(state) = slot else {
+                return Ok(None);
+            };
+            return decode_state(state);
+        };
+        let cached =
+            matches!(&self.group, Some((first, last, _)) if (*first..=*last).contains(&revision));
+        if !cached {
+            let gone = Error::Compacted {
+                requested: revision,
+                oldest: 0,
+            };
+            let (first, record) = match self.log.range(..=revision.to_be_bytes()).next_back() {
+                Some(item) => item.or_storage()?,
+                None => return Err(gone),
+            };
+            let last = super::codec::last_revision(&first, &record)?;
+            if last < revision {
+                return Err(gone);
+            }
+            let events = super::codec::decode_group(&first, &record)?;
+            self.group = Some((super::codec::decode_u64(&first)?, last, events));
+        }
+        let events = self
+            .group
+            .as_ref()
+            .map(|(_, _, e)| e.as_slice())
+            .unwrap_or_default();
+        let event = events
+            .iter()
+            .find(|e| e.revision == revision && e.key == key)
+            .ok_or_else(|| {
+                Error::Corrupt(format!("the log has no change of {key:?} at {revision}"))
+            })?;
+        Ok(stored_of(event))
+    }
+
+    /// The state an item of `key` leaves at `revision`: its last change at or
+    /// below it.
+    fn state_at(&mut self, key: &str, item: &[u8], revision: u64) -> Result<Option<Stored>, Error> {
+        match changes(item)?
+            .into_iter()
+            .rev()
+            .find(|(r, _)| *r <= revision)
+        {
+            Some((r, slot)) => self.state(key, r, slot),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The state a change leaves (`None`: a delete).
+fn stored_of(event: &Event) -> Option<Stored> {
+    event.entry().map(|entry| Stored {
+        create_revision: entry.create_revision,
+        mod_revision: entry.mod_revision,
+        version: entry.version,
+        lease: entry.lease,
+        value: entry.value,
+    })
 }
 
 /// The items of the changes `events` (a write group's, in revision order): one
@@ -130,17 +229,13 @@ fn state_at(item: &[u8], revision: u64) -> Result<Option<Stored>, Error> {
 pub fn group_items(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut items: std::collections::BTreeMap<&str, (u64, Vec<u8>)> = Default::default();
     for event in events {
-        let state = event.entry().map(|entry| Stored {
-            create_revision: entry.create_revision,
-            mod_revision: entry.mod_revision,
-            version: entry.version,
-            lease: entry.lease,
-            value: entry.value,
-        });
         let (_, item) = items
             .entry(event.key.as_str())
             .or_insert_with(|| (event.revision, Vec::new()));
-        push_change(item, event.revision, &encode_state(state.as_ref()));
+        match event.kind {
+            EventKind::Put => push_in_log(item, event.revision),
+            EventKind::Delete => push_change(item, event.revision, &[]),
+        }
     }
     items
         .into_iter()
@@ -156,14 +251,16 @@ fn decode_state(bytes: &[u8]) -> Result<Option<Stored>, Error> {
 }
 
 /// `key` as it was at `revision`.
-pub fn get_at(tree: &sled::Tree, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
+pub fn get_at(reader: &mut Reader<'_>, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
     let from = key_part(key.as_bytes());
     let to = item_key(key.as_bytes(), revision);
-    match tree.range(from..=to).next_back() {
+    match reader.tree.range(from..=to).next_back() {
         None => Ok(None),
         Some(item) => {
             let (_, value) = item.or_storage()?;
-            Ok(state_at(&value, revision)?.map(|s| s.into_entry(key.to_string())))
+            Ok(reader
+                .state_at(key, &value, revision)?
+                .map(|s| s.into_entry(key.to_string())))
         }
     }
 }
@@ -171,7 +268,7 @@ pub fn get_at(tree: &sled::Tree, key: &str, revision: u64) -> Result<Option<Entr
 /// Up to `limit` entries under `prefix` as they were at `revision`, in key order,
 /// after the key `after` when given; and whether more follow.
 pub fn list_at(
-    tree: &sled::Tree,
+    reader: &mut Reader<'_>,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
@@ -185,7 +282,7 @@ pub fn list_at(
     let mut entries = Vec::new();
     loop {
         // The next key with any change kept...
-        let Some(item) = tree.range((from, Bound::Unbounded)).next() else {
+        let Some(item) = reader.tree.range((from, Bound::Unbounded)).next() else {
             return Ok((entries, false));
         };
         let (first, _) = item.or_storage()?;
@@ -200,13 +297,13 @@ pub fn list_at(
         // ...and its state at `revision`: its last change at or below it.
         let mut upto = part.clone();
         upto.extend_from_slice(&revision.to_be_bytes());
-        if let Some(item) = tree.range(part.clone()..=upto).next_back() {
+        if let Some(item) = reader.tree.range(part.clone()..=upto).next_back() {
             let (item, value) = item.or_storage()?;
-            if let Some(stored) = state_at(&value, revision)? {
+            let (key, _) = split(&item)?;
+            if let Some(stored) = reader.state_at(&key, &value, revision)? {
                 if entries.len() == limit {
                     return Ok((entries, true));
                 }
-                let (key, _) = split(&item)?;
                 entries.push(stored.into_entry(key));
             }
         }
@@ -219,7 +316,7 @@ pub fn list_at(
 /// Up to `limit` changes of `key` after revision `after` (and at or after
 /// `oldest`) through `through`, oldest first; and whether more follow.
 pub fn history(
-    tree: &sled::Tree,
+    reader: &mut Reader<'_>,
     key: &str,
     after: u64,
     oldest: u64,
@@ -232,6 +329,7 @@ pub fn history(
     }
     // From the item holding `start` (its group may begin before it).
     let part = key_part(key.as_bytes());
+    let tree = reader.tree;
     let from = match tree
         .range(part..=item_key(key.as_bytes(), start))
         .next_back()
@@ -243,14 +341,15 @@ pub fn history(
     let mut events = Vec::new();
     for item in tree.range(from..=to) {
         let (_, value) = item.or_storage()?;
-        for (revision, state) in changes(&value)? {
+        for (revision, slot) in changes(&value)? {
             if revision < start || revision > through {
                 continue;
             }
             if events.len() == limit {
                 return Ok((events, true));
             }
-            events.push(event_of(key, revision, decode_state(state)?));
+            let state = reader.state(key, revision, slot)?;
+            events.push(event_of(key, revision, state));
         }
     }
     Ok((events, false))
@@ -278,6 +377,44 @@ fn event_of(key: &str, revision: u64, state: Option<Stored>) -> Event {
             lease: None,
         },
     }
+}
+
+/// Before the `log` item keyed by `first` is removed: writes inline, in each key's
+/// item of it, the last change of the key when that is a put recorded in the
+/// `log` (it stays the key's state at every later revision until the key changes).
+pub fn materialize(tree: &sled::Tree, first: &[u8], record: &[u8]) -> Result<(), Error> {
+    let events = super::codec::decode_group(first, record)?;
+    let mut keys: std::collections::HashMap<&str, (u64, &Event)> = Default::default();
+    for event in &events {
+        keys.entry(event.key.as_str())
+            .and_modify(|(_, last)| *last = event)
+            .or_insert((event.revision, event));
+    }
+    for (key, (first, last)) in keys {
+        let Some(state) = stored_of(last) else {
+            continue;
+        };
+        let own = item_key(key.as_bytes(), first);
+        let Some(value) = tree.get(&own).or_storage()? else {
+            continue;
+        };
+        let changes = changes(&value)?;
+        if !matches!(changes.last(), Some((r, Slot::InLog)) if *r == last.revision) {
+            continue;
+        }
+        let mut item = Vec::with_capacity(value.len() + 24 + state.value.len());
+        for (revision, slot) in &changes {
+            match slot {
+                Slot::Inline(bytes) => push_change(&mut item, *revision, bytes),
+                Slot::InLog if *revision == last.revision => {
+                    push_change(&mut item, *revision, &state.encode())
+                }
+                Slot::InLog => push_in_log(&mut item, *revision),
+            }
+        }
+        tree.insert(own, item).or_storage()?;
+    }
+    Ok(())
 }
 
 /// Forgets what the changes `changes` (of a `log` item just removed, in revision
@@ -363,6 +500,7 @@ mod tests {
     fn reads_at_a_revision_and_compaction() -> Result<(), Box<dyn std::error::Error>> {
         let db = sled::Config::new().temporary(true).open()?;
         let tree = db.open_tree("history")?;
+        let log = db.open_tree("log")?;
         // Groups: k at 1; k at 3 with its delete at 5 and k2's put at 4; k at 7.
         let put = |key: &str, s: &Stored| {
             let mut item = Vec::new();
@@ -376,15 +514,16 @@ mod tests {
         tree.insert(item_key(b"k", 3), item)?;
         put("k2", &stored(4, 4, 1, "other"))?;
         put("k", &stored(7, 7, 1, "again"))?;
-        let value_at =
-            |r| -> Result<Option<Vec<u8>>, Error> { Ok(get_at(&tree, "k", r)?.map(|e| e.value)) };
+        let value_at = |r| -> Result<Option<Vec<u8>>, Error> {
+            Ok(get_at(&mut Reader::new(&tree, &log), "k", r)?.map(|e| e.value))
+        };
         assert_eq!(value_at(0)?, None);
         assert_eq!(value_at(2)?, Some(b"one".to_vec()));
         assert_eq!(value_at(4)?, Some(b"two".to_vec()));
         assert_eq!(value_at(6)?, None);
         assert_eq!(value_at(9)?, Some(b"again".to_vec()));
         let keys = |r| -> Result<Vec<String>, Error> {
-            Ok(list_at(&tree, "k", None, 10, r)?
+            Ok(list_at(&mut Reader::new(&tree, &log), "k", None, 10, r)?
                 .0
                 .into_iter()
                 .map(|e| e.key)
@@ -395,9 +534,12 @@ mod tests {
         assert_eq!(keys(4)?, ["k", "k2"]);
         assert_eq!(keys(5)?, ["k2"]);
         assert_eq!(keys(7)?, ["k", "k2"]);
-        assert!(list_at(&tree, "k", None, 1, 7)?.1);
-        assert_eq!(list_at(&tree, "k", Some("k"), 1, 7)?.0[0].key, "k2");
-        let (events, more) = history(&tree, "k", 0, 1, 10, 3)?;
+        assert!(list_at(&mut Reader::new(&tree, &log), "k", None, 1, 7)?.1);
+        assert_eq!(
+            list_at(&mut Reader::new(&tree, &log), "k", Some("k"), 1, 7)?.0[0].key,
+            "k2"
+        );
+        let (events, more) = history(&mut Reader::new(&tree, &log), "k", 0, 1, 10, 3)?;
         assert!(more);
         let seen: Vec<_> = events.iter().map(|e| (e.revision, e.kind)).collect();
         assert_eq!(
@@ -408,7 +550,7 @@ mod tests {
                 (5, EventKind::Delete)
             ]
         );
-        let (events, _) = history(&tree, "k", 3, 1, 10, 10)?;
+        let (events, _) = history(&mut Reader::new(&tree, &log), "k", 3, 1, 10, 10)?;
         let seen: Vec<_> = events.iter().map(|e| e.revision).collect();
         assert_eq!(seen, [5, 7], "from inside an item");
         // Compacting the groups through revision 5: the delete and what it hides go.
@@ -434,7 +576,7 @@ mod tests {
         assert_eq!(value_at(6)?, None);
         assert_eq!(value_at(7)?, Some(b"again".to_vec()));
         assert_eq!(
-            get_at(&tree, "k2", 6)?.map(|e| e.value),
+            get_at(&mut Reader::new(&tree, &log), "k2", 6)?.map(|e| e.value),
             Some(b"other".to_vec())
         );
         assert_eq!(tree.len(), 2);

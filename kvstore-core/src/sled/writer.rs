@@ -397,11 +397,11 @@ impl Writer {
                 let (_, item) = index
                     .entry(change.key.clone())
                     .or_insert_with(|| (last + 1, Vec::new()));
-                history::push_change(
-                    item,
-                    last + 1,
-                    &history::encode_state(change.state.as_ref()),
-                );
+                // A put's value is written once, in its `log` record.
+                match change.state {
+                    Some(_) => history::push_in_log(item, last + 1),
+                    None => history::push_change(item, last + 1, &[]),
+                }
             }
             for change in &changes {
                 self.leases
@@ -655,6 +655,7 @@ impl Writer {
                 // The `log` item first: a crash in between leaves `history` items
                 // no read chooses, never a read that finds too little.
                 let changes = codec::group_changes(&first, &record)?;
+                history::materialize(&self.history, &first, &record)?;
                 self.log.remove(&first).or_storage()?;
                 history::compact(&self.history, &changes)?;
                 Ok(true)
@@ -874,7 +875,7 @@ mod tests {
         let last = meta.get(codec::META_LAST)?.map(|b| codec::decode_u64(&b));
         assert_eq!(last.transpose()?, Some(4));
         // The history items of the torn group are written too, whatever kv showed.
-        let at = |key: &str, r| history::get_at(&index, key, r);
+        let at = |key: &str, r| history::get_at(&mut history::Reader::new(&index, &log), key, r);
         assert_eq!(at("a", 2)?.map(|e| e.value), Some(b"new".to_vec()));
         assert_eq!(at("b", 3)?.map(|e| e.version), Some(1));
         assert!(index.contains_key(history::item_key(b"gone", 4))?);
