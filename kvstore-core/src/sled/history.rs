@@ -582,4 +582,43 @@ mod tests {
         assert_eq!(tree.len(), 2);
         Ok(())
     }
+
+    /// Puts are read from their `log` record; compaction writes a key's last put of
+    /// a `log` item into its item before the item goes, and reads go on from there.
+    #[test]
+    fn puts_in_the_log_and_their_compaction() -> Result<(), Box<dyn std::error::Error>> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let (tree, log) = (db.open_tree("history")?, db.open_tree("log")?);
+        let mut group = super::super::codec::GroupRecord::new();
+        group.push("k", Some(&stored(5, 5, 1, "five")));
+        group.push("k", Some(&stored(5, 6, 2, "six")));
+        group.push("j", Some(&stored(7, 7, 1, "jay")));
+        let first = super::super::codec::encode_u64(5);
+        let record = group.finish();
+        log.insert(first, record.clone())?;
+        let events = super::super::codec::decode_group(&first, &record)?;
+        for (item, changes) in group_items(&events) {
+            tree.insert(item, changes)?;
+        }
+        let value_at = |key: &str, r| -> Result<Option<Vec<u8>>, Error> {
+            Ok(get_at(&mut Reader::new(&tree, &log), key, r)?.map(|e| e.value))
+        };
+        assert_eq!(value_at("k", 5)?, Some(b"five".to_vec()));
+        assert_eq!(value_at("k", 6)?, Some(b"six".to_vec()));
+        let listed = list_at(&mut Reader::new(&tree, &log), "", None, 10, 7)?.0;
+        assert_eq!(listed.len(), 2);
+        // Compaction: the last put of each key goes into its item, then the log item.
+        materialize(&tree, &first, &record)?;
+        let touched = super::super::codec::group_changes(&first, &record)?;
+        log.remove(first)?;
+        compact(&tree, &touched)?;
+        assert_eq!(value_at("k", 8)?, Some(b"six".to_vec()));
+        assert_eq!(value_at("j", 8)?, Some(b"jay".to_vec()));
+        // An earlier change of the item is gone with its log item.
+        assert!(matches!(
+            get_at(&mut Reader::new(&tree, &log), "k", 5),
+            Err(Error::Compacted { oldest: 0, .. })
+        ));
+        Ok(())
+    }
 }
