@@ -105,7 +105,11 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
     let root = workspace();
     let mut files = Vec::new();
     markdown_files(&root, &mut files);
-    assert!(!files.is_empty(), "no Markdown files under {}", root.display());
+    assert!(
+        !files.is_empty(),
+        "no Markdown files under {}",
+        root.display()
+    );
     let mut broken = Vec::new();
     let mut checked = 0;
     for file in &files {
@@ -124,7 +128,11 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
             } else {
                 file.parent().unwrap_or(&root).join(path)
             };
-            let shown = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+            let shown = file
+                .strip_prefix(&root)
+                .unwrap_or(file)
+                .display()
+                .to_string();
             if !target.exists() {
                 broken.push(format!("{shown}: {link}: no such file"));
                 continue;

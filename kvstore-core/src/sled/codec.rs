@@ -263,12 +263,49 @@ fn last_of(first: u64, count: u32) -> Result<u64, Error> {
 /// Decodes a `log` item (a group, or a bare record) into its events, in revision
 /// order (the changes of one revision in the order they were made).
 pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
+    walk_group(first, bytes, decode_record)
+}
+
+/// A change of a `log` item without its value: revision, kind and key.
+pub struct Touched<'a> {
+    pub revision: u64,
+    pub kind: EventKind,
+    pub key: &'a [u8],
+}
+
+/// The changes of a `log` item (see [`decode_group`]) without their values, which
+/// are neither decoded nor copied.
+pub fn group_changes<'a>(first: &[u8], bytes: &'a [u8]) -> Result<Vec<Touched<'a>>, Error> {
+    walk_group(first, bytes, |revision, record: &'a [u8]| {
+        let corrupt = || Error::Corrupt("malformed record in the log tree".into());
+        let (kind, at) = match record.first() {
+            Some(1) => (EventKind::Put, 17),
+            Some(2) => (EventKind::Delete, 17),
+            Some(3) => (EventKind::Put, 25),
+            _ => return Err(corrupt()),
+        };
+        let key_len = u32_at(record, at).map_err(|_| corrupt())? as usize;
+        let key = record.get(at + 4..at + 4 + key_len).ok_or_else(corrupt)?;
+        Ok(Touched {
+            revision,
+            kind,
+            key,
+        })
+    })
+}
+
+/// Each record of a `log` item through `decode`, with its revision, in order.
+fn walk_group<'a, T>(
+    first: &[u8],
+    bytes: &'a [u8],
+    mut decode: impl FnMut(u64, &'a [u8]) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
     let corrupt = || Error::Corrupt("malformed group in the log tree".into());
     let first = decode_u64(first)?;
     let per_revision = match bytes.first() {
         Some(&GROUP) => false,
         Some(&REVISIONS) => true,
-        _ => return Ok(vec![decode_record(first, bytes)?]),
+        _ => return Ok(vec![decode(first, bytes)?]),
     };
     let count = u32_at(bytes, 1)?;
     let last = last_of(first, count)?;
@@ -290,7 +327,7 @@ pub fn decode_group(first: &[u8], bytes: &[u8]) -> Result<Vec<Event>, Error> {
             let len = u32_at(bytes, at)? as usize;
             let end = (at + 4).checked_add(len).ok_or_else(corrupt)?;
             let record = bytes.get(at + 4..end).ok_or_else(corrupt)?;
-            events.push(decode_record(revision, record)?);
+            events.push(decode(revision, record)?);
             at = end;
         }
     }
@@ -443,6 +480,23 @@ mod tests {
             .map(|&(r, k)| (r, k.to_string()))
             .collect();
         assert_eq!(seen, expected);
+        let touched: Vec<_> = group_changes(&encode_u64(7), &bytes)?
+            .iter()
+            .map(|c| (c.revision, c.key.to_vec(), c.kind))
+            .collect();
+        let kinds = [
+            EventKind::Put,
+            EventKind::Put,
+            EventKind::Delete,
+            EventKind::Put,
+            EventKind::Delete,
+        ];
+        let expected_touched: Vec<_> = expected
+            .iter()
+            .zip(kinds)
+            .map(|((r, k), kind)| (*r, k.as_bytes().to_vec(), kind))
+            .collect();
+        assert_eq!(touched, expected_touched);
         assert_eq!(last_revision(&encode_u64(7), &bytes)?, 9);
         let no_change = [REVISIONS, 0, 0, 0, 1, 0, 0, 0, 0];
         assert!(decode_group(&encode_u64(7), &no_change).is_err());

@@ -303,6 +303,20 @@ impl SledStore {
         })
     }
 
+    /// A read of the past: a `log` item compacted while it was read says that
+    /// `revision` is compacted now.
+    fn past<T>(&self, read: Result<T, Error>, revision: u64) -> Result<T, Error> {
+        match read {
+            Err(Error::Compacted { oldest: 0, .. }) => {
+                self.check_revision(revision)?;
+                Err(Error::Corrupt(format!(
+                    "a change readable at revision {revision} is missing from the log"
+                )))
+            }
+            other => other,
+        }
+    }
+
     /// Checks that a read may ask for `revision`: neither compacted nor ahead of
     /// the store (the current revision is always readable). Returns the oldest
     /// revision kept.
@@ -425,7 +439,7 @@ impl Storage for SledStore {
             Some(bytes) => decode_entry(key.as_bytes(), &bytes)?,
             // Gone from `kv`, but its delete may not be durable yet, and a crash
             // would bring the key back: show it as of the durable revision.
-            None => return history::get_at(&self.inner.history, key, self.durable_revision()),
+            None => return self.get_at(key, self.durable_revision()).await,
         };
         // sled shows a group's writes before its flush ends.
         self.readable(entry.mod_revision).await?;
@@ -447,7 +461,8 @@ impl Storage for SledStore {
     async fn get_at(&self, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
         validate_key(key)?;
         self.check_revision(revision)?;
-        let entry = history::get_at(&self.inner.history, key, revision)?;
+        let mut reader = history::Reader::new(&self.inner.history, &self.inner.log);
+        let entry = self.past(history::get_at(&mut reader, key, revision), revision)?;
         // Compacted meanwhile: what was read may be incomplete.
         self.check_revision(revision)?;
         Ok(entry)
@@ -461,8 +476,9 @@ impl Storage for SledStore {
         revision: u64,
     ) -> Result<ListPage, Error> {
         self.check_revision(revision)?;
-        let (entries, more) =
-            history::list_at(&self.inner.history, prefix, after, limit.max(1), revision)?;
+        let mut reader = history::Reader::new(&self.inner.history, &self.inner.log);
+        let listed = history::list_at(&mut reader, prefix, after, limit.max(1), revision);
+        let (entries, more) = self.past(listed, revision)?;
         self.check_revision(revision)?;
         let next = match (more, entries.last()) {
             (true, Some(last)) => Some(last.key.clone()),
@@ -487,14 +503,9 @@ impl Storage for SledStore {
                 oldest,
             });
         }
-        let (events, more) = history::history(
-            &self.inner.history,
-            key,
-            after,
-            oldest,
-            through,
-            limit.max(1),
-        )?;
+        let mut reader = history::Reader::new(&self.inner.history, &self.inner.log);
+        let (events, more) =
+            history::history(&mut reader, key, after, oldest, through, limit.max(1))?;
         // Compacted meanwhile: the first events read may be gone.
         let now_oldest = self.oldest_revision()?;
         if events.first().is_some_and(|e| e.revision < now_oldest) {

@@ -48,6 +48,7 @@ impl WatchStream for SledWatch {
         }
         let item = self.advance().await;
         if let Err(error) = &item {
+            log::debug!("a watch from position {} ends: {error}", self.position);
             self.failed = Some(error.clone());
         }
         item

@@ -391,8 +391,9 @@ impl Writer {
     fn apply_group(&self, ops: &[&Op], capturing: bool) -> Applied {
         let mut results = Vec::with_capacity(ops.len());
         let mut record = codec::GroupRecord::new();
-        // The group's `history` items: (key, revision) -> the state it left.
-        let mut index = Vec::new();
+        // The group's `history` items: each key's first revision and its changes.
+        let mut index: std::collections::HashMap<String, (u64, Vec<u8>)> =
+            std::collections::HashMap::new();
         let mut view = View::new(&self.kv, capturing.then_some(&self.exports));
         let mut last = self.last;
         for op in ops {
@@ -408,10 +409,14 @@ impl Writer {
             }
             record.push_revision(changes.iter().map(|c| (c.key.as_str(), c.state.as_ref())));
             for change in &changes {
-                index.push((
-                    history::item_key(change.key.as_bytes(), last + 1),
-                    history::encode_state(change.state.as_ref()),
-                ));
+                let (_, item) = index
+                    .entry(change.key.clone())
+                    .or_insert_with(|| (last + 1, Vec::new()));
+                // A put's value is written once, in its `log` record.
+                match change.state {
+                    Some(_) => history::push_in_log(item, last + 1),
+                    None => history::push_change(item, last + 1, &[]),
+                }
             }
             for change in &changes {
                 self.leases
@@ -439,8 +444,11 @@ impl Writer {
             super::failpoints::crash("sled::between-log-and-kv")
         });
         // After the `log` item (which `recover` rebuilds them from), before `kv`.
-        for (item, state) in index {
-            if let Err(error) = self.history.insert(item, state) {
+        for (key, (first, item)) in index {
+            let written = self
+                .history
+                .insert(history::item_key(key.as_bytes(), first), item);
+            if let Err(error) = written {
                 return Applied {
                     results,
                     last,
@@ -600,10 +608,12 @@ impl Writer {
                         value: entry.value.clone(),
                     };
                     let encoded = stored.encode();
+                    let mut item = Vec::with_capacity(12 + encoded.len());
+                    history::push_change(&mut item, entry.mod_revision, &encoded);
                     self.history
                         .insert(
                             history::item_key(entry.key.as_bytes(), entry.mod_revision),
-                            encoded.clone(),
+                            item,
                         )
                         .or_storage()?;
                     batch.insert(entry.key.as_bytes(), encoded);
@@ -663,9 +673,10 @@ impl Writer {
                 }
                 // The `log` item first: a crash in between leaves `history` items
                 // no read chooses, never a read that finds too little.
-                let events = codec::decode_group(&first, &record)?;
-                self.log.remove(first).or_storage()?;
-                history::compact(&self.history, &events)?;
+                let changes = codec::group_changes(&first, &record)?;
+                history::materialize(&self.history, &first, &record)?;
+                self.log.remove(&first).or_storage()?;
+                history::compact(&self.history, &changes)?;
                 Ok(true)
             });
             match outcome {
@@ -784,21 +795,12 @@ pub(super) fn recover(
     let mut last = applied;
     for item in log.range(codec::encode_u64(applied + 1)..) {
         let (first, record) = item.or_storage()?;
-        for event in codec::decode_group(&first, &record)? {
-            // The group's `history` items may be missing, whatever `kv` shows.
-            let state = event.entry().map(|entry| Stored {
-                create_revision: entry.create_revision,
-                mod_revision: entry.mod_revision,
-                version: entry.version,
-                lease: entry.lease,
-                value: entry.value,
-            });
-            history
-                .insert(
-                    history::item_key(event.key.as_bytes(), event.revision),
-                    history::encode_state(state.as_ref()),
-                )
-                .or_storage()?;
+        let events = codec::decode_group(&first, &record)?;
+        // The group's `history` items may be missing, whatever `kv` shows.
+        for (item, changes) in history::group_items(&events) {
+            history.insert(item, changes).or_storage()?;
+        }
+        for event in events {
             let current = match kv.get(event.key.as_bytes()).or_storage()? {
                 Some(bytes) => Some(Stored::decode_header(&bytes)?.mod_revision),
                 None => None,
@@ -892,7 +894,7 @@ mod tests {
         let last = meta.get(codec::META_LAST)?.map(|b| codec::decode_u64(&b));
         assert_eq!(last.transpose()?, Some(4));
         // The history items of the torn group are written too, whatever kv showed.
-        let at = |key: &str, r| history::get_at(&index, key, r);
+        let at = |key: &str, r| history::get_at(&mut history::Reader::new(&index, &log), key, r);
         assert_eq!(at("a", 2)?.map(|e| e.value), Some(b"new".to_vec()));
         assert_eq!(at("b", 3)?.map(|e| e.version), Some(1));
         assert!(index.contains_key(history::item_key(b"gone", 4))?);

@@ -5,7 +5,7 @@
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use kvstore_core::wire::{ErrorBody, HistoryPage};
+use kvstore_core::wire::{ErrorBody, HistoryPage, ListPage};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
@@ -58,6 +58,94 @@ pub fn parse_continue(token: &str) -> Result<(u64, String), ApiError> {
     let revision = u64::from_be_bytes(revision.try_into().map_err(|_| bad())?);
     let key = String::from_utf8(key.to_vec()).map_err(|_| bad())?;
     Ok((check_revision(revision).map_err(|_| bad())?, key))
+}
+
+/// Where a list page starts: the list query's `after`, `revision` and `continue`.
+pub type ListFrom<'a> = (&'a Option<String>, Option<u64>, &'a Option<String>);
+
+/// The page of `prefix` that `from` asks for: now, at a revision, or after a
+/// `continue` token; with its own `continue` token (the next page is read at this
+/// page's revision) and the store's current revision. Only what `caller` may read.
+pub async fn list_page(
+    state: &AppState,
+    caller: &Caller,
+    prefix: &str,
+    (after, revision, token): ListFrom<'_>,
+    limit: usize,
+) -> Result<ListPage, ApiError> {
+    // An empty `continue` is no token (the last page has none).
+    let (at, after) = match token.as_deref().filter(|t| !t.is_empty()) {
+        None => (revision, after.clone()),
+        Some(_) if after.is_some() || revision.is_some() => return Err(ApiError::invalid_request(
+            "continue carries the revision and the key to start after: not with after or revision",
+        )),
+        Some(token) => parse_continue(token).map(|(r, k)| (Some(r), Some(k)))?,
+    };
+    let at = at.map(check_revision).transpose()?;
+    let mut page = readable_page(state, caller, prefix, after.as_deref(), limit, at)
+        .await
+        .map_err(|e| ApiError::from_store(e, prefix))?;
+    page.continue_token = page
+        .next
+        .as_deref()
+        .map(|next| continue_token(page.revision, next));
+    page.current_revision
+        .get_or_insert(state.store.revision().max(page.revision));
+    Ok(page)
+}
+
+/// Up to `limit` entries under `prefix` that `caller` may read, after `after`, as
+/// of revision `at` (the current one when `None`), and the key to page on from
+/// when more follow. Only the ranges the caller may read are read, so nothing in
+/// the page (entries, `next`, its length) depends on keys it may not read; all of
+/// them at the first read's revision, so the page is one snapshot.
+async fn readable_page(
+    state: &AppState,
+    caller: &Caller,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    mut at: Option<u64>,
+) -> Result<ListPage, kvstore_core::Error> {
+    let mut entries = Vec::new();
+    let mut current = None;
+    // One entry beyond the page says whether more follow.
+    'ranges: for range in caller.readable_ranges(prefix) {
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let want = limit + 1 - entries.len();
+            let page = match at {
+                None => state.store.list(&range, cursor.as_deref(), want).await?,
+                Some(r) => {
+                    state
+                        .store
+                        .list_at(&range, cursor.as_deref(), want, r)
+                        .await?
+                }
+            };
+            at = Some(page.revision);
+            current = current.max(page.current_revision);
+            entries.extend(page.entries);
+            if entries.len() > limit {
+                break 'ranges;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    let next = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries.last().map(|e| e.key.clone())
+    });
+    Ok(ListPage {
+        entries,
+        next: next.flatten(),
+        revision: at.unwrap_or_else(|| state.store.revision()),
+        continue_token: None,
+        current_revision: current,
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

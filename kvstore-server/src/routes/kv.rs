@@ -595,84 +595,13 @@ async fn list(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    // An empty `continue` is no token (the last page has none).
-    let (at, after) = match query.continue_token.as_deref().filter(|t| !t.is_empty()) {
-        None => (query.revision, query.after.clone()),
-        Some(_) if query.after.is_some() || query.revision.is_some() => {
-            return Err(ApiError::invalid_request(
-                "continue carries the revision and the key to start after: not with after or revision",
-            ))
-        }
-        Some(token) => super::history::parse_continue(token).map(|(r, k)| (Some(r), Some(k)))?,
-    };
-    let at = at.map(super::history::check_revision).transpose()?;
-    let mut page = readable_page(&state, &caller, &query.prefix, after.as_deref(), limit, at)
-        .await
-        .map_err(|e| ApiError::from_store(e, &query.prefix))?;
-    // The next page is read at this page's revision.
-    page.continue_token = page
-        .next
-        .as_deref()
-        .map(|next| super::history::continue_token(page.revision, next));
-    let current = *page
-        .current_revision
-        .get_or_insert(state.store.revision().max(page.revision));
+    let from = (&query.after, query.revision, &query.continue_token);
+    let page = super::history::list_page(&state, &caller, &query.prefix, from, limit).await?;
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
-        .insert_header((super::history::CURRENT_REVISION, number(current)))
+        .insert_header((
+            super::history::CURRENT_REVISION,
+            number(page.current_revision.unwrap_or(page.revision)),
+        ))
         .json(page))
-}
-
-/// Up to `limit` entries under `prefix` that `caller` may read, after `after`, as
-/// of revision `at` (the current one when `None`), and the key to page on from
-/// when more follow. Only the ranges the caller may read are read, so nothing in
-/// the page (entries, `next`, its length) depends on keys it may not read; all of
-/// them at the first read's revision, so the page is one snapshot.
-async fn readable_page(
-    state: &AppState,
-    caller: &Caller,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-    mut at: Option<u64>,
-) -> Result<ListPage, kvstore_core::Error> {
-    let mut entries = Vec::new();
-    let mut current = None;
-    // One entry beyond the page says whether more follow.
-    'ranges: for range in caller.readable_ranges(prefix) {
-        let mut cursor = after.map(str::to_string);
-        loop {
-            let want = limit + 1 - entries.len();
-            let page = match at {
-                None => state.store.list(&range, cursor.as_deref(), want).await?,
-                Some(r) => {
-                    state
-                        .store
-                        .list_at(&range, cursor.as_deref(), want, r)
-                        .await?
-                }
-            };
-            at = Some(page.revision);
-            current = current.max(page.current_revision);
-            entries.extend(page.entries);
-            if entries.len() > limit {
-                break 'ranges;
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-    }
-    let next = (entries.len() > limit).then(|| {
-        entries.truncate(limit);
-        entries.last().map(|e| e.key.clone())
-    });
-    Ok(ListPage {
-        entries,
-        next: next.flatten(),
-        revision: at.unwrap_or_else(|| state.store.revision()),
-        continue_token: None,
-        current_revision: current,
-    })
 }

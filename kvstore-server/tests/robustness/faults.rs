@@ -85,7 +85,13 @@ impl System {
             Engine::Etcd => (3, 2),
         };
         let backend = Backend::with_members(engine, members)?;
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        // Every revision of a run stays readable: the reference watcher reads them
+        // all from the first after the faults.
+        let args: Vec<String> = ["--retain-revisions", "1000000000"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
         let mut system = System {
             backend,
             addresses: Vec::new(),
