@@ -387,11 +387,25 @@ async fn pages_as(
             .await?;
         assert_eq!(res.status(), StatusCode::OK);
         let mut page: serde_json::Value = res.json().await?;
-        // The store's revision is on every answer and says nothing of a key.
-        page.as_object_mut()
-            .ok_or("a page object")?
-            .remove("revision");
-        after = page["next"].as_str().map(str::to_string);
+        // The store's revisions are on every answer and say nothing of a key.
+        let next = page["next"].as_str().map(str::to_string);
+        let object = page.as_object_mut().ok_or("a page object")?;
+        object.remove("revision");
+        object.remove("current_revision");
+        // The continue token is the page's revision and its `next`, a readable key.
+        if let Some(token) = object.remove("continue") {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.as_str().ok_or("a token")?)?;
+            assert_eq!(
+                bytes
+                    .get(8..)
+                    .map(|key| String::from_utf8_lossy(key).into_owned()),
+                next,
+                "the continue token names another key than next"
+            );
+        }
+        after = next;
         pages.push(page);
         if after.is_none() {
             return Ok(pages);
