@@ -6,7 +6,6 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use kvstore_core::wire::{ErrorBody, HistoryPage, ListPage};
-use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -239,17 +238,7 @@ async fn key(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
 
 /// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
 fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix(PATH_PREFIX)
-        .ok_or_else(|| ApiError::invalid_key("the key is missing from the path"))?;
-    let key = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?
-        .into_owned();
-    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
-    Ok(key)
+    super::key_in_path(req, PATH_PREFIX)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use kvstore_core::wire::{
     DeletePrefixResult, DeleteResult, Entry, EntryAt, ErrorBody, ListPage, PutResult,
 };
 use kvstore_core::Condition;
-use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -77,17 +76,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
 
 /// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
 fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
-    let raw = req
-        .uri()
-        .path()
-        .strip_prefix(PATH_PREFIX)
-        .ok_or_else(|| ApiError::invalid_key("the key is missing from the path"))?;
-    let key = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?
-        .into_owned();
-    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
-    Ok(key)
+    super::key_in_path(req, PATH_PREFIX)
 }
 
 fn wants_json(req: &HttpRequest) -> bool {

@@ -23,6 +23,26 @@ use actix_web::{guard, web, Route};
 
 /// A route for GET that answers HEAD the same way, without the body (actix leaves
 /// the body of an answer to HEAD unsent), as caches and tools expect.
+/// The key named by the request path after `prefix`, percent-decoded once (`a%2Fb`
+/// is `a/b`) and checked.
+pub(crate) fn key_in_path(
+    req: &actix_web::HttpRequest,
+    prefix: &str,
+) -> Result<String, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .ok_or_else(|| ApiError::invalid_key("the key is missing from the path"))?;
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid_key("the key is not valid UTF-8 once percent-decoded"))?
+        .into_owned();
+    kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
+    Ok(key)
+}
+
 pub fn get_or_head() -> Route {
     web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
