@@ -2,12 +2,12 @@
 //! requests' answers (etcd's `validate/watch.go` guarantees), then the whole
 //! history for linearizability against [`crate::model::StoreModel`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use porcupine_rs::{CheckResult, LinearizationInfo, Operation};
 
-use super::history::{Cond, Kv, Record, Request, Response};
+use super::history::{Kv, Record, Request, Response};
 use super::model::StoreModel;
 use super::watchers::{Change, Recorded};
 
@@ -52,25 +52,30 @@ pub fn reference_log(reference: &Recorded, last: u64, anomalies: &mut Vec<String
 pub fn state_at(log: &Log, revision: u64) -> BTreeMap<String, Kv> {
     let mut state = BTreeMap::new();
     for change in log.range(..=revision).flat_map(|(_, c)| c) {
-        match &change.value {
-            Some(value) => {
-                state.insert(
-                    change.key.clone(),
-                    Kv {
-                        value: value.clone(),
-                        create_revision: change.create_revision,
-                        mod_revision: change.revision,
-                        version: change.version,
-                        lease: change.lease,
-                    },
-                );
-            }
-            None => {
-                state.remove(&change.key);
-            }
-        }
+        apply(&mut state, change);
     }
     state
+}
+
+/// `state` after `change`.
+fn apply(state: &mut BTreeMap<String, Kv>, change: &Change) {
+    match &change.value {
+        Some(value) => {
+            state.insert(
+                change.key.clone(),
+                Kv {
+                    value: value.clone(),
+                    create_revision: change.create_revision,
+                    mod_revision: change.revision,
+                    version: change.version,
+                    lease: change.lease,
+                },
+            );
+        }
+        None => {
+            state.remove(&change.key);
+        }
+    }
 }
 
 /// Each watcher's stream must be the reference log over the revisions it covers:
@@ -253,63 +258,88 @@ pub fn explain_log(records: &mut Vec<Record>, log: &Log, anomalies: &mut Vec<Str
 
     // The revisions no answer claims: an unknown outcome must explain each.
     let mut settled: HashMap<usize, u64> = HashMap::new();
+    // The store before the revision at hand.
+    let mut before: BTreeMap<String, Kv> = BTreeMap::new();
     for (revision, changes) in log {
+        let now = before.clone();
+        for change in changes {
+            apply(&mut before, change);
+        }
         if claims.contains_key(revision) {
             continue;
         }
+        let before = &now;
+        let deleted: BTreeSet<&str> = changes
+            .iter()
+            .filter(|c| c.value.is_none())
+            .map(|c| c.key.as_str())
+            .collect();
+        let all_deletes = deleted.len() == changes.len() && !deleted.is_empty();
+        // Whether `record`, left unknown, made exactly these changes here.
         let explains = |record: &Record| -> bool {
             if !matches!(record.response, Response::Unknown(_)) {
                 return false;
             }
+            let mod_revision = |key: &str| before.get(key).map_or(0, |kv| kv.mod_revision);
             match &record.request {
-                Request::Put { key, value, .. }
-                | Request::PutLeased { key, value, .. }
-                | Request::PutTtl { key, value, .. } => {
+                Request::Put {
+                    key, value, cond, ..
+                } => {
+                    changes.len() == 1
+                        && changes[0].key == *key
+                        && changes[0].value.as_ref() == Some(value)
+                        && cond.holds(before.get(key.as_str()))
+                }
+                Request::PutLeased { key, value, .. } | Request::PutTtl { key, value, .. } => {
                     changes.len() == 1
                         && changes[0].key == *key
                         && changes[0].value.as_ref() == Some(value)
                 }
-                Request::Txn { keys, values, .. } => {
+                Request::Txn {
+                    keys,
+                    values,
+                    expect,
+                } => {
                     changes.len() == 2
+                        && keys.iter().zip(expect).all(|(k, e)| mod_revision(k) == *e)
                         && keys.iter().zip(values).all(|(k, v)| {
                             changes
                                 .iter()
                                 .any(|c| c.key == *k && c.value.as_ref() == Some(v))
                         })
                 }
-                Request::Delete { key, .. } => {
-                    changes.len() == 1 && changes[0].key == *key && changes[0].value.is_none()
+                Request::Delete { key, cond } => {
+                    all_deletes
+                        && deleted.len() == 1
+                        && deleted.contains(key.as_str())
+                        && cond.holds(before.get(key.as_str()))
                 }
-                Request::DeletePrefix { prefix } => changes
-                    .iter()
-                    .all(|c| c.value.is_none() && c.key.starts_with(prefix.as_str())),
-                Request::Revoke { .. } => changes.iter().all(|c| c.value.is_none()),
+                Request::DeletePrefix { prefix } => {
+                    all_deletes
+                        && before
+                            .keys()
+                            .filter(|k| k.starts_with(prefix.as_str()))
+                            .map(String::as_str)
+                            .collect::<BTreeSet<_>>()
+                            == deleted
+                }
+                Request::Revoke { lease } => {
+                    all_deletes
+                        && before
+                            .iter()
+                            .filter(|(_, kv)| kv.lease == *lease)
+                            .map(|(k, _)| k.as_str())
+                            .collect::<BTreeSet<_>>()
+                            == deleted
+                }
                 _ => false,
             }
         };
-        // Of the requests that could have made it, one unconditional if any (a
-        // conditional one may not have held then), else the first sent.
-        let candidates = || {
-            records
-                .iter()
-                .enumerate()
-                .filter(|(i, r)| !settled.contains_key(i) && explains(r))
-        };
-        let unconditional = |r: &Record| {
-            !matches!(
-                r.request,
-                Request::Put {
-                    cond: Cond::ModRevision(_) | Cond::Absent,
-                    ..
-                } | Request::Delete {
-                    cond: Cond::ModRevision(_) | Cond::Absent,
-                    ..
-                }
-            )
-        };
-        match candidates()
-            .find(|(_, r)| unconditional(r))
-            .or_else(|| candidates().next())
+        // Each candidate made exactly these changes from this state: the first sent.
+        match records
+            .iter()
+            .enumerate()
+            .find(|(i, r)| !settled.contains_key(i) && explains(r))
         {
             Some((i, _)) => {
                 settled.insert(i, *revision);
