@@ -576,18 +576,23 @@ impl HeldAddress {
         self.relay_to(TestServer::try_start_in(data_dir, args)?)
     }
 
-    /// Starts a server on `store` and relays new connections to it.
+    /// Starts a server on `store` and relays new connections to it (in-process in
+    /// other packages' tests, as [`TestServer::try_start_at`] does).
     pub fn start_on(&self, store: &Backend, args: &[&str]) -> Result<TestServer, String> {
-        self.start_on_with_env(store, args, &[])
+        self.relay_to(TestServer::try_on_at("127.0.0.1:0", store, args)?)
     }
 
-    /// Like [`HeldAddress::start_on`], the server's process with `env` set.
+    /// Like [`HeldAddress::start_on`], the server binary's process with `env` set
+    /// (the server's own tests only).
     pub fn start_on_with_env(
         &self,
         store: &Backend,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<TestServer, String> {
+        if env.is_empty() {
+            return self.start_on(store, args);
+        }
         let engine = store.args();
         let all: Vec<&str> = engine
             .iter()
