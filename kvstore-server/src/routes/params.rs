@@ -116,7 +116,7 @@ mod tests {
     fn each_endpoint_takes_its_documented_parameters() {
         let get = |path| known(path, &Method::GET);
         assert_eq!(get("/v1/kv").map(|k| k.contains(&"limit")), Some(true));
-        assert_eq!(get("/v1/kv/a/b"), Some(vec![]));
+        assert_eq!(get("/v1/kv/a/b"), Some(vec!["revision"]));
         assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec!["lease", "ttl"]));
         assert_eq!(
             known("/v1/kv", &Method::DELETE).map(|k| k.contains(&"all")),
