@@ -311,7 +311,21 @@ impl Client {
         after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ListPage, Error> {
+        self.list_page(prefix, after, limit, None).await
+    }
+
+    /// One page of a listing, now or as the store was at `revision`.
+    pub(crate) async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        revision: Option<u64>,
+    ) -> Result<ListPage, Error> {
         let mut path = format!("/v1/kv?prefix={}", query_value(prefix));
+        if let Some(revision) = revision {
+            path.push_str(&format!("&revision={revision}"));
+        }
         if let Some(limit) = limit {
             path.push_str(&format!("&limit={limit}"));
         }

@@ -40,15 +40,7 @@ impl Client {
         limit: Option<usize>,
         revision: u64,
     ) -> Result<ListPage, Error> {
-        let mut path = format!("/v1/kv?prefix={}&revision={revision}", query_value(prefix));
-        if let Some(limit) = limit {
-            path.push_str(&format!("&limit={limit}"));
-        }
-        if let Some(after) = after {
-            path.push_str(&format!("&after={}", query_value(after)));
-        }
-        let res = self.read(&path, |req| req).await?;
-        decode(check(res, prefix).await?).await
+        self.list_page(prefix, after, limit, Some(revision)).await
     }
 
     /// The page that follows the one whose `continue` token this is, read at that

@@ -217,6 +217,61 @@ impl EtcdStore {
         Ok(answer)
     }
 
+    /// A range read of etcd itself, now (linearizable) or at revision `at`.
+    async fn range_maybe_at(
+        &self,
+        from: Vec<u8>,
+        options: GetOptions,
+        at: Option<u64>,
+    ) -> Result<etcd_client::GetResponse, Error> {
+        match at {
+            None => self.range(from, options).await,
+            Some(revision) => self.range_at(from, options, revision).await,
+        }
+    }
+
+    /// `key` read from etcd itself, now or at revision `at`.
+    async fn read_key(&self, key: &str, at: Option<u64>) -> Result<Option<Entry>, Error> {
+        let answer = self
+            .range_maybe_at(self.inner.keys.etcd(key), GetOptions::new(), at)
+            .await?;
+        Ok(answer
+            .kvs()
+            .first()
+            .and_then(|kv| entry_of(&self.inner.keys, kv)))
+    }
+
+    /// Up to `limit` entries under `prefix` from `start` on, read from etcd itself
+    /// now or at revision `at`; the key to page on when more follow, and the
+    /// revision etcd answered at.
+    async fn read_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        at: Option<u64>,
+    ) -> Result<(Vec<Entry>, Option<String>, u64), Error> {
+        let (_, end) = self.inner.keys.range(prefix);
+        let answer = self
+            .range_maybe_at(
+                self.inner.keys.etcd(start),
+                GetOptions::new().with_range(end).with_limit(limit as i64),
+                at,
+            )
+            .await?;
+        let entries: Vec<Entry> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| entry_of(&self.inner.keys, kv))
+            .collect();
+        let next = if answer.more() {
+            entries.last().map(|e| e.key.clone())
+        } else {
+            None
+        };
+        Ok((entries, next, self.answered(answer.header())?))
+    }
+
     /// The revision of an answer of etcd's, noted as seen.
     fn answered(&self, header: Option<&etcd_client::ResponseHeader>) -> Result<u64, Error> {
         let revision = header
@@ -402,13 +457,7 @@ impl Storage for EtcdStore {
         if self.copy_is_current().await? {
             return Ok(self.inner.cache.read().entries.get(key).cloned());
         }
-        let answer = self
-            .range(self.inner.keys.etcd(key), GetOptions::new())
-            .await?;
-        Ok(answer
-            .kvs()
-            .first()
-            .and_then(|kv| entry_of(&self.inner.keys, kv)))
+        self.read_key(key, None).await
     }
 
     async fn list(
@@ -443,27 +492,11 @@ impl Storage for EtcdStore {
                 current_revision: None,
             });
         }
-        let (_, end) = self.inner.keys.range(prefix);
-        let answer = self
-            .range(
-                self.inner.keys.etcd(&start),
-                GetOptions::new().with_range(end).with_limit(limit as i64),
-            )
-            .await?;
-        let entries: Vec<Entry> = answer
-            .kvs()
-            .iter()
-            .filter_map(|kv| entry_of(&self.inner.keys, kv))
-            .collect();
-        let next = if answer.more() {
-            entries.last().map(|e| e.key.clone())
-        } else {
-            None
-        };
+        let (entries, next, now) = self.read_page(prefix, &start, limit, None).await?;
         Ok(ListPage {
             entries,
             next,
-            revision: self.answered(answer.header())?,
+            revision: now,
             continue_token: None,
             current_revision: None,
         })
@@ -471,13 +504,7 @@ impl Storage for EtcdStore {
 
     async fn get_at(&self, key: &str, revision: u64) -> Result<Option<Entry>, Error> {
         validate_key(key)?;
-        let answer = self
-            .range_at(self.inner.keys.etcd(key), GetOptions::new(), revision)
-            .await?;
-        Ok(answer
-            .kvs()
-            .first()
-            .and_then(|kv| entry_of(&self.inner.keys, kv)))
+        self.read_key(key, Some(revision)).await
     }
 
     async fn list_at(
@@ -492,30 +519,15 @@ impl Storage for EtcdStore {
             Some(after) if after >= prefix => format!("{after}\0"),
             _ => prefix.to_string(),
         };
-        let (_, end) = self.inner.keys.range(prefix);
-        let answer = self
-            .range_at(
-                self.inner.keys.etcd(&start),
-                GetOptions::new().with_range(end).with_limit(limit as i64),
-                revision,
-            )
+        let (entries, next, now) = self
+            .read_page(prefix, &start, limit, Some(revision))
             .await?;
-        let entries: Vec<Entry> = answer
-            .kvs()
-            .iter()
-            .filter_map(|kv| entry_of(&self.inner.keys, kv))
-            .collect();
-        let next = if answer.more() {
-            entries.last().map(|e| e.key.clone())
-        } else {
-            None
-        };
         Ok(ListPage {
             entries,
             next,
             revision,
             continue_token: None,
-            current_revision: Some(self.answered(answer.header())?),
+            current_revision: Some(now),
         })
     }
 
