@@ -2,6 +2,10 @@
 # processes a script starts and stops, free ports, wrk loads and their figures.
 # A script sets NAME (for its log lines) and BENCH_DIR before sourcing this file.
 
+# The servers a script starts serve HTTP only, unless it asks for etcd's API: several
+# of them at once would each want its default port.
+export KVSTORE_ETCD_API_LISTEN=${KVSTORE_ETCD_API_LISTEN:-off}
+
 log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
 die() { log "$*"; exit 1; }
 

@@ -4,7 +4,7 @@
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let store = std::sync::Arc::new(kvstore_core::SledStore::open(kvstore_core::SledConfig::temporary())?);
 //! # let options = <kvstore_server::Options as clap::Parser>::try_parse_from(["kvstore-server"])?;
-//! # let server = kvstore_server::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, store, None, None, options)?;
+//! # let server = kvstore_server::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, None, store, None, None, options)?;
 //! # let url = format!("http://{}", server.addr());
 //! use kvstore_client::Client;
 //!

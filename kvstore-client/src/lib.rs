@@ -32,7 +32,7 @@
 //! # // A real server in this process, on a free port (the example's localhost:5000).
 //! # let store = std::sync::Arc::new(kvstore_core::SledStore::open(kvstore_core::SledConfig::temporary())?);
 //! # let options = <kvstore_server::Options as clap::Parser>::try_parse_from(["kvstore-server"])?;
-//! # let server = kvstore_server::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, store, None, None, options)?;
+//! # let server = kvstore_server::spawn(std::net::TcpListener::bind("127.0.0.1:0")?, None, store, None, None, options)?;
 //! # let url = format!("http://{}", server.addr());
 //! use futures_util::StreamExt;
 //! use kvstore_client::{Client, Condition, Error, Update, WatchOptions};

@@ -46,6 +46,21 @@ fn value_limit(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Where etcd's API is served (`--etcd-api-listen`): an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdApiListen(pub Option<SocketAddr>);
+
+/// Parses `--etcd-api-listen`: `off`, or an address.
+fn etcd_api_address(text: &str) -> Result<EtcdApiListen, String> {
+    match text {
+        "off" => Ok(EtcdApiListen(None)),
+        address => address
+            .parse()
+            .map(|address| EtcdApiListen(Some(address)))
+            .map_err(|_| "expected an address (HOST:PORT) or `off`".to_string()),
+    }
+}
+
 /// The kvstore server: a key-value store with numbered changes and watches.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvstore-server", version)]
@@ -53,6 +68,10 @@ pub struct Options {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "KVSTORE_LISTEN", default_value = "0.0.0.0:5000")]
     pub listen: SocketAddr,
+    /// Address of etcd's v3 gRPC API, for etcdctl and etcd's client libraries
+    /// (`off`: not served; port 0 picks a free port; the address is printed).
+    #[arg(long, env = "KVSTORE_ETCD_API_LISTEN", default_value = "0.0.0.0:2379", value_parser = etcd_api_address)]
+    pub etcd_api_listen: EtcdApiListen,
     /// Folder of the data files (created if missing).
     #[arg(long, env = "KVSTORE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

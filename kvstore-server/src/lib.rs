@@ -43,6 +43,7 @@ pub mod config;
 mod console;
 mod cors;
 pub mod error;
+pub mod etcd_api;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -133,11 +134,13 @@ pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
     ApiError::not_found(format!("{} {}", req.method(), req.path()))
 }
 
-/// Serves `store` on `listener` until `stop_signal` completes (see
-/// [`shutdown_signal`]), then stops gracefully: no new connections, requests in
-/// flight finish, watch streams are closed, the store is flushed.
+/// Serves `store` on `listener` (and etcd's API on `etcd_api`, when given) until
+/// `stop_signal` completes (see [`shutdown_signal`]), then stops gracefully: no
+/// new connections, requests in flight finish, watch streams are closed, the store
+/// is flushed.
 pub async fn run(
     listener: TcpListener,
+    etcd_api: Option<TcpListener>,
     store: Arc<dyn Storage>,
     access: Option<auth::AccessControl>,
     tls: Option<rustls::ServerConfig>,
@@ -147,13 +150,24 @@ pub async fn run(
     metrics::handle();
     ::metrics::gauge!("kvstore_watchers").set(0.0);
     let (stop, shutdown) = signal::channel(false);
+    let access = access.map(Arc::new);
+    let etcd_api = match etcd_api {
+        Some(listener) => Some(start_etcd_api(
+            listener,
+            store.clone(),
+            access.clone(),
+            options,
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let state = AppState {
         store: store.clone(),
         shutdown,
         timings: options.timings(),
         watchers: limits::WatcherLimit::new(options.max_watchers_per_client),
         body_timeout: std::time::Duration::from_secs_f64(options.request_timeout.max(0.1)),
-        access: access.map(Arc::new),
+        access,
         access_log: options.access_log,
         cors_origins: options.cors_origin.clone(),
         max_txn_ops: options.max_txn_ops,
@@ -181,12 +195,72 @@ pub async fn run(
         handle.stop(true).await;
     });
     server.await?;
+    if let Some(etcd_api) = etcd_api {
+        match actix_web::rt::task::spawn_blocking(move || etcd_api.join()).await {
+            Ok(Ok(Err(e))) => log::error!("etcd's API stopped with an error: {e}"),
+            Ok(Err(_)) | Err(_) => log::error!("etcd's API thread panicked"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     if let Err(e) = store.flush().await {
         log::error!("final flush failed: {e}");
         return Err(std::io::Error::other(e));
     }
     log::info!("stopped at revision {}", store.revision());
     Ok(())
+}
+
+/// How long open etcd API streams (watches, keep-alives) may take to end once
+/// the server stops.
+const ETCD_API_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves etcd's API on `listener` on a thread and runtime of its own (as many
+/// threads as the HTTP workers), until `shutdown` turns true.
+fn start_etcd_api(
+    listener: TcpListener,
+    store: Arc<dyn Storage>,
+    access: Option<Arc<auth::AccessControl>>,
+    options: &Options,
+    mut shutdown: signal::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+        _ => None,
+    };
+    let config = etcd_api::EtcdApiConfig {
+        listener,
+        tls,
+        max_txn_ops: options.max_txn_ops,
+    };
+    let threads = options
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    std::thread::Builder::new()
+        .name("kvstore-etcd-api".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name("kvstore-etcd-api")
+                .enable_all()
+                .build()?;
+            let mut stopped = shutdown.clone();
+            let served = runtime.block_on(async move {
+                let serve = etcd_api::serve(config, store, access, async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                });
+                tokio::select! {
+                    served = serve => served,
+                    // Streams still open after the grace period are cut.
+                    _ = async {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                        tokio::time::sleep(ETCD_API_GRACE).await;
+                    } => Ok(()),
+                }
+            });
+            runtime.shutdown_timeout(ETCD_API_GRACE);
+            served
+        })
 }
 
 /// A server [`spawn`]ed on a thread of its own; stopped gracefully when dropped.
@@ -227,11 +301,13 @@ impl Drop for Spawned {
     }
 }
 
-/// Serves `store` on `listener` on a new thread with its own runtime, as [`run`]
-/// does, until the returned [`Spawned`] is stopped or dropped: a real server in
-/// the same process, for programs that embed one and for tests.
+/// Serves `store` on `listener` (and etcd's API on `etcd_api`) on a new thread
+/// with its own runtime, as [`run`] does, until the returned [`Spawned`] is
+/// stopped or dropped: a real server in the same process, for programs that embed
+/// one and for tests.
 pub fn spawn(
     listener: TcpListener,
+    etcd_api: Option<TcpListener>,
     store: Arc<dyn Storage>,
     access: Option<auth::AccessControl>,
     tls: Option<rustls::ServerConfig>,
@@ -244,6 +320,7 @@ pub fn spawn(
         .spawn(move || {
             actix_web::rt::System::new().block_on(run(
                 listener,
+                etcd_api,
                 store,
                 access,
                 tls,

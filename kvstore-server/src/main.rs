@@ -37,6 +37,19 @@ fn start(options: &Options) -> anyhow::Result<()> {
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
+    let etcd_api = options
+        .etcd_api_listen
+        .0
+        .map(|at| {
+            TcpListener::bind(at).with_context(|| {
+                format!(
+                    "cannot listen on {at} for etcd's API (--etcd-api-listen, \
+                     KVSTORE_ETCD_API_LISTEN; `--etcd-api-listen off` turns it off)"
+                )
+            })
+        })
+        .transpose()?;
+    let etcd_address = etcd_api.as_ref().map(TcpListener::local_addr).transpose()?;
     log::info!(
         "listening on {address}; engine {}, {}",
         store.engine(),
@@ -53,8 +66,11 @@ fn start(options: &Options) -> anyhow::Result<()> {
         let stop = kvstore_server::shutdown_signal()?;
         // Printed once the store is open, the socket bound and the signal handlers
         // installed, so scripts and tests can wait for this line instead of polling.
+        if let Some(etcd_address) = etcd_address {
+            println!("kvstore-server etcd API on {scheme}://{etcd_address}");
+        }
         println!("kvstore-server listening on {scheme}://{address}");
-        kvstore_server::run(listener, store, access, tls, options, stop).await
+        kvstore_server::run(listener, etcd_api, store, access, tls, options, stop).await
     })?;
     Ok(())
 }

@@ -365,7 +365,7 @@ fn head_over_a_real_connection_sends_no_body(
     let store = backend.open_store()?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let options = <kvstore_server::Options as clap::Parser>::try_parse_from(["kvstore-server"])?;
-    let server = kvstore_server::spawn(listener, store, None, None, options)?;
+    let server = kvstore_server::spawn(listener, None, store, None, None, options)?;
     let mut put = std::net::TcpStream::connect(server.addr())?;
     put.write_all(
         b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue",

@@ -640,6 +640,8 @@ fn compose_cluster_serves_one_store_through_two_replicas() {
             ("KVSTORE_ETCD_IMAGE", etcd_image),
             ("KVSTORE1_PUBLISH", "127.0.0.1:".into()),
             ("KVSTORE2_PUBLISH", "127.0.0.1:".into()),
+            ("KVSTORE1_ETCD_API_PUBLISH", "127.0.0.1:".into()),
+            ("KVSTORE2_ETCD_API_PUBLISH", "127.0.0.1:".into()),
         ],
     };
     cluster.ok(&["up", "-d", "--no-build"]);

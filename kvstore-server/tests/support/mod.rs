@@ -193,6 +193,9 @@ pub struct TestServer {
     running: Option<Running>,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// Where it serves etcd's gRPC API (`http://127.0.0.1:PORT`), unless it was
+    /// started with `--etcd-api-listen off`.
+    pub etcd_url: Option<String>,
     /// The data dir (kept when `dir` is passed in).
     pub data_dir: PathBuf,
     logs: std::sync::mpsc::Receiver<String>,
@@ -287,6 +290,13 @@ impl TestServer {
 
     /// Runs `command` (which ends up as the server) and waits for its first line.
     fn start_process(mut command: Command, data_dir: &Path) -> Result<TestServer, String> {
+        // etcd's API on a port of its own choosing, unless the test says otherwise.
+        if !command
+            .get_envs()
+            .any(|(name, _)| name == "KVSTORE_ETCD_API_LISTEN")
+        {
+            command.env("KVSTORE_ETCD_API_LISTEN", "127.0.0.1:0");
+        }
         let mut child = command
             .env(
                 "RUST_LOG",
@@ -300,10 +310,19 @@ impl TestServer {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().expect("piped stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        // etcd's API's line comes first, when it is served.
+        let etcd_url = match line.trim().strip_prefix("kvstore-server etcd API on ") {
+            Some(etcd_url) => {
+                let etcd_url = etcd_url.to_string();
+                line.clear();
+                stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+                Some(etcd_url)
+            }
+            None => None,
+        };
         let Some(url) = line.trim().strip_prefix("kvstore-server listening on ") else {
             let output = child.wait_with_output().map_err(|e| e.to_string())?;
             return Err(String::from_utf8_lossy(&output.stderr).into_owned());
@@ -322,6 +341,7 @@ impl TestServer {
         Ok(TestServer {
             running: Some(Running::Process(child)),
             url: url.to_string(),
+            etcd_url,
             data_dir: data_dir.to_path_buf(),
             logs: log_rx,
             _temp: None,
@@ -337,8 +357,14 @@ impl TestServer {
     ) -> Result<TestServer, String> {
         use clap::Parser;
         let data = data_dir.to_string_lossy();
+        // etcd's API on a port of its own choosing, unless the test says otherwise.
+        let etcd_api = match args.contains(&"--etcd-api-listen") {
+            true => None,
+            false => Some(["--etcd-api-listen", "127.0.0.1:0"]),
+        };
         let argv = ["kvstore-server", "--listen", listen, "--data-dir", &*data]
             .into_iter()
+            .chain(etcd_api.into_iter().flatten())
             .chain(args.iter().copied());
         let options = kvstore_server::Options::try_parse_from(argv).map_err(|e| e.to_string())?;
         let access = options
@@ -367,11 +393,23 @@ impl TestServer {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = std::net::TcpListener::bind(options.listen).map_err(|e| e.to_string())?;
-        let spawned = kvstore_server::spawn(listener, store, access, tls, options)
+        let etcd_api = match options.etcd_api_listen.0 {
+            Some(at) => Some(std::net::TcpListener::bind(at).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let etcd_url = match &etcd_api {
+            Some(api) => Some(format!(
+                "{scheme}://{}",
+                api.local_addr().map_err(|e| e.to_string())?
+            )),
+            None => None,
+        };
+        let spawned = kvstore_server::spawn(listener, etcd_api, store, access, tls, options)
             .map_err(|e| e.to_string())?;
         let (_, logs) = std::sync::mpsc::channel();
         Ok(TestServer {
             url: format!("{scheme}://{}", spawned.addr()),
+            etcd_url,
             running: Some(Running::InProcess(spawned)),
             data_dir: data_dir.to_path_buf(),
             logs,

@@ -1,0 +1,511 @@
+//! etcd's v3 gRPC API, driven by the etcd-client crate as any Rust etcd user
+//! would, on both engines: KV, Watch, Lease, Maintenance, Cluster and Auth, and
+//! the same keys and revisions seen through the HTTP API.
+
+mod support;
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client as EtcdClient, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use kvstore_client::Client;
+use rstest::rstest;
+use support::{serve, Engine, TestServer};
+
+type BoxError = Box<dyn std::error::Error>;
+type TestResult = Result<(), BoxError>;
+
+/// Safety net for every wait; a healthy run never gets near it.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> Result<T, BoxError> {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .map_err(|_| format!("timed out after {WAIT:?} waiting for {what}").into())
+}
+
+/// A client of the server's etcd API.
+async fn etcd(
+    server: &TestServer,
+    options: Option<ConnectOptions>,
+) -> Result<EtcdClient, BoxError> {
+    let url = server
+        .etcd_url
+        .clone()
+        .ok_or("the server serves no etcd API")?;
+    Ok(EtcdClient::connect([url], options).await?)
+}
+
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(-1, |h| h.revision())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_read_and_written_through_etcd_clients_are_the_http_apis_keys(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let http = Client::new(&server.url)?;
+    let mut etcd = etcd(&server, None).await?;
+
+    // A put through etcd is read through HTTP, at the same revision.
+    let put = etcd.put("app/a", "1", None).await?;
+    let written = revision_of(put.header());
+    let entry = http.get_entry("app/a").await?;
+    assert_eq!(
+        (entry.value.as_slice(), entry.mod_revision as i64),
+        (&b"1"[..], written)
+    );
+
+    // And the other way round.
+    let http_put = http.put("app/b", "2").await?;
+    let got = etcd.get("app/b", None).await?;
+    let kv = &got.kvs()[0];
+    assert_eq!(
+        (kv.value(), kv.mod_revision()),
+        (&b"2"[..], http_put.revision as i64)
+    );
+    assert_eq!(
+        (kv.create_revision(), kv.version()),
+        (http_put.create_revision as i64, 1)
+    );
+
+    // prev_kv answers the value a put replaced.
+    let put = etcd
+        .put("app/a", "1b", Some(PutOptions::new().with_prev_key()))
+        .await?;
+    assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"1"[..]));
+    http.put("app/c", "3").await?;
+    http.put("other", "x").await?;
+
+    // A prefix: every key under it, counted, limited, sorted, at a revision.
+    let all = etcd
+        .get("app/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    let keys: Vec<&str> = all
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        (keys, all.count(), all.more()),
+        (vec!["app/a", "app/b", "app/c"], 3, false)
+    );
+    let limited = etcd
+        .get(
+            "app/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_limit(2)
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            ),
+        )
+        .await?;
+    let keys: Vec<&str> = limited
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        (keys, limited.count(), limited.more()),
+        (vec!["app/c", "app/b"], 3, true)
+    );
+    let counted = etcd
+        .get(
+            "app/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?;
+    assert_eq!((counted.kvs().len(), counted.count()), (0, 3));
+    let keys_only = etcd
+        .get("app/a", Some(GetOptions::new().with_keys_only()))
+        .await?;
+    assert_eq!(keys_only.kvs()[0].value(), b"");
+    let then = etcd
+        .get("app/a", Some(GetOptions::new().with_revision(written)))
+        .await?;
+    assert_eq!(then.kvs()[0].value(), b"1");
+    let from_key = etcd
+        .get("app/b", Some(GetOptions::new().with_from_key()))
+        .await?;
+    let keys: Vec<&str> = from_key
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(keys, vec!["app/b", "app/c", "other"]);
+    let range = etcd
+        .get("app/b", Some(GetOptions::new().with_range("app/c")))
+        .await?;
+    assert_eq!(range.kvs().len(), 1);
+
+    // A future revision is refused with etcd's message.
+    let future = etcd
+        .get(
+            "app/a",
+            Some(GetOptions::new().with_revision(written + 1000)),
+        )
+        .await
+        .expect_err("a future revision");
+    assert!(
+        future
+            .to_string()
+            .contains("required revision is a future revision"),
+        "{future}"
+    );
+
+    // Deletes: one key with its previous value, then a prefix, each at one revision.
+    let deleted = etcd
+        .delete("app/a", Some(DeleteOptions::new().with_prev_key()))
+        .await?;
+    assert_eq!(
+        (deleted.deleted(), deleted.prev_kvs()[0].value()),
+        (1, &b"1b"[..])
+    );
+    let gone = etcd
+        .delete("app/", Some(DeleteOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(gone.deleted(), 2);
+    assert!(http.list_all("app/").await?.is_empty());
+    let missing = etcd.delete("app/a", None).await?;
+    assert_eq!(missing.deleted(), 0);
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_compare_and_answer_as_etcds_do(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let put = etcd.put("acct/1", "100", None).await?;
+    let at = revision_of(put.header());
+
+    let txn = Txn::new()
+        .when([Compare::mod_revision("acct/1", CompareOp::Equal, at)])
+        .and_then([
+            TxnOp::put("acct/1", "90", None),
+            TxnOp::put("acct/2", "10", None),
+            TxnOp::get("acct/1", None),
+        ])
+        .or_else([TxnOp::get("acct/1", None)]);
+    let done = etcd.txn(txn.clone()).await?;
+    assert!(done.succeeded());
+    let written = revision_of(done.header());
+    match &done.op_responses()[2] {
+        TxnOpResponse::Get(get) => {
+            assert_eq!(get.kvs()[0].value(), b"90");
+            assert_eq!(get.kvs()[0].mod_revision(), written);
+        }
+        other => panic!("a get's answer, not {other:?}"),
+    }
+    // Both writes at one revision.
+    let second = etcd.get("acct/2", None).await?;
+    assert_eq!(second.kvs()[0].mod_revision(), written);
+
+    // Run again, the compare fails: the failure branch reads.
+    let again = etcd.txn(txn).await?;
+    assert!(!again.succeeded());
+    match &again.op_responses()[0] {
+        TxnOpResponse::Get(get) => assert_eq!(get.kvs()[0].value(), b"90"),
+        other => panic!("a get's answer, not {other:?}"),
+    }
+
+    // A compare on a value and a delete with prev_kv.
+    let txn = Txn::new()
+        .when([Compare::value("acct/2", CompareOp::Equal, "10")])
+        .and_then([TxnOp::delete(
+            "acct/2",
+            Some(DeleteOptions::new().with_prev_key()),
+        )]);
+    let done = etcd.txn(txn).await?;
+    match &done.op_responses()[0] {
+        TxnOpResponse::Delete(delete) => {
+            assert_eq!(
+                (delete.deleted(), delete.prev_kvs()[0].value()),
+                (1, &b"10"[..])
+            )
+        }
+        other => panic!("a delete's answer, not {other:?}"),
+    }
+
+    // Over --max-txn-ops: etcd's error.
+    let ops: Vec<TxnOp> = (0..129)
+        .map(|i| TxnOp::put(format!("many/{i}"), "x", None))
+        .collect();
+    let refused = etcd
+        .txn(Txn::new().and_then(ops))
+        .await
+        .expect_err("too many ops");
+    assert!(
+        refused
+            .to_string()
+            .contains("too many operations in txn request"),
+        "{refused}"
+    );
+    Ok(())
+}
+
+/// An event as a watch delivered it: watch id, type, key, previous value, revision.
+type Seen = (i64, EventType, String, Vec<u8>, i64);
+
+fn record(message: &etcd_client::WatchResponse, seen: &mut Vec<Seen>) -> Result<(), BoxError> {
+    for event in message.events() {
+        let kv = event.kv().ok_or("an event without its key")?;
+        seen.push((
+            message.watch_id(),
+            event.event_type(),
+            kv.key_str()?.to_string(),
+            event
+                .prev_kv()
+                .map(|p| p.value().to_vec())
+                .unwrap_or_default(),
+            kv.mod_revision(),
+        ));
+    }
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_watch_stream_carries_many_watches_of_every_protocols_writes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let http = Client::new(&server.url)?;
+    let mut etcd = etcd(&server, None).await?;
+    let first = etcd.put("cfg/a", "1", None).await?;
+    let first = revision_of(first.header());
+
+    // A prefix watch from the put's revision, with previous values.
+    let mut stream = etcd
+        .watch(
+            "cfg/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(first)
+                    .with_prev_key(),
+            ),
+        )
+        .await?;
+    let created = within("created", stream.message()).await??.ok_or("ended")?;
+    assert!(created.created());
+    let prefix_watch = created.watch_id();
+    // A second watch on the same stream, of one key, puts only.
+    stream
+        .watch(
+            "cfg/b",
+            Some(WatchOptions::new().with_filters([etcd_client::WatchFilterType::NoDelete])),
+        )
+        .await?;
+
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut key_watch = None;
+    // The second watch starts with the changes after it is created: write then.
+    while key_watch.is_none() {
+        let message = within("the second watch", stream.message())
+            .await??
+            .ok_or("ended")?;
+        if message.created() {
+            key_watch = Some(message.watch_id());
+        }
+        record(&message, &mut seen)?;
+    }
+    let b = http.put("cfg/b", "2").await?;
+    http.delete("cfg/b").await?;
+    let a = etcd
+        .put("cfg/a", "3", None)
+        .await
+        .map(|put| revision_of(put.header()))?;
+    // Wanted: a=1 (history), b put, b delete, a=3 on the prefix watch; b put on
+    // the key watch.
+    while seen.len() < 5 {
+        let message = within("watch events", stream.message())
+            .await??
+            .ok_or("ended")?;
+        record(&message, &mut seen)?;
+    }
+    let key_watch = key_watch.ok_or("the key watch was not created")?;
+    let on = |id: i64| {
+        seen.iter()
+            .filter(|s| s.0 == id)
+            .map(|s| (s.1, s.2.as_str(), s.3.as_slice(), s.4))
+            .collect::<Vec<_>>()
+    };
+    let b = b.revision as i64;
+    assert_eq!(
+        on(prefix_watch),
+        vec![
+            (EventType::Put, "cfg/a", &b""[..], first),
+            (EventType::Put, "cfg/b", &b""[..], b),
+            (EventType::Delete, "cfg/b", &b"2"[..], b + 1),
+            (EventType::Put, "cfg/a", &b"1"[..], a),
+        ]
+    );
+    assert_eq!(on(key_watch), vec![(EventType::Put, "cfg/b", &b""[..], b)]);
+
+    // Cancelled, the key watch says so and hears nothing more.
+    stream.cancel(key_watch).await?;
+    loop {
+        let message = within("the cancel", stream.message())
+            .await??
+            .ok_or("ended")?;
+        if message.canceled() {
+            assert_eq!(message.watch_id(), key_watch);
+            break;
+        }
+    }
+    // A progress request is answered with a revision through which every watch
+    // has delivered.
+    stream.request_progress().await?;
+    let progress = within("progress", stream.message())
+        .await??
+        .ok_or("ended")?;
+    assert!(progress.events().is_empty());
+    assert!(revision_of(progress.header()) >= a);
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_granted_kept_alive_and_revoked(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let http = Client::new(&server.url)?;
+    let mut etcd = etcd(&server, None).await?;
+    let lease = etcd.lease_grant(30, None).await?;
+    assert!(lease.ttl() >= 30);
+    let id = lease.id();
+    etcd.put("svc/a", "up", Some(PutOptions::new().with_lease(id)))
+        .await?;
+    assert_eq!(http.get_entry("svc/a").await?.lease, Some(id as u64));
+
+    let (mut keeper, mut answers) = etcd.lease_keep_alive(id).await?;
+    keeper.keep_alive().await?;
+    let kept = within("a keep-alive", answers.message())
+        .await??
+        .ok_or("ended")?;
+    assert_eq!((kept.id(), kept.ttl()), (id, 30));
+
+    let ttl = etcd
+        .lease_time_to_live(
+            id,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await?;
+    assert_eq!(ttl.granted_ttl(), 30);
+    assert_eq!(ttl.keys(), &[b"svc/a".to_vec()]);
+
+    etcd.lease_revoke(id).await?;
+    assert!(etcd.get("svc/a", None).await?.kvs().is_empty());
+    // A lease that ended: TTL -1 from TimeToLive, 0 from a keep-alive, etcd's
+    // error from a revoke.
+    let ttl = etcd.lease_time_to_live(id, None).await?;
+    assert_eq!(ttl.ttl(), -1);
+    keeper.keep_alive().await?;
+    let kept = within("a keep-alive", answers.message())
+        .await??
+        .ok_or("ended")?;
+    assert_eq!(kept.ttl(), 0);
+    let revoked = etcd.lease_revoke(id).await.expect_err("revoked already");
+    assert!(
+        revoked.to_string().contains("requested lease not found"),
+        "{revoked}"
+    );
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_and_cluster_answer_what_etcds_tools_ask(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let put = etcd.put("k", "v", None).await?;
+    let status = etcd.status().await?;
+    assert!(status.version().starts_with("3."), "{}", status.version());
+    assert!(revision_of(status.header()) >= revision_of(put.header()));
+    let members = etcd.member_list().await?;
+    let urls: Vec<&str> = members.members()[0]
+        .client_urls()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(urls, vec![server.etcd_url.as_deref().unwrap_or("?")]);
+    etcd.defragment().await?;
+    let snapshot = match etcd.snapshot().await {
+        Ok(mut stream) => stream.message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let refused = snapshot.expect_err("no etcd snapshots");
+    assert!(refused.to_string().contains("kv export"), "{refused}");
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_the_access_file_authenticate_and_keep_to_their_prefixes(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("access.toml");
+    std::fs::write(
+        &file,
+        "[roles.app]\nread = [\"app/\"]\nwrite = [\"app/\"]\n\
+         [[tokens]]\nname = \"deploy\"\nrole = \"app\"\ntoken = \"s3cret\"\n",
+    )?;
+    let access = file.to_string_lossy().into_owned();
+    let Some(server) = serve(engine, &["--access-file", &access]) else {
+        return Ok(());
+    };
+    let mut deploy = etcd(
+        &server,
+        Some(ConnectOptions::new().with_user("deploy", "s3cret")),
+    )
+    .await?;
+    deploy.put("app/x", "1", None).await?;
+    assert_eq!(deploy.get("app/x", None).await?.kvs()[0].value(), b"1");
+    let denied = deploy
+        .put("other", "1", None)
+        .await
+        .expect_err("outside app/");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    let denied = deploy
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect_err("every key");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+
+    let wrong = etcd(
+        &server,
+        Some(ConnectOptions::new().with_user("deploy", "nope")),
+    )
+    .await
+    .err()
+    .ok_or("a wrong password authenticated")?;
+    assert!(
+        wrong.to_string().contains("authentication failed"),
+        "{wrong}"
+    );
+    let mut anonymous = etcd(&server, None).await?;
+    assert!(anonymous.get("app/x", None).await.is_err());
+    Ok(())
+}
