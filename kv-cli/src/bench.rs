@@ -160,7 +160,7 @@ pub struct SoakArgs {
     #[arg(long, value_name = "MB", default_value_t = 5.0)]
     pub max_growth_mb: f64,
     /// The server's --cache-mb: the run also fails if RSS ever exceeds the sizing
-    /// rule of the README for it, the keys and the watchers (with the server's
+    /// rule of docs/performance.md for it, the keys and the watchers (with the server's
     /// default --event-buffer).
     #[arg(long, value_name = "MB")]
     pub cache_mb: Option<u64>,

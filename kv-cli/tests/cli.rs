@@ -306,7 +306,7 @@ fn watch_json_and_initial_state(#[values(Engine::Sled, Engine::Etcd)] engine: En
     assert_eq!(watch.interrupt(), Some(0));
 }
 
-/// README: "`kv watch` reconnects by itself (saying so on stderr) and resumes
+/// docs/cli.md: "`kv watch` reconnects by itself (saying so on stderr) and resumes
 /// where it stopped."
 #[rstest]
 fn watch_stays_up_across_a_server_restart_and_says_it_reconnects(
@@ -342,7 +342,7 @@ fn watch_stays_up_across_a_server_restart_and_says_it_reconnects(
     assert_eq!(watch.interrupt(), Some(0));
 }
 
-/// README: exit code 1 for "history compacted".
+/// docs/cli.md: exit code 1 for "history compacted".
 ///
 /// sled trims its history by its own retention flag; etcd's is compacted in
 /// etcd (here through the cluster, as an operator or its auto-compaction would).
@@ -375,7 +375,7 @@ fn watch_from_a_compacted_revision_exits_1_with_one_line(
     );
 }
 
-/// README: exit code 2 for "value too large", against a server of this build on
+/// docs/cli.md: exit code 2 for "value too large", against a server of this build on
 /// its default limit of 1 MiB.
 #[rstest]
 fn a_value_over_the_limit_exits_2_with_one_line(
@@ -405,7 +405,7 @@ fn a_value_over_the_limit_exits_2_with_one_line(
         .success();
 }
 
-/// README: exit code 3 for "server error", here a 503 `storage_unavailable`: on
+/// docs/cli.md: exit code 3 for "server error", here a 503 `storage_unavailable`: on
 /// sled while a restore is under way (it refuses every write until it ends), on
 /// etcd while no etcd member answers (a restore there writes beside other writes:
 /// replicas cannot stop each other's).
@@ -487,7 +487,7 @@ fn stalled_restore(server: &TestServer) -> std::net::TcpStream {
     upload
 }
 
-/// README: "`kv export [PREFIX] > backup.ndjson` and `kv import < backup.ndjson` do
+/// docs/http-api.md: "`kv export [PREFIX] > backup.ndjson` and `kv import < backup.ndjson` do
 /// the same" as the snapshot endpoints: through a pipe, every key comes across
 /// with its value, revisions and version.
 #[rstest]

@@ -82,7 +82,7 @@ pub struct Options {
     #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = kvstore_core::key::DEFAULT_MAX_VALUE_BYTES, value_parser = value_limit)]
     pub max_value_bytes: usize,
     /// Page cache size, in MiB (RSS is at most about 10 MB + 2 × this + 140 bytes a key;
-    /// see the sizing rule in the README).
+    /// see the sizing rule in docs/performance.md).
     #[arg(long, env = "KVSTORE_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
     /// How many past revisions (at least) the change history keeps for resuming watches.

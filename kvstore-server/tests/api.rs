@@ -448,7 +448,7 @@ async fn list_pages_through_a_prefix(
     Ok(())
 }
 
-/// README: "default 100" for a listing's `limit`.
+/// docs/http-api.md: "default 100" for a listing's `limit`.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_without_a_limit_gives_pages_of_100(
@@ -496,7 +496,7 @@ async fn a_list_without_a_limit_gives_pages_of_100(
     Ok(())
 }
 
-/// README: values are "1 MiB at most by default".
+/// docs/http-api.md: values are "1 MiB at most by default".
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_value_limit_is_one_mib(
@@ -1826,7 +1826,7 @@ async fn websocket_frames_have_the_documented_shape(
                "create_revision": p1.revision, "version": 2})
     );
     let d = client.delete("ws/a").await?;
-    // A delete: empty value, create_revision and version 0 (as in the README).
+    // A delete: empty value, create_revision and version 0 (as in docs/watches.md).
     assert_eq!(
         ws_next_change(&mut ws).await?,
         json!({"type": "delete", "key": "ws/a", "value": "", "revision": d.revision,

@@ -1,5 +1,5 @@
 //! The whole app in-process, through the app factory (`kvstore_server::app`) and
-//! `actix_web::test`: no socket, no binary. Also the error table against the README.
+//! `actix_web::test`: no socket, no binary. Also the error table of docs/http-api.md.
 
 mod support;
 
@@ -320,19 +320,19 @@ async fn head_answers_like_get_on_every_get_route(
     Ok(())
 }
 
-/// The README's error table lists every code of [`ErrorCode`], each with its
-/// status, and nothing else.
+/// The error table of docs/http-api.md (under `## Errors`) lists every code of
+/// [`ErrorCode`], each with its status, and nothing else.
 #[test]
 fn the_readme_error_table_is_the_error_code_table() {
-    let readme = include_str!("../../README.md");
-    let table = readme
-        .split("### Errors")
+    let doc = include_str!("../../docs/http-api.md");
+    let table = doc
+        .split("\n## Errors\n")
         .nth(1)
         .and_then(|rest| {
             rest.split("\n\n")
                 .find(|block| block.starts_with("| status"))
         })
-        .expect("the README has an error table under ### Errors");
+        .expect("docs/http-api.md has an error table under ## Errors");
     let mut documented = BTreeMap::new();
     for row in table.lines().skip(2) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -341,7 +341,7 @@ fn the_readme_error_table_is_the_error_code_table() {
             let code = code.trim().trim_matches('`');
             assert!(
                 documented.insert(code.to_string(), status).is_none(),
-                "{code} twice in the README"
+                "{code} twice in docs/http-api.md"
             );
         }
     }

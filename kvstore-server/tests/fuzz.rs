@@ -1326,11 +1326,11 @@ fn raw_websocket_frames() -> TestResult {
 // ---------------------------------------------------------------------------
 // Before routing
 
-/// README ("Errors"): what actix-http's HTTP/1 parser refuses itself, before any
+/// docs/http-api.md ("Errors"): what actix-http's HTTP/1 parser refuses itself, before any
 /// route (or middleware) sees a request, gets actix's fixed answer without a body
 /// (actix-http builds it in its dispatcher and has no hook for it) and the
-/// connection closes; nothing is stored. This is the README's list: if one of these
-/// ever carries a body, or another status, the README must change with it.
+/// connection closes; nothing is stored. This is that page's list: if one of these
+/// ever carries a body, or another status, the page must change with it.
 #[test]
 fn requests_refused_before_routing_get_the_bare_answers_the_readme_lists() -> TestResult {
     let h = Harness::start(&["--request-timeout", "1"])?;
@@ -1597,7 +1597,7 @@ fn status_of(tcp: &mut TcpStream) -> Result<u16, String> {
         .ok_or_else(|| format!("no status in {head:?}"))
 }
 
-/// README: connections are bounded "by --max-connections" (per worker thread): one
+/// docs/security.md: connections are bounded "by --max-connections" (per worker thread): one
 /// over the limit is not served until another closes.
 #[test]
 fn a_connection_over_max_connections_waits_for_one_to_close() -> TestResult {
@@ -1828,7 +1828,7 @@ fn a_64_kib_header_is_refused_and_stores_nothing() -> TestResult {
     h.finish("64 KiB header")
 }
 
-/// README: 431 `headers_too_large` when "the request headers are over 16 KiB"
+/// docs/http-api.md: 431 `headers_too_large` when "the request headers are over 16 KiB"
 /// (names and values): exactly 16 KiB is served, one byte more is refused with the
 /// JSON error body, and nothing of it is stored.
 #[test]

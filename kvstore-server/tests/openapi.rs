@@ -26,7 +26,7 @@ use support::TestServer;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Every endpoint and its methods, as the README documents them.
+/// Every endpoint and its methods, as the pages under docs/ document them.
 const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/v1/kv/{key}", &["get", "head", "put", "delete"]),
     ("/v1/kv", &["get", "head", "delete"]),

@@ -1,4 +1,4 @@
-//! README promises whose tests elsewhere could pass by luck: each test here aims
+//! Documented promises whose tests elsewhere could pass by luck: each test here aims
 //! at the moment the promise is most at risk. Every test runs the real
 //! `kvstore-server` binary.
 
@@ -62,7 +62,7 @@ where
     }
 }
 
-/// README: "watchers only see changes once they are durable, so what a watcher saw
+/// docs/watches.md: "watchers only see changes once they are durable, so what a watcher saw
 /// is never undone by a crash". Each round, the server is SIGKILLed the moment a
 /// watcher sees a change whose write has not been acknowledged yet: the change's
 /// group is then at its least durable (a server that published before flushing

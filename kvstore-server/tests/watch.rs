@@ -940,7 +940,7 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept(
         .is_none());
 
     // SSE, by start_revision or Last-Event-ID: HTTP 410 `compacted` with the
-    // JSON error body (README's error table), not a stream.
+    // JSON error body (the error table of docs/http-api.md), not a stream.
     let http = reqwest::Client::new();
     for (query, last_event_id) in [
         ("prefix=c%2F&start_revision=1".to_string(), None),
@@ -1320,7 +1320,7 @@ async fn sse_last_event_id_resumes_across_a_restart(
 // 7. A peer that neither reads nor answers pings, once sends to it block
 // ---------------------------------------------------------------------------
 
-/// README: the server "drops those silent for 30 s". A peer that stopped reading
+/// docs/watches.md: the server "drops those silent for 30 s". A peer that stopped reading
 /// is silent too (it cannot answer pings), and once the server's send to it blocks
 /// (socket buffers and the session channel full) the send itself must give up
 /// after the peer timeout, or the peer would never be dropped.

@@ -1,6 +1,6 @@
 //! `/v1/watch`: change streams over WebSocket (`Upgrade: websocket`), else as
 //! Server-Sent Events, unless `Accept` refuses `text/event-stream`. Both carry the
-//! same JSON frames (see the watch protocol in the README).
+//! same JSON frames (see the watch protocol in docs/watches.md).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
