@@ -509,3 +509,130 @@ async fn tokens_of_the_access_file_authenticate_and_keep_to_their_prefixes(
     assert!(anonymous.get("app/x", None).await.is_err());
     Ok(())
 }
+
+/// Waits until `count` keys lie under `prefix` (contenders in a lock's or an
+/// election's line), watching for them.
+async fn contenders(etcd: &mut EtcdClient, prefix: &str, count: usize) -> TestResult {
+    let now = etcd
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    if now.kvs().len() >= count {
+        return Ok(());
+    }
+    let from = revision_of(now.header()) + 1;
+    let mut stream = etcd
+        .watch(
+            prefix,
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await?;
+    loop {
+        within("a contender", stream.message())
+            .await??
+            .ok_or("ended")?;
+        let now = etcd
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await?;
+        if now.count() >= count as i64 {
+            return Ok(());
+        }
+    }
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_taken_in_turn(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let first = etcd.lease_grant(30, None).await?.id();
+    let second = etcd.lease_grant(30, None).await?.id();
+    let held = etcd
+        .lock(
+            "jobs",
+            Some(etcd_client::LockOptions::new().with_lease(first)),
+        )
+        .await?;
+    assert!(held.key().starts_with(b"jobs/"));
+
+    // The second contender waits in line while the first holds the lock.
+    let mut other = etcd.clone();
+    let mut waiting = tokio::spawn(async move {
+        other
+            .lock(
+                "jobs",
+                Some(etcd_client::LockOptions::new().with_lease(second)),
+            )
+            .await
+    });
+    contenders(&mut etcd, "jobs/", 2).await?;
+    assert!(futures_util::FutureExt::now_or_never(&mut waiting).is_none());
+
+    etcd.unlock(held.key()).await?;
+    let taken = within("the second lock", waiting).await???;
+    assert_eq!(taken.key(), format!("jobs/{second:x}").as_bytes());
+    Ok(())
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_have_one_leader_at_a_time_and_observers_follow_it(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let first = etcd.lease_grant(30, None).await?.id();
+    let second = etcd.lease_grant(30, None).await?.id();
+    let won = etcd.campaign("primary", "a", first).await?;
+    let leader = won.leader().ok_or("no leader key")?.clone();
+    let mut observer = etcd.observe("primary").await?;
+    let seen = within("the leader", observer.message())
+        .await??
+        .ok_or("ended")?;
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"a"[..]));
+
+    let mut other = etcd.clone();
+    let mut waiting = tokio::spawn(async move { other.campaign("primary", "b", second).await });
+    contenders(&mut etcd, "primary/", 2).await?;
+    assert!(futures_util::FutureExt::now_or_never(&mut waiting).is_none());
+
+    etcd.proclaim(
+        "a2",
+        Some(etcd_client::ProclaimOptions::new().with_leader(leader.clone())),
+    )
+    .await?;
+    let seen = within("the proclaimed value", observer.message())
+        .await??
+        .ok_or("ended")?;
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"a2"[..]));
+
+    etcd.resign(Some(
+        etcd_client::ResignOptions::new().with_leader(leader.clone()),
+    ))
+    .await?;
+    within("the second campaign", waiting).await???;
+    let seen = within("the new leader", observer.message())
+        .await??
+        .ok_or("ended")?;
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"b"[..]));
+    let now = etcd.leader("primary").await?;
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"b"[..]));
+    // The old leader key no longer leads.
+    let refused = etcd
+        .proclaim(
+            "a3",
+            Some(etcd_client::ProclaimOptions::new().with_leader(leader)),
+        )
+        .await
+        .expect_err("not the leader");
+    assert!(refused.to_string().contains("not leader"), "{refused}");
+    Ok(())
+}

@@ -14,6 +14,7 @@
 //! | `lease` | Lease: Grant, Revoke, KeepAlive, TimeToLive, Leases |
 //! | `maintenance` | Maintenance and Cluster: Status, Alarm, MemberList, ... |
 //! | `auth` | Auth: Authenticate with a token of the access file |
+//! | `lock` | Lock and Election: `etcdctl lock` and `etcdctl elect` |
 //! | `keys` | etcd's key ranges over our prefixes |
 //! | `status` | our errors as etcd's gRPC codes and messages |
 
@@ -51,6 +52,7 @@ mod auth;
 mod keys;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod pb;
 mod status;
@@ -69,6 +71,8 @@ use self::pb::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
     ResponseHeader,
 };
+use self::pb::v3electionpb::election_server::ElectionServer;
+use self::pb::v3lockpb::lock_server::LockServer;
 use crate::auth::{AccessControl, Caller};
 
 /// The cluster id in every header: this server is a cluster of one.
@@ -180,6 +184,8 @@ pub async fn serve(
         .add_service(LeaseServer::from_arc(api.clone()))
         .add_service(MaintenanceServer::from_arc(api.clone()))
         .add_service(ClusterServer::from_arc(api.clone()))
+        .add_service(LockServer::from_arc(api.clone()))
+        .add_service(ElectionServer::from_arc(api.clone()))
         .add_service(AuthServer::from_arc(api))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
