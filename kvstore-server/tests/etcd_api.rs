@@ -636,3 +636,81 @@ async fn elections_have_one_leader_at_a_time_and_observers_follow_it(
     assert!(refused.to_string().contains("not leader"), "{refused}");
     Ok(())
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_drops_the_past_for_reads_and_watches(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let first = revision_of(etcd.put("k", "1", None).await?.header());
+    etcd.put("k", "2", None).await?;
+    let last = revision_of(etcd.put("k", "3", None).await?.header());
+    etcd.compact(last, None).await?;
+
+    let refused = etcd
+        .get("k", Some(GetOptions::new().with_revision(first)))
+        .await
+        .expect_err("compacted");
+    assert!(
+        refused
+            .to_string()
+            .contains("required revision has been compacted"),
+        "{refused}"
+    );
+    let now = etcd
+        .get("k", Some(GetOptions::new().with_revision(last)))
+        .await?;
+    assert_eq!(now.kvs()[0].value(), b"3");
+
+    // A watch from before it is created, then cancelled with where to start.
+    let mut stream = etcd
+        .watch("k", Some(WatchOptions::new().with_start_revision(first)))
+        .await?;
+    let mut cancelled = None;
+    while cancelled.is_none() {
+        let message = within("the cancel", stream.message())
+            .await??
+            .ok_or("ended")?;
+        if message.canceled() {
+            cancelled = Some(message.compact_revision());
+        }
+    }
+    let compact_revision = cancelled.unwrap_or(0);
+    assert!(
+        compact_revision > first && compact_revision <= last,
+        "{compact_revision}"
+    );
+    // From there, the watch replays what is left.
+    let mut stream = etcd
+        .watch(
+            "k",
+            Some(WatchOptions::new().with_start_revision(compact_revision)),
+        )
+        .await?;
+    loop {
+        let message = within("the replay", stream.message())
+            .await??
+            .ok_or("ended")?;
+        if let Some(event) = message.events().last() {
+            assert_eq!(event.kv().map(|kv| kv.value()), Some(&b"3"[..]));
+            break;
+        }
+    }
+
+    // And the leases that exist are listed.
+    let a = etcd.lease_grant(30, None).await?.id();
+    let b = etcd.lease_grant(30, None).await?.id();
+    let listed: Vec<i64> = etcd
+        .leases()
+        .await?
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert!(listed.contains(&a) && listed.contains(&b), "{listed:?}");
+    Ok(())
+}

@@ -90,6 +90,24 @@ impl EtcdStore {
         })
     }
 
+    /// The ids of the cluster's leases (etcd keeps no owner: every program's).
+    pub(super) async fn lease_ids(&self) -> Result<Vec<u64>, Error> {
+        let answer = self
+            .inner
+            .connection
+            .call("a lease list", Retry::Read, |mut client| async move {
+                client.leases().await
+            })
+            .await?;
+        let mut ids: Vec<u64> = answer
+            .leases()
+            .iter()
+            .filter_map(|l| u64::try_from(l.id()).ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     pub(super) async fn lease_info(&self, id: u64) -> Result<LeaseInfo, Error> {
         let lease = etcd_id(id)?;
         let answer = self

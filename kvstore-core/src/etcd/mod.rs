@@ -120,6 +120,10 @@ struct Inner {
     /// read that went to etcd itself): `revision` is never below what a caller
     /// was shown.
     seen: AtomicU64,
+    /// The revision of the last compaction made through this replica: its copy
+    /// holds older changes still, but a watch from before it is refused as etcd
+    /// refuses it.
+    compacted: AtomicU64,
     config: EtcdConfig,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -182,6 +186,7 @@ impl EtcdStore {
                 cache,
                 barrier,
                 seen: AtomicU64::new(0),
+                compacted: AtomicU64::new(0),
                 config,
                 runtime: Some(runtime),
             }),
@@ -658,6 +663,40 @@ impl Storage for EtcdStore {
         self.lease_info(id).await
     }
 
+    async fn leases(&self) -> Result<Vec<u64>, Error> {
+        self.lease_ids().await
+    }
+
+    async fn compact(&self, revision: u64) -> Result<u64, Error> {
+        let at = i64::try_from(revision).unwrap_or(i64::MAX);
+        // Compacting again to the same revision is refused as compacted: a retry
+        // of one that reached etcd says so too.
+        let answer = self
+            .inner
+            .connection
+            .call("a compaction", Retry::Read, |mut client| async move {
+                client.compact(at, None).await
+            })
+            .await;
+        match answer {
+            Ok(answer) => {
+                self.inner.compacted.fetch_max(revision, Ordering::Relaxed);
+                self.answered(answer.header())
+            }
+            Err(Error::Compacted { .. }) => Err(Error::Compacted {
+                requested: revision,
+                oldest: self.oldest_kept().await?,
+            }),
+            Err(Error::Unavailable(m)) if m.contains("required revision is a future revision") => {
+                Err(Error::FutureRevision {
+                    requested: revision,
+                    current: self.revision(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error> {
         validate_key(key)?;
         let etcd_key = self.inner.keys.etcd(key);
@@ -728,6 +767,13 @@ impl Storage for EtcdStore {
                 cache.current() + 1
             }
         };
+        let compacted = self.inner.compacted.load(Ordering::Relaxed);
+        if start < compacted {
+            return Err(Error::Compacted {
+                requested: start,
+                oldest: compacted,
+            });
+        }
         if options.initial && !self.copy_is_current().await? {
             return Err(Error::Unavailable(
                 "etcd: this replica cannot follow the cluster now".into(),

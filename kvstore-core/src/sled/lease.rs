@@ -180,6 +180,20 @@ impl Leases {
         }
     }
 
+    /// The ids of the live leases, in order.
+    pub fn ids(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let mut ids: Vec<u64> = self
+            .lock()
+            .leases
+            .iter()
+            .filter(|(_, live)| live.deadline > now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Records that `key` is now on `lease` (`None`: permanent, or deleted).
     pub fn set_key(&self, key: &str, lease: Option<u64>) {
         let mut table = self.lock();

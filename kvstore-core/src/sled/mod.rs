@@ -601,6 +601,16 @@ impl Storage for SledStore {
         self.inner.leases.info(id)
     }
 
+    async fn leases(&self) -> Result<Vec<u64>, Error> {
+        Ok(self.inner.leases.ids())
+    }
+
+    async fn compact(&self, revision: u64) -> Result<u64, Error> {
+        self.check_revision(revision)?;
+        self.ask(|reply| Request::Compact { revision, reply })
+            .await?
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
         check_txn(&txn, self.inner.config.max_value_bytes)?;
         match self.submit(Op::Txn(txn)).await? {

@@ -111,6 +111,11 @@ pub(super) enum Request {
     /// The lease timer found the lease past its deadline: expire it, unless it was
     /// kept alive since.
     Expire { id: u64 },
+    /// Drops the change history before `revision` (checked beforehand).
+    Compact {
+        revision: u64,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
 }
 
 /// The steps of a restore. `Begin` requires an empty store and refuses every other
@@ -228,6 +233,10 @@ impl Writer {
                     if let Err(e) = self.end_lease(id, true) {
                         log::error!("expiring lease {id} failed: {e}");
                     }
+                    continue;
+                }
+                Request::Compact { revision, reply } => {
+                    let _ = reply.send(self.compact_before(revision));
                     continue;
                 }
                 write @ Request::Write { .. } => write,
@@ -664,30 +673,38 @@ impl Writer {
         let Some(cutoff) = (durable + 1).checked_sub(self.retain.max(1)) else {
             return;
         };
-        // Oldest first, one item at a time (a batch would cost two writes of sled's
-        // log buffer): a crash part way leaves a shorter history, never a hole.
-        for item in self.log.iter().take(COMPACT_STEP) {
-            let outcome = item.or_storage().and_then(|(first, record)| {
-                if codec::last_revision(&first, &record)? >= cutoff {
-                    return Ok(false);
-                }
-                // The `log` item first: a crash in between leaves `history` items
-                // no read chooses, never a read that finds too little.
-                let changes = codec::group_changes(&first, &record)?;
-                history::materialize(&self.history, &first, &record)?;
-                self.log.remove(&first).or_storage()?;
-                history::compact(&self.history, &changes)?;
-                Ok(true)
-            });
-            match outcome {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    log::warn!("compacting the change history failed: {e}");
-                    return;
-                }
-            }
+        if let Err(e) = self.trim(cutoff, COMPACT_STEP) {
+            log::warn!("compacting the change history failed: {e}");
         }
+    }
+
+    /// Drops the history of every group wholly before `revision` (etcd's
+    /// compaction: a read or watch before it is `Compacted` then; the group that
+    /// holds `revision` stays whole). Answers the store's revision.
+    fn compact_before(&self, revision: u64) -> Result<u64, Error> {
+        let durable = *self.durable.borrow();
+        self.trim(revision.min(durable), usize::MAX)?;
+        Ok(durable)
+    }
+
+    /// Drops the history of up to `steps` groups, oldest first, whose last
+    /// revision is before `cutoff`. One item at a time (a batch would cost two
+    /// writes of sled's log buffer): a crash part way leaves a shorter history,
+    /// never a hole.
+    fn trim(&self, cutoff: u64, steps: usize) -> Result<(), Error> {
+        for item in self.log.iter().take(steps) {
+            let (first, record) = item.or_storage()?;
+            if codec::last_revision(&first, &record)? >= cutoff {
+                return Ok(());
+            }
+            // The `log` item first: a crash in between leaves `history` items
+            // no read chooses, never a read that finds too little.
+            let changes = codec::group_changes(&first, &record)?;
+            history::materialize(&self.history, &first, &record)?;
+            self.log.remove(&first).or_storage()?;
+            history::compact(&self.history, &changes)?;
+        }
+        Ok(())
     }
 }
 

@@ -158,6 +158,16 @@ pub trait Storage: Send + Sync + 'static {
     /// The lease's TTL left, its granted TTL and its keys.
     async fn lease(&self, id: u64) -> Result<LeaseInfo, Error>;
 
+    /// The ids of the leases that exist, in order.
+    async fn leases(&self) -> Result<Vec<u64>, Error>;
+
+    /// Drops the history before `revision` (etcd's compaction): reads and watches
+    /// of older revisions answer [`Error::Compacted`] from then on (an engine may
+    /// keep a little more). [`Error::Compacted`] when `revision` is gone already,
+    /// [`Error::FutureRevision`] above the current one. Answers the store's
+    /// revision.
+    async fn compact(&self, revision: u64) -> Result<u64, Error>;
+
     /// Deletes `key` if it exists and `condition` holds; [`Error::KeyNotFound`] if it
     /// does not exist (and no revision is taken).
     async fn delete(&self, key: &str, condition: Option<Condition>) -> Result<DeleteResult, Error>;

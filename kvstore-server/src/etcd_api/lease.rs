@@ -11,7 +11,7 @@ use super::keys::{signed, unsigned};
 use super::pb::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use super::status::{from_store, not_served, LEASE_NOT_FOUND};
 use super::Api;
@@ -137,9 +137,13 @@ impl Lease for Api {
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.caller(&request)?;
-        Err(not_served(
-            "LeaseLeases",
-            "ask for a lease you hold with LeaseTimeToLive",
-        ))
+        let ids = self.store.leases().await.map_err(from_store)?;
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.header_now(),
+            leases: ids
+                .into_iter()
+                .map(|id| LeaseStatus { id: signed(id) })
+                .collect(),
+        }))
     }
 }
