@@ -119,6 +119,38 @@ fn refused(data_dir: &std::path::Path) -> (Option<i32>, String) {
     )
 }
 
+/// The etcd API's port taken: the start fails with one line naming the flag and
+/// how to turn the API off, and nothing listens.
+#[test]
+fn a_taken_etcd_api_port_stops_the_start_naming_the_flag() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let at = taken.local_addr()?.to_string();
+    let out = Command::new(server_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd-api-listen",
+            &at,
+            "--data-dir",
+        ])
+        .arg(temp.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&at) && stderr.contains("--etcd-api-listen off"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_data_dirs_give_one_clear_line_and_a_failure_exit() -> TestResult {
     let temp = tempfile::tempdir()?;

@@ -133,3 +133,22 @@ fn unreadable_certificates_stop_the_server_with_one_line() -> TestResult {
     assert!(stderr.contains("certificate"), "{stderr}");
     Ok(())
 }
+
+/// etcd's API is served with the same certificate: an etcd client that trusts
+/// it reads what HTTPS wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_api_serves_tls_with_the_same_files() -> TestResult {
+    let tls = tls_server()?;
+    let etcd_url = tls.server.etcd_url.clone().ok_or("no etcd API")?;
+    assert!(etcd_url.starts_with("https://"), "{etcd_url}");
+    let client = Client::new(&tls.server.url)?.with_ca_pem(tls.cert_pem.as_bytes())?;
+    client.put("secure/etcd", "v").await?;
+    let options = etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(tls.cert_pem.as_bytes())),
+    );
+    let mut etcd = etcd_client::Client::connect([etcd_url], Some(options)).await?;
+    let got = etcd.get("secure/etcd", None).await?;
+    assert_eq!(got.kvs()[0].value(), b"v");
+    Ok(())
+}
