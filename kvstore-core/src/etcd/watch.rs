@@ -57,7 +57,6 @@ pub struct CacheWatch {
     generation: u64,
     queue: VecDeque<(WatchItem, u64)>,
     position: u64,
-    failed: Option<Error>,
 }
 
 impl CacheWatch {
@@ -105,7 +104,6 @@ impl CacheWatch {
             generation: state.generation,
             queue,
             position: if initial { 0 } else { position },
-            failed: None,
         };
         drop(state);
         Some(Watch::new(watch))
@@ -147,14 +145,7 @@ impl CacheWatch {
 #[async_trait::async_trait]
 impl WatchStream for CacheWatch {
     async fn next(&mut self) -> Result<WatchItem, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone());
-        }
-        let item = self.advance().await;
-        if let Err(error) = &item {
-            self.failed = Some(error.clone());
-        }
-        item
+        self.advance().await
     }
 
     fn position(&self) -> u64 {
@@ -192,7 +183,6 @@ pub struct HistoryWatch {
     stream: Option<etcd_client::WatchStream>,
     queue: VecDeque<(WatchItem, u64)>,
     position: u64,
-    failed: Option<Error>,
 }
 
 impl HistoryWatch {
@@ -211,7 +201,6 @@ impl HistoryWatch {
             stream: None,
             queue: VecDeque::new(),
             position: start.saturating_sub(1),
-            failed: None,
         };
         watch.connect().await?;
         Ok(Watch::new(watch))
@@ -353,14 +342,7 @@ impl HistoryWatch {
 #[async_trait::async_trait]
 impl WatchStream for HistoryWatch {
     async fn next(&mut self) -> Result<WatchItem, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone());
-        }
-        let item = self.advance().await;
-        if let Err(error) = &item {
-            self.failed = Some(error.clone());
-        }
-        item
+        self.advance().await
     }
 
     fn position(&self) -> u64 {

@@ -32,8 +32,6 @@ struct SledWatch {
     history_end: u64,
     /// Every revision up to here has been delivered or passed over.
     position: u64,
-    /// Set once the watch failed: it stays failed, never skipping ahead.
-    failed: Option<Error>,
 }
 
 #[async_trait::async_trait]
@@ -43,15 +41,7 @@ impl WatchStream for SledWatch {
     }
 
     async fn next(&mut self) -> Result<WatchItem, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone());
-        }
-        let item = self.advance().await;
-        if let Err(error) = &item {
-            log::debug!("a watch from position {} ends: {error}", self.position);
-            self.failed = Some(error.clone());
-        }
-        item
+        self.advance().await
     }
 }
 
@@ -177,7 +167,6 @@ pub(super) async fn open(store: &SledStore, options: WatchOptions) -> Result<Wat
         history_next: 1,
         history_end: 0,
         position: durable,
-        failed: None,
     };
     if options.initial {
         // The export's revision is at or after `durable`; once the initial state is

@@ -31,7 +31,8 @@ pub enum WatchItem {
     Progress(u64),
 }
 
-/// What an engine implements to serve one watch; callers use it through [`Watch`].
+/// What an engine implements to serve one watch; callers use it through [`Watch`],
+/// which keeps the first error: an engine need not remember that it failed.
 #[async_trait::async_trait]
 pub trait WatchStream: Send {
     /// The next item. Must be cancel-safe: a caller may drop the future (to serve a
@@ -47,6 +48,8 @@ pub trait WatchStream: Send {
 /// duplicate; see [`crate::Storage::watch`].
 pub struct Watch {
     inner: Box<dyn WatchStream>,
+    /// Set once the watch failed: it stays failed, never skipping ahead.
+    failed: Option<Error>,
 }
 
 impl Watch {
@@ -54,6 +57,7 @@ impl Watch {
     pub fn new(inner: impl WatchStream + 'static) -> Watch {
         Watch {
             inner: Box::new(inner),
+            failed: None,
         }
     }
 
@@ -61,7 +65,15 @@ impl Watch {
     /// further behind than the store's event buffer, with [`Error::Compacted`] when
     /// the history it needs is gone; every error ends the watch.
     pub async fn next(&mut self) -> Result<WatchItem, Error> {
-        self.inner.next().await
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let item = self.inner.next().await;
+        if let Err(error) = &item {
+            log::debug!("a watch from position {} ends: {error}", self.position());
+            self.failed = Some(error.clone());
+        }
+        item
     }
 
     /// See [`WatchStream::position`].
