@@ -53,13 +53,35 @@ async fn keys_read_and_written_through_etcd_clients_are_the_http_apis_keys(
     let http = Client::new(&server.url)?;
     let mut etcd = etcd(&server, None).await?;
 
-    // A put through etcd is read through HTTP, at the same revision.
+    // A put through etcd is read through HTTP, and seen by an HTTP watcher, at the
+    // same revision.
+    let mut watcher = http.watch_with(kvstore_client::WatchOptions {
+        prefix: "app/".into(),
+        start_revision: Some(1),
+        ..Default::default()
+    });
     let put = etcd.put("app/a", "1", None).await?;
     let written = revision_of(put.header());
     let entry = http.get_entry("app/a").await?;
     assert_eq!(
         (entry.value.as_slice(), entry.mod_revision as i64),
         (&b"1"[..], written)
+    );
+    let event = loop {
+        match within(
+            "the HTTP watcher",
+            futures_util::StreamExt::next(&mut watcher),
+        )
+        .await?
+        {
+            Some(Ok(kvstore_client::Update::Event(event))) => break event,
+            Some(Ok(_)) => continue,
+            other => return Err(format!("the HTTP watch ended: {other:?}").into()),
+        }
+    };
+    assert_eq!(
+        (event.key.as_str(), event.revision as i64),
+        ("app/a", written)
     );
 
     // And the other way round.
