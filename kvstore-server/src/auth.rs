@@ -37,7 +37,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Why an access file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -322,11 +321,19 @@ pub const COOKIE: &str = "kv_token";
 /// authenticate a request other than GET or HEAD.
 pub const CONSOLE_HEADER: &str = "x-kv-console";
 
+/// The access file the app serves with (none: open), as the app's data: what
+/// each request's [`Caller`] is read against.
+#[derive(Clone, Default)]
+pub struct Access(pub Option<Arc<AccessControl>>);
+
 fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Err(ApiError::internal("no application state"));
+    let Some(Access(access)) = req
+        .app_data::<web::Data<Access>>()
+        .map(|data| data.get_ref())
+    else {
+        return Err(ApiError::internal("no access settings in the application"));
     };
-    let Some(access) = &state.access else {
+    let Some(access) = access else {
         return Ok(Caller::Open);
     };
     let token = match bearer_token(req)? {

@@ -110,7 +110,8 @@ pub fn app(
 
 /// Mounts every route on `cfg`, with `state` as shared data.
 fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
-    cfg.app_data(web::Data::new(state))
+    cfg.app_data(web::Data::new(auth::Access(state.access.clone())))
+        .app_data(web::Data::new(state))
         .configure(routes::health::configure)
         .configure(routes::kv::configure)
         .configure(routes::history::configure)
