@@ -1,120 +1,184 @@
 //! etcd clusters on loopback for the tests of the etcd engine, started and stopped
-//! by the tests themselves: each member on free ports with a temp data dir.
+//! by the tests themselves: each member on free ports with a temp data dir; and
+//! `etcdctl`, for the tests that drive the etcd API as its users do.
 //!
 //! The `etcd` binary, always as an absolute path, is `KVSTORE_ETCD_BIN` (a path or
 //! a name on the PATH), or `etcd` on the PATH, or Debian's
 //! `etcd-server` package unpacked under the target dir (`apt-get download` and
 //! `dpkg -x`: no root, no service started; as root, `apt-get update` first when the
 //! package lists are empty). Without any, the tests that need etcd say they skipped,
-//! or fail under `KVSTORE_REQUIRE_ETCD=1`.
+//! or fail under `KVSTORE_REQUIRE_ETCD=1`. `etcdctl` is found the same way
+//! (`KVSTORE_ETCDCTL_BIN`, the PATH, Debian's `etcd-client`), and its tests skip or
+//! fail under `KVSTORE_REQUIRE_ETCDCTL=1`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The etcd release the project tests against (Debian bookworm's).
-const PACKAGE: &str = "etcd-server";
+/// A program of one of Debian's etcd packages (bookworm's: etcd 3.4, the release
+/// the project tests against).
+struct Tool {
+    /// The variable that names another binary.
+    var: &'static str,
+    /// The Debian package that ships it.
+    package: &'static str,
+    /// The binary's name, on the PATH and in the package's `usr/bin/`.
+    binary: &'static str,
+    /// Arguments with which a working binary prints its version and exits 0.
+    version: &'static [&'static str],
+}
+
+const ETCD: Tool = Tool {
+    var: "KVSTORE_ETCD_BIN",
+    package: "etcd-server",
+    binary: "etcd",
+    version: &["--version"],
+};
+
+const ETCDCTL: Tool = Tool {
+    var: "KVSTORE_ETCDCTL_BIN",
+    package: "etcd-client",
+    binary: "etcdctl",
+    version: &["version"],
+};
 
 /// The `etcd` binary, found or unpacked once per test process; why not, if none.
 pub fn etcd_bin() -> Result<PathBuf, String> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    FOUND.get_or_init(find_or_unpack).clone()
+    FOUND.get_or_init(|| ETCD.find_or_unpack()).clone()
 }
 
-fn works(bin: &Path) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The `etcdctl` binary, found or unpacked once per test process; why not, if none.
+pub fn etcdctl_bin() -> Result<PathBuf, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND.get_or_init(|| ETCDCTL.find_or_unpack()).clone()
 }
 
-fn find_or_unpack() -> Result<PathBuf, String> {
-    if let Some(given) = std::env::var_os("KVSTORE_ETCD_BIN") {
-        return match super::program(&given) {
-            Some(bin) if works(&bin) => Ok(bin),
-            _ => Err(format!(
-                "KVSTORE_ETCD_BIN={} does not run",
-                given.to_string_lossy()
-            )),
-        };
+/// `etcdctl`, or `None` having said that the test skipped (a failure under
+/// `KVSTORE_REQUIRE_ETCDCTL=1`): the start of every test driven by etcdctl.
+#[track_caller]
+pub fn etcdctl() -> Option<PathBuf> {
+    match etcdctl_bin() {
+        Ok(bin) => Some(bin),
+        Err(why) => {
+            super::skip("KVSTORE_REQUIRE_ETCDCTL", "a test driven by etcdctl", &why);
+            None
+        }
     }
-    if let Some(bin) = on_path(std::env::var_os("PATH").as_deref()) {
-        return Ok(bin);
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = target
-        .parent()
-        .unwrap_or(target)
-        .join("tools")
-        .join(PACKAGE);
-    let bin = dir.join("usr/bin/etcd");
-    if works(&bin) {
-        return Ok(bin);
-    }
-    let download = dir.join("download");
-    std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
-    let fetch = || {
-        Command::new("apt-get")
-            .args(["download", PACKAGE])
-            .current_dir(&download)
+}
+
+impl Tool {
+    fn works(&self, bin: &Path) -> bool {
+        Command::new(bin)
+            .args(self.version)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-    };
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0"));
-    let fetched = fetch()
-        || (root
-            && Command::new("apt-get")
-                .arg("update")
+    }
+
+    /// A working binary on the PATH `path` (or in Debian's place for it), as an
+    /// absolute path.
+    fn on_path(&self, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+        [
+            super::resolve_program(self.binary.as_ref(), path),
+            Some(Path::new("/usr/bin").join(self.binary)),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|bin| self.works(bin))
+    }
+
+    fn find_or_unpack(&self) -> Result<PathBuf, String> {
+        if let Some(given) = std::env::var_os(self.var) {
+            return match super::program(&given) {
+                Some(bin) if self.works(&bin) => Ok(bin),
+                _ => Err(format!(
+                    "{}={} does not run",
+                    self.var,
+                    given.to_string_lossy()
+                )),
+            };
+        }
+        if let Some(bin) = self.on_path(std::env::var_os("PATH").as_deref()) {
+            return Ok(bin);
+        }
+        self.unpack()
+    }
+
+    /// The binary of Debian's package, downloaded and unpacked (once) under the
+    /// target dir's `tools/PACKAGE/`.
+    fn unpack(&self) -> Result<PathBuf, String> {
+        let package = self.package;
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = target
+            .parent()
+            .unwrap_or(target)
+            .join("tools")
+            .join(package);
+        let bin = dir.join("usr/bin").join(self.binary);
+        if self.works(&bin) {
+            return Ok(bin);
+        }
+        let download = dir.join("download");
+        std::fs::create_dir_all(&download).map_err(|e| e.to_string())?;
+        let fetch = || {
+            Command::new("apt-get")
+                .args(["download", package])
+                .current_dir(&download)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
-            && fetch());
-    if !fetched {
-        return Err(format!(
-            "no etcd binary: not on the PATH, and `apt-get download {PACKAGE}` failed"
-        ));
-    }
-    let deb = std::fs::read_dir(&download)
-        .map_err(|e| e.to_string())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or("apt-get download left no .deb")?;
-    let unpacked = Command::new("dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&dir)
-        .status()
-        .is_ok_and(|s| s.success());
-    if unpacked && works(&bin) {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "unpacking {} did not give a working etcd",
-            deb.display()
-        ))
+        };
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let fetched = fetch()
+            || (root
+                && Command::new("apt-get")
+                    .arg("update")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && fetch());
+        if !fetched {
+            return Err(format!(
+                "no {} binary: not on the PATH, and `apt-get download {package}` failed",
+                self.binary
+            ));
+        }
+        let deb = std::fs::read_dir(&download)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or("apt-get download left no .deb")?;
+        let unpacked = Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if unpacked && self.works(&bin) {
+            Ok(bin)
+        } else {
+            Err(format!(
+                "unpacking {} did not give a working {}",
+                deb.display(),
+                self.binary
+            ))
+        }
     }
 }
 
 /// A working `etcd` on the PATH `path` (or Debian's place for it), as an absolute
 /// path: the scripts it is handed to take it for a file.
 pub fn on_path(path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    [
-        super::resolve_program("etcd".as_ref(), path),
-        Some(PathBuf::from("/usr/bin/etcd")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|bin| works(bin))
+    ETCD.on_path(path)
 }
 
 /// A free loopback port (bound, read, released).
