@@ -75,6 +75,9 @@ fn out_of_reach(e: &etcd_client::Error) -> bool {
                 | tonic::Code::Cancelled
         ),
         etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => false,
+        // etcd's answer, not a lost one: the lease is gone (a keep-alive answered
+        // with TTL 0, which the crate turns into this error).
+        etcd_client::Error::LeaseKeepAliveError(message) => !message.contains("lease not found"),
         _ => true,
     }
 }

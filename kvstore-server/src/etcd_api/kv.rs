@@ -11,8 +11,8 @@ use super::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use super::pb::etcdserverpb::{
     kv_server::Kv, request_op, response_op, CompactionRequest, CompactionResponse,
     Compare as PbCompare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, ResponseOp, TxnRequest,
-    TxnResponse,
+    RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use super::status::{from_store, key_not_provided, not_served, too_many_ops, PERMISSION_DENIED};
 use super::Api;
@@ -258,20 +258,23 @@ fn read(result: Option<TxnResult>) -> Vec<Entry> {
     }
 }
 
+/// The header of a response inside a transaction's: the revision only, as etcd.
+fn inner_header(revision: u64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision: signed(revision),
+        ..Default::default()
+    })
+}
+
 /// etcd's answers to a branch from our results, following the plan.
-fn answers(
-    api: &Api,
-    plan: Vec<Planned>,
-    results: Vec<TxnResult>,
-    revision: u64,
-) -> Vec<ResponseOp> {
+fn answers(plan: Vec<Planned>, results: Vec<TxnResult>, revision: u64) -> Vec<ResponseOp> {
     let mut results = results.into_iter();
     plan.into_iter()
         .map(|planned| {
             let response = match planned {
                 Planned::Range(r) => {
                     let mut range = shape(read(results.next()), &r);
-                    range.header = api.header(revision);
+                    range.header = inner_header(revision);
                     response_op::Response::ResponseRange(range)
                 }
                 Planned::Put { prev_kv } => {
@@ -282,7 +285,7 @@ fn answers(
                     };
                     results.next();
                     response_op::Response::ResponsePut(PutResponse {
-                        header: api.header(revision),
+                        header: inner_header(revision),
                         prev_kv: prev.into_iter().next().map(|e| key_value(e, false)),
                     })
                 }
@@ -297,7 +300,7 @@ fn answers(
                         _ => 0,
                     };
                     response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
-                        header: api.header(revision),
+                        header: inner_header(revision),
                         deleted: signed(deleted as u64),
                         prev_kvs: prev.into_iter().map(|e| key_value(e, false)).collect(),
                     })
@@ -326,7 +329,8 @@ impl Kv for Api {
             .await
             .map_err(from_store)?;
         let mut answer = shape(entries, &r);
-        answer.header = self.header(read);
+        // The store's revision, as etcd answers, even for a read of the past.
+        answer.header = self.header(read.max(self.store.revision()));
         Ok(Response::new(answer))
     }
 
@@ -466,7 +470,7 @@ impl Kv for Api {
         Ok(Response::new(TxnResponse {
             header: self.header(answer.revision),
             succeeded: answer.succeeded,
-            responses: answers(self, plan, answer.results, answer.revision),
+            responses: answers(plan, answer.results, answer.revision),
         }))
     }
 

@@ -199,7 +199,9 @@ async fn create_watch(
         }
     };
     if !span.readable_by(caller) {
-        let _ = answers.send(Ok(refusal(api, id, PERMISSION_DENIED))).await;
+        // etcd gives the gRPC error's own words as the reason.
+        let reason = format!("rpc error: code = PermissionDenied desc = {PERMISSION_DENIED}");
+        let _ = answers.send(Ok(refusal(api, id, &reason))).await;
         return None;
     }
     let options = WatchOptions {
