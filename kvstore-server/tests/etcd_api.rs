@@ -736,3 +736,41 @@ async fn compaction_drops_the_past_for_reads_and_watches(
     assert!(listed.contains(&a) && listed.contains(&b), "{listed:?}");
     Ok(())
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_are_not_utf8_come_back_as_they_were_sent(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let key = b"bin/\xff\x00\xc3".to_vec();
+    etcd.put(key.clone(), b"\x01\x02".to_vec(), None).await?;
+    etcd.put("bin/text", "t", None).await?;
+    let got = etcd.get(key.clone(), None).await?;
+    assert_eq!(
+        (got.kvs()[0].key(), got.kvs()[0].value()),
+        (&key[..], &b"\x01\x02"[..])
+    );
+    let listed = etcd
+        .get("bin/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    let keys: Vec<&[u8]> = listed.kvs().iter().map(|kv| kv.key()).collect();
+    assert!(
+        keys.contains(&&key[..]) && keys.contains(&&b"bin/text"[..]),
+        "{keys:?}"
+    );
+    // A range that starts inside the bytes that are not UTF-8.
+    let from = etcd
+        .get(
+            b"bin/\xff".to_vec(),
+            Some(GetOptions::new().with_range(b"bin/\xff\x01".to_vec())),
+        )
+        .await?;
+    assert_eq!(from.kvs().len(), 1);
+    let deleted = etcd.delete(key.clone(), None).await?;
+    assert_eq!(deleted.deleted(), 1);
+    Ok(())
+}

@@ -123,7 +123,11 @@ impl Lease for Api {
                 ttl: signed(info.ttl),
                 granted_ttl: signed(info.granted_ttl),
                 keys: match r.keys {
-                    true => info.keys.into_iter().map(String::into_bytes).collect(),
+                    true => info
+                        .keys
+                        .iter()
+                        .map(|key| super::keys::bytes(key))
+                        .collect(),
                     false => Vec::new(),
                 },
             })),

@@ -13,7 +13,7 @@ use kvstore_core::{Storage, WatchItem, WatchOptions};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::keys::{key_value, scan, signed, text, unsigned, Span};
+use super::keys::{bytes, key_value, scan, signed, text, unsigned, Span};
 use super::pb::v3electionpb::{
     election_server::Election, CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest,
     LeaderResponse, ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
@@ -31,10 +31,7 @@ fn line_of(name: Vec<u8>, caller: &Caller) -> Result<String, Status> {
         return Err(Status::invalid_argument("etcdserver: key is not provided"));
     }
     let prefix = format!("{}/", text(name)?);
-    let span = Span::new(
-        prefix.clone().into_bytes(),
-        super::keys::prefix_end(prefix.as_bytes()),
-    )?;
+    let span = Span::under(&prefix)?;
     if !span.writable_by(caller) || !span.readable_by(caller) {
         return Err(Status::permission_denied(PERMISSION_DENIED));
     }
@@ -75,10 +72,7 @@ async fn join(
 
 /// The contender created first under `prefix`, and the revision read.
 async fn first(store: &dyn Storage, prefix: &str) -> Result<(Option<Entry>, u64), Status> {
-    let span = Span::new(
-        prefix.as_bytes().to_vec(),
-        super::keys::prefix_end(prefix.as_bytes()),
-    )?;
+    let span = Span::under(prefix)?;
     let (entries, read) = scan(store, &span, None).await.map_err(from_store)?;
     Ok((entries.into_iter().min_by_key(|e| e.create_revision), read))
 }
@@ -87,10 +81,7 @@ async fn first(store: &dyn Storage, prefix: &str) -> Result<(Option<Entry>, u64)
 /// at which that was seen.
 async fn wait_turn(store: &dyn Storage, prefix: &str, created: u64) -> Result<u64, Status> {
     loop {
-        let span = Span::new(
-            prefix.as_bytes().to_vec(),
-            super::keys::prefix_end(prefix.as_bytes()),
-        )?;
+        let span = Span::under(prefix)?;
         let (entries, read) = scan(store, &span, None).await.map_err(from_store)?;
         if entries.iter().all(|e| e.create_revision >= created) {
             return Ok(read);
@@ -184,7 +175,7 @@ impl Lock for Api {
         let (key, _, at) = self.take_turn(&caller, r.name, r.lease, Vec::new()).await?;
         Ok(Response::new(LockResponse {
             header: self.header(at),
-            key: key.into_bytes(),
+            key: bytes(&key),
         }))
     }
 
@@ -232,7 +223,7 @@ impl Election for Api {
             header: self.header(at),
             leader: Some(LeaderKey {
                 name,
-                key: key.into_bytes(),
+                key: bytes(&key),
                 rev: signed(created),
                 lease: r.lease,
             }),

@@ -13,7 +13,7 @@ use kvstore_core::{Error, Watch as StoreWatch, WatchItem, WatchOptions};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::keys::{key_value, signed, unsigned, Span};
+use super::keys::{bytes, key_value, signed, unsigned, Span};
 use super::pb::etcdserverpb::watch_create_request::FilterType;
 use super::pb::etcdserverpb::watch_request::RequestUnion;
 use super::pb::etcdserverpb::{
@@ -272,7 +272,7 @@ fn compacted(api: &Api, id: i64, oldest: u64) -> WatchResponse {
 fn key_value_of(event: &Event) -> KeyValue {
     match event.kind {
         EventKind::Put => KeyValue {
-            key: event.key.clone().into_bytes(),
+            key: bytes(&event.key),
             create_revision: signed(event.create_revision),
             mod_revision: signed(event.revision),
             version: signed(event.version),
@@ -280,7 +280,7 @@ fn key_value_of(event: &Event) -> KeyValue {
             lease: event.lease.map_or(0, signed),
         },
         EventKind::Delete => KeyValue {
-            key: event.key.clone().into_bytes(),
+            key: bytes(&event.key),
             mod_revision: signed(event.revision),
             ..Default::default()
         },
