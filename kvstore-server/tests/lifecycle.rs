@@ -255,6 +255,18 @@ async fn a_full_disk_refuses_writes_with_507_and_keeps_serving_reads_and_watches
     }
     assert_eq!(client.get("first").await?, b"still here");
     client.health().await?;
+    // etcd's clients see it as etcd's NOSPACE alarm.
+    let etcd_url = server.etcd_url.clone().ok_or("no etcd API")?;
+    let mut etcd = etcd_client::Client::connect([etcd_url], None).await?;
+    let alarms = etcd
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await?;
+    let raised: Vec<etcd_client::AlarmType> = alarms.alarms().iter().map(|a| a.alarm()).collect();
+    assert_eq!(raised, vec![etcd_client::AlarmType::Nospace]);
     // The watcher got every acknowledged write, in order.
     for revision in 1..=acked {
         match tokio::time::timeout(DEADLINE, watch.next())

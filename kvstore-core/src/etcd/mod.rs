@@ -912,6 +912,7 @@ impl Storage for EtcdStore {
             oldest_revision: self.oldest_kept().await?,
             keys: keys.count().max(0) as u64,
             size_on_disk: Some(status.db_size().max(0) as u64),
+            disk_full: status.errors().iter().any(|e| e.contains("NOSPACE")),
         })
     }
 

@@ -28,7 +28,7 @@ mod watch;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,6 +156,8 @@ struct Inner {
     writer: Option<mpsc::Sender<Request>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     keys: Arc<AtomicU64>,
+    /// The writer's last group failed for a full disk.
+    disk_full: Arc<AtomicBool>,
     leases: Arc<lease::Leases>,
     lease_timer: Option<std::thread::JoinHandle<()>>,
     /// The last durable revision, raised by the writer before it answers.
@@ -230,6 +232,7 @@ impl SledStore {
         let feed = events::Feed::start(&log, last, config.event_buffer);
         // Counted once here (sled's len walks the tree), then kept by the writer.
         let keys = Arc::new(AtomicU64::new(kv.len() as u64));
+        let disk_full = Arc::new(AtomicBool::new(false));
         let durable = Arc::new(tokio::sync::watch::channel(last).0);
         let (tx, rx) = mpsc::channel(4096);
         let writer_thread = writer::Writer {
@@ -244,6 +247,7 @@ impl SledStore {
             retain: config.retain_revisions,
             sequencer: feed.sequencer(),
             keys: keys.clone(),
+            disk_full: disk_full.clone(),
             durable: durable.clone(),
             torn: false,
             exports: export::Exports::default(),
@@ -263,6 +267,7 @@ impl SledStore {
                 writer: Some(tx),
                 writer_thread: Some(writer_thread),
                 keys,
+                disk_full,
                 leases,
                 lease_timer: Some(lease_timer),
                 durable,
@@ -678,6 +683,7 @@ impl Storage for SledStore {
             oldest_revision: self.oldest_revision()?,
             keys: self.inner.keys.load(Ordering::Relaxed),
             size_on_disk: self.inner.db.size_on_disk().ok(),
+            disk_full: self.inner.disk_full.load(Ordering::Relaxed),
         })
     }
 

@@ -1,6 +1,6 @@
 //! The single writer: numbers writes, commits them in groups, flushes once per group.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -181,6 +181,8 @@ pub(super) struct Writer {
     pub sequencer: SequencerHandle,
     /// Number of keys in the store, kept up to date by this writer.
     pub keys: Arc<AtomicU64>,
+    /// The last group failed for a full disk (cleared by one made durable).
+    pub disk_full: Arc<AtomicBool>,
     /// The last durable revision, raised before any write of a group is answered.
     pub durable: Arc<tokio::sync::watch::Sender<u64>>,
     /// A group failed after its `log` item was written (see `Writer::repair`).
@@ -312,6 +314,10 @@ impl Writer {
             // Revisions taken stay taken, even by a failed group: its change records
             // may be in the log.
             self.last = applied.last;
+            self.disk_full.store(
+                matches!(failure, Some(Error::DiskFull(_))),
+                Ordering::Relaxed,
+            );
             match failure {
                 None => {
                     self.durable.send_replace(self.last);

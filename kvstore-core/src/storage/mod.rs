@@ -55,6 +55,9 @@ pub struct Status {
     pub keys: u64,
     /// Bytes the data takes on disk, where the engine knows it.
     pub size_on_disk: Option<u64>,
+    /// The disk is full: the last write failed for want of space (on etcd, its
+    /// NOSPACE alarm is raised). Cleared once a write is durable again.
+    pub disk_full: bool,
 }
 
 /// A store of keys and values with numbered changes and watches. See the module

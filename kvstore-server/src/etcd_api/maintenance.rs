@@ -21,11 +21,20 @@ impl maintenance_server::Maintenance for Api {
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
         self.caller(&request)?;
-        // A full disk answers each write with etcd's NOSPACE error; no alarm is
-        // raised and kept, so there is none to list or disarm.
+        // A full disk is etcd's NOSPACE alarm: raised while the store's last write
+        // failed for want of space, gone once a write is durable again (so there is
+        // nothing to disarm by hand: a disarm answers what is raised still).
+        let status = self.store.status().await.map_err(from_store)?;
+        let alarms = match status.disk_full {
+            true => vec![AlarmMember {
+                member_id: MEMBER_ID,
+                alarm: AlarmType::Nospace as i32,
+            }],
+            false => Vec::new(),
+        };
         Ok(Response::new(AlarmResponse {
-            header: self.header_now(),
-            alarms: Vec::new(),
+            header: self.header(status.revision),
+            alarms,
         }))
     }
 
@@ -46,10 +55,13 @@ impl maintenance_server::Maintenance for Api {
             raft_index: revision,
             raft_applied_index: revision,
             raft_term: 1,
+            errors: match status.disk_full {
+                true => vec![format!("memberID:{MEMBER_ID} alarm:NOSPACE ")],
+                false => Vec::new(),
+            },
             ..Default::default()
         }))
     }
-
     async fn defragment(
         &self,
         request: Request<DefragmentRequest>,
