@@ -774,3 +774,43 @@ async fn keys_that_are_not_utf8_come_back_as_they_were_sent(
     assert_eq!(deleted.deleted(), 1);
     Ok(())
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_transactions_decide_every_compare_before_any_op(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    etcd.put("n/a", "1", None).await?;
+    // The nested compare reads n/b as the transaction found it (absent), not as
+    // the put before it in the branch left it: etcd's order.
+    let nested = Txn::new()
+        .when([Compare::version("n/b", CompareOp::Equal, 0)])
+        .and_then([TxnOp::put("n/c", "new", None)])
+        .or_else([TxnOp::put("n/c", "old", None)]);
+    let txn = Txn::new()
+        .when([Compare::value("n/a", CompareOp::Equal, "1")])
+        .and_then([TxnOp::put("n/b", "x", None), TxnOp::txn(nested)])
+        .or_else([TxnOp::get("n/a", None)]);
+    let done = etcd.txn(txn).await?;
+    assert!(done.succeeded());
+    let written = revision_of(done.header());
+    match &done.op_responses()[1] {
+        TxnOpResponse::Txn(inner) => {
+            assert!(inner.succeeded());
+            assert!(matches!(inner.op_responses()[0], TxnOpResponse::Put(_)));
+        }
+        other => panic!("a nested transaction's answer, not {other:?}"),
+    }
+    let c = etcd.get("n/c", None).await?;
+    assert_eq!(
+        (c.kvs()[0].value(), c.kvs()[0].mod_revision()),
+        (&b"new"[..], written)
+    );
+    let b = etcd.get("n/b", None).await?;
+    assert_eq!(b.kvs()[0].mod_revision(), written);
+    Ok(())
+}

@@ -114,7 +114,15 @@ enum Planned {
     Put { prev_kv: bool },
     /// A delete, after a `get` (a key) or `list` (a prefix) when `prev_kv`.
     Delete { prev_kv: bool },
+    /// A nested transaction: whether its compares held, and the plan of the
+    /// branch that ran.
+    Txn { succeeded: bool, plan: Vec<Planned> },
 }
+
+/// How the compares of nested transactions are decided: against the store as
+/// the whole transaction found it (etcd decides every nested compare before any
+/// op runs).
+type Holds<'a> = &'a dyn Fn(&[Compare]) -> bool;
 
 /// A transaction's compare as ours.
 fn compare(c: PbCompare, caller: &Caller) -> Result<Compare, Status> {
@@ -157,8 +165,11 @@ fn compare(c: PbCompare, caller: &Caller) -> Result<Compare, Status> {
 }
 
 /// A branch of etcd ops as ours, and the plan to answer it.
-fn branch(ops: Vec<RequestOp>, caller: &Caller) -> Result<(Vec<TxnOp>, Vec<Planned>), Status> {
-    let nested = || not_served("nested transactions", "send one transaction at a time");
+fn branch(
+    ops: Vec<RequestOp>,
+    caller: &Caller,
+    holds: Option<Holds<'_>>,
+) -> Result<(Vec<TxnOp>, Vec<Planned>), Status> {
     let mut ours = Vec::with_capacity(ops.len());
     let mut plan = Vec::with_capacity(ops.len());
     for op in ops {
@@ -238,7 +249,28 @@ fn branch(ops: Vec<RequestOp>, caller: &Caller) -> Result<(Vec<TxnOp>, Vec<Plann
                 }
                 plan.push(Planned::Delete { prev_kv: r.prev_kv });
             }
-            Some(request_op::Request::RequestTxn(_)) => return Err(nested()),
+            Some(request_op::Request::RequestTxn(nested)) => {
+                let Some(holds) = holds else {
+                    return Err(Status::internal("a nested transaction was not resolved"));
+                };
+                let compares = nested
+                    .compare
+                    .into_iter()
+                    .map(|c| compare(c, caller))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let succeeded = holds(&compares);
+                let chosen = if succeeded {
+                    nested.success
+                } else {
+                    nested.failure
+                };
+                let (inner, plan_inner) = branch(chosen, caller, Some(holds))?;
+                ours.extend(inner);
+                plan.push(Planned::Txn {
+                    succeeded,
+                    plan: plan_inner,
+                });
+            }
             None => {
                 return Err(Status::invalid_argument(
                     "etcdserver: a request op is empty",
@@ -267,50 +299,75 @@ fn inner_header(revision: u64) -> Option<ResponseHeader> {
 }
 
 /// etcd's answers to a branch from our results, following the plan.
-fn answers(plan: Vec<Planned>, results: Vec<TxnResult>, revision: u64) -> Vec<ResponseOp> {
-    let mut results = results.into_iter();
-    plan.into_iter()
-        .map(|planned| {
-            let response = match planned {
-                Planned::Range(r) => {
-                    let mut range = shape(read(results.next()), &r);
-                    range.header = inner_header(revision);
-                    response_op::Response::ResponseRange(range)
-                }
-                Planned::Put { prev_kv } => {
-                    let prev = if prev_kv {
-                        read(results.next())
-                    } else {
-                        Vec::new()
-                    };
-                    results.next();
-                    response_op::Response::ResponsePut(PutResponse {
-                        header: inner_header(revision),
-                        prev_kv: prev.into_iter().next().map(|e| key_value(e, false)),
-                    })
-                }
-                Planned::Delete { prev_kv } => {
-                    let prev = if prev_kv {
-                        read(results.next())
-                    } else {
-                        Vec::new()
-                    };
-                    let deleted = match results.next() {
-                        Some(TxnResult::Delete(d)) => d.deleted,
-                        _ => 0,
-                    };
-                    response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
-                        header: inner_header(revision),
-                        deleted: signed(deleted as u64),
-                        prev_kvs: prev.into_iter().map(|e| key_value(e, false)).collect(),
-                    })
-                }
-            };
-            ResponseOp {
-                response: Some(response),
+fn answers(
+    plan: Vec<Planned>,
+    results: &mut impl Iterator<Item = TxnResult>,
+    revision: u64,
+) -> Vec<ResponseOp> {
+    let mut answered = Vec::with_capacity(plan.len());
+    for planned in plan {
+        let response = match planned {
+            Planned::Range(r) => {
+                let mut range = shape(read(results.next()), &r);
+                range.header = inner_header(revision);
+                response_op::Response::ResponseRange(range)
             }
-        })
-        .collect()
+            Planned::Put { prev_kv } => {
+                let prev = if prev_kv {
+                    read(results.next())
+                } else {
+                    Vec::new()
+                };
+                results.next();
+                response_op::Response::ResponsePut(PutResponse {
+                    header: inner_header(revision),
+                    prev_kv: prev.into_iter().next().map(|e| key_value(e, false)),
+                })
+            }
+            Planned::Delete { prev_kv } => {
+                let prev = if prev_kv {
+                    read(results.next())
+                } else {
+                    Vec::new()
+                };
+                let deleted = match results.next() {
+                    Some(TxnResult::Delete(d)) => d.deleted,
+                    _ => 0,
+                };
+                response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
+                    header: inner_header(revision),
+                    deleted: signed(deleted as u64),
+                    prev_kvs: prev.into_iter().map(|e| key_value(e, false)).collect(),
+                })
+            }
+            Planned::Txn { succeeded, plan } => response_op::Response::ResponseTxn(TxnResponse {
+                header: inner_header(revision),
+                succeeded,
+                responses: answers(plan, results, revision),
+            }),
+        };
+        answered.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    answered
+}
+
+/// Whether any op of `ops` is a nested transaction.
+fn nests(ops: &[RequestOp]) -> bool {
+    ops.iter()
+        .any(|op| matches!(op.request, Some(request_op::Request::RequestTxn(_))))
+}
+
+/// The keys every compare of `ops`' nested transactions names, at any depth.
+fn nested_compare_keys(ops: &[RequestOp], keys: &mut std::collections::BTreeSet<Vec<u8>>) {
+    for op in ops {
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            keys.extend(nested.compare.iter().map(|c| c.key.clone()));
+            nested_compare_keys(&nested.success, keys);
+            nested_compare_keys(&nested.failure, keys);
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -447,13 +504,16 @@ impl Kv for Api {
         if r.compare.len() > max || r.success.len() > max || r.failure.len() > max {
             return Err(too_many_ops());
         }
+        if nests(&r.success) || nests(&r.failure) {
+            return self.nested_txn(r, &caller).await.map(Response::new);
+        }
         let compare = r
             .compare
             .into_iter()
             .map(|c| compare(c, &caller))
             .collect::<Result<Vec<_>, _>>()?;
-        let (success, success_plan) = branch(r.success, &caller)?;
-        let (failure, failure_plan) = branch(r.failure, &caller)?;
+        let (success, success_plan) = branch(r.success, &caller, None)?;
+        let (failure, failure_plan) = branch(r.failure, &caller, None)?;
         let answer = self
             .store
             .txn(Txn {
@@ -470,7 +530,7 @@ impl Kv for Api {
         Ok(Response::new(TxnResponse {
             header: self.header(answer.revision),
             succeeded: answer.succeeded,
-            responses: answers(plan, answer.results, answer.revision),
+            responses: answers(plan, &mut answer.results.into_iter(), answer.revision),
         }))
     }
 
@@ -490,6 +550,100 @@ impl Kv for Api {
             header: self.header(now),
         }))
     }
+}
+
+/// How often a transaction with nested ones is tried again when a key it
+/// compares changed between its read and its write.
+const NESTED_TRIES: usize = 100;
+
+impl Api {
+    /// A transaction with nested ones. etcd decides every compare, nested ones
+    /// included, against the store as the transaction finds it; our transactions
+    /// do not nest. So the keys compared are read at one revision, every compare
+    /// decided on what was read, and the ops of the path taken run as one
+    /// transaction that holds only if none of those keys changed since (else all
+    /// again): the same outcome, at one revision.
+    async fn nested_txn(&self, r: TxnRequest, caller: &Caller) -> Result<TxnResponse, Status> {
+        let mut keys = std::collections::BTreeSet::new();
+        keys.extend(r.compare.iter().map(|c| c.key.clone()));
+        nested_compare_keys(&r.success, &mut keys);
+        nested_compare_keys(&r.failure, &mut keys);
+        let keys = keys
+            .into_iter()
+            .map(text)
+            .collect::<Result<Vec<String>, _>>()?;
+        for _ in 0..NESTED_TRIES {
+            let read = self
+                .store
+                .txn(Txn {
+                    compare: Vec::new(),
+                    success: keys.iter().map(|k| TxnOp::get(k)).collect(),
+                    failure: Vec::new(),
+                })
+                .await
+                .map_err(from_store)?;
+            let found: std::collections::HashMap<&str, Option<Entry>> = keys
+                .iter()
+                .map(String::as_str)
+                .zip(
+                    read.results
+                        .into_iter()
+                        .map(|result| read_one(Some(result))),
+                )
+                .collect();
+            let holds = |compares: &[Compare]| {
+                compares.iter().all(|c| {
+                    let entry = found.get(c.key.as_str()).cloned().flatten();
+                    let lease = entry.as_ref().and_then(|e| e.lease).unwrap_or(0);
+                    c.holds(entry.as_ref(), lease)
+                })
+            };
+            let top = r
+                .compare
+                .iter()
+                .cloned()
+                .map(|c| compare(c, caller))
+                .collect::<Result<Vec<_>, _>>()?;
+            let succeeded = holds(&top);
+            let chosen = if succeeded {
+                r.success.clone()
+            } else {
+                r.failure.clone()
+            };
+            let (ops, plan) = branch(chosen, caller, Some(&holds))?;
+            let unchanged = found
+                .iter()
+                .map(|(key, entry)| {
+                    let at = entry.as_ref().map_or(0, |e| e.mod_revision);
+                    Compare::mod_revision(key, CompareOp::Equal, at)
+                })
+                .collect();
+            let answer = self
+                .store
+                .txn(Txn {
+                    compare: unchanged,
+                    success: ops,
+                    failure: Vec::new(),
+                })
+                .await
+                .map_err(from_store)?;
+            if answer.succeeded {
+                return Ok(TxnResponse {
+                    header: self.header(answer.revision),
+                    succeeded,
+                    responses: answers(plan, &mut answer.results.into_iter(), answer.revision),
+                });
+            }
+        }
+        Err(Status::unavailable(
+            "kvstore: the keys this transaction compares kept changing; try again",
+        ))
+    }
+}
+
+/// The one entry a `get` result holds.
+fn read_one(result: Option<TxnResult>) -> Option<Entry> {
+    read(result).into_iter().next()
 }
 
 /// Deletes a range that is no single key or prefix (or a prefix whose deleted
