@@ -10,6 +10,8 @@
 //! | --- | --- |
 //! | [`app`] (this page) | the app factory: every route and middleware on a given state |
 //! | `routes` | the HTTP routes, one module per resource |
+//! | `compat` | what the replaced service offered: the legacy `/kv` API, Socket.IO |
+//! | [`etcd_api`] | etcd's v3 gRPC API, on its own address |
 //! | [`watch`] | the watch pump and its two transports |
 //! | [`error`] | the error answer, from the one table of codes in `kvstore-core` |
 //! | [`config`] | flags and their environment twins; where the engine is chosen |
@@ -39,6 +41,7 @@
 
 pub mod auth;
 mod body;
+mod compat;
 pub mod config;
 mod console;
 mod cors;
@@ -47,9 +50,7 @@ pub mod etcd_api;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
-mod pyjson;
 mod routes;
-mod socketio;
 pub mod state;
 pub mod tls;
 pub mod watch;
@@ -117,12 +118,11 @@ fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
         .configure(routes::history::configure)
         .configure(routes::leases::configure)
         .configure(routes::watch::configure)
-        .configure(routes::legacy::configure)
         .configure(routes::snapshot::configure)
         .configure(routes::txn::configure)
         .configure(metrics::configure)
         .configure(openapi::configure)
-        .configure(socketio::configure)
+        .configure(compat::configure)
         .configure(console::configure)
         // A request no route takes: 405 on a documented path, else 404.
         .default_service(web::to(|req: HttpRequest| async move {

@@ -76,8 +76,8 @@ pub const PATH: &str = "/v1/openapi.json";
         routes::snapshot::export,
         routes::snapshot::restore,
         routes::health::health,
-        routes::legacy::get,
-        routes::legacy::put,
+        crate::compat::legacy::get,
+        crate::compat::legacy::put,
         metrics,
         document
     ),

@@ -6,7 +6,6 @@ pub mod health;
 pub mod history;
 pub mod kv;
 pub mod leases;
-pub mod legacy;
 pub mod methods;
 pub mod params;
 pub mod snapshot;

@@ -13,14 +13,14 @@ use kvstore_core::wire::ErrorBody;
 use kvstore_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 
+use super::pyjson;
 use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
-use crate::pyjson;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kv", super::get_or_head().to(get))
+    cfg.route("/kv", crate::routes::get_or_head().to(get))
         .route("/kv", web::put().to(put));
 }
 
