@@ -10,6 +10,7 @@ use kvstore_client::wire::Frame;
 use kvstore_client::{Client, Condition, Event, EventKind, Update, WatchOptions};
 
 use crate::cli::{Cli, Command, Output};
+use crate::output::print_json;
 
 /// A client of the servers at `urls` with the token and CA file of the command line.
 fn connect(urls: &[String], token: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<Client> {
@@ -249,15 +250,6 @@ fn stdin_chunks() -> impl futures_util::Stream<Item = std::io::Result<bytes::Byt
             Err(e) => Some((Err(e), None)),
         }
     })
-}
-
-pub(crate) fn print_json<T: serde::Serialize>(
-    out: &mut impl Write,
-    value: &T,
-) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")?;
-    Ok(())
 }
 
 async fn watch(

@@ -105,7 +105,7 @@ pub async fn lease(
         LeaseCommand::Grant { ttl } => {
             let lease = client.grant(ttl).await?;
             if json {
-                crate::commands::print_json(out, &lease)?;
+                crate::output::print_json(out, &lease)?;
             } else {
                 writeln!(out, "{}", lease.id)?;
             }
@@ -113,7 +113,7 @@ pub async fn lease(
         LeaseCommand::Keepalive { id, once: true } => {
             let lease = client.keep_alive_once(id).await?;
             if json {
-                crate::commands::print_json(out, &lease)?;
+                crate::output::print_json(out, &lease)?;
             } else {
                 writeln!(out, "lease {id} kept alive for {}s", lease.ttl)?;
             }
@@ -135,7 +135,7 @@ pub async fn lease(
         LeaseCommand::Revoke { id } => {
             let result = client.revoke(id).await?;
             if json {
-                crate::commands::print_json(out, &result)?;
+                crate::output::print_json(out, &result)?;
             } else {
                 writeln!(out, "revoked (revision {})", result.revision)?;
             }
@@ -143,7 +143,7 @@ pub async fn lease(
         LeaseCommand::Ttl { id } => {
             let info = client.lease(id).await?;
             if json {
-                crate::commands::print_json(out, &info)?;
+                crate::output::print_json(out, &info)?;
             } else {
                 writeln!(
                     out,

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod commands;
 mod lease;
+mod output;
 mod txn;
 
 use std::io::ErrorKind;

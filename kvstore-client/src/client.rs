@@ -11,7 +11,6 @@ use reqwest::header::{HeaderValue, ACCEPT, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, Response};
 
 use crate::endpoints::Endpoints;
-use crate::watch::{self, Events, Watch, WatchOptions};
 use crate::{tls, Error};
 
 /// Characters left as they are in a key put into a URL path (`/` stays readable).
@@ -406,23 +405,6 @@ impl Client {
         let res = self.read("/healthz", |req| req).await?;
         let health: Health = decode(check(res, "").await?).await?;
         Ok(health.revision)
-    }
-
-    /// Every change under `prefix` from now on, in revision order. The stream
-    /// reconnects by itself after a dropped connection and resumes where it left
-    /// off, so each change arrives exactly once; it ends only with an error that
-    /// cannot be retried (e.g. [`Error::Compacted`]). With several servers it
-    /// reconnects to the next one when the one in use cannot be reached.
-    pub fn watch(&self, prefix: &str) -> Events {
-        Events::new(self.watch_with(WatchOptions {
-            prefix: prefix.to_string(),
-            ..WatchOptions::default()
-        }))
-    }
-
-    /// A watch with every option: start revision, initial state, reconnection.
-    pub fn watch_with(&self, options: WatchOptions) -> Watch {
-        watch::Watch::new(self.clone(), options)
     }
 }
 

@@ -411,6 +411,25 @@ impl State {
     }
 }
 
+impl Client {
+    /// Every change under `prefix` from now on, in revision order. The stream
+    /// reconnects by itself after a dropped connection and resumes where it left
+    /// off, so each change arrives exactly once; it ends only with an error that
+    /// cannot be retried (e.g. [`Error::Compacted`]). With several servers it
+    /// reconnects to the next one when the one in use cannot be reached.
+    pub fn watch(&self, prefix: &str) -> Events {
+        Events::new(self.watch_with(WatchOptions {
+            prefix: prefix.to_string(),
+            ..WatchOptions::default()
+        }))
+    }
+
+    /// A watch with every option: start revision, initial state, reconnection.
+    pub fn watch_with(&self, options: WatchOptions) -> Watch {
+        Watch::new(self.clone(), options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
