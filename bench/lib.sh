@@ -89,6 +89,27 @@ find_etcd() {
     dpkg -x "$target_dir"/tools/etcd-server/download/etcd-server_*.deb "$target_dir/tools/etcd-server"
 }
 
+# find_etcdctl TARGET_DIR: etcdctl from the PATH, else Debian's etcd-client (the
+# etcdctl of the same release as etcd-server) unpacked under TARGET_DIR/tools, as
+# find_etcd does; its path into ETCDCTL_BIN, empty (with a log line) when neither
+# can be had, for the scripts to whom etcdctl is optional.
+find_etcdctl() {
+    local target_dir=$1 deb
+    ETCDCTL_BIN=$(command -v etcdctl || true)
+    [ -z "$ETCDCTL_BIN" ] || return 0
+    ETCDCTL_BIN="$target_dir/tools/etcd-client/usr/bin/etcdctl"
+    [ ! -x "$ETCDCTL_BIN" ] || return 0
+    log "unpacking Debian's etcd-client under $target_dir/tools"
+    mkdir -p "$target_dir/tools/etcd-client/download"
+    if (cd "$target_dir/tools/etcd-client/download" && apt-get download etcd-client >/dev/null 2>&1); then
+        for deb in "$target_dir"/tools/etcd-client/download/etcd-client_*.deb; do
+            dpkg -x "$deb" "$target_dir/tools/etcd-client" || true
+            break
+        done
+    fi
+    [ -x "$ETCDCTL_BIN" ] || { log "cannot download etcd-client (apt-get download): no etcdctl"; ETCDCTL_BIN=; }
+}
+
 # start_etcd N: an N-member etcd cluster on loopback with its data under WORK, waited
 # for until every member is healthy; member addresses into ETCD_CLIENTS, the
 # --etcd-endpoints value into ETCD_ENDPOINTS, pids into ETCD_PIDS (and PIDS).
