@@ -41,7 +41,10 @@ BEFORE=$(cd "$1" && pwd)
 AFTER=${2:-$ROOT/target/release}
 if [ $# -lt 2 ] && [ "$SKIP_BUILD" != 1 ]; then
     log "building the release binaries"
-    (cd "$ROOT" && cargo build --release -p kvstore-server -p kv-cli --bins --example reference)
+    # Binaries and example apart: an example brings the dev-dependencies'
+    # features (the test failpoints) into the crates it is built with.
+    (cd "$ROOT" && cargo build --release -p kvstore-server -p kv-cli --bins &&
+        cargo build --release -p kvstore-server --example reference)
 fi
 AFTER=$(cd "$AFTER" && pwd)
 for bin in "$BEFORE/kvstore-server" "$AFTER/kvstore-server" "$AFTER/kv" "$AFTER/examples/reference"; do

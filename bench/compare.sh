@@ -80,7 +80,10 @@ done
 cd "$ROOT"
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building (release)"
-    cargo build --release -p kvstore-server -p kv-cli --bins --example reference
+    # Binaries and example apart: an example brings the dev-dependencies'
+    # features (the test failpoints) into the crates it is built with.
+    cargo build --release -p kvstore-server -p kv-cli --bins
+    cargo build --release -p kvstore-server --example reference
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$TARGET_DIR" ] || die "cannot find cargo's target directory"

@@ -35,9 +35,8 @@
 # sync times vary from second to second: compare the figures of one run, and mind
 # the load average printed with them.
 #
-# `etcdctl check perf` puts keys of random bytes, which kvstore refuses (its keys
-# are UTF-8 text: docs/etcd-clients.md): against kvstore nearly every put fails
-# with InvalidArgument, so there only etcd's verdict is a measure.
+# `etcdctl check perf` puts keys of random bytes: kvstore keeps keys that are not
+# UTF-8 through the etcd API (docs/etcd-clients.md), so both verdicts measure.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
