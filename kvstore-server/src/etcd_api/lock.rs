@@ -136,7 +136,12 @@ impl Drop for LeaveIfDropped {
     fn drop(&mut self) {
         if let Some((key, created)) = self.key.take() {
             let store = self.store.clone();
-            tokio::spawn(async move {
+            // Dropped as the server stops, there may be no runtime left to do it
+            // on: the key's lease ends it then.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
                 if let Err(e) = leave(&*store, &key, created).await {
                     log::warn!("cannot remove the abandoned contender {key:?}: {e}");
                 }
