@@ -71,6 +71,16 @@ fn shape(mut entries: Vec<Entry>, r: &RangeRequest) -> RangeResponse {
     }
 }
 
+/// How often a call answered by reading, then writing only if what was read is
+/// unchanged, tries again when another write came between.
+const TRIES: usize = 100;
+
+/// etcd's clients retry `Unavailable`: what a call says when other writes kept
+/// winning every one of its [`TRIES`].
+fn contended() -> Status {
+    Status::unavailable("kvstore: the keys this call reads kept changing; try again")
+}
+
 /// Reads the current entry of `key` and puts it again with what the put keeps
 /// (`ignore_value`, `ignore_lease`), as one compare-and-swap, retried when
 /// another write came between.
@@ -81,7 +91,7 @@ async fn put_keeping(api: &Api, key: &str, r: &PutRequest) -> Result<(u64, Entry
     if r.ignore_lease && r.lease != 0 {
         return Err(Status::invalid_argument("etcdserver: lease is provided"));
     }
-    loop {
+    for _ in 0..TRIES {
         let current = api
             .store
             .get(key)
@@ -103,6 +113,7 @@ async fn put_keeping(api: &Api, key: &str, r: &PutRequest) -> Result<(u64, Entry
             Err(e) => return Err(from_store(e)),
         }
     }
+    Err(contended())
 }
 
 /// How one etcd op of a transaction became ours, to build its answer from our
@@ -552,10 +563,6 @@ impl Kv for Api {
     }
 }
 
-/// How often a transaction with nested ones is tried again when a key it
-/// compares changed between its read and its write.
-const NESTED_TRIES: usize = 100;
-
 impl Api {
     /// A transaction with nested ones. etcd decides every compare, nested ones
     /// included, against the store as the transaction finds it; our transactions
@@ -572,7 +579,7 @@ impl Api {
             .into_iter()
             .map(text)
             .collect::<Result<Vec<String>, _>>()?;
-        for _ in 0..NESTED_TRIES {
+        for _ in 0..TRIES {
             let read = self
                 .store
                 .txn(Txn {
@@ -635,9 +642,7 @@ impl Api {
                 });
             }
         }
-        Err(Status::unavailable(
-            "kvstore: the keys this transaction compares kept changing; try again",
-        ))
+        Err(contended())
     }
 }
 
@@ -651,7 +656,7 @@ fn read_one(result: Option<TxnResult>) -> Option<Entry> {
 /// none changed meanwhile, retried otherwise. Returns the revision, how many went
 /// and the entries deleted.
 async fn delete_scanned(api: &Api, span: &Span) -> Result<(u64, usize, Vec<Entry>), Status> {
-    loop {
+    for _ in 0..TRIES {
         let (entries, read) = scan(&*api.store, span, None).await.map_err(from_store)?;
         if entries.is_empty() {
             return Ok((read, 0, entries));
@@ -669,4 +674,5 @@ async fn delete_scanned(api: &Api, span: &Span) -> Result<(u64, usize, Vec<Entry
             return Ok((answer.revision, entries.len(), entries));
         }
     }
+    Err(contended())
 }
