@@ -1,8 +1,5 @@
 //! The Lease service: Grant, Revoke, KeepAlive (a stream), TimeToLive, Leases.
 
-use std::pin::Pin;
-
-use futures_util::Stream;
 use kvstore_core::Error;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,7 +11,7 @@ use super::pb::etcdserverpb::{
     LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use super::status::{from_store, not_served, LEASE_NOT_FOUND};
-use super::Api;
+use super::{stream_of, Api, ServerStream};
 
 /// A lease id from the wire; etcd's "not found" for one that cannot exist.
 fn lease_id(id: i64) -> Result<u64, Status> {
@@ -59,8 +56,7 @@ impl Lease for Api {
         }))
     }
 
-    type LeaseKeepAliveStream =
-        Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+    type LeaseKeepAliveStream = ServerStream<LeaseKeepAliveResponse>;
 
     async fn lease_keep_alive(
         &self,
@@ -94,10 +90,7 @@ impl Lease for Api {
                 }
             }
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|answer| (answer, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream_of(rx)))
     }
 
     async fn lease_time_to_live(

@@ -4,9 +4,6 @@
 //! `NAME/` created before it is gone. A contender whose lease ends leaves the
 //! line with its key.
 
-use std::pin::Pin;
-
-use futures_util::Stream;
 use kvstore_core::txn::{Compare, CompareOp, Txn, TxnOp, TxnResult};
 use kvstore_core::wire::Entry;
 use kvstore_core::{Storage, WatchItem, WatchOptions};
@@ -22,7 +19,7 @@ use super::pb::v3lockpb::{
     lock_server::Lock, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
 };
 use super::status::{from_store, PERMISSION_DENIED};
-use super::Api;
+use super::{stream_of, Api, ServerStream};
 use crate::auth::Caller;
 
 /// The prefix of the contenders for `name`.
@@ -279,7 +276,7 @@ impl Election for Api {
         }))
     }
 
-    type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+    type ObserveStream = ServerStream<LeaderResponse>;
 
     async fn observe(
         &self,
@@ -324,10 +321,7 @@ impl Election for Api {
                 }
             }
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|answer| (answer, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream_of(rx)))
     }
 
     async fn resign(

@@ -1,14 +1,11 @@
 //! The Maintenance and Cluster services: what etcd's tools ask of a member
 //! (`etcdctl endpoint status`, `member list`, `alarm list`, `defrag`).
 
-use std::pin::Pin;
-
-use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
 use super::pb::etcdserverpb::*;
 use super::status::{from_store, not_served};
-use super::{Api, MEMBER_ID};
+use super::{Api, ServerStream, MEMBER_ID};
 
 /// The etcd version reported by `Status`: the API level served, which clients
 /// check before using newer calls.
@@ -73,7 +70,7 @@ impl maintenance_server::Maintenance for Api {
         }))
     }
 
-    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+    type SnapshotStream = ServerStream<SnapshotResponse>;
 
     async fn snapshot(
         &self,

@@ -134,6 +134,19 @@ fn header(revision: u64) -> Option<ResponseHeader> {
     })
 }
 
+/// A stream of answers, as the services hand their streaming calls' to tonic.
+pub(crate) type ServerStream<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
+
+/// The answers sent on `rx`, as a stream that ends once every sender is gone.
+pub(crate) fn stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> ServerStream<T> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|answer| (answer, rx))
+    }))
+}
+
 /// Where and how the API is served.
 pub struct EtcdApiConfig {
     /// The socket, bound already (so a taken port fails the start, not later).

@@ -3,11 +3,10 @@
 //! store, and cancelled on request or when the stream ends.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, Stream};
+use futures_util::FutureExt;
 use kvstore_core::wire::{Event, EventKind};
 use kvstore_core::{Error, Watch as StoreWatch, WatchItem, WatchOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +20,7 @@ use super::pb::etcdserverpb::{
 };
 use super::pb::mvccpb::{self, event::EventType, KeyValue};
 use super::status::{COMPACTED, PERMISSION_DENIED};
-use super::Api;
+use super::{stream_of, Api, ServerStream};
 use crate::auth::Caller;
 
 /// etcd's watch id of answers that belong to no one watch (a progress answer to
@@ -48,7 +47,7 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+    type WatchStream = ServerStream<WatchResponse>;
 
     async fn watch(
         &self,
@@ -62,10 +61,7 @@ impl Watch for WatchService {
             request.into_inner(),
             answers,
         ));
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|answer| (answer, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream_of(rx)))
     }
 }
 
