@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::link::Link;
+
 /// A program of one of Debian's etcd packages (bookworm's: etcd 3.4, the release
 /// the project tests against).
 struct Tool {
@@ -192,9 +194,20 @@ fn free_port() -> u16 {
 struct Member {
     name: String,
     client: String,
+    /// Where it listens to its peers.
     peer: String,
+    /// Where its peers reach it: a [`Link`] in front of `peer`, in a cluster of
+    /// more than one, so that a test can cut the member off from its peers.
+    peer_link: Option<Link>,
     data: PathBuf,
     child: Option<Child>,
+}
+
+impl Member {
+    /// The peer URL the others are given.
+    fn advertised_peer(&self) -> &str {
+        self.peer_link.as_ref().map_or(&self.peer, |link| &link.url)
+    }
 }
 
 /// Why a cluster did not start: a member exited (its ports were taken).
@@ -234,18 +247,29 @@ impl EtcdCluster {
             Ok(dir) => dir,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let members: Vec<Member> = (0..size)
-            .map(|i| Member {
+        let mut members = Vec::new();
+        for i in 0..size {
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            let peer_link = if size > 1 {
+                match Link::new(&peer) {
+                    Ok(link) => Some(link),
+                    Err(e) => return Ok(Err(format!("no link for a peer: {e}"))),
+                }
+            } else {
+                None
+            };
+            members.push(Member {
                 name: format!("m{i}"),
                 client: format!("http://127.0.0.1:{}", free_port()),
-                peer: format!("http://127.0.0.1:{}", free_port()),
+                peer,
+                peer_link,
                 data: dir.path().join(format!("m{i}")),
                 child: None,
-            })
-            .collect();
+            });
+        }
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}={}", m.name, m.peer))
+            .map(|m| format!("{}={}", m.name, m.advertised_peer()))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EtcdCluster {
@@ -297,7 +321,7 @@ impl EtcdCluster {
             .args(["--listen-client-urls", &member.client])
             .args(["--advertise-client-urls", &member.client])
             .args(["--listen-peer-urls", &member.peer])
-            .args(["--initial-advertise-peer-urls", &member.peer])
+            .args(["--initial-advertise-peer-urls", member.advertised_peer()])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
@@ -358,6 +382,24 @@ impl EtcdCluster {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Cuts member `i` off from its peers (both ways, as far as its own link
+    /// carries: what it sends them, and what they send it over connections they
+    /// opened), until [`EtcdCluster::heal`]. `false` for a member of its own.
+    pub fn partition(&self, i: usize) -> bool {
+        self.members[i]
+            .peer_link
+            .as_ref()
+            .map(Link::blackhole)
+            .is_some()
+    }
+
+    /// Ends [`EtcdCluster::partition`] of member `i`.
+    pub fn heal(&self, i: usize) {
+        if let Some(link) = &self.members[i].peer_link {
+            link.heal();
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod etcd;
 pub mod h2cut;
+pub mod link;
 pub mod venv;
 
 use std::io::{BufRead, BufReader};
@@ -637,7 +638,18 @@ impl HeldAddress {
             .map(String::as_str)
             .chain(args.iter().copied())
             .collect();
-        let server = TestServer::try_start_process_at("127.0.0.1:0", store.dir(), &all, env)?;
+        self.start_process(store.dir(), &all, env)
+    }
+
+    /// The server binary on `data_dir` with exactly `args` (the store's flags
+    /// among them) and `env` set, relaying new connections to it.
+    pub fn start_process(
+        &self,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, String> {
+        let server = TestServer::try_start_process_at("127.0.0.1:0", data_dir, args, env)?;
         self.relay_to(server)
     }
 
