@@ -399,9 +399,13 @@ async fn run(
         }
         let mut next = revision + 1;
         loop {
+            // From the revision before `next`, whose changes the copy holds: a
+            // delete at the revision etcd compacts at may be dropped (etcd issue
+            // #18089), so a start right at a compaction must be refused, and it
+            // is when the revision before it is compacted too.
             let options = EtcdWatchOptions::new()
                 .with_range(end.clone())
-                .with_start_revision(next as i64)
+                .with_start_revision((next - 1).max(1) as i64)
                 .with_progress_notify();
             // On the leader, which knows first that a change is committed.
             let (client, target) = connection.members().stream_client();
@@ -450,16 +454,21 @@ async fn run(
                     }
                     Ok(Some(answer)) => {
                         pause = Duration::from_millis(50);
-                        let events: Vec<Event> = answer
+                        let mut events: Vec<Event> = answer
                             .events()
                             .iter()
                             .filter_map(|e| event_of(&keys, e))
                             .collect();
+                        let sent = events.len();
+                        events.retain(|e| e.revision >= next);
                         let through = match events.last() {
                             Some(last) => last.revision,
                             // The answer that says the watch is created tells the
                             // cluster's revision, not how far the watch has come.
                             None if answer.created() => continue,
+                            // Changes before `next`, the copy's already (the
+                            // watch starts a revision early).
+                            None if sent > 0 => continue,
                             // A progress notification: everything through it is
                             // seen, once etcd confirms it.
                             //

@@ -327,17 +327,20 @@ impl EtcdStore {
         }
     }
 
-    /// The oldest revision etcd still keeps (its last compaction's; 1 when it never
-    /// compacted): a read at revision 1 fails when it is compacted, and a watch
-    /// from 1 is then cancelled with the oldest revision kept.
+    /// The oldest revision whose history is whole: 1 when etcd never compacted;
+    /// else the revision after etcd's last compaction (see [`watch::HistoryWatch`]:
+    /// etcd may drop a delete made at the very revision it compacts at), and never
+    /// below one this replica compacted to. A read at revision 1 fails when it is
+    /// compacted, and a watch from 1 is then cancelled with etcd's compaction.
     async fn oldest_kept(&self) -> Result<u64, Error> {
+        let ours = self.inner.compacted.load(Ordering::Relaxed);
         let (start, end) = self.inner.keys.range("");
         let at_one = GetOptions::new()
             .with_range(end)
             .with_revision(1)
             .with_count_only();
         match self.range(start, at_one).await {
-            Ok(_) => Ok(1),
+            Ok(_) => Ok(ours.max(1)),
             Err(Error::Compacted { .. }) => {
                 let watch = watch::HistoryWatch::open(
                     self.inner.connection.clone(),
@@ -347,7 +350,7 @@ impl EtcdStore {
                 )
                 .await;
                 match watch {
-                    Err(Error::Compacted { oldest, .. }) => Ok(oldest),
+                    Err(Error::Compacted { oldest, .. }) => Ok(ours.max(oldest)),
                     Err(e) => Err(e),
                     Ok(_) => Err(Error::Unavailable(
                         "etcd: revision 1 is compacted, but a watch from it was taken".into(),
@@ -370,6 +373,12 @@ impl EtcdStore {
             // nothing, and it is compacted like every revision before the oldest.
             return Err(Error::Compacted {
                 requested: 0,
+                oldest: self.oldest_kept().await?,
+            });
+        }
+        if revision < self.inner.compacted.load(Ordering::Relaxed) {
+            return Err(Error::Compacted {
+                requested: revision,
                 oldest: self.oldest_kept().await?,
             });
         }
@@ -668,7 +677,28 @@ impl Storage for EtcdStore {
     }
 
     async fn compact(&self, revision: u64) -> Result<u64, Error> {
-        let at = i64::try_from(revision).unwrap_or(i64::MAX);
+        // etcd before 3.4.34 and 3.5.15 drops a delete made at the very revision
+        // it compacts at (etcd issue #18089): a watch from that revision would
+        // miss it. So etcd compacts one revision earlier, and this store keeps
+        // every change from `revision` on, whole; the revision etcd compacted at
+        // counts as compacted too (see `watch::HistoryWatch`).
+        let now = self
+            .range(
+                self.inner.keys.etcd(""),
+                GetOptions::new().with_count_only(),
+            )
+            .await?;
+        let current = self.answered(now.header())?;
+        if revision > current {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        if revision <= 1 {
+            return Ok(current);
+        }
+        let at = i64::try_from(revision - 1).unwrap_or(i64::MAX);
         // Compacting again to the same revision is refused as compacted: a retry
         // of one that reached etcd says so too.
         let answer = self

@@ -235,12 +235,19 @@ impl HistoryWatch {
     /// So a start etcd no longer keeps is found by a read at it first, and then
     /// that later message is waited for: the watch fails here, before anything
     /// reaches the client (a WebSocket's `compacted` frame, SSE's 410).
+    ///
+    /// etcd before 3.4.34 and 3.5.15 drops a delete made at the very revision it
+    /// compacts at (etcd issue #18089), so a watch from that revision could miss
+    /// it. The etcd watch starts at the position itself, one revision early (its
+    /// changes there are skipped): a start right at etcd's compaction is then
+    /// refused like an older one, and the oldest start named is the revision after.
     async fn connect(&mut self) -> Result<(), Error> {
-        let compacted = !self.kept(self.position + 1).await?;
+        let early = self.position.max(1);
+        let compacted = !self.kept(early).await?;
         let (start, end) = self.keys.range(&self.prefix);
         let options = EtcdWatchOptions::new()
             .with_range(end)
-            .with_start_revision((self.position + 1) as i64)
+            .with_start_revision(early as i64)
             .with_progress_notify();
         // Opening a watch changes nothing: tried again, as a read, while a member
         // is out of reach (a dead leader, or one the balanced client still picks).
@@ -268,7 +275,7 @@ impl HistoryWatch {
             return Err(if answer.compact_revision() > 0 {
                 Error::Compacted {
                     requested: self.position + 1,
-                    oldest: answer.compact_revision() as u64,
+                    oldest: answer.compact_revision() as u64 + 1,
                 }
             } else {
                 Error::Unavailable(format!(
