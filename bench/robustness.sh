@@ -8,8 +8,10 @@
 #
 # Each segment is one run of --segment seconds (default 60) with its own seed
 # (--seed, then +1 each segment) and --faults faults (default: one per 10 s of the
-# segment) picked from --mix (default: every fault the engine has: KillServer,
-# StopServer; on etcd also KillLeader, KillFollower). A segment that finds an
+# segment) picked from --mix (default: every fault the engine has: on sled
+# KillServer, StopServer, CrashBeforeFlush, CrashAfterFlush, CrashBetweenLogAndKv,
+# FlushError, Compact; on etcd KillLeader, KillFollower, KillServer, StopServer,
+# PartitionMember, PartitionReplica, DelayReplica, Compact). A segment that finds an
 # anomaly prints it with its seed and leaves its history under target/robustness/;
 # the run goes on. At the end: segments, requests recorded and checked, faults
 # struck, watch changes checked, anomalies, per engine.

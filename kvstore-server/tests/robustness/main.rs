@@ -46,7 +46,7 @@ use faults::{Fault, System};
 use history::{nanos_since, Kv, Record, Request, Response};
 use traffic::{Target, PREFIX};
 use validate::Verdict;
-use watchers::Start;
+use watchers::{Pace, Start};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -131,7 +131,7 @@ async fn run(
             client_for(0)?,
             base,
             Start::Beginning,
-            25,
+            Pace::ResumeEvery(25),
             done.clone(),
         )),
         tokio::spawn(watchers::run_watcher(
@@ -139,7 +139,15 @@ async fn run(
             client_for(urls.len() - 1)?,
             base,
             Start::Beginning,
-            usize::MAX,
+            Pace::Steady,
+            done.clone(),
+        )),
+        tokio::spawn(watchers::run_watcher(
+            "watcher 4 (stalls 200 ms every 200 changes)".into(),
+            client_for(0)?,
+            base,
+            Start::Beginning,
+            Pace::StallEvery(200, Duration::from_millis(200)),
             done.clone(),
         )),
     ];
@@ -158,7 +166,7 @@ async fn run(
             initial_client,
             base,
             Start::Initial,
-            usize::MAX,
+            Pace::Steady,
             initial_done,
         )
         .await
@@ -255,22 +263,41 @@ async fn run(
     for task in watcher_tasks {
         watched.push(tokio::time::timeout(Duration::from_secs(120), task).await??);
     }
+    // The reference: every change since the last compaction, read after the
+    // faults, after those read before each compaction.
     let (reference_done, reference_rx) = watch::channel(Some(last));
-    let reference = watchers::run_watcher(
+    let kept_from = system.kept_from();
+    let after = watchers::run_watcher(
         "the reference watcher (after the faults)".into(),
         client_for(0)?,
         base,
-        Start::Beginning,
-        usize::MAX,
+        Start::At(kept_from),
+        Pace::Steady,
         reference_rx,
     );
-    let reference = tokio::time::timeout(Duration::from_secs(60), reference).await?;
+    let mut reference = tokio::time::timeout(Duration::from_secs(60), after).await?;
     drop(reference_done);
+    if !system.compactions.is_empty() {
+        let mut changes: Vec<_> = system
+            .compactions
+            .iter()
+            .flat_map(|c| c.changes.iter().cloned())
+            .collect();
+        changes.append(&mut reference.changes);
+        reference.changes = changes;
+        reference.name = format!(
+            "the reference watcher (before each of {} compactions, and after the faults)",
+            system.compactions.len()
+        );
+    }
 
     // Checks.
     let mut anomalies = Vec::new();
+    if let Some(error) = &reference.error {
+        anomalies.push(format!("{} ended with an error: {error}", reference.name));
+    }
     let log = validate::reference_log(&reference, last, &mut anomalies);
-    validate::check_watchers(&log, &watched, base, &mut anomalies);
+    validate::check_watchers(&log, &watched, base, kept_from, &mut anomalies);
     validate::check_lists(&records, &log, &mut anomalies);
     let operations = records.len();
     let unknown = records
@@ -292,11 +319,12 @@ async fn run(
     support::say(&format!(
         "robustness {} seed {seed}: {operations} requests ({writes} writes, {unknown} unknown \
          outcomes), revisions 1..={last}, {} faults [{}], {frames} watch changes checked \
-         ({} resumes), {} anomalies, {verdict_line}",
+         ({} resumes, {} refused as compacted), {} anomalies, {verdict_line}",
         engine.name(),
         struck.len(),
         struck.join("; "),
         watched.iter().map(|w| w.resumes).sum::<usize>(),
+        watched.iter().filter(|w| w.compacted.is_some()).count(),
         anomalies.len()
     ));
     drop(system);

@@ -81,11 +81,27 @@ fn apply(state: &mut BTreeMap<String, Kv>, change: &Change) {
 /// Each watcher's stream must be the reference log over the revisions it covers:
 /// the same changes, in the same order, each once, every revision whole (atomic),
 /// whatever it resumed through; with `initial`, its entries the store at the
-/// revision they name.
-pub fn check_watchers(log: &Log, watchers: &[Recorded], base: u64, anomalies: &mut Vec<String>) {
+/// revision they name; refused as compacted only when it asked for a revision
+/// below `compacted_below` (the history kept starts there at the end of the run).
+pub fn check_watchers(
+    log: &Log,
+    watchers: &[Recorded],
+    base: u64,
+    compacted_below: u64,
+    anomalies: &mut Vec<String>,
+) {
     for watcher in watchers {
         if let Some(error) = &watcher.error {
             anomalies.push(format!("{} ended with an error: {error}", watcher.name));
+        }
+        if let Some(asked) = watcher.compacted {
+            if asked >= compacted_below {
+                anomalies.push(format!(
+                    "resumable: {} was refused revision {asked} as compacted; the history \
+                     kept starts at {compacted_below}",
+                    watcher.name
+                ));
+            }
         }
         let from = match &watcher.initial {
             Some((entries, revision)) => {

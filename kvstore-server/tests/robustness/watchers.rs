@@ -45,6 +45,9 @@ pub struct Recorded {
     pub resumes: usize,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
+    /// When its (re)start was refused as compacted: the revision it asked for
+    /// (the end of its record: a client would now list again).
+    pub compacted: Option<u64>,
 }
 
 impl Recorded {
@@ -63,17 +66,30 @@ pub enum Start {
     Beginning,
     /// The current entries, then the changes after them.
     Initial,
+    /// Every change from a revision on (relative to the store's first).
+    At(u64),
 }
 
-/// Watches [`PREFIX`] through `client` until `done` holds a revision it has
-/// reached; drops its stream and resumes from its last revision every
-/// `resume_every` changes.
+/// How a watcher reads its stream.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as changes come.
+    Steady,
+    /// Drops its stream and resumes from its last revision every so many changes.
+    ResumeEvery(usize),
+    /// Stops reading for a while every so many changes, as a busy consumer does
+    /// (it falls behind, and history may be compacted under it).
+    StallEvery(usize, std::time::Duration),
+}
+
+/// Watches [`PREFIX`] through `client` at `pace` until `done` holds a revision
+/// it has reached.
 pub async fn run_watcher(
     name: String,
     client: Client,
     base: u64,
     start: Start,
-    resume_every: usize,
+    pace: Pace,
     mut done: watch::Receiver<Option<u64>>,
 ) -> Recorded {
     let mut recorded = Recorded {
@@ -87,6 +103,7 @@ pub async fn run_watcher(
     match start {
         Start::Beginning => options.start_revision = Some(base + 1),
         Start::Initial => options.initial = true,
+        Start::At(revision) => options.start_revision = Some(base + revision),
     }
     let mut initial = Vec::new();
     loop {
@@ -115,6 +132,10 @@ pub async fn run_watcher(
                         Some((std::mem::take(&mut initial), revision.saturating_sub(base)));
                 }
                 Some(Ok(_)) => continue,
+                Some(Err(kvstore_client::Error::Compacted { .. })) => {
+                    recorded.compacted = Some(recorded.last_revision() + 1);
+                    return recorded;
+                }
                 Some(Err(e)) => {
                     recorded.error = Some(e.to_string());
                     return recorded;
@@ -124,9 +145,13 @@ pub async fn run_watcher(
                     return recorded;
                 }
             }
-            // Resume at a revision's end only: a transaction's changes share one.
-            if since_resume >= resume_every {
-                break;
+            match pace {
+                // Resume at a revision's end only: a transaction's changes share one.
+                Pace::ResumeEvery(n) if since_resume >= n => break,
+                Pace::StallEvery(n, pause) if since_resume % n == 0 => {
+                    tokio::time::sleep(pause).await
+                }
+                _ => {}
             }
         }
         drop(stream);
@@ -179,6 +204,10 @@ pub async fn run_sse_watcher(
             .await;
         let mut body = match res {
             Ok(res) if res.status().is_success() => res.bytes_stream(),
+            Ok(res) if res.status() == reqwest::StatusCode::GONE => {
+                recorded.compacted = Some(from);
+                return recorded;
+            }
             other => {
                 failures += 1;
                 if failures > 600 {
@@ -222,6 +251,10 @@ pub async fn run_sse_watcher(
                             return recorded;
                         }
                     },
+                    Some("error") if json["code"] == "compacted" => {
+                        recorded.compacted = Some(from);
+                        return recorded;
+                    }
                     Some("error") => break 'stream,
                     _ => {}
                 }
