@@ -128,8 +128,9 @@ pub fn check_watchers(
                 .position(|(a, b)| a != b)
                 .unwrap_or(got.len().min(expected.len()));
             anomalies.push(format!(
-                "{} (resumed {} times) differs from the log at change {at}: sent {:?}, the log \
-                 has {:?} ({} changes sent, {} in the log from revision {from} to {last})",
+                "{}: {} (resumed {} times) differs from the log at change {at}: sent {:?}, the \
+                 log has {:?} ({} changes sent, {} in the log from revision {from} to {last})",
+                which_guarantee(&got, &expected, at),
                 watcher.name,
                 watcher.resumes,
                 got.get(at),
@@ -138,6 +139,22 @@ pub fn check_watchers(
                 expected.len()
             ));
         }
+    }
+}
+
+/// The guarantee a stream breaks where it first differs from the log, at `at`.
+fn which_guarantee(got: &[&Change], expected: &[&Change], at: usize) -> &'static str {
+    let before = at.checked_sub(1).and_then(|i| got.get(i));
+    match (got.get(at), expected.get(at)) {
+        (Some(g), Some(e)) if g.revision > e.revision => match before {
+            Some(b) if b.revision == e.revision => "atomic (a revision cut short by a later one)",
+            _ => "reliable (a gap)",
+        },
+        (Some(g), _) if before.is_some_and(|b| b.revision > g.revision) => "ordered",
+        (Some(g), Some(e)) if g.revision < e.revision => "unique (a change sent again)",
+        (Some(_), Some(_)) => "durable (a change that is not the log's: undone, or made up)",
+        (None, Some(_)) => "reliable (the stream stops short)",
+        _ => "reliable (changes past the log)",
     }
 }
 
@@ -614,6 +631,43 @@ mod tests {
             version: u64::from(value.is_some()),
             lease: 0,
         }
+    }
+
+    /// A watcher's stream is held against the log, and where it first differs the
+    /// report names the guarantee it breaks.
+    #[test]
+    fn a_stream_that_differs_is_named_by_the_guarantee_it_breaks() {
+        let log = [
+            change(1, "r/a", Some("1")),
+            change(2, "r/a", None),
+            change(2, "r/b", Some("2")),
+            change(3, "r/b", Some("3")),
+        ];
+        let named = |sent: &[Change]| {
+            let (got, expected): (Vec<&Change>, Vec<&Change>) =
+                (sent.iter().collect(), log.iter().collect());
+            let at = got
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len());
+            which_guarantee(&got, &expected, at)
+        };
+        let cut = [
+            log[0].clone(),
+            log[1].clone(),
+            log[3].clone(),
+            log[2].clone(),
+        ];
+        assert!(named(&cut).starts_with("atomic"));
+        let gap = [log[0].clone(), log[3].clone()];
+        assert!(named(&gap).starts_with("reliable"));
+        let again = [log[0].clone(), log[0].clone()];
+        assert!(named(&again).starts_with("unique"));
+        let undone = [log[0].clone(), change(2, "r/a", Some("x"))];
+        assert!(named(&undone).starts_with("durable"));
+        let short = [log[0].clone()];
+        assert!(named(&short).starts_with("reliable"));
     }
 
     /// Found by a run on etcd (seed 2): two clients each sent the same delete by
