@@ -11,7 +11,7 @@
 # segment) picked from --mix (default: every fault the engine has: on sled
 # KillServer, StopServer, CrashBeforeFlush, CrashAfterFlush, CrashBetweenLogAndKv,
 # FlushError, Compact; on etcd KillLeader, KillFollower, KillServer, StopServer,
-# PartitionMember, PartitionReplica, DelayReplica, Compact). A segment that finds an
+# PartitionMember, PartitionReplica, OneWayReplica, DelayReplica, Compact). A segment that finds an
 # anomaly prints it with its seed and leaves its history under target/robustness/;
 # the run goes on. At the end: segments, requests recorded and checked, faults
 # struck, watch changes checked, anomalies, per engine.

@@ -38,6 +38,9 @@ pub enum Fault {
     PartitionMember,
     /// Cut a kvstore replica off from every etcd member for a second or two.
     PartitionReplica,
+    /// Drop what etcd answers a kvstore replica for a second or two (its
+    /// requests still arrive and take effect), then close those connections.
+    OneWayReplica,
     /// Slow a kvstore replica's links to etcd by 20–200 ms for two seconds.
     DelayReplica,
     /// Compact the store's history at (or a little before) its revision, through
@@ -81,6 +84,7 @@ impl Fault {
                 Fault::StopServer,
                 Fault::PartitionMember,
                 Fault::PartitionReplica,
+                Fault::OneWayReplica,
                 Fault::DelayReplica,
                 Fault::Compact,
             ],
@@ -275,7 +279,7 @@ impl System {
                      {before:?}, then {during:?})"
                 )
             }
-            Fault::PartitionReplica | Fault::DelayReplica => {
+            Fault::PartitionReplica | Fault::OneWayReplica | Fault::DelayReplica => {
                 if self.links.iter().all(Vec::is_empty) {
                     return "no replica links".into();
                 }
@@ -285,6 +289,12 @@ impl System {
                     (
                         pause + Duration::from_secs(1),
                         "cut off from etcd".to_string(),
+                    )
+                } else if fault == Fault::OneWayReplica {
+                    self.links[i].iter().for_each(Link::drop_answers);
+                    (
+                        pause + Duration::from_secs(1),
+                        "deaf to etcd's answers".to_string(),
                     )
                 } else {
                     let by = Duration::from_millis(rng.random_range(20..200));

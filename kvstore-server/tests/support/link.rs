@@ -7,6 +7,9 @@
 //!   silent), as when a network partition falls: callers see no answer, not a
 //!   refusal. [`Link::heal`] ends it and closes every connection that lived through
 //!   it (their byte streams have holes), so that the two sides connect again.
+//! - [`Link::drop_answers`]: what the connecting side sends still arrives, what
+//!   the far side answers is dropped (a one-way partition): requests take effect
+//!   and their callers never learn it. [`Link::heal`] closes those connections too.
 //! - [`Link::delay`]: every chunk waits that long before it is passed on.
 
 use std::collections::HashMap;
@@ -19,7 +22,17 @@ use std::time::Duration;
 enum Mode {
     Pass,
     Blackhole,
+    DropAnswers,
     Delay(Duration),
+}
+
+/// Which way a pump carries bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// From the side that connects to the far side.
+    Request,
+    /// Back.
+    Answer,
 }
 
 struct State {
@@ -70,16 +83,21 @@ impl Link {
         lock(&self.state).mode = Mode::Blackhole;
     }
 
+    /// Drops what the far side sends from now on, until [`Link::heal`].
+    pub fn drop_answers(&self) {
+        lock(&self.state).mode = Mode::DropAnswers;
+    }
+
     /// Every chunk waits `by` before it is passed on, until [`Link::heal`].
     pub fn delay(&self, by: Duration) {
         lock(&self.state).mode = Mode::Delay(by);
     }
 
-    /// Passes everything again; after a blackhole, closes the connections that
-    /// lived through it.
+    /// Passes everything again; after a blackhole or dropped answers, closes the
+    /// connections that lived through it.
     pub fn heal(&self) {
         let mut state = lock(&self.state);
-        if state.mode == Mode::Blackhole {
+        if matches!(state.mode, Mode::Blackhole | Mode::DropAnswers) {
             for (_, (a, b)) in state.open.drain() {
                 let _ = a.shutdown(Shutdown::Both);
                 let _ = b.shutdown(Shutdown::Both);
@@ -118,9 +136,9 @@ fn carry(client: TcpStream, target: SocketAddr, state: Arc<Mutex<State>>) {
     };
     let upstream = std::thread::spawn({
         let state = state.clone();
-        move || pump(client_in, server_out, &state)
+        move || pump(client_in, server_out, Way::Request, &state)
     });
-    pump(server_in, client_out, &state);
+    pump(server_in, client_out, Way::Answer, &state);
     let _ = upstream.join();
     lock(&state).open.remove(&id);
     let _ = client.shutdown(Shutdown::Both);
@@ -128,7 +146,7 @@ fn carry(client: TcpStream, target: SocketAddr, state: Arc<Mutex<State>>) {
 }
 
 /// Copies `from` to `to` as the link's mode says, until `from` ends.
-fn pump(mut from: TcpStream, mut to: TcpStream, state: &Mutex<State>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, way: Way, state: &Mutex<State>) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -139,6 +157,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &Mutex<State>) {
         match mode {
             Mode::Pass => {}
             Mode::Blackhole => continue,
+            Mode::DropAnswers if way == Way::Answer => continue,
+            Mode::DropAnswers => {}
             Mode::Delay(by) => std::thread::sleep(by),
         }
         if to.write_all(&buf[..n]).is_err() {
