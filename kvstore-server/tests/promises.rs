@@ -212,3 +212,36 @@ async fn a_read_never_shows_a_delete_before_it_is_durable() -> TestResult {
     assert!(reads > 10, "only {reads} reads");
     Ok(())
 }
+
+/// "An acknowledged write survives a crash", for a lease's revoke: the lease is
+/// gone once the revoke is answered, and a SIGKILL right after cannot bring it
+/// back (it was forgotten after its keys' deletes were flushed, and that was
+/// durable only with the next write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_lease_stays_revoked_after_a_sigkill() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for round in 0..5 {
+        let mut server = support::TestServer::try_start_in(dir.path(), &[])?;
+        let client = Client::new(&server.url)?;
+        let lease = client.grant(600).await?;
+        let key = format!("leased/{round}");
+        client.put_with_lease(&key, "v", lease.id).await?;
+        client.revoke(lease.id).await?;
+        server.kill();
+        drop(server);
+
+        let server = support::TestServer::try_start_in(dir.path(), &[])?;
+        let client = Client::new(&server.url)?;
+        let after = client.lease(lease.id).await;
+        assert!(
+            matches!(&after, Err(e) if e.code() == Some(kvstore_client::ErrorCode::LeaseNotFound)),
+            "round {round}: lease {} is back after the crash: {after:?}",
+            lease.id
+        );
+        assert!(matches!(
+            client.get(&key).await,
+            Err(kvstore_client::Error::NotFound { .. })
+        ));
+    }
+    Ok(())
+}

@@ -591,9 +591,13 @@ impl Writer {
             Ok(Err(e)) => return Err(e),
             _ => return Err(Error::Closed),
         };
-        // Durable with the next write (or sled's own flush); lost in a crash, the
-        // lease comes back without keys and expires again.
+        // Forgotten only once its keys' deletes are durable (else a failed group
+        // would leave keys on a lease that no longer expires), and durable before
+        // the answer: a crash after it must not bring the lease back.
         forget(self)?;
+        if let Some(e) = self.make_durable() {
+            return Err(e);
+        }
         log::debug!("lease {id} ended at revision {revision}");
         Ok(RevokeResult { revision })
     }
