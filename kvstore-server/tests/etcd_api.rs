@@ -814,3 +814,30 @@ async fn nested_transactions_decide_every_compare_before_any_op(
     assert_eq!(b.kvs()[0].mod_revision(), written);
     Ok(())
 }
+
+/// `Hash` and `HashKV` (what `etcdctl endpoint hashkv` asks) hash the keys as
+/// they were at a revision: the same answer for the same revision however the
+/// store moved on since, another one for another store state.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashes_name_the_store_at_a_revision(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    etcd.put("h/a", "1", None).await?;
+    let first = revision_of(etcd.put("h/b", "2", None).await?.header());
+    let then = etcd.hash_kv(first).await?;
+    assert_eq!(then.hash_revision(), first);
+    assert_eq!(etcd.hash_kv(first).await?.hash(), then.hash());
+
+    let now = revision_of(etcd.put("h/a", "3", None).await?.header());
+    assert_eq!(etcd.hash_kv(first).await?.hash(), then.hash());
+    let current = etcd.hash_kv(0).await?;
+    assert_eq!(current.hash_revision(), now);
+    assert_ne!(current.hash(), then.hash());
+    assert_eq!(etcd.hash().await?.hash(), current.hash());
+    Ok(())
+}

@@ -14,13 +14,9 @@ use super::pb::etcdserverpb::{
     RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, ResponseHeader, ResponseOp,
     TxnRequest, TxnResponse,
 };
-use super::status::{from_store, key_not_provided, not_served, too_many_ops, PERMISSION_DENIED};
+use super::status::{denied, from_store, key_not_provided, not_served, too_many_ops};
 use super::Api;
 use crate::auth::Caller;
-
-fn denied() -> Status {
-    Status::permission_denied(PERMISSION_DENIED)
-}
 
 /// The part of a range's answer its options shape: filters, order, limit, and
 /// whether values or only the count are sent. `count` is every key of the range,

@@ -18,7 +18,7 @@ use super::pb::v3electionpb::{
 use super::pb::v3lockpb::{
     lock_server::Lock, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
 };
-use super::status::{from_store, PERMISSION_DENIED};
+use super::status::{denied, from_store};
 use super::{stream_of, Api, ServerStream};
 use crate::auth::Caller;
 
@@ -30,7 +30,7 @@ fn line_of(name: Vec<u8>, caller: &Caller) -> Result<String, Status> {
     let prefix = format!("{}/", text(name)?);
     let span = Span::under(&prefix)?;
     if !span.writable_by(caller) || !span.readable_by(caller) {
-        return Err(Status::permission_denied(PERMISSION_DENIED));
+        return Err(denied());
     }
     Ok(prefix)
 }
@@ -188,7 +188,7 @@ impl Lock for Api {
         let caller = self.caller(&request)?;
         let key = text(request.into_inner().key)?;
         if !Span::Key(key.clone()).writable_by(&caller) {
-            return Err(Status::permission_denied(PERMISSION_DENIED));
+            return Err(denied());
         }
         let revision = leave(&*self.store, &key, 0).await?;
         Ok(Response::new(UnlockResponse {

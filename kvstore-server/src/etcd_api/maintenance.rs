@@ -1,11 +1,14 @@
 //! The Maintenance and Cluster services: what etcd's tools ask of a member
 //! (`etcdctl endpoint status`, `member list`, `alarm list`, `defrag`).
 
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use super::keys::Span;
 use super::pb::etcdserverpb::*;
-use super::status::{from_store, not_served};
+use super::status::{denied, from_store, not_served};
 use super::{Api, ServerStream, MEMBER_ID};
+use crate::auth::Caller;
 
 /// The etcd version reported by `Status`: the API level served, which clients
 /// check before using newer calls.
@@ -82,10 +85,29 @@ impl maintenance_server::Maintenance for Api {
         ))
     }
 
-    not_served_rpcs! {
-        "kvstore keeps no hash of its store in etcd's format";
-        hash(HashRequest) -> HashResponse;
-        hash_kv(HashKvRequest) -> HashKvResponse;
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let (hash, revision) = self.hash_at(&caller, None).await?;
+        Ok(Response::new(HashResponse {
+            header: self.header(revision),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let asked = super::keys::unsigned(request.get_ref().revision);
+        let (hash, revision) = self.hash_at(&caller, asked).await?;
+        let status = self.store.status().await.map_err(from_store)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.header(status.revision),
+            hash,
+            compact_revision: super::keys::signed(status.oldest_revision),
+            hash_revision: super::keys::signed(revision),
+        }))
     }
 
     not_served_rpcs! {
@@ -119,5 +141,41 @@ impl cluster_server::Cluster for Api {
         member_remove(MemberRemoveRequest) -> MemberRemoveResponse;
         member_update(MemberUpdateRequest) -> MemberUpdateResponse;
         member_promote(MemberPromoteRequest) -> MemberPromoteResponse;
+    }
+}
+
+impl Api {
+    /// A hash of every key as it was at `revision` (now when `None`), and the
+    /// revision read: its key, value, revisions, version and lease, in key order,
+    /// the first 4 bytes of their SHA-256. Not etcd's hash (of its own database
+    /// file), but the same on every server over one store at one revision, which
+    /// is what `etcdctl endpoint hashkv` compares. Like etcd's, for a caller who
+    /// may read every key.
+    async fn hash_at(&self, caller: &Caller, revision: Option<u64>) -> Result<(u32, u64), Status> {
+        let every_key = Span::new(vec![0], vec![0])?;
+        if !every_key.readable_by(caller) {
+            return Err(denied());
+        }
+        let (entries, read) = super::keys::scan(&*self.store, &every_key, revision)
+            .await
+            .map_err(from_store)?;
+        let mut digest = Sha256::new();
+        for entry in &entries {
+            for number in [
+                entry.key.len() as u64,
+                entry.value.len() as u64,
+                entry.create_revision,
+                entry.mod_revision,
+                entry.version,
+                entry.lease.unwrap_or(0),
+            ] {
+                digest.update(number.to_be_bytes());
+            }
+            digest.update(entry.key.as_bytes());
+            digest.update(&entry.value);
+        }
+        let sum = digest.finalize();
+        let hash = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
+        Ok((hash, revision.unwrap_or(read)))
     }
 }

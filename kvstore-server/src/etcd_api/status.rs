@@ -51,6 +51,11 @@ pub(crate) fn from_store(error: Error) -> Status {
 }
 
 /// etcd's answer to a request without a key.
+/// What etcd answers a call outside the caller's roles.
+pub(crate) fn denied() -> Status {
+    Status::permission_denied(PERMISSION_DENIED)
+}
+
 pub(crate) fn key_not_provided() -> Status {
     Status::invalid_argument("etcdserver: key is not provided")
 }
