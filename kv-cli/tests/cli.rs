@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};
 
 use assert_cmd::Command;
 use rstest::rstest;
-use support::{Backend, Engine, TestServer};
+use support::{Backend, Engine, TestServer, EMPTY_REVISION};
 
 /// Safety net for each wait on a `kv` process; a healthy run never gets near it.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -37,10 +37,9 @@ fn put_get_del_ls_round_trip(#[values(Engine::Sled, Engine::Etcd)] engine: Engin
     let Some(server) = support::serve(engine, &[]) else {
         return;
     };
-    let empty = server.first_revision();
     assert_eq!(
         stdout_of(kv(&server).args(["put", "app/db/url", "postgres://db"])),
-        format!("OK (revision {})\n", empty + 1)
+        format!("OK (revision {})\n", EMPTY_REVISION + 1)
     );
     kv(&server)
         .args(["put", "app/mode", "blue"])
@@ -62,7 +61,7 @@ fn put_get_del_ls_round_trip(#[values(Engine::Sled, Engine::Etcd)] engine: Engin
     );
     assert_eq!(
         stdout_of(kv(&server).args(["del", "app/mode"])),
-        format!("deleted (revision {})\n", empty + 4)
+        format!("deleted (revision {})\n", EMPTY_REVISION + 4)
     );
     assert_eq!(stdout_of(kv(&server).args(["ls", "app/"])), "app/db/url\n");
 }
@@ -92,7 +91,7 @@ fn json_output(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
         kv(&server).args(["-o", "json", "put", "k", "v"]),
     ))
     .expect("JSON");
-    assert_eq!(put["revision"], server.first_revision() + 1);
+    assert_eq!(put["revision"], EMPTY_REVISION + 1);
     let entry: serde_json::Value =
         serde_json::from_str(&stdout_of(kv(&server).args(["get", "k", "-o", "json"])))
             .expect("JSON");
@@ -114,7 +113,7 @@ fn exit_codes_and_one_line_errors(#[values(Engine::Sled, Engine::Etcd)] engine: 
     assert_eq!(stderr, "kv: key not found: missing\n");
 
     kv(&server).args(["put", "k", "v1"]).assert().success();
-    let put = (server.first_revision() + 1).to_string();
+    let put = (EMPTY_REVISION + 1).to_string();
     let (code, stderr) = failure_of(kv(&server).args(["put", "k", "v2", "--if-revision", "7"]));
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -263,20 +262,19 @@ fn watch_prints_history_then_live_changes_and_exits_cleanly_on_ctrl_c(
         .success();
     // From revision 1: the history comes first, which also shows the watch is open.
     let mut watch = Watcher::start(&server, &["app/", "--from-revision", "1"]);
-    let empty = server.first_revision();
     assert_eq!(
         watch.line(),
-        format!("PUT app/a = 1 (revision {})", empty + 1)
+        format!("PUT app/a = 1 (revision {})", EMPTY_REVISION + 1)
     );
     kv(&server).args(["put", "app/b", "2"]).assert().success();
     kv(&server).args(["del", "app/a"]).assert().success();
     assert_eq!(
         watch.line(),
-        format!("PUT app/b = 2 (revision {})", empty + 3)
+        format!("PUT app/b = 2 (revision {})", EMPTY_REVISION + 3)
     );
     assert_eq!(
         watch.line(),
-        format!("DELETE app/a (revision {})", empty + 4)
+        format!("DELETE app/a (revision {})", EMPTY_REVISION + 4)
     );
     assert_eq!(watch.interrupt(), Some(0));
 }
@@ -296,12 +294,12 @@ fn watch_json_and_initial_state(#[values(Engine::Sled, Engine::Etcd)] engine: En
     assert_eq!(frames[0]["key"], "cfg/a");
     assert_eq!(frames[1]["key"], "cfg/b");
     assert_eq!(frames[2]["type"], "synced");
-    assert_eq!(frames[2]["revision"], server.first_revision() + 2);
+    assert_eq!(frames[2]["revision"], EMPTY_REVISION + 2);
     kv(&server).args(["put", "cfg/a", "3"]).assert().success();
     let live: serde_json::Value = serde_json::from_str(&watch.line()).expect("NDJSON");
     assert_eq!(live["type"], "put");
     assert_eq!(live["value"], "3");
-    assert_eq!(live["revision"], server.first_revision() + 3);
+    assert_eq!(live["revision"], EMPTY_REVISION + 3);
     assert_eq!(live["version"], 2);
     assert_eq!(watch.interrupt(), Some(0));
 }
@@ -315,7 +313,6 @@ fn watch_stays_up_across_a_server_restart_and_says_it_reconnects(
     let Some(store) = Backend::new(engine) else {
         return;
     };
-    let empty = store.first_revision();
     // The watch's address, held by the test across the restart.
     let held = support::HeldAddress::new().expect("a loopback port");
     let mut first = held.start_on(&store, &[]).expect("the server starts");
@@ -323,7 +320,7 @@ fn watch_stays_up_across_a_server_restart_and_says_it_reconnects(
     let mut watch = Watcher::start_at(&held.url, &["--from-revision", "1"]);
     assert_eq!(
         watch.line(),
-        format!("PUT k = before (revision {})", empty + 1)
+        format!("PUT k = before (revision {})", EMPTY_REVISION + 1)
     );
 
     held.kill(&mut first);
@@ -337,7 +334,7 @@ fn watch_stays_up_across_a_server_restart_and_says_it_reconnects(
     // Exactly once, with the revision continuing after the restart.
     assert_eq!(
         watch.line(),
-        format!("PUT k = after (revision {})", empty + 2)
+        format!("PUT k = after (revision {})", EMPTY_REVISION + 2)
     );
     assert_eq!(watch.interrupt(), Some(0));
 }
@@ -359,7 +356,7 @@ fn watch_from_a_compacted_revision_exits_1_with_one_line(
             .assert()
             .success();
     }
-    let last = server.first_revision() + 40;
+    let last = EMPTY_REVISION + 40;
     if let Some(cluster) = server.backend().and_then(Backend::cluster) {
         cluster.compact(last - 4).expect("etcd compacts");
     }
@@ -531,9 +528,9 @@ fn export_piped_into_import_copies_the_store(#[values(Engine::Sled, Engine::Etcd
     // there the entries come across as new ones, all in one transaction.
     let mut expected = listing(&source);
     let restored_at = match engine {
-        Engine::Sled => 5,
+        Engine::Sled => EMPTY_REVISION + 5,
         Engine::Etcd => {
-            let at = target.first_revision() + 1;
+            let at = EMPTY_REVISION + 1;
             for entry in expected.as_array_mut().expect("a JSON array") {
                 entry["create_revision"] = at.into();
                 entry["mod_revision"] = at.into();
@@ -610,13 +607,17 @@ fn reads_of_the_past(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
     let Some(mut server) = support::serve(engine, &["--retain-revisions", "5"]) else {
         return;
     };
-    let empty = server.first_revision();
     for value in ["one", "two", "three"] {
         kv(&server).args(["put", "h/k", value]).assert().success();
     }
     kv(&server).args(["put", "h/j", "jay"]).assert().success();
     kv(&server).args(["del", "h/k"]).assert().success();
-    let (one, two, jay, deleted) = (empty + 1, empty + 2, empty + 4, empty + 5);
+    let (one, two, jay, deleted) = (
+        EMPTY_REVISION + 1,
+        EMPTY_REVISION + 2,
+        EMPTY_REVISION + 4,
+        EMPTY_REVISION + 5,
+    );
     assert_eq!(
         stdout_of(kv(&server).args(["get", "h/k", "--rev", &two.to_string()])),
         "two"
@@ -648,7 +649,7 @@ fn reads_of_the_past(#[values(Engine::Sled, Engine::Etcd)] engine: Engine) {
         format!(
             "{one}\tput\tversion 1\tone\n{two}\tput\tversion 2\ttwo\n{}\tput\tversion 3\tthree\n\
              {deleted}\tdelete\n",
-            empty + 3
+            EMPTY_REVISION + 3
         )
     );
     let lines = stdout_of(kv(&server).args(["-o", "json", "history", "h/k"]));

@@ -23,6 +23,10 @@ use kvstore_core::{
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A new store's revision before any write, as in etcd: its first write is
+/// `EMPTY + 1`.
+const EMPTY: u64 = kvstore_core::storage::INITIAL_REVISION;
+
 /// Guard against a hang: the longest any single awaited step may take. It is a
 /// failure deadline, not a synchronisation delay.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -123,11 +127,11 @@ fn watch_from(prefix: &str, start_revision: u64) -> WatchOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_strictly_increase_and_continue_after_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut last = 0;
+    let mut last = EMPTY;
     let expected: Vec<Entry>;
     {
         let store = open(dir.path())?;
-        assert_eq!(store.revision(), 0);
+        assert_eq!(store.revision(), EMPTY);
         for i in 0..12u32 {
             let put = store
                 .put(&format!("k/{}", i % 5), format!("v{i}").into_bytes(), None)
@@ -142,7 +146,7 @@ async fn revisions_strictly_increase_and_continue_after_reopen() -> TestResult {
         }
         // A put after the deletes, so the last revision is a put.
         last = store.put("k/9", b"after".to_vec(), None).await?.revision;
-        assert_eq!(last, 15);
+        assert_eq!(last, EMPTY + 15);
         expected = store.list("", None, 100).await?.entries;
         assert_eq!(expected.len(), 4);
         drop(store);
@@ -170,9 +174,10 @@ async fn revisions_strictly_increase_and_continue_after_reopen() -> TestResult {
     let put2 = store.put("k/1", b"again".to_vec(), None).await?;
     assert_eq!(put2.revision, last + 2);
 
-    // The history survived too, and is seamless with the new writes.
+    // The history survived too, and is seamless with the new writes: from revision 1
+    // (the store before its first write) it starts with the first write.
     let mut watch = store.watch(watch_from("", 1)).await?;
-    for rev in 1..=last + 2 {
+    for rev in EMPTY + 1..=last + 2 {
         assert_eq!(next_event(&mut watch).await?.revision, rev);
     }
     Ok(())
@@ -431,12 +436,12 @@ async fn invalid_keys_and_oversized_values_are_refused() -> TestResult {
         Err(Error::ValueTooLarge { size: 65, max: 64 }) => {}
         other => return Err(format!("put of a 65-byte value: {other:?}").into()),
     }
-    assert_eq!(store.revision(), 0, "refused writes use no revision");
+    assert_eq!(store.revision(), EMPTY, "refused writes use no revision");
 
     // The limits themselves are accepted.
     let at_limit = "k".repeat(MAX_KEY_BYTES);
     let put = store.put(&at_limit.clone(), vec![7; 64], None).await?;
-    assert_eq!(put.revision, 1);
+    assert_eq!(put.revision, EMPTY + 1);
     assert_eq!(
         store.get(&at_limit).await?.map(|e| e.value),
         Some(vec![7; 64])
@@ -463,7 +468,7 @@ async fn watch_sees_changes_under_its_prefix_in_order() -> TestResult {
     let mut watch = store.watch(watch_prefix("a/")).await?;
     let mut all = store.watch(watch_prefix("")).await?;
     let start = store.revision();
-    assert_eq!(start, 1);
+    assert_eq!(start, EMPTY + 1);
 
     // (key, Some(value) for a put / None for a delete)
     let ops: Vec<(&str, Option<&[u8]>)> = vec![
@@ -551,45 +556,46 @@ async fn watch_resumes_from_a_revision_then_continues_live() -> TestResult {
         let put = store
             .put(&key.clone(), format!("v{i}").into_bytes(), None)
             .await?;
-        assert_eq!(put.revision, i);
+        assert_eq!(put.revision, EMPTY + i);
         if key.starts_with("r/") {
-            under_r.push(i);
+            under_r.push(EMPTY + i);
         }
     }
 
     // Open both right after the writes: part of the range may still be on its way
     // to the live feed, which exercises the seam between history and live.
-    let mut all = store.watch(watch_from("", 5)).await?;
-    let mut only_r = store.watch(watch_from("r/", 5)).await?;
+    let from = EMPTY + 5;
+    let mut all = store.watch(watch_from("", from)).await?;
+    let mut only_r = store.watch(watch_from("r/", from)).await?;
 
-    for rev in 5..=20 {
+    for i in 5..=20 {
         let event = next_event(&mut all).await?;
-        assert_eq!(event.revision, rev);
-        assert_eq!(event.value, format!("v{rev}").into_bytes());
+        assert_eq!(event.revision, EMPTY + i);
+        assert_eq!(event.value, format!("v{i}").into_bytes());
     }
-    for rev in under_r.iter().filter(|&&r| r >= 5) {
+    for rev in under_r.iter().filter(|&&r| r >= from) {
         let event = next_event(&mut only_r).await?;
         assert_eq!(event.revision, *rev);
         assert!(event.key.starts_with("r/"));
     }
 
     let live = store.put("r/live", b"21".to_vec(), None).await?;
-    assert_eq!(live.revision, 21);
-    assert_eq!(next_event(&mut all).await?.revision, 21);
-    assert_eq!(next_event(&mut only_r).await?.revision, 21);
+    assert_eq!(live.revision, EMPTY + 21);
+    assert_eq!(next_event(&mut all).await?.revision, EMPTY + 21);
+    assert_eq!(next_event(&mut only_r).await?.revision, EMPTY + 21);
 
     // No duplicates and nothing skipped: the next events are exactly the next writes.
     store.put("x/22", b"22".to_vec(), None).await?;
     store.put("r/23", b"23".to_vec(), None).await?;
-    assert_eq!(next_event(&mut all).await?.revision, 22);
-    assert_eq!(next_event(&mut all).await?.revision, 23);
-    assert_eq!(next_event(&mut only_r).await?.revision, 23);
+    assert_eq!(next_event(&mut all).await?.revision, EMPTY + 22);
+    assert_eq!(next_event(&mut all).await?.revision, EMPTY + 23);
+    assert_eq!(next_event(&mut only_r).await?.revision, EMPTY + 23);
 
     // A start in the future delivers from there on.
-    let mut future = store.watch(watch_from("", 25)).await?;
+    let mut future = store.watch(watch_from("", EMPTY + 25)).await?;
     store.put("r/24", b"24".to_vec(), None).await?;
     store.put("r/25", b"25".to_vec(), None).await?;
-    assert_eq!(next_event(&mut future).await?.revision, 25);
+    assert_eq!(next_event(&mut future).await?.revision, EMPTY + 25);
     Ok(())
 }
 
@@ -801,7 +807,7 @@ async fn watch_below_the_compacted_history_fails() -> TestResult {
             .await?
             .revision;
     }
-    assert_eq!(last, 103);
+    assert_eq!(last, EMPTY + 103);
     // Compaction runs on the writer thread after it answered; wait until it is done.
     writer_barrier(&store).await?;
 
@@ -927,9 +933,11 @@ async fn concurrent_writers_get_unique_revisions_and_lose_nothing() -> TestResul
     assert_eq!(revisions.len() as u64, total);
     let unique: HashSet<u64> = revisions.iter().copied().collect();
     assert_eq!(unique.len() as u64, total, "revisions are unique");
-    // Failed CAS attempts use no revision, so the successes are exactly 1..=total.
-    assert_eq!(unique, (1..=total).collect::<HashSet<u64>>());
-    assert_eq!(wait_published(&store).await?, total);
+    // Failed CAS attempts use no revision, so the successes are exactly the
+    // revisions after the initial one.
+    let after_empty = EMPTY + 1..=EMPTY + total;
+    assert_eq!(unique, after_empty.collect::<HashSet<u64>>());
+    assert_eq!(wait_published(&store).await?, EMPTY + total);
     Ok(())
 }
 
@@ -946,7 +954,7 @@ async fn slow_watcher_is_lagged_at_its_position() -> TestResult {
 
     let mut watch = store.watch(watch_prefix("")).await?;
     let position = watch.position();
-    assert_eq!(position, 1);
+    assert_eq!(position, EMPTY + 1);
     let mut last = 0;
     for i in 0..100u32 {
         last = store
@@ -1000,16 +1008,16 @@ async fn sync_none_mode_works() -> TestResult {
             third.revision,
             deleted.revision
         ],
-        [1, 2, 3, 4]
+        [2, 3, 4, 5]
     );
     let entry = store.get("s/a").await?.ok_or("s/a missing")?;
     assert_eq!((entry.value.as_slice(), entry.version), (&b"2"[..], 2));
 
     for (kind, key, rev) in [
-        (EventKind::Put, "s/a", 1),
         (EventKind::Put, "s/a", 2),
-        (EventKind::Put, "s/b", 3),
-        (EventKind::Delete, "s/b", 4),
+        (EventKind::Put, "s/a", 3),
+        (EventKind::Put, "s/b", 4),
+        (EventKind::Delete, "s/b", 5),
     ] {
         let event = next_event(&mut watch).await?;
         assert_eq!(
@@ -1022,13 +1030,13 @@ async fn sync_none_mode_works() -> TestResult {
     drop(store);
 
     let store = open_retrying(config).await?;
-    assert_eq!(store.revision(), 4);
+    assert_eq!(store.revision(), 5);
     assert_eq!(
         store.get("s/a").await?.map(|e| e.value),
         Some(b"2".to_vec())
     );
     assert_eq!(store.get("s/b").await?, None);
-    assert_eq!(store.put("s/c", b"5".to_vec(), None).await?.revision, 5);
+    assert_eq!(store.put("s/c", b"5".to_vec(), None).await?.revision, 6);
     Ok(())
 }
 

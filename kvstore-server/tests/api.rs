@@ -20,7 +20,7 @@ use kvstore_client::{
 use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
 use rstest::rstest;
 use serde_json::{json, Value};
-use support::{Backend, Engine, TestServer};
+use support::{Backend, Engine, TestServer, EMPTY_REVISION};
 use tokio_tungstenite::tungstenite::Message;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -325,7 +325,7 @@ async fn put_get_delete_through_the_client(
     };
     let server = TestServer::on(&backend, &[]);
     let client = Client::new(&server.url)?;
-    assert_eq!(client.health().await?, backend.first_revision());
+    assert_eq!(client.health().await?, EMPTY_REVISION);
 
     let first = client.put("crud/a", "one").await?;
     assert_eq!(first.version, 1);
@@ -721,7 +721,7 @@ async fn healthz_reports_the_store_revision(
     let body: Value = http.get(&url).send().await?.json().await?;
     assert_eq!(
         body,
-        json!({"status": "ok", "engine": engine, "revision": server.first_revision(),
+        json!({"status": "ok", "engine": engine, "revision": EMPTY_REVISION,
                "oldest_revision": 1})
     );
     client.put("h/a", "1").await?;
@@ -1510,7 +1510,7 @@ async fn legacy_writes_show_in_v1_and_in_watches(
     assert_eq!(entry.value, b"v2");
     assert_eq!(entry.version, 2);
     // The first two writes of the store.
-    let first = server.first_revision() + 1;
+    let first = EMPTY_REVISION + 1;
     assert_eq!(entry.create_revision, first);
     assert_eq!(entry.mod_revision, first + 1);
     let page = client.list("legacy/", None, None).await?;
@@ -1951,9 +1951,11 @@ async fn sse_ids_are_revisions_and_last_event_id_resumes(
     let mut sse = Sse::connect(&http, &server, "prefix=s%2F", None).await?;
     let first = sse.next().await?;
     assert_eq!(first.event, "progress");
-    let empty = server.first_revision();
-    assert_eq!(first.id, Some(empty));
-    assert_eq!(first.data, json!({"type": "progress", "revision": empty}));
+    assert_eq!(first.id, Some(EMPTY_REVISION));
+    assert_eq!(
+        first.data,
+        json!({"type": "progress", "revision": EMPTY_REVISION})
+    );
 
     let p1 = client.put("s/a", "1").await?;
     let p2 = client.put("s/b", "2").await?;
@@ -2184,7 +2186,7 @@ async fn concurrent_puts_get_distinct_revisions(
     assert_eq!(revisions.len(), 800, "every put has its own revision");
     assert_eq!(
         revisions.iter().max(),
-        Some(&(server.first_revision() + 800)),
+        Some(&(EMPTY_REVISION + 800)),
         "revisions are gap-free"
     );
 

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use kvstore_client::{Client, Error};
 use reqwest::{Method, StatusCode};
 use rstest::rstest;
-use support::{Engine, TestServer};
+use support::{Engine, TestServer, EMPTY_REVISION};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -293,12 +293,11 @@ async fn watches_deliver_only_readable_keys(
         }
     }
     // The second and fourth writes of the store.
-    let empty = secured.server.first_revision();
     assert_eq!(
         seen,
         [
-            ("app/a".to_string(), empty + 2),
-            ("app/b".to_string(), empty + 4)
+            ("app/a".to_string(), EMPTY_REVISION + 2),
+            ("app/b".to_string(), EMPTY_REVISION + 4)
         ]
     );
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use kvstore_client::{Client, EventKind, Update, WatchOptions};
 use serde_json::{json, Value};
+use support::EMPTY_REVISION;
 
 /// What `docker stop` gives the server before it sends SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -83,7 +84,7 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
     let revisions: Vec<u64> = expected.iter().map(|e| e.3).collect();
     assert_eq!(
         revisions,
-        (1..=last).collect::<Vec<_>>(),
+        (EMPTY_REVISION + 1..=last).collect::<Vec<_>>(),
         "revisions of a new store"
     );
 
@@ -162,7 +163,7 @@ fn image_serves_persists_across_containers_and_stops_gracefully() {
     assert_eq!(after, last + 1);
     assert_eq!(
         kv.json(&["get", "app/mode"]),
-        json!({"key": "app/mode", "value": "after-restart", "create_revision": 2,
+        json!({"key": "app/mode", "value": "after-restart", "create_revision": EMPTY_REVISION + 2,
                "mod_revision": last + 1, "version": 3})
     );
     assert_eq!(history(&second.url, last + 1), expected);

@@ -200,6 +200,103 @@ async fn keys_read_and_written_through_etcd_clients_are_the_http_apis_keys(
     Ok(())
 }
 
+/// As in etcd, a new store is at revision 1 before any write, and its first write
+/// is revision 2, on both engines: what etcd's clients count on (clientv3's
+/// election reads "created before my revision less one", with 0 as no bound).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_is_at_revision_1_and_its_first_write_is_2(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    let empty = etcd
+        .get("app/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!((revision_of(empty.header()), empty.count()), (1, 0));
+    let status = etcd.status().await?;
+    assert_eq!(revision_of(status.header()), 1);
+    // A watch from revision 1 starts with the first write.
+    let mut stream = etcd
+        .watch(
+            "app/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+        )
+        .await?;
+
+    let put = etcd.put("app/a", "1", None).await?;
+    assert_eq!(revision_of(put.header()), 2);
+    let got = etcd.get("app/a", None).await?;
+    let kv = got.kvs().first().ok_or("app/a is missing")?;
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (2, 2, 1)
+    );
+    let event = loop {
+        let message = within("the first write's event", stream.message())
+            .await??
+            .ok_or("the watch ended")?;
+        if let Some(event) = message.events().first() {
+            break event.clone();
+        }
+    };
+    assert_eq!(event.kv().map(|kv| kv.mod_revision()), Some(2));
+    // Revision 1 stays readable: the store as it was before the write, empty.
+    let before = etcd
+        .get(
+            "app/",
+            Some(GetOptions::new().with_prefix().with_revision(1)),
+        )
+        .await?;
+    assert_eq!(before.count(), 0);
+    Ok(())
+}
+
+/// A campaign whose key is the store's very first write is elected at once: the
+/// election service says so, and clientv3's own wait (no contender created at or
+/// before its key's revision less one, a bound of 0 meaning none) finds nobody,
+/// where it used to find the campaign's own key and wait on itself.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_that_is_the_first_write_is_elected_at_once(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = serve(engine, &[]) else {
+        return Ok(());
+    };
+    let mut etcd = etcd(&server, None).await?;
+    // A lease takes no revision: the campaign's key is the first write.
+    let lease = etcd.lease_grant(30, None).await?.id();
+    let won = within("the campaign", etcd.campaign("primary", "a", lease)).await??;
+    let leader = won.leader().ok_or("no leader key")?;
+    assert_eq!(leader.rev(), 2, "the first write");
+    let now = etcd.leader("primary").await?;
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"a"[..]));
+
+    // clientv3's Campaign: waitDeletes(prefix, rev - 1), a read of the last created
+    // contender no later than that.
+    let before_me = etcd
+        .get(
+            "primary/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(1)
+                    .with_max_create_revision(leader.rev() - 1),
+            ),
+        )
+        .await?;
+    assert!(
+        before_me.kvs().is_empty(),
+        "a contender before the first write: {:?}",
+        before_me.kvs()
+    );
+    Ok(())
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_compare_and_answer_as_etcds_do(

@@ -930,11 +930,10 @@ async fn elect_has_one_leader_and_listeners_follow_it(
         return Ok(());
     };
     let http = Client::new(&server.url)?;
-    // Not the store's first write: clientv3's election waits for the keys created
-    // before its own revision less one, and takes a bound of 0 for none; a key
-    // made by the embedded store's first write (revision 1, where etcd's first
-    // is 2) would wait on itself (docs/etcd-clients.md).
-    etcdctl.ok(&["put", "before", "x"]).await?;
+    // The first campaign's key is the store's very first write: clientv3's
+    // election waits for the keys created at or before its own revision less one,
+    // and takes a bound of 0 for none, so it is elected at once only because that
+    // write is revision 2 (a new store is at 1) on both engines.
     let mut first = etcdctl.spawn(&["elect", "primary", "a"])?;
     let won = first.lines(2).await?.to_vec();
     assert!(won[0].starts_with("primary/") && won[1] == "a", "{won:?}");

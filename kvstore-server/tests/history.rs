@@ -15,7 +15,7 @@ use kvstore_client::txn::TxnOp;
 use kvstore_client::{Client, Error as ClientError, ErrorCode, EventKind};
 use rstest::rstest;
 use serde_json::Value;
-use support::Engine;
+use support::{Engine, EMPTY_REVISION};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TestResult = Result<(), BoxError>;
@@ -520,7 +520,11 @@ async fn after_sigkill_every_revision_reads_as_the_acknowledged_writes_made_it()
 
 /// The checks of the crash test on a server restarted after a kill; see it.
 async fn check_after_crash(client: &Client, sent: &[Sent]) -> TestResult {
-    let last_acked = sent.iter().filter_map(|s| s.acked).max().unwrap_or(0);
+    let last_acked = sent
+        .iter()
+        .filter_map(|s| s.acked)
+        .max()
+        .unwrap_or(EMPTY_REVISION);
     // Every change the history holds, by revision.
     let mut changes: BTreeMap<u64, (String, Option<String>)> = BTreeMap::new();
     for k in 0..20 {
@@ -546,14 +550,18 @@ async fn check_after_crash(client: &Client, sent: &[Sent]) -> TestResult {
             }
         }
     }
-    let last = changes.keys().next_back().copied().unwrap_or(0);
+    let last = changes
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(EMPTY_REVISION);
     assert!(
         last >= last_acked,
         "revision {last_acked} was acknowledged, the store is at {last}"
     );
     assert_eq!(
         changes.keys().copied().collect::<Vec<_>>(),
-        (1..=last).collect::<Vec<_>>(),
+        (EMPTY_REVISION + 1..=last).collect::<Vec<_>>(),
         "the revisions have a gap"
     );
     // Acknowledged writes are there, at their revision; nothing else but writes sent.
@@ -596,7 +604,7 @@ async fn check_after_crash(client: &Client, sent: &[Sent]) -> TestResult {
         }
     }
     // The log, replayed to a watch from revision 1, says the same.
-    if last > 0 {
+    if last > EMPTY_REVISION {
         let mut watch = Box::pin(client.watch_with(kvstore_client::WatchOptions {
             prefix: "crash/".into(),
             start_revision: Some(1),
@@ -617,9 +625,10 @@ async fn check_after_crash(client: &Client, sent: &[Sent]) -> TestResult {
         }
         assert!(replayed == changes, "the history and the log differ");
     }
-    // Reads at every revision up to the last acknowledged one.
+    // Reads at every revision up to the last acknowledged one (the empty store's
+    // own holds no change).
     let mut state: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for revision in 1..=last_acked {
+    for revision in EMPTY_REVISION + 1..=last_acked {
         let (key, value) = &changes[&revision];
         match value {
             Some(v) => state.insert(key.clone(), (v.clone(), revision)),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kvstore_client::{Client, Entry, Error, Update, WatchOptions};
-use support::{server_bin, TestServer};
+use support::{server_bin, TestServer, EMPTY_REVISION};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -268,12 +268,12 @@ async fn a_full_disk_refuses_writes_with_507_and_keeps_serving_reads_and_watches
     let raised: Vec<etcd_client::AlarmType> = alarms.alarms().iter().map(|a| a.alarm()).collect();
     assert_eq!(raised, vec![etcd_client::AlarmType::Nospace]);
     // The watcher got every acknowledged write, in order.
-    for revision in 1..=acked {
+    for n in 1..=acked {
         match tokio::time::timeout(DEADLINE, watch.next())
             .await?
             .ok_or("watch ended")??
         {
-            Update::Event(event) => assert_eq!(event.revision, revision as u64),
+            Update::Event(event) => assert_eq!(event.revision, EMPTY_REVISION + n as u64),
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -300,7 +300,7 @@ async fn a_failing_disk_write_gets_503_storage_unavailable_and_reads_go_on() -> 
         .await?
         .ok_or("watch ended")??
     {
-        Update::Event(event) => assert_eq!(event.revision, 1),
+        Update::Event(event) => assert_eq!(event.revision, EMPTY_REVISION + 1),
         other => panic!("expected an event, got {other:?}"),
     }
     let value = vec![b'x'; 4000];
@@ -347,12 +347,12 @@ async fn a_failing_disk_write_gets_503_storage_unavailable_and_reads_go_on() -> 
     assert_eq!(client.get("first").await?, b"still here");
     assert_eq!(client.get("fill/1").await?, value);
     client.health().await?;
-    for revision in 2..=acked {
+    for n in 2..=acked {
         match tokio::time::timeout(DEADLINE, watch.next())
             .await?
             .ok_or("watch ended")??
         {
-            Update::Event(event) => assert_eq!(event.revision, revision as u64),
+            Update::Event(event) => assert_eq!(event.revision, EMPTY_REVISION + n as u64),
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -390,31 +390,31 @@ async fn export_then_restore_reproduces_every_key_value_and_version() -> TestRes
     let text = String::from_utf8(snapshot.clone())?;
     assert_eq!(text.lines().count(), 4, "{text}");
     assert!(
-        text.starts_with(r#"{"format":"kvstore.snapshot.v1","revision":6}"#),
+        text.starts_with(r#"{"format":"kvstore.snapshot.v1","revision":7}"#),
         "{text}"
     );
 
     let target = TestServer::start();
     let restored_client = Client::new(&target.url)?;
     // Watchers of the empty store, open before the restore: live, and from
-    // revision 1 (ahead of the empty store, so live too).
+    // revision 1 (the empty store's own, which holds no change: live too).
     let mut watching = live_watch(&target, "").await?;
     let mut from_start = live_watch(&target, "start_revision=1").await?;
     let restored = restored_client.restore(snapshot.clone()).await?;
-    assert_eq!((restored.restored, restored.revision), (3, 6));
+    assert_eq!((restored.restored, restored.revision), (3, 7));
     assert_eq!(
         comparable(restored_client.list_all("").await?),
         comparable(client.list_all("").await?)
     );
     assert_eq!(restored_client.get("bin").await?, binary);
     // Revisions continue after the snapshot's.
-    assert_eq!(restored_client.put("new", "v").await?.revision, 7);
+    assert_eq!(restored_client.put("new", "v").await?.revision, 8);
     // A restore raises no watch events: the first change either watcher gets is
     // the put after it.
     for watch in [&mut watching, &mut from_start] {
         assert_eq!(
             tokio::time::timeout(DEADLINE, watch.recv()).await?,
-            Some((7, "put", "new".to_string(), b"v".to_vec())),
+            Some((8, "put", "new".to_string(), b"v".to_vec())),
             "a watcher open during the restore"
         );
     }
@@ -588,7 +588,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         }
     }
 
-    // The watcher catches up to the store and has seen 1..=current, once each.
+    // The watcher catches up to the store and has seen every revision after the
+    // empty store's, once each.
     let current = client.health().await?;
     assert!(current >= last_max);
     let mut seen = Vec::new();
@@ -608,7 +609,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         reconnect: false,
         ..WatchOptions::default()
     }));
-    while history.len() < current as usize {
+    while history.len() < (current - EMPTY_REVISION) as usize {
         match tokio::time::timeout(DEADLINE, replay.next())
             .await?
             .ok_or("the history ended")??
@@ -633,11 +634,13 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_write() -> TestResult {
         );
     }
     let revisions: Vec<u64> = seen.iter().map(|s| s.0).collect();
-    if revisions != (1..=current).collect::<Vec<_>>() {
+    let written = EMPTY_REVISION + 1..=current;
+    if revisions != written.clone().collect::<Vec<_>>() {
         let got: std::collections::BTreeSet<u64> = revisions.iter().copied().collect();
-        let missing: Vec<u64> = (1..=current).filter(|r| !got.contains(r)).collect();
+        let missing: Vec<u64> = written.filter(|r| !got.contains(r)).collect();
         panic!(
-            "the resuming watcher saw {} changes for revisions 1..={current}; missing {missing:?}",
+            "the resuming watcher saw {} changes for revisions {}..={current}; missing {missing:?}",
+            EMPTY_REVISION + 1,
             revisions.len()
         );
     }

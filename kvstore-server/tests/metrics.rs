@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kvstore_client::Client;
 use rstest::rstest;
-use support::Engine;
+use support::{Engine, EMPTY_REVISION};
 
 /// The value of the sample whose line starts with `series` (name and labels).
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -48,7 +48,7 @@ async fn metrics_report_requests_watchers_and_the_store(
     let missing =
         r#"kvstore_http_requests_total{route="/v1/kv/{key:.*}",method="GET",status="404"}"#;
     assert_eq!(sample(&text, missing), Some(1.0), "{text}");
-    let revision = server.first_revision() + 6;
+    let revision = EMPTY_REVISION + 6;
     assert_eq!(
         sample(&text, "kvstore_store_revision"),
         Some(revision as f64)

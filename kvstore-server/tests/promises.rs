@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kvstore_client::{Client, Event, EventKind};
+use support::EMPTY_REVISION;
 use tokio_tungstenite::tungstenite::Message;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -150,7 +151,7 @@ async fn a_change_seen_before_its_write_was_acknowledged_survives_a_sigkill() ->
     let current = client.health().await?;
     assert_eq!(
         history.keys().copied().collect::<Vec<_>>(),
-        (1..=current).collect::<Vec<_>>(),
+        (EMPTY_REVISION + 1..=current).collect::<Vec<_>>(),
         "one entry for each revision of the store"
     );
     println!(

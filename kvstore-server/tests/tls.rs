@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kvstore_client::{Client, Error, Update, WatchOptions};
-use support::TestServer;
+use support::{TestServer, EMPTY_REVISION};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -54,7 +54,10 @@ async fn https_and_wss_round_trip_with_a_private_ca() -> TestResult {
     assert_eq!(client.get("secure/k").await?, b"v");
     match tokio::time::timeout(Duration::from_secs(10), watch.next()).await? {
         Some(Ok(Update::Event(event))) => {
-            assert_eq!((event.key.as_str(), event.revision), ("secure/k", 1))
+            assert_eq!(
+                (event.key.as_str(), event.revision),
+                ("secure/k", EMPTY_REVISION + 1)
+            )
         }
         other => panic!("expected the put over wss, got {other:?}"),
     }

@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 use kvstore_client::{Client, Error as ClientError, Update, WatchOptions};
 use rstest::rstest;
 use serde_json::{json, Value};
-use support::{Backend, Engine};
+use support::{Backend, Engine, EMPTY_REVISION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -662,7 +662,7 @@ async fn random_writers_and_resuming_watchers_see_exactly_the_history(
     // acknowledged: every revision after the empty store's through `last`, each once.
     let history = history(&server.url, last).await?;
     let revisions: Vec<u64> = history.iter().map(|c| c.revision).collect();
-    let first = server.first_revision() + 1;
+    let first = EMPTY_REVISION + 1;
     assert_eq!(revisions, (first..=last).collect::<Vec<_>>(), "seed {seed}");
     assert_eq!(history, acked, "seed {seed}");
 
@@ -761,8 +761,10 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged(
     )
     .await??;
     let opening = ws_frame(&mut ws).await?;
-    let empty = server.first_revision();
-    assert_eq!(opening, json!({"type": "progress", "revision": empty}));
+    assert_eq!(
+        opening,
+        json!({"type": "progress", "revision": EMPTY_REVISION})
+    );
     let baseline = rss_kib(pid)?;
 
     // Several thousand puts of 4 KiB values, concurrently (a few MiB per round).
@@ -799,7 +801,10 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged(
     let plain = within("a plain put", client.put("slow/plain", "p")).await??;
     assert!(plain.revision > last);
     let last = plain.revision;
-    assert_eq!(last, empty + (WRITERS * PUTS_PER_WRITER) as u64 + 1);
+    assert_eq!(
+        last,
+        EMPTY_REVISION + (WRITERS * PUTS_PER_WRITER) as u64 + 1
+    );
     // (b) The unread backlog does not pile up in the server's memory.
     let rss = rss_kib(pid)?;
     peak = peak.max(rss);
@@ -810,7 +815,7 @@ async fn a_watcher_that_stops_reading_blocks_nothing_and_is_told_lagged(
 
     // (c) Reading now: changes in order from the first write, then `lagged` at the
     // last one delivered, then a close.
-    let mut delivered = empty;
+    let mut delivered = EMPTY_REVISION;
     let lagged_at = loop {
         let frame = ws_frame(&mut ws).await?;
         match frame["type"].as_str() {
@@ -883,12 +888,11 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept(
         return Ok(());
     };
     let client = Client::new(&server.url)?;
-    let empty = server.first_revision();
     for i in 1..=50u64 {
         let put = client.put(&format!("c/{}", i % 7), format!("v{i}")).await?;
-        assert_eq!(put.revision, empty + i);
+        assert_eq!(put.revision, EMPTY_REVISION + i);
     }
-    let last = empty + 50;
+    let last = EMPTY_REVISION + 50;
     let oldest = last - 9;
     if let Some(cluster) = server.backend().and_then(Backend::cluster) {
         // Compacted behind the server's back: the revision etcd compacts at
@@ -924,7 +928,7 @@ async fn watches_into_compacted_history_get_compacted_with_the_oldest_kept(
     for revision in oldest..=last {
         let change = ws_change(&mut ws).await?;
         assert_eq!(change.revision, revision);
-        assert_eq!(change.value, format!("v{}", revision - empty));
+        assert_eq!(change.value, format!("v{}", revision - EMPTY_REVISION));
     }
 
     // The SDK: Err(Compacted), then the end of the stream (no reconnecting).

@@ -13,9 +13,10 @@
 //!   recovered in part. Older items are still read: `GROUP | count (u32) |
 //!   records`, one change per revision, and before that one bare record per
 //!   revision (`kind | ...`).
-//! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (the `log`
-//!   can be ahead of it after a crash; see `writer::recover`); `next_lease`, the id
-//!   the next lease gets.
+//! - `meta`: `last_revision`, the last revision applied to `kv`, as a u64 (1 in a
+//!   new store, written when it is created: see `writer::start_new`; the `log` can
+//!   be ahead of it after a crash: see `writer::recover`); `next_lease`, the id the
+//!   next lease gets.
 //! - `leases`: lease id (u64 big-endian) -> its granted TTL in seconds (u64).
 
 use super::Error;

@@ -226,6 +226,7 @@ impl SledStore {
         let meta = db.open_tree("meta").or_storage()?;
         let lease_tree = db.open_tree("leases").or_storage()?;
         let history = db.open_tree("history").or_storage()?;
+        writer::start_new(&meta, &log)?;
         let last = writer::recover(&kv, &log, &meta, &history)?;
         let history_from = Arc::new(AtomicU64::new(history_from(&kv, &meta, &history, last)?));
         let leases = Arc::new(lease::Leases::load(&lease_tree, &kv)?);
@@ -290,7 +291,8 @@ impl SledStore {
 
     /// The oldest revision a read can ask for: the oldest the change history still
     /// holds (and the `history` tree answers for); with no history, the current
-    /// one, which can always be read (1 for a store that never changed).
+    /// one, which can always be read (1 for a store that never changed: see
+    /// `writer::start_new`).
     ///
     /// A restored store (or one made before the `history` tree) answers from the
     /// revision it started at, until compaction passes it.
@@ -303,7 +305,6 @@ impl SledStore {
                 first if first == from + 1 => from,
                 first => first.max(from),
             },
-            None if current == 0 => 1,
             None => current.max(from),
         })
     }
@@ -638,9 +639,12 @@ impl Storage for SledStore {
         })
     }
 
-    /// Keys, values, revisions and versions are kept; the store continues at the
-    /// snapshot's revision + 1. Writes are refused while the restore runs; one that
-    /// fails part way (a bad entry, a broken upload) leaves the store empty again.
+    /// Keys, values, revisions and versions are kept, as the snapshot has them;
+    /// the store is at the snapshot's revision and continues at the next one (a
+    /// snapshot of an empty store at revision 0, as stores before the initial
+    /// revision 1 made them, leaves it at 1). Writes are refused while the restore
+    /// runs; one that fails part way (a bad entry, a broken upload) leaves the store
+    /// new again.
     async fn restore(&self, snapshot: Snapshot) -> Result<RestoreResult, Error> {
         let Snapshot {
             revision,
@@ -673,7 +677,10 @@ impl Storage for SledStore {
         self.import(Vec::new(), writer::ImportStep::Commit { revision })
             .await?;
         undo.disarm();
-        Ok(RestoreResult { restored, revision })
+        Ok(RestoreResult {
+            restored,
+            revision: revision.max(crate::storage::INITIAL_REVISION),
+        })
     }
 
     async fn status(&self) -> Result<Status, Error> {
@@ -693,9 +700,10 @@ impl Storage for SledStore {
     }
 }
 
-/// The oldest revision the `history` tree answers for, from `meta`; for a store
-/// made before the tree existed, the tree is written first from `kv` (each key's
-/// present state), and answers from the last revision on.
+/// The oldest revision the `history` tree answers for, from `meta` (a new store
+/// writes it when it starts: see `writer::start_new`); for a store made before the
+/// tree existed, the tree is written first from `kv` (each key's present state),
+/// and answers from the last revision on.
 fn history_from(
     kv: &sled::Tree,
     meta: &sled::Tree,
@@ -705,14 +713,222 @@ fn history_from(
     if let Some(bytes) = meta.get(history::META_HISTORY_FROM).or_storage()? {
         return codec::decode_u64(&bytes);
     }
-    let from = last.max(1);
-    if last > 0 {
-        tree.clear().or_storage()?;
-        history::build(kv, tree)?;
+    let from = last;
+    tree.clear().or_storage()?;
+    history::build(kv, tree)?;
+    if !kv.is_empty() {
         log::info!("indexed the store's keys for reads of the past, from revision {from} on");
     }
     meta.insert(history::META_HISTORY_FROM, &codec::encode_u64(from))
         .or_storage()?;
     meta.flush().or_storage()?;
     Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::EventKind;
+    use crate::WatchItem;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Opens the store in `dir`, waiting (a bounded number of times) for a store
+    /// dropped just before to release sled's lock: its writer thread lets go of the
+    /// files once it has seen its channel close.
+    async fn open_in(dir: &std::path::Path) -> Result<SledStore, Error> {
+        let mut attempts = 0;
+        loop {
+            match SledStore::open(SledConfig::new(dir)) {
+                Err(Error::Locked(_)) if attempts < 2000 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The revisions of the next `n` events of `watch`.
+    async fn revisions(watch: &mut Watch, n: usize) -> Result<Vec<u64>, Error> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+                Ok(Ok(WatchItem::Event(event))) => seen.push(event.revision),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Error::Unavailable("no event in time".into())),
+            }
+        }
+        Ok(seen)
+    }
+
+    /// A new store is at revision 1 before any write, as etcd is, and stays there
+    /// across a reopen until its first write, which is revision 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_store_starts_at_revision_1() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = open_in(dir.path()).await?;
+        assert_eq!(store.revision(), 1);
+        let status = store.status().await?;
+        assert_eq!((status.revision, status.oldest_revision), (1, 1));
+        assert_eq!(store.list("", None, 10).await?.revision, 1);
+        assert_eq!(store.get_at("k", 1).await?, None);
+        assert_eq!(store.snapshot("").await?.revision, 1);
+        drop(store);
+
+        let store = open_in(dir.path()).await?;
+        assert_eq!(store.revision(), 1, "reopened before any write");
+        // A watch from revision 1 starts with the first write.
+        let mut watch = store
+            .watch(WatchOptions {
+                start_revision: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        let put = store.put("k", b"v".to_vec(), None).await?;
+        assert_eq!((put.revision, put.create_revision), (2, 2));
+        assert_eq!(revisions(&mut watch, 1).await?, [2]);
+        // Revision 1 stays readable, empty, and is where the history begins.
+        assert_eq!(store.get_at("k", 1).await?, None);
+        assert_eq!(store.status().await?.oldest_revision, 1);
+        let history = store.history("k", 0, 10).await?;
+        let seen: Vec<_> = history.events.iter().map(|e| e.revision).collect();
+        assert_eq!(seen, [2]);
+        let mut from_1 = store
+            .watch(WatchOptions {
+                start_revision: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(revisions(&mut from_1, 1).await?, [2]);
+        Ok(())
+    }
+
+    /// A data dir written before stores started at revision 1 (its first write was
+    /// revision 1), laid out by hand as that version left it: it opens with its
+    /// numbering unchanged, and its next write follows its last revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_from_before_opens_with_its_revisions() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let db = sled::Config::new().path(dir.path()).open()?;
+            let (kv, log, meta, history) = (
+                db.open_tree("kv")?,
+                db.open_tree("log")?,
+                db.open_tree("meta")?,
+                db.open_tree("history")?,
+            );
+            // Revision 1 puts "a", revision 2 puts it again, in one write group.
+            let first = codec::Stored {
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+                lease: None,
+                value: b"one".to_vec(),
+            };
+            let second = codec::Stored {
+                mod_revision: 2,
+                version: 2,
+                value: b"two".to_vec(),
+                ..first.clone()
+            };
+            let mut group = codec::GroupRecord::new();
+            group.push_revision([("a", Some(&first))]);
+            group.push_revision([("a", Some(&second))]);
+            let group = group.finish();
+            for (item, changes) in
+                history::group_items(&codec::decode_group(&codec::encode_u64(1), &group)?)
+            {
+                history.insert(item, changes)?;
+            }
+            log.insert(codec::encode_u64(1), group)?;
+            kv.insert("a", second.encode())?;
+            meta.insert(codec::META_LAST, &codec::encode_u64(2))?;
+            meta.insert(history::META_HISTORY_FROM, &codec::encode_u64(1))?;
+            db.flush()?;
+        }
+        let store = open_in(dir.path()).await?;
+        assert_eq!(store.revision(), 2);
+        assert_eq!(store.status().await?.oldest_revision, 1);
+        let entry = store.get("a").await?.ok_or("a is missing")?;
+        assert_eq!(
+            (entry.create_revision, entry.mod_revision, entry.version),
+            (1, 2, 2)
+        );
+        let then = store.get_at("a", 1).await?.ok_or("a at 1 is missing")?;
+        assert_eq!(then.value, b"one");
+        let history = store.history("a", 0, 10).await?;
+        let seen: Vec<_> = history
+            .events
+            .iter()
+            .map(|e| (e.revision, e.kind))
+            .collect();
+        assert_eq!(seen, [(1, EventKind::Put), (2, EventKind::Put)]);
+        let mut watch = store
+            .watch(WatchOptions {
+                start_revision: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(store.put("b", b"new".to_vec(), None).await?.revision, 3);
+        assert_eq!(revisions(&mut watch, 3).await?, [1, 2, 3]);
+        // Not a new store: a restore is refused.
+        let empty = Snapshot {
+            revision: 0,
+            entries: Box::pin(futures_util::stream::empty()),
+        };
+        assert!(matches!(store.restore(empty).await, Err(Error::NotEmpty)));
+        Ok(())
+    }
+
+    /// A data dir an earlier version made and never wrote to (its `meta` holds the
+    /// start of the history and no last revision) is a new store: at revision 1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_from_before_never_written_to_starts_at_revision_1() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        {
+            let db = sled::Config::new().path(dir.path()).open()?;
+            for tree in ["kv", "log", "leases", "history"] {
+                db.open_tree(tree)?;
+            }
+            let meta = db.open_tree("meta")?;
+            meta.insert(history::META_HISTORY_FROM, &codec::encode_u64(1))?;
+            db.flush()?;
+        }
+        let store = open_in(dir.path()).await?;
+        assert_eq!(store.revision(), 1);
+        assert_eq!(store.put("k", b"v".to_vec(), None).await?.revision, 2);
+        Ok(())
+    }
+
+    /// A restore keeps the snapshot's revisions, old numbering included; a snapshot
+    /// of an empty store at revision 0 (as stores before revision 1 wrote them)
+    /// leaves a new store at revision 1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_keeps_the_snapshots_revisions() -> TestResult {
+        let snapshot = |revision, entries: Vec<Entry>| Snapshot {
+            revision,
+            entries: Box::pin(futures_util::stream::iter(entries.into_iter().map(Ok))),
+        };
+        let dir = tempfile::tempdir()?;
+        let store = open_in(dir.path()).await?;
+        let restored = store.restore(snapshot(0, Vec::new())).await?;
+        assert_eq!((restored.restored, restored.revision), (0, 1));
+        assert_eq!(store.revision(), 1);
+        // Still new: it takes another restore, of a snapshot whose first write was 1.
+        let old = Entry {
+            key: "a".into(),
+            value: b"v".to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: None,
+        };
+        let restored = store.restore(snapshot(3, vec![old.clone()])).await?;
+        assert_eq!((restored.restored, restored.revision), (1, 3));
+        assert_eq!(store.get("a").await?, Some(old));
+        assert_eq!(store.put("b", b"w".to_vec(), None).await?.revision, 4);
+        Ok(())
+    }
 }

@@ -184,9 +184,17 @@ pub(super) async fn open(store: &SledStore, options: WatchOptions) -> Result<Wat
                     oldest,
                 });
             }
-            watch.history_next = start;
+            // The oldest revision holds no change when it is the one the store
+            // started at (a new store's initial revision, or a restore's): the
+            // history then begins with the next one.
+            let logged = match store.inner.log.first().or_storage()? {
+                Some((first, _)) => codec::decode_u64(&first)?,
+                None => durable + 1,
+            };
+            let from = start.max(logged.min(oldest + 1));
+            watch.history_next = from;
             watch.history_end = durable;
-            watch.position = start - 1;
+            watch.position = from - 1;
         } else {
             // A future revision: deliver from there on.
             watch.position = start - 1;

@@ -14,7 +14,7 @@ use super::lease::Leases;
 use super::stage::{Revision, View};
 use super::{storage_error, OrStorage, SyncMode};
 use crate::condition::Condition;
-use crate::storage::Error;
+use crate::storage::{Error, INITIAL_REVISION};
 use crate::txn::{Txn, TxnOp, TxnResponse};
 use crate::wire::{DeleteResult, Entry, EventKind, Lease, PutResult, RevokeResult};
 
@@ -606,7 +606,11 @@ impl Writer {
     fn import(&mut self, entries: Vec<Entry>, step: ImportStep) -> Result<usize, Error> {
         match step {
             ImportStep::Begin => {
-                if self.restoring || self.last != 0 || !self.kv.is_empty() {
+                // A store that never took a write: at its initial revision, with
+                // nothing in `kv` or `log`.
+                let written =
+                    self.last > INITIAL_REVISION || !self.kv.is_empty() || !self.log.is_empty();
+                if self.restoring || written {
                     return Err(Error::NotEmpty);
                 }
                 self.meta.insert(META_RESTORING, &[1]).or_storage()?;
@@ -642,19 +646,19 @@ impl Writer {
                 Ok(entries.len())
             }
             ImportStep::Commit { revision } => {
+                // A snapshot of an empty store from before stores started at
+                // revision 1 is at revision 0: the store stays at its initial one.
+                let revision = revision.max(INITIAL_REVISION);
                 self.meta
                     .insert(codec::META_LAST, &codec::encode_u64(revision))
                     .or_storage()?;
                 // Nothing before the snapshot's revision is known.
                 self.meta
-                    .insert(
-                        history::META_HISTORY_FROM,
-                        &codec::encode_u64(revision.max(1)),
-                    )
+                    .insert(history::META_HISTORY_FROM, &codec::encode_u64(revision))
                     .or_storage()?;
                 self.meta.remove(META_RESTORING).or_storage()?;
                 self.db.flush().or_storage()?;
-                self.history_from.store(revision.max(1), Ordering::Relaxed);
+                self.history_from.store(revision, Ordering::Relaxed);
                 self.restoring = false;
                 // Counted, not summed: a snapshot may name a key twice.
                 self.keys.store(self.kv.len() as u64, Ordering::Relaxed);
@@ -668,6 +672,7 @@ impl Writer {
                 undo_restore(&self.kv, &self.meta, &self.history)?;
                 self.db.flush().or_storage()?;
                 self.keys.store(0, Ordering::Relaxed);
+                self.history_from.store(INITIAL_REVISION, Ordering::Relaxed);
                 Ok(0)
             }
         }
@@ -779,11 +784,37 @@ fn fail_all(n: usize, e: &Error) -> Vec<Result<Outcome, Error>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
 
-/// Removes what an unfinished restore imported (the store was empty before it).
+/// Removes what an unfinished restore imported: the store is new again, at its
+/// initial revision (a restore begins only on a store that never took a write).
 fn undo_restore(kv: &sled::Tree, meta: &sled::Tree, history: &sled::Tree) -> Result<(), Error> {
     kv.clear().or_storage()?;
     history.clear().or_storage()?;
+    write_initial(meta)?;
     meta.remove(META_RESTORING).or_storage()?;
+    Ok(())
+}
+
+/// Records a new store's revision, [`INITIAL_REVISION`], as the last one applied,
+/// and its history as answering from there.
+fn write_initial(meta: &sled::Tree) -> Result<(), Error> {
+    let initial = codec::encode_u64(INITIAL_REVISION);
+    meta.insert(codec::META_LAST, &initial).or_storage()?;
+    meta.insert(history::META_HISTORY_FROM, &initial)
+        .or_storage()?;
+    Ok(())
+}
+
+/// Starts a store that never took a revision at [`INITIAL_REVISION`], as etcd
+/// does, so that its first write is revision 2: a new data dir, or one that an
+/// earlier version made and never wrote to (both have no `last_revision` in `meta`
+/// and an empty `log`). A store that took a revision always has one or the other,
+/// and is left as it is: its revisions are never renumbered.
+pub(super) fn start_new(meta: &sled::Tree, log: &sled::Tree) -> Result<(), Error> {
+    if meta.contains_key(codec::META_LAST).or_storage()? || !log.is_empty() {
+        return Ok(());
+    }
+    write_initial(meta)?;
+    meta.flush().or_storage()?;
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //! concrete engine. Every engine keeps the same promises:
 //!
 //! - Every change gets a store-wide revision that only grows. Each key records its
-//!   `create_revision`, `mod_revision` and `version`, as in etcd.
+//!   `create_revision`, `mod_revision` and `version`, as in etcd. A new store is at
+//!   revision [`INITIAL_REVISION`] (1) before any write, so its first write is
+//!   revision 2, as in etcd.
 //! - A write is acknowledged once durable, and a read never shows a write that a
 //!   crash could still undo.
 //! - A watch delivers every change under its prefix in revision order, with no gap
@@ -40,6 +42,11 @@ use crate::wire::{
     RestoreResult, RevokeResult,
 };
 
+/// The revision of a new store before any write, as in etcd: the first write is
+/// revision 2. Every revision from here to the current one can be read (at this
+/// one the store is empty).
+pub const INITIAL_REVISION: u64 = 1;
+
 /// What a store reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -49,7 +56,7 @@ pub struct Status {
     pub revision: u64,
     /// The oldest revision a read can ask for, and a watch start from: the oldest
     /// the change history still holds (when it holds none: `revision`, which can
-    /// always be read, or 1 for a store that never changed).
+    /// always be read).
     pub oldest_revision: u64,
     /// How many keys the store holds.
     pub keys: u64,

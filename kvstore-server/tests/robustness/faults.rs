@@ -145,7 +145,7 @@ impl System {
             })
             .collect();
         let mut system = System {
-            base: backend.first_revision(),
+            base: crate::support::EMPTY_REVISION,
             backend,
             addresses: Vec::new(),
             servers: Vec::new(),

@@ -39,7 +39,7 @@ use kvstore_client::Client;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rstest::rstest;
-use support::Engine;
+use support::{Engine, EMPTY_REVISION};
 use tokio::sync::watch;
 
 use faults::{Fault, System};
@@ -111,7 +111,7 @@ async fn run(
     let Some(system) = System::start(engine, &[]) else {
         return Ok(None);
     };
-    let base = system.backend.first_revision();
+    let base = EMPTY_REVISION;
     let urls = system.urls();
     let client_for = |i: usize| -> Result<Client, kvstore_client::Error> {
         let mut rotated = urls.clone();

@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The revision of a new store before any write, on both engines (as in etcd): its
+/// first write is `EMPTY_REVISION + 1`.
+pub const EMPTY_REVISION: u64 = kvstore_core::storage::INITIAL_REVISION;
+
 /// The `kvstore-server` binary of this build (in the server's own tests).
 pub fn server_bin() -> PathBuf {
     match option_env!("CARGO_BIN_EXE_kvstore-server") {
@@ -172,14 +176,6 @@ impl Backend {
         std::thread::spawn(move || options.open_store().map_err(|e| e.to_string()))
             .join()
             .map_err(|_| "opening the store panicked".to_string())?
-    }
-
-    /// The store revision before any write: 0 on sled, 1 on a fresh etcd cluster.
-    pub fn first_revision(&self) -> u64 {
-        match self.engine {
-            Engine::Sled => 0,
-            Engine::Etcd => 1,
-        }
     }
 }
 
@@ -422,11 +418,6 @@ impl TestServer {
     /// The engine of the store this server owns ([`serve`]); sled otherwise.
     pub fn engine(&self) -> Engine {
         self.backend.as_ref().map_or(Engine::Sled, |b| b.engine)
-    }
-
-    /// The store revision before any write (see [`Backend::first_revision`]).
-    pub fn first_revision(&self) -> u64 {
-        self.backend.as_ref().map_or(0, Backend::first_revision)
     }
 
     /// The store this server owns ([`serve`]), e.g. its etcd cluster.
