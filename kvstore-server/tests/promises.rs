@@ -221,7 +221,7 @@ async fn a_read_never_shows_a_delete_before_it_is_durable() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_lease_stays_revoked_after_a_sigkill() -> TestResult {
     let dir = tempfile::tempdir()?;
-    for round in 0..5 {
+    for round in 0..3 {
         let mut server = support::TestServer::try_start_in(dir.path(), &[])?;
         let client = Client::new(&server.url)?;
         let lease = client.grant(600).await?;
