@@ -12,7 +12,7 @@
 //! and a write whose connection breaks after etcd took it (through a relay that
 //! cuts etcd's answer) is answered 503 "may or may not" and applied once.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,7 +7,7 @@
 //! with [`WAIT`] as a safety net only. The randomized test prints its seed; set
 //! `WATCH_TEST_SEED` to replay a run.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -14,7 +14,7 @@
 //! state, said there). Knobs: `KVSTORE_SCHEMATHESIS_SECONDS` (a time budget instead,
 //! over which fuzzing repeats) and `KVSTORE_SCHEMATHESIS_SEED` (replay a run's seed).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! HTTPS and WSS with a certificate generated in the test.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //!   killing (or stopping) the replica a watching client (given both URLs) is on,
 //!   while a writer keeps writing through the other, loses and repeats nothing.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

@@ -7,7 +7,7 @@
 //! whose output is read as it comes: nothing sleeps to synchronise, and every wait
 //! gives up after [`WAIT`] saying what it waited for.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! A lease of 2 s (etcd's minimum) keeps the runs short; where time must pass, a
 //! key of a lease of its own is the clock, and its deletion the event waited for.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

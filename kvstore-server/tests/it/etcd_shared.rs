@@ -4,7 +4,7 @@
 //! And etcd as a user has it installed: on the PATH, found by the test support as a
 //! path that scripts can copy.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

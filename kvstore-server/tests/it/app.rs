@@ -1,7 +1,7 @@
 //! The whole app in-process, through the app factory (`kvstore_server::app`) and
 //! `actix_web::test`: no socket, no binary. Also the error table of docs/http-api.md.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 
@@ -326,7 +326,7 @@ async fn head_answers_like_get_on_every_get_route(
 /// [`ErrorCode`], each with its status, and nothing else.
 #[test]
 fn the_readme_error_table_is_the_error_code_table() {
-    let doc = include_str!("../../docs/http-api.md");
+    let doc = include_str!("../../../docs/http-api.md");
     let table = doc
         .split("\n## Errors\n")
         .nth(1)

@@ -1,6 +1,6 @@
 //! `/metrics`: Prometheus text with request, watch and store figures.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The data's life cycle: graceful stop, crashes, bad environments, full disks,
 //! export and restore. Every test runs the real `kvstore-server` binary.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -6,7 +6,7 @@
 //! Nothing here sleeps to synchronise: tests wait for answers and stream items,
 //! with [`WAIT`] as a safety net only.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! errors of revisions compacted or still to come. Through the SDK and raw HTTP
 //! against the real server binary.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

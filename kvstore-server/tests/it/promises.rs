@@ -2,7 +2,7 @@
 //! at the moment the promise is most at risk. Every test runs the real
 //! `kvstore-server` binary.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

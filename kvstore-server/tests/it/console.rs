@@ -12,7 +12,7 @@
 //!
 //! Every wait polls the page for a condition, with a deadline; none sleeps a fixed time.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //! passes; with `KVSTORE_REQUIRE_DOCKER=1` that is a failure instead. Every
 //! container, volume and image it creates is removed at the end, also on failure.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -13,7 +13,7 @@
 //! `KVSTORE_FUZZ_CASES` sets the cases per property (default 500); a failure prints
 //! the smallest input proptest found.
 
-mod support;
+use crate::support;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

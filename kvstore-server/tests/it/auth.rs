@@ -1,7 +1,7 @@
 //! Access control: 401 without a known token, 403 outside a token's prefixes,
 //! watches filtered by what the token may read.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! would, on both engines: KV, Watch, Lease, Maintenance, Cluster and Auth, and
 //! the same keys and revisions seen through the HTTP API.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

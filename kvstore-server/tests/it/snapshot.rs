@@ -1,7 +1,7 @@
 //! Exports under load: `GET /v1/snapshot` shows the store as of the one revision its
 //! header names, however many writes land while it streams. On both engines.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 //! Nothing here sleeps to synchronise: tests wait for stream items, with
 //! [`WAIT`] as a safety net only.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;

@@ -10,7 +10,7 @@
 //! Nothing here sleeps to synchronise: tests wait for output lines, frames, answers
 //! and log lines, with [`WAIT`] as a safety net only.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
