@@ -376,6 +376,9 @@ async fn put(
 }
 
 /// Delete a key, optionally only if it is at a given `mod_revision` (`If-Match`).
+/// `If-None-Match: *` (only if the key does not exist) is a precondition too: it
+/// holds only where there is nothing to delete, so such a delete answers `412` when
+/// the key exists and `404` when it does not.
 #[utoipa::path(
     delete,
     path = "/v1/kv/{key}",
@@ -493,12 +496,13 @@ struct IfNoneMatchTag(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DeletePrefixQuery {
-    /// Delete every key starting with this; the empty prefix (every key) only with
-    /// `all=true`.
+    /// Delete every key starting with this (non-empty). To delete every key, leave
+    /// it out and send `all=true`: an empty `prefix=` is refused, as a variable
+    /// left unset would send it.
     #[serde(default)]
-    #[param(nullable = false)]
+    #[param(nullable = false, min_length = 1)]
     prefix: Option<String>,
-    /// Confirms a delete of every key (an empty or absent `prefix`).
+    /// Confirms a delete of every key (no `prefix`).
     #[serde(default)]
     #[param(nullable = false)]
     all: bool,
@@ -515,7 +519,7 @@ struct DeletePrefixQuery {
         (status = 200, description = "Deleted, durably, at one revision (`revision` is the \
             store's when nothing matched: no revision is taken then)",
          body = DeletePrefixResult),
-        (status = 400, description = "`invalid_request`: no prefix (or an empty one) without \
+        (status = 400, description = "`invalid_request`: an empty `prefix`, no prefix without \
             `all=true`, or a bad query string", body = ErrorBody),
         (status = 403, description = "`forbidden`: the token may not write every key under the \
             prefix", body = ErrorBody),
@@ -530,12 +534,21 @@ async fn delete_prefix(
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<DeletePrefixQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
-    let prefix = query.prefix.clone().unwrap_or_default();
-    if prefix.is_empty() && !query.all {
-        return Err(ApiError::invalid_request(
-            "name a non-empty prefix (?prefix=P), or delete every key with ?all=true",
-        ));
-    }
+    let prefix = match query.prefix.as_deref() {
+        Some("") => {
+            return Err(ApiError::invalid_request(
+                "the prefix is empty: name a non-empty prefix (?prefix=P), or leave it out \
+                 and delete every key with ?all=true",
+            ))
+        }
+        Some(prefix) => prefix.to_string(),
+        None if query.all => String::new(),
+        None => {
+            return Err(ApiError::invalid_request(
+                "name a non-empty prefix (?prefix=P), or delete every key with ?all=true",
+            ))
+        }
+    };
     caller.check_write(&prefix)?;
     let result = state
         .store
