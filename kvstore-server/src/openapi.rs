@@ -168,7 +168,15 @@ fn head_of(get: &Operation) -> Operation {
         .map(|summary| format!("{summary} (HEAD: the same answer without its body)"));
     head.description =
         Some("The answer GET gives, with its status and headers, without the body.".into());
-    head.request_body = None;
+    // A HEAD carries no body: where the GET reads a body in place of its query
+    // parameters (the legacy `GET /kv`: `?key=` or `{"key": K}`), the HEAD needs them.
+    if head.request_body.take().is_some() {
+        for parameter in head.parameters.iter_mut().flatten() {
+            if parameter.parameter_in == utoipa::openapi::path::ParameterIn::Query {
+                parameter.required = utoipa::openapi::Required::True;
+            }
+        }
+    }
     for response in head.responses.responses.values_mut() {
         if let RefOr::T(response) = response {
             response.content.clear();

@@ -27,7 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct KeyQuery {
-    /// The key (else it is read from the JSON body).
+    /// The key (else it is read from the JSON body). Required with HEAD, which
+    /// carries no body.
     #[param(nullable = false, min_length = 1)]
     key: Option<String>,
 }
@@ -110,7 +111,8 @@ fn body_limit(state: &AppState) -> usize {
     operation_id = "legacy_get",
     params(KeyQuery),
     request_body(
-        description = "`{\"key\": K}`, read only when `?key=` is absent",
+        description = "`{\"key\": K}`: names the key when `?key=` is absent; beside `?key=`, \
+            which names the key then, a body must still be `{\"key\": K}`",
         content((Option<GetBody> = "application/json")),
     ),
     responses(
@@ -136,18 +138,19 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<KeyQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
-    let key = match query.into_inner().key {
-        Some(key) => key,
-        None => {
-            let body = read_limited(&req, payload, body_limit(&state)).await?;
-            if body.is_empty() {
-                return Err(ApiError::invalid_request(
-                    "name the key: ?key=K or a JSON body {\"key\": K}",
-                ));
-            }
-            parse::<GetBody>(&body)?.key
-        }
+    // A body, when one is sent, must be `{"key": K}` even beside `?key=` (which
+    // names the key then): a request is taken whole or refused, never half read.
+    let body = read_limited(&req, payload, body_limit(&state)).await?;
+    let in_body = if body.is_empty() {
+        None
+    } else {
+        let GetBody { key } = parse(&body)?;
+        kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
+        Some(key)
     };
+    let key = query.into_inner().key.or(in_body).ok_or_else(|| {
+        ApiError::invalid_request("name the key: ?key=K or a JSON body {\"key\": K}")
+    })?;
     kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
     caller.check_read(&key)?;
     match state
