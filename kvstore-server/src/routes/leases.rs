@@ -199,12 +199,14 @@ async fn revoke(
 #[derive(Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PutLeaseQuery {
-    /// Attach the key to this lease (it is deleted when the lease ends). A put
+    /// Attach the key to this lease (it is deleted when the lease ends). Not with
+    /// `ttl`: the two exclude each other (both is `400 invalid_request`). A put
     /// without `lease` or `ttl` makes the key permanent.
     #[param(value_type = Option<u64>, minimum = 1, nullable = false)]
     pub lease: Option<String>,
     /// Put the key on a lease of its own of this many seconds (1 to 31536000), as
-    /// `POST /v1/leases` grants it. Not with `lease`.
+    /// `POST /v1/leases` grants it. Not with `lease`: the two exclude each other
+    /// (both is `400 invalid_request`).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 31536000, nullable = false)]
     pub ttl: Option<String>,
 }
