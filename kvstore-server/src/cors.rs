@@ -60,10 +60,10 @@ pub fn middleware(origins: &[String]) -> Condition<Cors> {
         ])
         .expose_headers([
             header::ETAG,
-            HeaderName::from_static(crate::routes::kv::CREATE_REVISION),
-            HeaderName::from_static(crate::routes::kv::MOD_REVISION),
-            HeaderName::from_static(crate::routes::kv::VERSION),
-            HeaderName::from_static(crate::routes::kv::STORE_REVISION),
+            HeaderName::from_static(crate::routes::headers::CREATE_REVISION),
+            HeaderName::from_static(crate::routes::headers::MOD_REVISION),
+            HeaderName::from_static(crate::routes::headers::VERSION),
+            HeaderName::from_static(crate::routes::headers::STORE_REVISION),
         ])
         .max_age(PREFLIGHT_MAX_AGE)
         // Requests from other origins still run (as they would with no CORS at

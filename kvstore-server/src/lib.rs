@@ -91,7 +91,7 @@ pub fn app(
     let cors_origins = state.cors_origins.clone();
     App::new()
         .wrap(actix_web::middleware::from_fn(routes::params::known_only))
-        .wrap(actix_web::middleware::from_fn(routes::match_as_sent))
+        .wrap(actix_web::middleware::from_fn(routes::route::match_as_sent))
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))
         .wrap(Condition::new(
@@ -113,15 +113,7 @@ pub fn app(
 fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
     cfg.app_data(web::Data::new(auth::Access(state.access.clone())))
         .app_data(web::Data::new(state))
-        .configure(routes::health::configure)
-        .configure(routes::kv::configure)
-        .configure(routes::history::configure)
-        .configure(routes::leases::configure)
-        .configure(routes::watch::configure)
-        .configure(routes::snapshot::configure)
-        .configure(routes::txn::configure)
-        .configure(metrics::configure)
-        .configure(openapi::configure)
+        .configure(routes::configure)
         .configure(compat::configure)
         .configure(console::configure)
         // A request no route takes: 405 on a documented path, else 404.

@@ -44,6 +44,7 @@ use metrics_exporter_prometheus::{
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::route::{Mount, Route};
 use crate::state::AppState;
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
@@ -221,10 +222,23 @@ impl Recorder for Bounded {
 }
 
 /// Mounts `/metrics`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", crate::routes::get_or_head().to(render));
-}
+/// The route of `/metrics`.
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_render>(
+    Mount::To(|r| r.to(render)),
+    &[kvstore_core::ErrorCode::Forbidden],
+)];
 
+/// The metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4",
+         content_type = "text/plain", body = String),
+    )
+)]
 async fn render(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // Store-wide figures (keys, size, every route's traffic): for a token that may
     // read the whole store.

@@ -9,20 +9,46 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::wire::ErrorBody;
 use kvstore_core::ErrorCode;
+use kvstore_core::ErrorCode::*;
 use serde::{Deserialize, Serialize};
 
 use super::pyjson;
 use crate::auth::Caller;
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::routes::route::{Mount, Route};
 use crate::state::AppState;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kv", crate::routes::get_or_head().to(get))
-        .route("/kv", web::put().to(put));
-}
+/// The routes of `/kv`.
+pub(crate) const ROUTES: &[Route] = &[
+    Route::new::<__path_get>(
+        Mount::To(|r| r.to(get)),
+        &[
+            InvalidKey,
+            InvalidRequest,
+            Forbidden,
+            ValueNotText,
+            RequestTimeout,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_put>(
+        Mount::To(|r| r.to(put)),
+        &[
+            InvalidKey,
+            InvalidRequest,
+            Forbidden,
+            RequestTimeout,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+];
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -118,16 +144,8 @@ fn body_limit(state: &AppState) -> usize {
     responses(
         (status = 200, description = "`{\"value\": V}` (Python `json.dumps` style, then a \
             newline)", body = Found),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: no key named, or a \
-            body that is not a JSON object `{\"key\": K}`", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "The legacy not-found body, not the usual error body",
          body = Missing),
-        (status = 409, description = "`value_not_text`: the value is binary (not UTF-8), \
-            which this API cannot show; `GET /v1/kv/{key}` can", body = ErrorBody),
-        (status = 408, description = "`request_timeout`", body = ErrorBody),
-        (status = 413, description = "`value_too_large`: the body is too large", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn get(
@@ -186,13 +204,6 @@ async fn get(
     responses(
         (status = 200, description = "`{K: V}` (Python `json.dumps` style, then a newline)",
          body = std::collections::HashMap<String, String>),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: a malformed body \
-            or a value that is not a string", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 408, description = "`request_timeout`", body = ErrorBody),
-        (status = 413, description = "`value_too_large`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn put(
