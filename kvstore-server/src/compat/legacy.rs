@@ -14,11 +14,11 @@ use kvstore_core::ErrorCode::*;
 use serde::{Deserialize, Serialize};
 
 use super::pyjson;
+use crate::api::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::routes::route::{Mount, Route};
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// The routes of `/kv`.
 pub(crate) const ROUTES: &[Route] = &[

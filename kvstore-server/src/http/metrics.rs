@@ -43,9 +43,8 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::routes::route::{Mount, Route};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
 const SECONDS: &[f64] = &[
@@ -222,12 +221,6 @@ impl Recorder for Bounded {
 }
 
 /// Mounts `/metrics`.
-/// The route of `/metrics`.
-pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_render>(
-    Mount::To(|r| r.to(render)),
-    &[kvstore_core::ErrorCode::Forbidden],
-)];
-
 /// The metrics in the Prometheus text format.
 #[utoipa::path(
     get,
@@ -239,7 +232,10 @@ pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_render>(
          content_type = "text/plain", body = String),
     )
 )]
-async fn render(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn render(
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     // Store-wide figures (keys, size, every route's traffic): for a token that may
     // read the whole store.
     caller

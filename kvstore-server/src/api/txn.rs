@@ -8,9 +8,9 @@ use kvstore_core::txn::{Txn, TxnOp, TxnResponse};
 use super::leases::PutLease;
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use kvstore_core::ErrorCode::*;
 
 /// Body bytes a transaction may take beyond two values of the largest size (its
@@ -66,7 +66,7 @@ async fn txn(
         .saturating_mul(2)
         .saturating_add(BODY_SLACK);
     let body = read_limited(&req, payload, max_body).await?;
-    let mut txn: Txn = crate::body::json_object(&body, "a transaction object")
+    let mut txn: Txn = crate::http::body::json_object(&body, "a transaction object")
         .map_err(|e| e.prefixed("malformed transaction"))?;
     txn.validate(state.max_txn_ops)
         .map_err(|e| ApiError::from(kvstore_core::Error::from(e)))?;

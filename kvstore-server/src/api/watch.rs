@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::watch::{sse, websocket, Pump};
 use kvstore_core::ErrorCode;
 

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::route::{Mount, Route};
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// The route of `/healthz`.
 pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_health>(

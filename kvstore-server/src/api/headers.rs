@@ -15,3 +15,7 @@ pub const LEASE: &str = "x-kv-lease";
 pub const READ_REVISION: &str = "x-kv-read-revision";
 /// The store's current revision, on a list page read at a past revision.
 pub const CURRENT_REVISION: &str = "x-kv-current-revision";
+
+/// The headers a browser may read on a cross-origin answer (with `ETag`), see
+/// `--cors-origin`.
+pub const EXPOSED: &[&str] = &[CREATE_REVISION, MOD_REVISION, VERSION, STORE_REVISION];

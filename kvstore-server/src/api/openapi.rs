@@ -21,9 +21,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::error::ApiError;
-use crate::routes::leases::GrantRequest;
-use crate::routes::route::{Binary, Mount, Route};
+use super::leases::GrantRequest;
+use super::route::{Binary, Mount, Route};
+use crate::http::error::ApiError;
 use kvstore_core::ErrorCode;
 
 /// An externally tagged enum's variants (objects of one property, the variant's
@@ -39,9 +39,6 @@ fn closed_variants(components: &mut utoipa::openapi::Components, name: &str) {
         }
     }
 }
-
-/// Where the document is served.
-pub const PATH: &str = "/v1/openapi.json";
 
 /// The OpenAPI document of every endpoint.
 #[derive(OpenApi)]

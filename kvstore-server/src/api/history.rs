@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use kvstore_core::ErrorCode;
 
 const PATH_PREFIX: &str = "/v1/history/";
@@ -236,7 +236,7 @@ async fn key(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
         return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
-        .insert(crate::metrics::RouteLabel("/v1/history/{key}"));
+        .insert(crate::http::metrics::RouteLabel("/v1/history/{key}"));
     let caller = Caller::extract(&req).await?;
     let state = web::Data::<AppState>::extract(&req).await?;
     Ok(history(req, caller, state).await?)

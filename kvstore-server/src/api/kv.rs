@@ -13,9 +13,9 @@ use super::headers::{
 };
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 const PATH_PREFIX: &str = "/v1/kv/";
 const DEFAULT_LIMIT: usize = 100;
@@ -110,7 +110,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
         return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
-        .insert(crate::metrics::RouteLabel(KEY_ROUTE));
+        .insert(crate::http::metrics::RouteLabel(KEY_ROUTE));
     // A standard method is a plain enum value: cloning it allocates nothing.
     let method = req.method().clone();
     if !matches!(

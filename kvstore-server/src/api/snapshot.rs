@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use kvstore_core::ErrorCode::*;
 
 /// Entries sent to the client per chunk of an export.

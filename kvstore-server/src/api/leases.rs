@@ -13,9 +13,9 @@ use serde::Deserialize;
 
 use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::{json_object, read_limited};
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::{json_object, read_limited};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use kvstore_core::ErrorCode::*;
 
 /// The largest grant body read (`{"ttl": N}` is a few bytes).

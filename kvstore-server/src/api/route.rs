@@ -18,7 +18,7 @@ use kvstore_core::ErrorCode;
 use utoipa::openapi::path::{HttpMethod, Operation, ParameterIn};
 use utoipa::openapi::{RefOr, Schema};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// How a route is mounted.
 #[derive(Clone, Copy)]
