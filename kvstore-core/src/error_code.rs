@@ -16,12 +16,12 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! error_codes {
-    ($( $(#[$doc:meta])* $variant:ident = ($status:literal, $code:literal), )*) => {
+    ($( $(#[doc = $doc:literal])* $variant:ident = ($status:literal, $code:literal), )*) => {
         /// A stable, machine-readable error code (see the module docs).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[non_exhaustive]
         pub enum ErrorCode {
-            $( $(#[$doc])* $variant, )*
+            $( $(#[doc = $doc])* $variant, )*
             /// A code this version does not know (sent by a newer server).
             Unknown,
         }
@@ -43,6 +43,15 @@ macro_rules! error_codes {
                 match self {
                     $(ErrorCode::$variant => $code,)*
                     ErrorCode::Unknown => "unknown",
+                }
+            }
+
+            /// When the code is sent: its line's doc comment in the table, so that
+            /// the OpenAPI document's error rows say what this page says.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => concat!($($doc),*).trim_start(),)*
+                    ErrorCode::Unknown => "A code this version does not know.",
                 }
             }
 

@@ -499,17 +499,37 @@ pub struct Listed {
 #[serde(deny_unknown_fields)]
 pub struct RawCompare {
     /// The key compared.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     key: String,
     /// The field compared.
     target: TargetName,
     /// How it compares.
     op: CompareOp,
     /// A number, or for `target: value` the value (text, or base64 with `encoding`).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = compare_value))]
     value: serde_json::Value,
     /// `base64` when a value target is base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     encoding: Option<String>,
+}
+
+/// The schema of a compare's `value`: a whole number, or a string (for a value
+/// target).
+#[cfg(feature = "openapi")]
+fn compare_value() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some(
+            "A whole number, or for `target: value` the value (text, or base64 with `encoding`)",
+        ))
+        .build()
+        .into()
 }
 
 /// The field a compare looks at.
@@ -618,6 +638,7 @@ pub enum RawOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPut {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     key: String,
     /// Text, or base64 with `encoding`.
     value: String,
@@ -640,6 +661,7 @@ pub struct RawPut {
 #[serde(deny_unknown_fields)]
 pub struct RawDelete {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
@@ -653,6 +675,7 @@ pub struct RawDelete {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGet {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     key: String,
 }
 

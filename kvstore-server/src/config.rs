@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use kvstore_core::{SledConfig, SledStore, Storage, SyncMode};
 
-use crate::state::WatchTimings;
+use crate::http::state::WatchTimings;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,7 @@ pub struct Options {
     /// An origin (`https://app.example.com`, or `*` for any) whose browser apps may
     /// call the API, with a bearer token; repeatable, comma-separated in the
     /// variable. None by default: no CORS headers, and the console needs none.
-    #[arg(long, env = "KVSTORE_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::cors::parse_origin)]
+    #[arg(long, env = "KVSTORE_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::http::cors::parse_origin)]
     pub cors_origin: Vec<String>,
     /// Most compares, and most ops in each branch, of one transaction (on etcd,
     /// etcd's own `--max-txn-ops`, 128 by default, applies too).

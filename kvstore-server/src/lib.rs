@@ -3,19 +3,19 @@
 //! The HTTP face of a [`kvstore_core::Storage`]: `/v1/kv` (get, put, delete, list),
 //! `/v1/watch` (WebSocket or Server-Sent Events), `/v1/snapshot`, `/healthz`,
 //! `/metrics`, the legacy `/kv`, and the OpenAPI document of them all at
-//! `/v1/openapi.json` ([`openapi`]). The binary `kvstore-server` is a thin `main`
-//! over [`run`].
+//! `/v1/openapi.json`. The binary `kvstore-server` is a thin `main` over [`run`].
 //!
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`app`] (this page) | the app factory: every route and middleware on a given state |
-//! | `routes` | the HTTP routes, one module per resource |
+//! | `api` | the HTTP API: its routes, each declared once, and the OpenAPI document of them |
+//! | `http` | the plumbing: bodies, limits, CORS, [`error`]s, [`state`], [`tls`], [`metrics`] |
 //! | `compat` | what the replaced service offered: the legacy `/kv` API, Socket.IO |
+//! | `console` | the web console at `/ui/` |
 //! | [`etcd_api`] | etcd's v3 gRPC API, on its own address |
 //! | [`watch`] | the watch pump and its two transports |
-//! | [`error`] | the error answer, from the one table of codes in `kvstore-core` |
 //! | [`config`] | flags and their environment twins; where the engine is chosen |
-//! | [`auth`], [`limits`], [`metrics`], [`tls`] | tokens, bounds, `/metrics`, TLS |
+//! | [`auth`] | tokens and roles |
 //!
 //! # Example
 //!
@@ -39,24 +39,19 @@
 //! ```
 #![deny(missing_docs)]
 
+mod api;
 pub mod auth;
-mod body;
 mod compat;
 pub mod config;
 mod console;
-mod cors;
-pub mod error;
 pub mod etcd_api;
-pub mod limits;
-pub mod metrics;
-pub mod openapi;
-mod routes;
-pub mod state;
-pub mod tls;
+mod http;
 pub mod watch;
 
+pub use http::{error, limits, metrics, state, tls};
+
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -64,6 +59,8 @@ use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpRequest, HttpServer};
 use kvstore_core::Storage;
 use tokio::sync::watch as signal;
+
+use api::route::{Endpoints, Route};
 
 pub use config::Options;
 pub use error::ApiError;
@@ -90,8 +87,8 @@ pub fn app(
     let access_log = state.access_log;
     let cors_origins = state.cors_origins.clone();
     App::new()
-        .wrap(actix_web::middleware::from_fn(routes::params::known_only))
-        .wrap(actix_web::middleware::from_fn(routes::match_as_sent))
+        .wrap(actix_web::middleware::from_fn(api::params::known_only))
+        .wrap(actix_web::middleware::from_fn(api::route::match_as_sent))
         .wrap(actix_web::middleware::from_fn(limits::bound_headers))
         .wrap(actix_web::middleware::from_fn(metrics::record))
         .wrap(Condition::new(
@@ -101,10 +98,10 @@ pub fn app(
                 // Health checks poll every few seconds; they would drown the request log.
                 .exclude("/healthz"),
         ))
-        .wrap(cors::middleware(&cors_origins))
+        .wrap(http::cors::middleware(&cors_origins, api::headers::EXPOSED))
         .wrap(Condition::new(
             !cors_origins.is_empty(),
-            actix_web::middleware::from_fn(cors::json_errors),
+            actix_web::middleware::from_fn(http::cors::json_errors),
         ))
         .configure(|cfg| configure(cfg, state))
 }
@@ -113,26 +110,39 @@ pub fn app(
 fn configure(cfg: &mut web::ServiceConfig, state: AppState) {
     cfg.app_data(web::Data::new(auth::Access(state.access.clone())))
         .app_data(web::Data::new(state))
-        .configure(routes::health::configure)
-        .configure(routes::kv::configure)
-        .configure(routes::history::configure)
-        .configure(routes::leases::configure)
-        .configure(routes::watch::configure)
-        .configure(routes::snapshot::configure)
-        .configure(routes::txn::configure)
-        .configure(metrics::configure)
-        .configure(openapi::configure)
+        .app_data(web::Data::new(api::openapi::Document(spec())))
+        .app_data(web::Data::new(endpoints()))
+        .configure(|cfg| {
+            for route in routes() {
+                route.mount(cfg);
+            }
+        })
         .configure(compat::configure)
         .configure(console::configure)
         // A request no route takes: 405 on a documented path, else 404.
         .default_service(web::to(|req: HttpRequest| async move {
-            Err::<actix_web::HttpResponse, _>(routes::methods::unmatched(&req))
+            Err::<actix_web::HttpResponse, _>(api::methods::unmatched(&req))
         }));
 }
 
-/// The answer to a request for a path no route serves: `404 not_found`.
-pub(crate) fn not_found(req: &HttpRequest) -> ApiError {
-    ApiError::not_found(format!("{} {}", req.method(), req.path()))
+/// Every route of the OpenAPI document, in the order they are mounted: the API's
+/// (`/v1`, `/healthz`, `/metrics`, the document) and the legacy `/kv`. The app
+/// mounts this list, the document describes it, and `Allow` and the query
+/// whitelist are read from it ([`endpoints`]).
+fn routes() -> impl Iterator<Item = &'static Route> {
+    api::routes().chain(compat::legacy::ROUTES)
+}
+
+/// The OpenAPI document of every route, built once.
+fn spec() -> &'static utoipa::openapi::OpenApi {
+    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    SPEC.get_or_init(|| api::openapi::build(routes()))
+}
+
+/// What every route takes, built once.
+pub(crate) fn endpoints() -> &'static Endpoints {
+    static ENDPOINTS: OnceLock<Endpoints> = OnceLock::new();
+    ENDPOINTS.get_or_init(|| Endpoints::of(routes()))
 }
 
 /// Serves `store` on `listener` (and etcd's API on `etcd_api`, when given) until
@@ -359,5 +369,40 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::Method;
+
+    #[test]
+    fn every_documented_path_has_its_methods() {
+        let allow = |template: &str| super::endpoints().allow(template);
+        assert_eq!(allow("/v1/kv/{key}"), "GET, HEAD, PUT, DELETE");
+        assert_eq!(allow("/kv"), "GET, HEAD, PUT");
+        assert_eq!(allow("/v1/snapshot"), "GET, HEAD, POST");
+        assert_eq!(allow("/healthz"), "GET, HEAD");
+        assert_eq!(allow("/v1/leases/{id}"), "GET, HEAD, DELETE");
+        assert_eq!(allow("/v1/leases/{id}/keepalive"), "POST");
+    }
+
+    #[test]
+    fn each_endpoint_takes_its_documented_parameters() {
+        let known = |path, method| super::endpoints().query(path, method);
+        let get = |path| known(path, &Method::GET);
+        assert_eq!(get("/v1/kv").map(|k| k.contains(&"limit")), Some(true));
+        assert_eq!(get("/v1/kv/a/b"), Some(vec!["revision"]));
+        assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec!["lease", "ttl"]));
+        assert_eq!(
+            known("/v1/kv", &Method::DELETE).map(|k| k.contains(&"all")),
+            Some(true)
+        );
+        assert_eq!(
+            get("/v1/watch").map(|k| k.contains(&"start_revision")),
+            Some(true)
+        );
+        assert_eq!(get("/kv").map(|k| k.contains(&"key")), Some(true));
+        assert_eq!(get("/nope"), None);
     }
 }

@@ -9,25 +9,52 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::wire::ErrorBody;
 use kvstore_core::ErrorCode;
+use kvstore_core::ErrorCode::*;
 use serde::{Deserialize, Serialize};
 
 use super::pyjson;
+use crate::api::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kv", crate::routes::get_or_head().to(get))
-        .route("/kv", web::put().to(put));
-}
+/// The routes of `/kv`.
+pub(crate) const ROUTES: &[Route] = &[
+    Route::new::<__path_get>(
+        Mount::To(|r| r.to(get)),
+        &[
+            InvalidKey,
+            InvalidRequest,
+            Forbidden,
+            ValueNotText,
+            RequestTimeout,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_put>(
+        Mount::To(|r| r.to(put)),
+        &[
+            InvalidKey,
+            InvalidRequest,
+            Forbidden,
+            RequestTimeout,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+];
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct KeyQuery {
-    /// The key (else it is read from the JSON body).
+    /// The key (else it is read from the JSON body). Required with HEAD, which
+    /// carries no body.
     #[param(nullable = false, min_length = 1)]
     key: Option<String>,
 }
@@ -110,22 +137,15 @@ fn body_limit(state: &AppState) -> usize {
     operation_id = "legacy_get",
     params(KeyQuery),
     request_body(
-        description = "`{\"key\": K}`, read only when `?key=` is absent",
+        description = "`{\"key\": K}`: names the key when `?key=` is absent; beside `?key=`, \
+            which names the key then, a body must still be `{\"key\": K}`",
         content((Option<GetBody> = "application/json")),
     ),
     responses(
         (status = 200, description = "`{\"value\": V}` (Python `json.dumps` style, then a \
             newline)", body = Found),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: no key named, or a \
-            body that is not a JSON object `{\"key\": K}`", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
         (status = 404, description = "The legacy not-found body, not the usual error body",
          body = Missing),
-        (status = 409, description = "`value_not_text`: the value is binary (not UTF-8), \
-            which this API cannot show; `GET /v1/kv/{key}` can", body = ErrorBody),
-        (status = 408, description = "`request_timeout`", body = ErrorBody),
-        (status = 413, description = "`value_too_large`: the body is too large", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn get(
@@ -136,18 +156,19 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<KeyQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
-    let key = match query.into_inner().key {
-        Some(key) => key,
-        None => {
-            let body = read_limited(&req, payload, body_limit(&state)).await?;
-            if body.is_empty() {
-                return Err(ApiError::invalid_request(
-                    "name the key: ?key=K or a JSON body {\"key\": K}",
-                ));
-            }
-            parse::<GetBody>(&body)?.key
-        }
+    // A body, when one is sent, must be `{"key": K}` even beside `?key=` (which
+    // names the key then): a request is taken whole or refused, never half read.
+    let body = read_limited(&req, payload, body_limit(&state)).await?;
+    let in_body = if body.is_empty() {
+        None
+    } else {
+        let GetBody { key } = parse(&body)?;
+        kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
+        Some(key)
     };
+    let key = query.into_inner().key.or(in_body).ok_or_else(|| {
+        ApiError::invalid_request("name the key: ?key=K or a JSON body {\"key\": K}")
+    })?;
     kvstore_core::key::validate_key(&key).map_err(|e| ApiError::invalid_key(e.to_string()))?;
     caller.check_read(&key)?;
     match state
@@ -183,13 +204,6 @@ async fn get(
     responses(
         (status = 200, description = "`{K: V}` (Python `json.dumps` style, then a newline)",
          body = std::collections::HashMap<String, String>),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: a malformed body \
-            or a value that is not a string", body = ErrorBody),
-        (status = 403, description = "`forbidden`", body = ErrorBody),
-        (status = 408, description = "`request_timeout`", body = ErrorBody),
-        (status = 413, description = "`value_too_large`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn put(

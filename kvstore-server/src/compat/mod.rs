@@ -8,8 +8,8 @@ pub mod socketio;
 
 use actix_web::web;
 
-/// Mounts the compatibility routes on `cfg`.
+/// Mounts the compatibility routes outside the OpenAPI document (the legacy `/kv`
+/// is in it, mounted with the API's routes).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(legacy::configure)
-        .configure(socketio::configure);
+    cfg.configure(socketio::configure);
 }

@@ -29,9 +29,9 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 use crate::auth::{CONSOLE_HEADER, COOKIE};
 

@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::limits::WatcherSlot;
-use crate::metrics::WatcherGauge;
-use crate::state::{stopping, AppState};
+use crate::http::error::ApiError;
+use crate::http::limits::WatcherSlot;
+use crate::http::metrics::WatcherGauge;
+use crate::http::state::{stopping, AppState};
 
 /// One frame ready to send.
 #[derive(Debug, Clone)]

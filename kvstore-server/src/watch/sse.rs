@@ -5,7 +5,7 @@ use actix_web::web::Bytes;
 use futures_util::Stream;
 
 use super::Pump;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The body of an SSE watch: the pump's frames, until the last one.
 pub fn body(pump: Pump) -> impl Stream<Item = Result<Bytes, ApiError>> {

@@ -9,7 +9,7 @@ use kvstore_core::ErrorCode;
 use tokio::time::Instant;
 
 use super::Pump;
-use crate::state::{stopping, WatchTimings};
+use crate::http::state::{stopping, WatchTimings};
 
 /// Serves `pump` on an upgraded connection until the watch ends or the peer goes.
 pub async fn serve(

@@ -1630,6 +1630,43 @@ async fn legacy_kv_refuses_a_json_array_for_an_object(
     Ok(())
 }
 
+/// A legacy read that names its key in `?key=` and sends a body too: the body must
+/// still be `{"key": K}` with a valid key, else the read is refused, not half read.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_kv_refuses_a_bad_body_beside_the_query_key(
+    #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
+) -> TestResult {
+    let Some(server) = support::serve(engine, &[]) else {
+        return Ok(());
+    };
+    let client = Client::new(&server.url)?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/kv?key=both", server.url);
+    client.put("both", "stored").await?;
+
+    let res = http.get(&url).json(&json!({"key": ""})).send().await?;
+    expect_error(res, 400, "invalid_key").await?;
+    let res = http.get(&url).json(&json!(["both"])).send().await?;
+    expect_error(res, 400, "invalid_request").await?;
+    // A well-formed body beside `?key=`: the query names the key.
+    let res = http.get(&url).json(&json!({"key": "other"})).send().await?;
+    assert_eq!(
+        body_of(res).await?,
+        (
+            200,
+            "application/json".to_string(),
+            b"{\"value\": \"stored\"}\n".to_vec()
+        )
+    );
+    // HEAD carries no body: it names its key in `?key=`, and without one is refused.
+    let res = http.head(format!("{}/kv", server.url)).send().await?;
+    assert_eq!(res.status().as_u16(), 400);
+    let res = http.head(&url).send().await?;
+    assert_eq!(res.status().as_u16(), 200);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Watches through the client
 // ---------------------------------------------------------------------------

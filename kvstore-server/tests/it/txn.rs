@@ -527,7 +527,9 @@ async fn delete_by_prefix_is_one_revision(
         ..WatchOptions::default()
     });
     let http = reqwest::Client::new();
-    for query in ["", "?prefix=", "?prefix=&all=false"] {
+    // An empty `prefix=` is refused even with `all=true` (a variable left unset
+    // sends it): every key goes only with `prefix` left out.
+    for query in ["", "?prefix=", "?prefix=&all=false", "?prefix=&all=true"] {
         let res = http
             .delete(format!("{}/v1/kv{query}", server.url))
             .send()

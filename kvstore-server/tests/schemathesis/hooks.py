@@ -7,16 +7,16 @@ Two rules of the API are beyond what an OpenAPI 3.1 document can state, and the
 document says them in prose; these hooks keep Schemathesis from taking them for
 mismatches, and nothing else:
 
-- The legacy read (`GET /kv`, and `HEAD`) names its key in `?key=` or, only when that
-  is absent, in a JSON body `{"key": K}`, while a document's parameters and body are
-  independent. A request with neither is refused (400) by design, so it is not
-  offered as a valid one; beside `?key=` the body is not read, so a body that breaks
-  the schema there is not offered as an invalid request.
+- The legacy read (`GET /kv`) names its key in `?key=` or, when that is absent, in a
+  JSON body `{"key": K}`, while a document's parameters and body are independent. A
+  request with neither is refused (400) by design, so it is not offered as a valid
+  one. (`HEAD /kv` carries no body: the document makes its `key` required.)
 - A key put takes `?lease=ID` or `?ttl=N`, not both (ttl grants the key a lease
-  of its own), so a request with both is not offered as a valid one.
-- A delete by prefix (`DELETE /v1/kv`) with an empty or absent `prefix` deletes every
-  key, so it is refused (400) unless `all=true` says so: such a request is not offered
-  as a valid one.
+  of its own; both parameters say so), so a request with both is not offered as a
+  valid one.
+- A delete by prefix (`DELETE /v1/kv`) without `prefix` deletes every key, so it is
+  refused (400) unless `all=true` says so: such a request is not offered as a valid
+  one. (An empty `prefix=` is refused always; the document says `minLength: 1`.)
 - A transaction's rules across its fields (a `value` compare takes a string, the
   others a number; a base64 value must decode; a delete names a `key` or a `prefix`;
   no branch writes a key twice; at most `--max-txn-ops` ops) are beyond what its
@@ -35,7 +35,6 @@ mismatches, and nothing else:
 
 import schemathesis
 from schemathesis.core import NOT_SET
-from schemathesis.core.parameters import ParameterLocation
 from schemathesis.openapi.checks import RejectedPositiveData
 
 schemathesis.serializer.alias("application/x-ndjson", "application/octet-stream")
@@ -51,7 +50,7 @@ def _is(operation, method, path):
 
 def _deletes_everything_unasked(case):
     query = case.query or {}
-    return not query.get("prefix") and str(query.get("all")).lower() != "true"
+    return "prefix" not in query and str(query.get("all")).lower() != "true"
 
 
 @schemathesis.hook
@@ -66,14 +65,13 @@ def filter_case(context, case):
     if _is(operation, "PUT", "/v1/kv/{key}"):
         both = bool(case.query) and "lease" in case.query and "ttl" in case.query
         return not (both and case.meta.generation.mode.is_positive)
-    if not (_is(operation, "GET", "/kv") or _is(operation, "HEAD", "/kv")):
+    if not _is(operation, "GET", "/kv"):
         return True
     names_key = bool(case.query) and "key" in case.query
     if case.meta.generation.mode.is_positive:
         has_body = case.body is not NOT_SET and case.body is not None
         return names_key or has_body
-    body = case.meta.components.get(ParameterLocation.BODY)
-    return not (names_key and body is not None and body.mode.is_negative)
+    return True
 
 
 def _reads_at_a_revision(case):

@@ -18,7 +18,7 @@ use kvstore_core::{SharedEvent, Watch, WatchItem, WatchOptions};
 
 use super::{engine, protocol};
 use crate::auth::Caller;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 /// The `connected` event, as the replaced service sent it (keys in its order).
 pub fn connected_packet() -> String {

@@ -79,8 +79,8 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use engine::EngineError;
 use session::Transport;
 

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::engine::{self, Packet};
 use super::session::{self, End, Incoming, Session, Transport};
 use super::{HttpError, MAX_PAYLOAD};
-use crate::body::read_limited;
+use crate::http::body::read_limited;
 
 /// A poll is answered with what is queued, up to about this many bytes (one packet
 /// more at most); the rest waits for the next poll.

@@ -14,10 +14,10 @@ use super::feed::{self, Feed};
 use super::protocol::{self, DEFAULT_NAMESPACE};
 use super::{engine, Handshake};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::limits::WatcherSlot;
-use crate::metrics::WatcherGauge;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::limits::WatcherSlot;
+use crate::http::metrics::WatcherGauge;
+use crate::http::state::AppState;
 
 /// Packets queued for one client. A client that lets this many pile up (it stops
 /// polling or reading) is dropped as a slow client.

@@ -10,7 +10,7 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, ProtocolEr
 use super::engine::{self, Packet};
 use super::session::{self, End, Incoming, Session, Transport};
 use super::{HttpError, MAX_PAYLOAD};
-use crate::state::WatchTimings;
+use crate::http::state::WatchTimings;
 
 /// The handshake's answer and the two halves of the connection.
 pub fn accept(

@@ -2,72 +2,36 @@
 //! refused with `400 invalid_request`, never ignored (a `?ttl=30` that a server
 //! without TTLs dropped would store a key that never expires).
 //!
-//! Which parameters an endpoint takes is read from the OpenAPI document, as
-//! `Allow` is (see [`super::methods`]): each documented operation takes exactly its
-//! documented query parameters. The endpoints outside the document have their own
-//! lists here: Socket.IO's (the Engine.IO parameters, its clients' cache-busting `t`
-//! included) and the console's (none; its state lives in the URL's fragment).
-
-use std::sync::OnceLock;
+//! Which parameters an endpoint takes is read from the routes, as `Allow` is (see
+//! [`super::methods`]): each takes exactly its documented query parameters. The
+//! endpoints outside the document have their own lists here: Socket.IO's (the
+//! Engine.IO parameters, its clients' cache-busting `t` included) and the
+//! console's (none; its state lives in the URL's fragment).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
+use actix_web::web;
 use percent_encoding::percent_decode_str;
-use utoipa::openapi::path::ParameterIn;
 
-use crate::error::ApiError;
+use super::route::Endpoints;
+use crate::http::error::ApiError;
 
 /// The parameters Engine.IO clients send (`EIO`, `transport`, `sid`; `t` to defeat
 /// caches; `b64` and `j` of older clients' polling).
 const SOCKET_IO: &[&str] = &["EIO", "transport", "sid", "t", "b64", "j"];
 
-/// Query parameters of one operation.
-struct Taken {
-    template: String,
-    method: Method,
-    names: Vec<String>,
-}
-
-/// Every documented operation's query parameters, built once from the document.
-fn taken() -> &'static [Taken] {
-    static TAKEN: OnceLock<Vec<Taken>> = OnceLock::new();
-    TAKEN.get_or_init(|| {
-        let mut all = Vec::new();
-        for (template, item) in &crate::openapi::spec().paths.paths {
-            for (method, operation) in super::methods::operations(item) {
-                let names = operation
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .filter(|p| p.parameter_in == ParameterIn::Query)
-                    .map(|p| p.name.clone())
-                    .collect();
-                all.push(Taken {
-                    template: template.clone(),
-                    method,
-                    names,
-                });
-            }
-        }
-        all
-    })
-}
-
 /// The query parameters a request to `path` with `method` may name; `None` when
 /// the request goes to no endpoint (its 404 or 405 answer says so).
-fn known(path: &str, method: &Method) -> Option<Vec<&'static str>> {
+fn known<'a>(endpoints: &'a Endpoints, path: &str, method: &Method) -> Option<Vec<&'a str>> {
     if path == "/socket.io/" {
         return Some(SOCKET_IO.to_vec());
     }
     if path == "/ui" || path.starts_with("/ui/") {
         return Some(Vec::new());
     }
-    taken()
-        .iter()
-        .find(|t| t.method == *method && super::methods::matches(&t.template, path))
-        .map(|t| t.names.iter().map(String::as_str).collect())
+    endpoints.query(path, method)
 }
 
 /// The names in a query string, decoded as forms encode them.
@@ -90,7 +54,10 @@ pub async fn known_only(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if !req.query_string().is_empty() {
-        if let Some(known) = known(req.path(), req.method()) {
+        let endpoints = req
+            .app_data::<web::Data<&'static Endpoints>>()
+            .map(|data| *data.get_ref());
+        if let Some(known) = endpoints.and_then(|e| known(e, req.path(), req.method())) {
             if let Some(unknown) = names(req.query_string()).find(|n| !known.contains(&n.as_str()))
             {
                 let takes = if known.is_empty() {
@@ -113,20 +80,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_endpoint_takes_its_documented_parameters() {
-        let get = |path| known(path, &Method::GET);
-        assert_eq!(get("/v1/kv").map(|k| k.contains(&"limit")), Some(true));
-        assert_eq!(get("/v1/kv/a/b"), Some(vec!["revision"]));
-        assert_eq!(known("/v1/kv/a", &Method::PUT), Some(vec!["lease", "ttl"]));
-        assert_eq!(
-            known("/v1/kv", &Method::DELETE).map(|k| k.contains(&"all")),
-            Some(true)
-        );
-        assert_eq!(
-            get("/v1/watch").map(|k| k.contains(&"start_revision")),
-            Some(true)
-        );
-        assert_eq!(get("/kv").map(|k| k.contains(&"key")), Some(true));
+    fn socket_io_and_the_console_have_their_own_lists() {
+        let endpoints = Endpoints::of([]);
+        let get = |path| known(&endpoints, path, &Method::GET);
         assert_eq!(get("/socket.io/").map(|k| k.contains(&"t")), Some(true));
         assert_eq!(get("/ui/app.js"), Some(vec![]));
         assert_eq!(get("/nope"), None);

@@ -15,7 +15,7 @@ use actix_web::http::Method;
 use actix_web::middleware::{Condition, Next};
 use actix_web::ResponseError;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE: usize = 3600;
@@ -46,8 +46,9 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
 }
 
 /// The CORS middleware for `origins` (as given to `--cors-origin`); it does
-/// nothing when `origins` is empty.
-pub fn middleware(origins: &[String]) -> Condition<Cors> {
+/// nothing when `origins` is empty. A browser may read `ETag` and the headers
+/// `expose` names (the API's, see `api::headers`).
+pub fn middleware(origins: &[String], expose: &[&'static str]) -> Condition<Cors> {
     let mut cors = Cors::default()
         .allowed_methods([Method::GET, Method::PUT, Method::DELETE, Method::POST])
         .allowed_headers([
@@ -58,13 +59,9 @@ pub fn middleware(origins: &[String]) -> Condition<Cors> {
             header::IF_NONE_MATCH,
             HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([
-            header::ETAG,
-            HeaderName::from_static(crate::routes::kv::CREATE_REVISION),
-            HeaderName::from_static(crate::routes::kv::MOD_REVISION),
-            HeaderName::from_static(crate::routes::kv::VERSION),
-            HeaderName::from_static(crate::routes::kv::STORE_REVISION),
-        ])
+        .expose_headers(
+            std::iter::once(header::ETAG).chain(expose.iter().map(|h| HeaderName::from_static(h))),
+        )
         .max_age(PREFLIGHT_MAX_AGE)
         // Requests from other origins still run (as they would with no CORS at
         // all); they just get no CORS headers, so the browser hides the answer.

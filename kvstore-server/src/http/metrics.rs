@@ -43,8 +43,8 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
 const SECONDS: &[f64] = &[
@@ -221,11 +221,21 @@ impl Recorder for Bounded {
 }
 
 /// Mounts `/metrics`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", crate::routes::get_or_head().to(render));
-}
-
-async fn render(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4",
+         content_type = "text/plain", body = String),
+    )
+)]
+pub(crate) async fn render(
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     // Store-wide figures (keys, size, every route's traffic): for a token that may
     // read the whole store.
     caller

@@ -4,21 +4,36 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::txn::{Txn, TxnOp, TxnResponse};
-use kvstore_core::wire::ErrorBody;
 
 use super::leases::PutLease;
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use kvstore_core::ErrorCode::*;
 
 /// Body bytes a transaction may take beyond two values of the largest size (its
 /// values may be base64, a third larger than their bytes).
 const BODY_SLACK: usize = 1 << 20;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/txn", web::post().to(txn));
-}
+/// The route of `/v1/txn`.
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_txn>(
+    Mount::To(|r| r.to(txn)),
+    &[
+        InvalidRequest,
+        InvalidTtl,
+        InvalidKey,
+        TooManyOps,
+        DuplicateKey,
+        Forbidden,
+        LeaseNotFound,
+        ValueTooLarge,
+        StorageUnavailable,
+        ShuttingDown,
+        InsufficientStorage,
+    ],
+)];
 
 /// Run a transaction: if every `compare` holds, the `success` ops, else the
 /// `failure` ops; all writes commit at one revision.
@@ -37,18 +52,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "The transaction ran: `succeeded` says which branch, \
             `revision` is that of its writes (the store's when it wrote nothing), `results` \
             holds one result per op of the branch", body = TxnResponse),
-        (status = 400, description = "`invalid_request` (malformed, `lease` and `ttl` in one \
-            put), `invalid_ttl`, `invalid_key`, `too_many_ops` (over `--max-txn-ops` compares or ops in a branch) or \
-            `duplicate_key` (a branch writes a key twice); nothing is changed", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not read or write a key the \
-            transaction names, or may not read every key under a `list`'s prefix",
-            body = ErrorBody),
-        (status = 404, description = "`lease_not_found`: a put of the branch that ran names a \
-            lease that expired, was revoked or was never granted; nothing is changed",
-            body = ErrorBody),
-        (status = 413, description = "`value_too_large`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn txn(
@@ -63,7 +66,7 @@ async fn txn(
         .saturating_mul(2)
         .saturating_add(BODY_SLACK);
     let body = read_limited(&req, payload, max_body).await?;
-    let mut txn: Txn = crate::body::json_object(&body, "a transaction object")
+    let mut txn: Txn = crate::http::body::json_object(&body, "a transaction object")
         .map_err(|e| e.prefixed("malformed transaction"))?;
     txn.validate(state.max_txn_ops)
         .map_err(|e| ApiError::from(kvstore_core::Error::from(e)))?;

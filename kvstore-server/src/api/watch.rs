@@ -4,21 +4,29 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use kvstore_core::wire::ErrorBody;
 use kvstore_core::WatchOptions;
 use serde::Deserialize;
 
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::watch::{sse, websocket, Pump};
+use kvstore_core::ErrorCode;
 
 /// Largest frame a watch client may send (it has nothing big to say).
 const MAX_CLIENT_FRAME: usize = 16 * 1024;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/watch", super::get_or_head().to(watch));
-}
+/// The route of `/v1/watch`.
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_watch>(
+    Mount::To(|r| r.to(watch)),
+    &[
+        ErrorCode::InvalidRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::Compacted,
+        ErrorCode::TooManyWatchers,
+    ],
+)];
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -72,16 +80,6 @@ struct WatchHeaders {
         (status = 200, description = "Server-Sent Events, endless: `event:` the frame type, \
             `id:` its revision, `data:` the JSON frame",
          content_type = "text/event-stream", body = String),
-        (status = 400, description = "`invalid_request`: a bad query string or \
-            `Last-Event-ID`, an incomplete WebSocket handshake, or (not a WebSocket \
-            handshake) an `Accept` that refuses `text/event-stream`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
-         body = ErrorBody),
-        (status = 410, description = "`compacted` (Server-Sent Events): `start_revision` or \
-            `Last-Event-ID` asks for history older than what is kept (`revision`: the oldest \
-            kept). A WebSocket watch gets the `error` frame instead.", body = ErrorBody),
-        (status = 429, description = "`too_many_watchers`: this client already holds \
-            `--max-watchers-per-client` watch streams", body = ErrorBody),
     )
 )]
 async fn watch(

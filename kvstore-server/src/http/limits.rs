@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Counts open watch streams per client and refuses those over the limit.
 #[derive(Debug)]

@@ -1,15 +1,18 @@
 //! `/healthz`: 200 while the store answers reads.
 
 use actix_web::{web, HttpResponse};
-use kvstore_core::wire::ErrorBody;
 use serde::Serialize;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use super::route::{Mount, Route};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", super::get_or_head().to(health));
-}
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+
+/// The route of `/healthz`.
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_health>(
+    Mount::To(|r| r.to(health)),
+    &[kvstore_core::ErrorCode::StorageUnavailable],
+)];
 
 /// The answer of `/healthz`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -35,8 +38,6 @@ pub struct Health {
     security(()),
     responses(
         (status = 200, description = "Up", body = Health),
-        (status = 503, description = "`storage_unavailable`: the store cannot be read",
-         body = ErrorBody),
     )
 )]
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

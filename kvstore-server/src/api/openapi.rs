@@ -18,14 +18,13 @@ use kvstore_core::wire::{
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{
-    ContentBuilder, KnownFormat, ObjectBuilder, Ref, RefOr, ResponseBuilder, Schema, SchemaFormat,
-    Type,
-};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::error::ApiError;
-use crate::routes;
+use super::leases::GrantRequest;
+use super::route::{Binary, Mount, Route};
+use crate::http::error::ApiError;
+use kvstore_core::ErrorCode;
 
 /// An externally tagged enum's variants (objects of one property, the variant's
 /// name) take no other property: serde refuses one, and utoipa does not say so.
@@ -40,9 +39,6 @@ fn closed_variants(components: &mut utoipa::openapi::Components, name: &str) {
         }
     }
 }
-
-/// Where the document is served.
-pub const PATH: &str = "/v1/openapi.json";
 
 /// The OpenAPI document of every endpoint.
 #[derive(OpenApi)]
@@ -59,27 +55,6 @@ pub const PATH: &str = "/v1/openapi.json";
             itself when it is UTF-8, else base64 with `\"encoding\": \"base64\"` beside it.\n\n\
             With an access file (`--access-file`) every request but `/healthz` and this \
             document needs `Authorization: Bearer <token>`; without one the server is open."
-    ),
-    paths(
-        routes::kv::get,
-        routes::kv::put,
-        routes::kv::delete,
-        routes::kv::list,
-        routes::leases::grant,
-        routes::leases::keepalive,
-        routes::leases::info,
-        routes::leases::revoke,
-        routes::kv::delete_prefix,
-        routes::history::history,
-        routes::txn::txn,
-        routes::watch::watch,
-        routes::snapshot::export,
-        routes::snapshot::restore,
-        routes::health::health,
-        crate::compat::legacy::get,
-        crate::compat::legacy::put,
-        metrics,
-        document
     ),
     components(schemas(
         Binary,
@@ -98,7 +73,7 @@ pub const PATH: &str = "/v1/openapi.json";
         Lease,
         LeaseInfo,
         RevokeResult,
-        routes::leases::GrantRequest,
+        GrantRequest,
         ErrorBody,
         ErrorDetail,
         kvstore_core::ErrorCode,
@@ -139,22 +114,33 @@ impl Modify for Doc {
             SecurityRequirement::default(),
             SecurityRequirement::new("bearer", Vec::<String>::new()),
         ]);
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                add_shared_errors(operation);
-                optional_body_is_not_null(operation);
-            }
-            item.head = item.get.as_ref().map(head_of);
-        }
     }
+}
+
+/// The document of `routes`: each route's operation as its handler declares it,
+/// its error rows made from the `ErrorCode` table (the codes it names, and those
+/// every operation shares: `unauthorized` and `invalid_request` where a token is
+/// taken, `internal` everywhere), and HEAD beside each GET.
+pub(crate) fn build<'a>(routes: impl IntoIterator<Item = &'a Route>) -> utoipa::openapi::OpenApi {
+    let mut openapi = Doc::openapi();
+    let mut schemas = Vec::new();
+    for route in routes {
+        let mut operation = route.operation();
+        add_errors(&mut operation, route.errors);
+        optional_body_is_not_null(&mut operation);
+        openapi
+            .paths
+            .add_path_operation(route.path(), route.methods(), operation);
+        route.schemas(&mut schemas);
+    }
+    for item in openapi.paths.paths.values_mut() {
+        item.head = item.get.as_ref().map(head_of);
+    }
+    let components = openapi.components.get_or_insert_with(Default::default);
+    for (name, schema) in schemas {
+        components.schemas.entry(name).or_insert(schema);
+    }
+    openapi
 }
 
 /// The HEAD operation of a GET: the same statuses and headers, no body (actix leaves
@@ -168,7 +154,15 @@ fn head_of(get: &Operation) -> Operation {
         .map(|summary| format!("{summary} (HEAD: the same answer without its body)"));
     head.description =
         Some("The answer GET gives, with its status and headers, without the body.".into());
-    head.request_body = None;
+    // A HEAD carries no body: where the GET reads a body in place of its query
+    // parameters (the legacy `GET /kv`: `?key=` or `{"key": K}`), the HEAD needs them.
+    if head.request_body.take().is_some() {
+        for parameter in head.parameters.iter_mut().flatten() {
+            if parameter.parameter_in == utoipa::openapi::path::ParameterIn::Query {
+                parameter.required = utoipa::openapi::Required::True;
+            }
+        }
+    }
     for response in head.responses.responses.values_mut() {
         if let RefOr::T(response) = response {
             response.content.clear();
@@ -177,14 +171,39 @@ fn head_of(get: &Operation) -> Operation {
     head
 }
 
-/// Adds `401` (to operations that take a token) and `500` (to all).
-fn add_shared_errors(operation: &mut Operation) {
+/// Adds the error rows of `codes` and of the codes every operation shares, one
+/// row a status, each saying its codes with their descriptions from the table. A
+/// status the handler answers otherwise (the legacy `/kv` not-found body) keeps
+/// its own row.
+fn add_errors(operation: &mut Operation, codes: &[ErrorCode]) {
     let open = operation
         .security
         .as_ref()
         .is_some_and(|reqs| reqs.iter().all(|r| r == &SecurityRequirement::default()));
-    let error = |description: &str| {
-        ResponseBuilder::new()
+    let mut all = codes.to_vec();
+    if !open {
+        // No token or an unknown one; more than one `Authorization` header.
+        all.extend([ErrorCode::Unauthorized, ErrorCode::InvalidRequest]);
+    }
+    all.push(ErrorCode::Internal);
+    let mut unique: Vec<ErrorCode> = Vec::new();
+    for code in all {
+        if !unique.contains(&code) {
+            unique.push(code);
+        }
+    }
+    let mut statuses: Vec<u16> = unique.iter().map(|c| c.status()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let responses = &mut operation.responses.responses;
+    for status in statuses {
+        let description = unique
+            .iter()
+            .filter(|c| c.status() == status)
+            .map(|c| format!("`{}`: {}", c.as_str(), c.description()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let row = ResponseBuilder::new()
             .description(description)
             .content(
                 "application/json",
@@ -192,20 +211,9 @@ fn add_shared_errors(operation: &mut Operation) {
                     .schema(Some(Ref::from_schema_name(ErrorBody::name())))
                     .build(),
             )
-            .build()
-    };
-    let responses = &mut operation.responses.responses;
-    if !open {
-        responses.entry("401".into()).or_insert_with(|| {
-            error("`unauthorized`: no token or an unknown one (only with an access file)").into()
-        });
-        responses.entry("400".into()).or_insert_with(|| {
-            error("`invalid_request`: more than one `Authorization` header").into()
-        });
+            .build();
+        responses.entry(status.to_string()).or_insert(row.into());
     }
-    responses
-        .entry("500".into())
-        .or_insert_with(|| error("`internal`: a bug; please report it").into());
 }
 
 /// An `Option<T>` request body (`request_body(content((Option<T> = ...)))`) means the
@@ -227,37 +235,6 @@ fn optional_body_is_not_null(operation: &mut Operation) {
     }
 }
 
-/// Raw bytes: a value as stored (`application/octet-stream` bodies).
-pub struct Binary;
-
-impl PartialSchema for Binary {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
-            .description(Some("Raw bytes"))
-            .into()
-    }
-}
-
-impl ToSchema for Binary {}
-
-/// The metrics in the Prometheus text format (served by [`crate::metrics`]).
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "health",
-    operation_id = "metrics",
-    responses(
-        (status = 200, description = "Prometheus text format 0.0.4",
-         content_type = "text/plain", body = String),
-        (status = 403, description = "`forbidden`: the token may not read every key (with an \
-            access file)", body = ErrorBody),
-    )
-)]
-#[allow(dead_code)] // Documents `crate::metrics::render`, mounted by `crate::metrics::configure`.
-fn metrics() {}
-
 /// This document. Needs no token.
 #[utoipa::path(
     get,
@@ -270,10 +247,10 @@ fn metrics() {}
          body = Object),
     )
 )]
-async fn document() -> Result<HttpResponse, ApiError> {
+async fn document(doc: web::Data<Document>) -> Result<HttpResponse, ApiError> {
     static JSON: OnceLock<Result<String, String>> = OnceLock::new();
     let json = JSON
-        .get_or_init(|| spec().to_json().map_err(|e| e.to_string()))
+        .get_or_init(|| doc.0.to_json().map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| ApiError::internal(format!("encoding the OpenAPI document: {e}")))?;
     Ok(HttpResponse::Ok()
@@ -281,14 +258,11 @@ async fn document() -> Result<HttpResponse, ApiError> {
         .body(json.as_str()))
 }
 
-/// The document, built once: served as JSON, and the table of the methods each path
-/// takes (`routes::methods`).
-pub(crate) fn spec() -> &'static utoipa::openapi::OpenApi {
-    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    SPEC.get_or_init(Doc::openapi)
-}
+/// The document as the app serves it (its app data).
+pub(crate) struct Document(pub &'static utoipa::openapi::OpenApi);
 
-/// Mounts `GET /v1/openapi.json` (open: no token needed).
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(PATH, crate::routes::get_or_head().to(document));
-}
+/// `GET /v1/openapi.json` (open: no token needed).
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_document>(
+    Mount::To(|r| r.to(document)),
+    &[],
+)];

@@ -5,23 +5,35 @@
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use kvstore_core::wire::{ErrorBody, HistoryPage, ListPage};
+use kvstore_core::wire::{HistoryPage, ListPage};
 use serde::Deserialize;
 
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
-
-/// The revision a read was made at (beside `x-kv-revision`, the store's).
-pub const READ_REVISION: &str = "x-kv-read-revision";
-/// The store's current revision, on a list page read at a past revision.
-pub const CURRENT_REVISION: &str = "x-kv-current-revision";
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use kvstore_core::ErrorCode;
 
 const PATH_PREFIX: &str = "/v1/history/";
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// The route of `/v1/history/{key}`.
+pub(crate) const ROUTES: &[Route] = &[Route::new::<__path_history>(
+    Mount::With(mount),
+    &[
+        ErrorCode::InvalidKey,
+        ErrorCode::InvalidRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::Compacted,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::ShuttingDown,
+    ],
+)];
+
+/// Mounts `/v1/history/{key}` as a scope whose default service takes every key
+/// path (as the key routes are, see `kv`).
+fn mount(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope("/v1/history").default_service(web::to(key)));
 }
 
@@ -182,12 +194,6 @@ struct KeyParam(
             `revision` is the store's revision the history runs to",
          body = HistoryPage,
          headers(("x-kv-revision" = u64, description = "The revision the history runs to"))),
-        (status = 400, description = "`invalid_key`, or `invalid_request`: a bad query string \
-            or `limit`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
-        (status = 410, description = "`compacted`: changes after `after` are no longer kept; \
-            `revision` is the oldest revision kept", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn history(
@@ -216,7 +222,7 @@ async fn history(
         .await
         .map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()
-        .insert_header((super::kv::STORE_REVISION, page.revision))
+        .insert_header((super::headers::STORE_REVISION, page.revision))
         .json(page))
 }
 
@@ -230,7 +236,7 @@ async fn key(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
         return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
-        .insert(crate::metrics::RouteLabel("/v1/history/{key}"));
+        .insert(crate::http::metrics::RouteLabel("/v1/history/{key}"));
     let caller = Caller::extract(&req).await?;
     let state = web::Data::<AppState>::extract(&req).await?;
     Ok(history(req, caller, state).await?)
@@ -238,7 +244,7 @@ async fn key(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
 
 /// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
 fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
-    super::key_in_path(req, PATH_PREFIX)
+    super::route::key_in_path(req, PATH_PREFIX)
 }
 
 #[cfg(test)]

@@ -3,27 +3,19 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use kvstore_core::wire::{
-    DeletePrefixResult, DeleteResult, Entry, EntryAt, ErrorBody, ListPage, PutResult,
-};
+use kvstore_core::wire::{DeletePrefixResult, DeleteResult, Entry, EntryAt, ListPage, PutResult};
 use kvstore_core::Condition;
+use kvstore_core::ErrorCode::*;
 use serde::Deserialize;
 
+use super::headers::{
+    CREATE_REVISION, CURRENT_REVISION, LEASE, MOD_REVISION, READ_REVISION, STORE_REVISION, VERSION,
+};
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::read_limited;
-use crate::error::ApiError;
-use crate::state::AppState;
-
-/// Response headers carrying an entry's metadata next to a raw value.
-pub const CREATE_REVISION: &str = "x-kv-create-revision";
-/// The key's `mod_revision` (also the `ETag`).
-pub const MOD_REVISION: &str = "x-kv-mod-revision";
-/// The key's version.
-pub const VERSION: &str = "x-kv-version";
-/// The store's current revision.
-pub const STORE_REVISION: &str = "x-kv-revision";
-/// The lease the key is attached to (absent for a permanent key).
-pub const LEASE: &str = "x-kv-lease";
+use crate::http::body::read_limited;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 const PATH_PREFIX: &str = "/v1/kv/";
 const DEFAULT_LIMIT: usize = 100;
@@ -33,16 +25,79 @@ const MAX_LIMIT: usize = 1000;
 /// mounted with, kept so that dashboards and alerts go on matching.
 const KEY_ROUTE: &str = "/v1/kv/{key:.*}";
 
-/// Mounts `/v1/kv` (the list) and `/v1/kv/{key}` without a pattern that actix would
-/// match with a regex on every request: a scope (a prefix, matched on `/` boundaries,
-/// so `/v1/kvx` stays unknown) whose default service takes every key path.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1/kv")
-            .route("", super::get_or_head().to(list))
-            .route("", web::delete().to(delete_prefix))
-            .default_service(web::to(key)),
-    );
+/// The routes of `/v1/kv` and `/v1/kv/{key}`.
+pub(crate) const ROUTES: &[Route] = &[
+    Route::new::<__path_list>(
+        Mount::To(|r| r.to(list)),
+        &[
+            InvalidRequest,
+            FutureRevision,
+            Forbidden,
+            Compacted,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_delete_prefix>(
+        Mount::To(|r| r.to(delete_prefix)),
+        &[
+            InvalidRequest,
+            Forbidden,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+    Route::new::<__path_get>(
+        Mount::With(mount_keys),
+        &[
+            InvalidKey,
+            InvalidRequest,
+            FutureRevision,
+            Forbidden,
+            KeyNotFound,
+            Compacted,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_put>(
+        Mount::WithItsPath,
+        &[
+            InvalidKey,
+            InvalidRequest,
+            InvalidTtl,
+            Forbidden,
+            RequestTimeout,
+            LeaseNotFound,
+            PreconditionFailed,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+    Route::new::<__path_delete>(
+        Mount::WithItsPath,
+        &[
+            InvalidKey,
+            InvalidRequest,
+            Forbidden,
+            KeyNotFound,
+            PreconditionFailed,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+];
+
+/// Mounts `/v1/kv/{key}` without a pattern that actix would match with a regex on
+/// every request: a scope (a prefix, matched on `/` boundaries, so `/v1/kvx` stays
+/// unknown) whose default service takes every key path (the list's routes, mounted
+/// before it, take `/v1/kv` itself).
+fn mount_keys(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::scope("/v1/kv").default_service(web::to(key)));
 }
 
 /// Everything under `/v1/kv` but `GET /v1/kv`: a key path, dispatched by method to
@@ -55,7 +110,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
         return Err(super::methods::unmatched(&req).into());
     }
     req.extensions_mut()
-        .insert(crate::metrics::RouteLabel(KEY_ROUTE));
+        .insert(crate::http::metrics::RouteLabel(KEY_ROUTE));
     // A standard method is a plain enum value: cloning it allocates nothing.
     let method = req.method().clone();
     if !matches!(
@@ -76,7 +131,7 @@ async fn key(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ac
 
 /// The key named by the request path, percent-decoded (`a%2Fb` is `a/b`).
 fn key_of(req: &HttpRequest) -> Result<String, ApiError> {
-    super::key_in_path(req, PATH_PREFIX)
+    super::route::key_in_path(req, PATH_PREFIX)
 }
 
 fn wants_json(req: &HttpRequest) -> bool {
@@ -225,7 +280,7 @@ fn etag(mod_revision: u64) -> String {
             `EntryAt`: the entry then, `read_revision` and `current_revision`). The \
             metadata is in the headers either way.",
          content(
-            (crate::openapi::Binary = "application/octet-stream"),
+            (super::route::Binary = "application/octet-stream"),
             (Entry = "application/json"),
          ),
          headers(
@@ -247,17 +302,6 @@ fn etag(mod_revision: u64) -> String {
             ("ETag" = String, description = "The key's `mod_revision` in quotes"),
             ("x-kv-mod-revision" = u64, description = "Revision of the key's last put"),
          )),
-        (status = 400, description = "`invalid_key`: empty, over 4 KiB, or not UTF-8 once \
-            percent-decoded; `invalid_request`: an `If-None-Match` that is not text, a bad \
-            `revision`; `future_revision`: `revision` is past the store's (the error's \
-            `revision` is the store's)", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not read this key", body = ErrorBody),
-        (status = 404, description = "`key_not_found` (with `revision`: the key did not \
-            exist then)", body = ErrorBody),
-        (status = 410, description = "`compacted`: `revision` is older than the oldest \
-            revision kept, which the error's `revision` names", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` (the value is not durable yet) \
-            or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn get(
@@ -294,7 +338,7 @@ async fn get(
         res.insert_header((LEASE, number(lease)));
     }
     if let Some(revision) = at {
-        res.insert_header((super::history::READ_REVISION, number(revision)));
+        res.insert_header((READ_REVISION, number(revision)));
     }
     if unchanged {
         Ok(res.finish())
@@ -314,7 +358,9 @@ async fn get(
 }
 
 /// Write a key: the body is the value, raw. `If-Match` / `If-None-Match` make it
-/// conditional (compare-and-swap, create-only).
+/// conditional (compare-and-swap, create-only). After a `503` the write may or may
+/// not have been applied; with `ttl` its lease is kept then: the key, if written,
+/// goes when the TTL ends.
 #[utoipa::path(
     put,
     path = "/v1/kv/{key}",
@@ -324,27 +370,11 @@ async fn get(
     request_body(
         description = "The value, raw bytes (at most `--max-value-bytes`, 1 MiB by default); \
             no body is the empty value",
-        content((Option<crate::openapi::Binary> = "application/octet-stream")),
+        content((Option<super::route::Binary> = "application/octet-stream")),
     ),
     responses(
         (status = 200, description = "Written, durably", body = PutResult,
          headers(("ETag" = String, description = "The new `mod_revision` in quotes"))),
-        (status = 400, description = "`invalid_key`, `invalid_request` (a malformed \
-            `If-Match` / `If-None-Match`, a `lease` that is not a number, both `lease` and \
-            `ttl`), or `invalid_ttl`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body did not arrive within \
-            `--request-timeout`", body = ErrorBody),
-        (status = 404, description = "`lease_not_found`: the `lease` expired, was revoked or \
-            was never granted", body = ErrorBody),
-        (status = 412, description = "`precondition_failed`; `revision` is the key's current \
-            `mod_revision` (absent if the key does not exist). Also for `If-Match` with \
-            `If-None-Match: *`, which never both hold.", body = ErrorBody),
-        (status = 413, description = "`value_too_large`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`: the write \
-            may or may not have been applied (with `ttl`, its lease is kept: the key, if \
-            written, goes when the TTL ends)", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the disk is full", body = ErrorBody),
     )
 )]
 async fn put(
@@ -376,6 +406,9 @@ async fn put(
 }
 
 /// Delete a key, optionally only if it is at a given `mod_revision` (`If-Match`).
+/// `If-None-Match: *` (only if the key does not exist) is a precondition too: it
+/// holds only where there is nothing to delete, so such a delete answers `412` when
+/// the key exists and `404` when it does not.
 #[utoipa::path(
     delete,
     path = "/v1/kv/{key}",
@@ -384,12 +417,6 @@ async fn put(
     params(KeyParam, IfMatch, IfNoneMatch),
     responses(
         (status = 200, description = "Deleted, durably", body = DeleteResult),
-        (status = 400, description = "`invalid_key` or `invalid_request`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not write this key", body = ErrorBody),
-        (status = 404, description = "`key_not_found`", body = ErrorBody),
-        (status = 412, description = "`precondition_failed`, as for a put", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn delete(
@@ -493,12 +520,13 @@ struct IfNoneMatchTag(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DeletePrefixQuery {
-    /// Delete every key starting with this; the empty prefix (every key) only with
-    /// `all=true`.
+    /// Delete every key starting with this (non-empty). To delete every key, leave
+    /// it out and send `all=true`: an empty `prefix=` is refused, as a variable
+    /// left unset would send it.
     #[serde(default)]
-    #[param(nullable = false)]
+    #[param(nullable = false, min_length = 1)]
     prefix: Option<String>,
-    /// Confirms a delete of every key (an empty or absent `prefix`).
+    /// Confirms a delete of every key (no `prefix`).
     #[serde(default)]
     #[param(nullable = false)]
     all: bool,
@@ -515,12 +543,6 @@ struct DeletePrefixQuery {
         (status = 200, description = "Deleted, durably, at one revision (`revision` is the \
             store's when nothing matched: no revision is taken then)",
          body = DeletePrefixResult),
-        (status = 400, description = "`invalid_request`: no prefix (or an empty one) without \
-            `all=true`, or a bad query string", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not write every key under the \
-            prefix", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn delete_prefix(
@@ -530,12 +552,21 @@ async fn delete_prefix(
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<DeletePrefixQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid_request(format!("bad query string: {e}")))?;
-    let prefix = query.prefix.clone().unwrap_or_default();
-    if prefix.is_empty() && !query.all {
-        return Err(ApiError::invalid_request(
-            "name a non-empty prefix (?prefix=P), or delete every key with ?all=true",
-        ));
-    }
+    let prefix = match query.prefix.as_deref() {
+        Some("") => {
+            return Err(ApiError::invalid_request(
+                "the prefix is empty: name a non-empty prefix (?prefix=P), or leave it out \
+                 and delete every key with ?all=true",
+            ))
+        }
+        Some(prefix) => prefix.to_string(),
+        None if query.all => String::new(),
+        None => {
+            return Err(ApiError::invalid_request(
+                "name a non-empty prefix (?prefix=P), or delete every key with ?all=true",
+            ))
+        }
+    };
     caller.check_write(&prefix)?;
     let result = state
         .store
@@ -560,14 +591,6 @@ async fn delete_prefix(
          body = ListPage,
          headers(("x-kv-revision" = u64, description = "The revision the page shows"),
                  ("x-kv-current-revision" = u64, description = "The store's current revision"))),
-        (status = 400, description = "`invalid_request`: a bad query string, `limit` or \
-            `continue`; `future_revision`: `revision` is past the store's", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
-         body = ErrorBody),
-        (status = 410, description = "`compacted`: the revision asked for (or the one the \
-            `continue` token carries) is no longer kept; the error's `revision` is the oldest \
-            kept: list again from the start", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn list(
@@ -589,7 +612,7 @@ async fn list(
     Ok(HttpResponse::Ok()
         .insert_header((STORE_REVISION, number(page.revision)))
         .insert_header((
-            super::history::CURRENT_REVISION,
+            CURRENT_REVISION,
             number(page.current_revision.unwrap_or(page.revision)),
         ))
         .json(page))

@@ -7,24 +7,42 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{StreamExt, TryStreamExt};
-use kvstore_core::wire::{Entry, ErrorBody, RestoreResult, SnapshotHeader};
+use kvstore_core::wire::{Entry, RestoreResult, SnapshotHeader};
 use kvstore_core::{ErrorCode, Snapshot};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use kvstore_core::ErrorCode::*;
 
 /// Entries sent to the client per chunk of an export.
 const EXPORT_CHUNK: usize = 256;
 /// Entries parsed ahead of the store during a restore.
 const RESTORE_AHEAD: usize = 256;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/snapshot", super::get_or_head().to(export))
-        .route("/v1/snapshot", web::post().to(restore));
-}
+/// The routes of `/v1/snapshot`.
+pub(crate) const ROUTES: &[Route] = &[
+    Route::new::<__path_export>(
+        Mount::To(|r| r.to(export)),
+        &[InvalidRequest, Forbidden, StorageUnavailable, ShuttingDown],
+    ),
+    Route::new::<__path_restore>(
+        Mount::To(|r| r.to(restore)),
+        &[
+            InvalidSnapshot,
+            Forbidden,
+            RequestTimeout,
+            StoreNotEmpty,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+            InsufficientStorage,
+        ],
+    ),
+];
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -52,10 +70,6 @@ fn push_line<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), Ap
             line in key order",
          content_type = "application/x-ndjson", body = String,
          headers(("x-kv-revision" = u64, description = "The revision the snapshot shows"))),
-        (status = 400, description = "`invalid_request`: a bad query string", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may read nothing under the prefix",
-         body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn export(
@@ -96,7 +110,7 @@ async fn export(
         futures_util::stream::once(std::future::ready(Ok(web::Bytes::from(header)))).chain(lines);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
-        .insert_header((crate::routes::kv::STORE_REVISION, revision))
+        .insert_header((super::headers::STORE_REVISION, revision))
         .streaming(body))
 }
 
@@ -198,20 +212,10 @@ async fn parse_entries(mut lines: Lines, tx: mpsc::Sender<Result<Entry, kvstore_
     request_body(
         description = "A snapshot as `GET /v1/snapshot` gives it: a `SnapshotHeader` line \
             (`{\"format\":\"kvstore.snapshot.v1\",\"revision\":N}`), then one `Entry` per line",
-        content((crate::openapi::Binary = "application/x-ndjson")),
+        content((super::route::Binary = "application/x-ndjson")),
     ),
     responses(
         (status = 200, description = "Restored", body = RestoreResult),
-        (status = 400, description = "`invalid_snapshot`: the body is not a snapshot",
-         body = ErrorBody),
-        (status = 403, description = "`forbidden`: a restore needs a token that may write \
-            every key", body = ErrorBody),
-        (status = 408, description = "`request_timeout`", body = ErrorBody),
-        (status = 409, description = "`store_not_empty`: restore into a new data dir",
-         body = ErrorBody),
-        (status = 413, description = "`value_too_large`: a value over the limit", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
     )
 )]
 async fn restore(

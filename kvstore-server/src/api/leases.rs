@@ -8,23 +8,60 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::lease::{check_ttl, MAX_TTL, MIN_TTL};
-use kvstore_core::wire::{ErrorBody, Lease, LeaseInfo, RevokeResult};
+use kvstore_core::wire::{Lease, LeaseInfo, RevokeResult};
 use serde::Deserialize;
 
+use super::route::{Mount, Route};
 use crate::auth::Caller;
-use crate::body::{json_object, read_limited};
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::body::{json_object, read_limited};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use kvstore_core::ErrorCode::*;
 
 /// The largest grant body read (`{"ttl": N}` is a few bytes).
 const MAX_GRANT_BODY: usize = 4096;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/leases", web::post().to(grant))
-        .route("/v1/leases/{id}", super::get_or_head().to(info))
-        .route("/v1/leases/{id}", web::delete().to(revoke))
-        .route("/v1/leases/{id}/keepalive", web::post().to(keepalive));
-}
+/// The routes of `/v1/leases`.
+pub(crate) const ROUTES: &[Route] = &[
+    Route::new::<__path_grant>(
+        Mount::To(|r| r.to(grant)),
+        &[
+            InvalidTtl,
+            InvalidRequest,
+            ValueTooLarge,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_info>(
+        Mount::To(|r| r.to(info)),
+        &[
+            InvalidRequest,
+            LeaseNotFound,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_revoke>(
+        Mount::To(|r| r.to(revoke)),
+        &[
+            InvalidRequest,
+            Forbidden,
+            LeaseNotFound,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+    Route::new::<__path_keepalive>(
+        Mount::To(|r| r.to(keepalive)),
+        &[
+            InvalidRequest,
+            LeaseNotFound,
+            StorageUnavailable,
+            ShuttingDown,
+        ],
+    ),
+];
 
 /// The body of a grant.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -96,10 +133,6 @@ fn lease_id(raw: &str) -> Result<u64, ApiError> {
     responses(
         (status = 200, description = "Granted; `ttl` is the TTL granted (an engine may raise \
             a short one to its minimum: etcd grants 2 s at least)", body = Lease),
-        (status = 400, description = "`invalid_ttl`: a TTL of 0 or over a year; \
-            `invalid_request`: a body that is not `{\"ttl\": N}`", body = ErrorBody),
-        (status = 413, description = "`value_too_large`: the body is over 4 KiB", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn grant(
@@ -123,10 +156,6 @@ async fn grant(
     params(IdParam),
     responses(
         (status = 200, description = "Kept alive for `ttl` more seconds", body = Lease),
-        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
-        (status = 404, description = "`lease_not_found`: expired, revoked or never granted",
-         body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn keepalive(
@@ -148,9 +177,6 @@ async fn keepalive(
     responses(
         (status = 200, description = "The lease; `keys` lists those the token may read",
          body = LeaseInfo),
-        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
-        (status = 404, description = "`lease_not_found`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn info(
@@ -173,11 +199,6 @@ async fn info(
     responses(
         (status = 200, description = "Revoked; `revision` is that of the deletions",
          body = RevokeResult),
-        (status = 400, description = "`invalid_request`: the id is not a number", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the token may not write a key of the lease",
-         body = ErrorBody),
-        (status = 404, description = "`lease_not_found`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable` or `shutting_down`", body = ErrorBody),
     )
 )]
 async fn revoke(
@@ -199,12 +220,14 @@ async fn revoke(
 #[derive(Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PutLeaseQuery {
-    /// Attach the key to this lease (it is deleted when the lease ends). A put
+    /// Attach the key to this lease (it is deleted when the lease ends). Not with
+    /// `ttl`: the two exclude each other (both is `400 invalid_request`). A put
     /// without `lease` or `ttl` makes the key permanent.
     #[param(value_type = Option<u64>, minimum = 1, nullable = false)]
     pub lease: Option<String>,
     /// Put the key on a lease of its own of this many seconds (1 to 31536000), as
-    /// `POST /v1/leases` grants it. Not with `lease`.
+    /// `POST /v1/leases` grants it. Not with `lease`: the two exclude each other
+    /// (both is `400 invalid_request`).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 31536000, nullable = false)]
     pub ttl: Option<String>,
 }

@@ -39,7 +39,7 @@ pub struct AppState {
     /// Tokens and roles; `None`: the server is open to everyone.
     pub access: Option<Arc<crate::auth::AccessControl>>,
     /// Open watch streams per client, bounded.
-    pub watchers: Arc<crate::limits::WatcherLimit>,
+    pub watchers: Arc<crate::http::limits::WatcherLimit>,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Log every request (`--access-log`).
@@ -53,14 +53,14 @@ pub struct AppState {
 impl AppState {
     /// The state of a server on `store` with the default limits and timings, open
     /// to everyone, that never shuts down by itself: for tests and embedding (see
-    /// [`crate::app`]).
+    /// the app factory, `app`).
     pub fn new(store: Arc<dyn Storage>) -> AppState {
         AppState {
             store,
             shutdown: watch::channel(false).1,
             timings: WatchTimings::default(),
             access: None,
-            watchers: crate::limits::WatcherLimit::new(10_000),
+            watchers: crate::http::limits::WatcherLimit::new(10_000),
             body_timeout: Duration::from_secs(30),
             access_log: false,
             cors_origins: Vec::new(),

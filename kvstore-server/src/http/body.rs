@@ -3,8 +3,8 @@
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// Reads the whole body, refusing (413) anything larger than `max` bytes, whether
 /// announced by `Content-Length` or found while reading.
