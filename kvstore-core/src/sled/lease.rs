@@ -17,10 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::codec::{self, Stored};
-use super::writer::Request;
 use super::OrStorage;
 use crate::storage::Error;
 use crate::wire::{Lease, LeaseInfo};
@@ -234,21 +231,21 @@ impl Leases {
         self.wake.notify_all();
     }
 
-    /// Starts the timer thread, which hands each lease to `writer` when its deadline
-    /// passes. It holds the writer's channel weakly: the writer stops when the store
-    /// goes, and the timer with it (or on [`Leases::stop`]).
+    /// Starts the timer thread, which hands each lease to `expire` when its
+    /// deadline passes (the writer ends it), until `expire` says the writer is
+    /// gone (`false`) or [`Leases::stop`].
     pub fn start_timer(
         self: &Arc<Self>,
-        writer: mpsc::WeakSender<Request>,
+        expire: impl Fn(u64) -> bool + Send + 'static,
     ) -> Result<std::thread::JoinHandle<()>, Error> {
         let leases = self.clone();
         std::thread::Builder::new()
             .name("kvstore-leases".into())
-            .spawn(move || leases.run_timer(writer))
+            .spawn(move || leases.run_timer(expire))
             .map_err(|e| Error::Unavailable(format!("cannot start the lease timer: {e}")))
     }
 
-    fn run_timer(&self, writer: mpsc::WeakSender<Request>) {
+    fn run_timer(&self, expire: impl Fn(u64) -> bool) {
         let mut table = self.lock();
         loop {
             if table.stopped {
@@ -272,10 +269,7 @@ impl Leases {
                 Some(due @ (_, id)) => {
                     table.deadlines.remove(&due);
                     drop(table);
-                    let Some(writer) = writer.upgrade() else {
-                        return;
-                    };
-                    if writer.blocking_send(Request::Expire { id }).is_err() {
+                    if !expire(id) {
                         return;
                     }
                     table = self.lock();

@@ -257,7 +257,13 @@ impl SledStore {
             leases: leases.clone(),
         }
         .spawn(rx)?;
-        let lease_timer = leases.start_timer(tx.downgrade())?;
+        // Held weakly: the writer stops when the store goes, and the timer with it.
+        let writer = tx.downgrade();
+        let lease_timer = leases.start_timer(move |id| {
+            writer
+                .upgrade()
+                .is_some_and(|w| w.blocking_send(writer::Request::Expire { id }).is_ok())
+        })?;
         Ok(SledStore {
             inner: Arc::new(Inner {
                 db,
@@ -654,7 +660,7 @@ impl Storage for SledStore {
         self.import(Vec::new(), writer::ImportStep::Begin).await?;
         // From here on, a failure (or this future being dropped) must undo the
         // entries written so far.
-        let mut undo = export::UndoImport::new(self.inner.writer.clone());
+        let mut undo = writer::UndoImport::new(self.inner.writer.clone());
         let mut restored = 0;
         let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
         loop {

@@ -132,6 +132,48 @@ pub(super) enum ImportStep {
     Abort,
 }
 
+/// Undoes a restore that did not finish: when dropped armed (an error, or the
+/// restoring request went away), it asks the writer to remove what was imported.
+pub(super) struct UndoImport {
+    writer: Option<mpsc::Sender<Request>>,
+}
+
+impl UndoImport {
+    pub fn new(writer: Option<mpsc::Sender<Request>>) -> UndoImport {
+        UndoImport { writer }
+    }
+
+    /// The restore finished: nothing to undo.
+    pub fn disarm(&mut self) {
+        self.writer = None;
+    }
+}
+
+impl Drop for UndoImport {
+    fn drop(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let (reply, _) = oneshot::channel();
+        let abort = Request::Import {
+            entries: Vec::new(),
+            step: ImportStep::Abort,
+            reply,
+        };
+        if let Err(mpsc::error::TrySendError::Full(abort)) = writer.try_send(abort) {
+            // Off the runtime, where waiting for room is allowed.
+            let spawned = std::thread::Builder::new()
+                .name("kvstore-restore-undo".into())
+                .spawn(move || {
+                    let _ = writer.blocking_send(abort);
+                });
+            if let Err(e) = spawned {
+                log::error!("cannot undo an unfinished restore: {e}");
+            }
+        }
+    }
+}
+
 impl Request {
     /// Bytes of value this request writes.
     fn value_len(&self) -> usize {
