@@ -28,6 +28,7 @@
 mod error;
 mod event;
 mod snapshot;
+mod ttl;
 mod watch;
 
 pub use error::Error;
@@ -155,6 +156,29 @@ pub trait Storage: Send + Sync + 'static {
         lease: Option<u64>,
     ) -> Result<PutResult, Error>;
 
+    /// Like [`Storage::put_leased`] on a lease of the key's own of `ttl` seconds
+    /// (HTTP's `?ttl=`), granted first: revoked when the store refuses the put,
+    /// kept until its TTL when the put may or may not have been applied (revoking
+    /// it then could delete a key at a revision no client was given). Answers the
+    /// put and the lease.
+    async fn put_with_ttl(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        condition: Option<Condition>,
+        ttl: u64,
+    ) -> Result<(PutResult, u64), Error> {
+        ttl::put(self, key, value, condition, ttl).await
+    }
+
+    /// Like [`Storage::txn`], first granting each put with a `ttl` a lease of
+    /// its own and putting it on that lease; a lease whose put does not run is
+    /// revoked (kept until its TTL when the transaction's outcome is unknown, as
+    /// [`Storage::put_with_ttl`]).
+    async fn txn_with_ttls(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        ttl::txn(self, txn).await
+    }
+
     /// Grants a lease of `ttl` seconds (see [`crate::lease::check_ttl`]); the
     /// answer has the TTL granted, which an engine may raise to its own minimum.
     async fn grant(&self, ttl: u64) -> Result<Lease, Error>;
@@ -192,7 +216,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A put with a `lease` attaches the key to it ([`Error::LeaseNotFound`], and
     /// nothing changes, when a put of the branch that runs names a lease that does
     /// not exist); one without makes the key permanent. Puts with a `ttl` are
-    /// refused: the caller grants each its own lease and puts it with that.
+    /// refused: [`Storage::txn_with_ttls`] grants each its own lease first.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error>;
 
     /// Subscribes to changes; [`WatchOptions`] says where the stream starts.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::headers::{
     CREATE_REVISION, CURRENT_REVISION, LEASE, MOD_REVISION, READ_REVISION, STORE_REVISION, VERSION,
 };
+use super::leases::PutLease;
 use super::route::{Mount, Route};
 use crate::auth::Caller;
 use crate::http::body::read_limited;
@@ -385,20 +386,18 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let key = key_of(&req)?;
     caller.check_write(&key)?;
-    let lease = super::leases::PutLease::of(&req)?;
+    let lease = PutLease::of(&req)?;
     let condition = condition(&req, &state, &key).await?;
     let value = read_limited(&req, payload, state.store.max_value_bytes()).await?;
-    let lease = match lease {
-        Some(lease) => Some(lease.id(&state).await?),
-        None => None,
+    let store = &state.store;
+    let put = match lease {
+        Some(PutLease::Own(ttl)) => store
+            .put_with_ttl(&key, value, condition, ttl)
+            .await
+            .map(|(put, _)| put),
+        Some(PutLease::Existing(id)) => store.put_leased(&key, value, condition, Some(id)).await,
+        None => store.put_leased(&key, value, condition, None).await,
     };
-    let put = state
-        .store
-        .put_leased(&key, value, condition, lease.map(|(id, _)| id))
-        .await;
-    if let (Err(e), Some((id, true))) = (&put, lease) {
-        super::leases::release_own_after(&state, id, e).await;
-    }
     let result = put.map_err(|e| ApiError::from_store(e, &key))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(result.revision)))

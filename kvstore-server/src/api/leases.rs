@@ -271,37 +271,4 @@ impl PutLease {
             }
         }
     }
-
-    /// The lease to put the key on, granting the key's own; with `true` for a lease
-    /// granted here (to revoke if the put fails).
-    pub async fn id(self, state: &AppState) -> Result<(u64, bool), ApiError> {
-        match self {
-            PutLease::Existing(id) => Ok((id, false)),
-            PutLease::Own(ttl) => Ok((state.store.grant(ttl).await?.id, true)),
-        }
-    }
-}
-
-/// Revokes lease `id`, granted as a key's own for a put that did not happen (a
-/// failure is logged: the lease then expires with no key).
-pub async fn release_own(state: &AppState, id: u64) {
-    if let Err(e) = state.store.revoke(id).await {
-        log::warn!("revoking lease {id} of a put that did not happen: {e}");
-    }
-}
-
-/// After a write putting a key on lease `id` (granted as the key's own) failed
-/// with `error`: revokes the lease when the store refused the write. When the
-/// write may or may not have been applied, the lease is kept and ends with its
-/// TTL: revoking it would delete the key if the write was applied, a delete no
-/// client asked for, at a revision no client was given.
-pub async fn release_own_after(state: &AppState, id: u64, error: &kvstore_core::Error) {
-    if error.refused() {
-        release_own(state, id).await;
-    } else {
-        log::warn!(
-            "lease {id} is kept until its TTL ends: the write on it may have been \
-             applied ({error})"
-        );
-    }
 }

@@ -5,7 +5,6 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use kvstore_core::txn::{Txn, TxnOp, TxnResponse};
 
-use super::leases::PutLease;
 use super::route::{Mount, Route};
 use crate::auth::Caller;
 use crate::http::body::read_limited;
@@ -66,52 +65,13 @@ async fn txn(
         .saturating_mul(2)
         .saturating_add(BODY_SLACK);
     let body = read_limited(&req, payload, max_body).await?;
-    let mut txn: Txn = crate::http::body::json_object(&body, "a transaction object")
+    let txn: Txn = crate::http::body::json_object(&body, "a transaction object")
         .map_err(|e| e.prefixed("malformed transaction"))?;
     txn.validate(state.max_txn_ops)
         .map_err(|e| ApiError::from(kvstore_core::Error::from(e)))?;
     check_access(&caller, &txn)?;
-    let own = grant_own_leases(&state, &mut txn).await?;
-    let answer = state.store.txn(txn).await;
-    for (in_success, id) in own {
-        match &answer {
-            Ok(a) if a.succeeded != in_success => super::leases::release_own(&state, id).await,
-            Ok(_) => {}
-            Err(e) => super::leases::release_own_after(&state, id, e).await,
-        }
-    }
-    let answer = answer.map_err(ApiError::from)?;
+    let answer = state.store.txn_with_ttls(txn).await?;
     Ok(HttpResponse::Ok().json(answer))
-}
-
-/// Grants each put with a `ttl` a lease of the key's own (as `PUT /v1/kv/KEY?ttl=N`
-/// does) and puts it on that lease; answers the leases granted, each with whether
-/// its put is in the `success` branch, to revoke those whose put does not run.
-async fn grant_own_leases(state: &AppState, txn: &mut Txn) -> Result<Vec<(bool, u64)>, ApiError> {
-    let mut own = Vec::new();
-    for (in_success, branch) in [(true, &mut txn.success), (false, &mut txn.failure)] {
-        for op in branch.iter_mut() {
-            let TxnOp::Put { lease, ttl, .. } = op else {
-                continue;
-            };
-            let Some(seconds) = ttl.take() else {
-                continue;
-            };
-            match PutLease::Own(seconds).id(state).await {
-                Ok((id, _)) => {
-                    *lease = Some(id);
-                    own.push((in_success, id));
-                }
-                Err(e) => {
-                    for (_, id) in own {
-                        super::leases::release_own(state, id).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(own)
 }
 
 fn check_access(caller: &Caller, txn: &Txn) -> Result<(), ApiError> {
