@@ -45,7 +45,8 @@ use etcd_client::{
 use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES};
 use crate::storage::{
-    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchItem, WatchOptions,
+    check_entry, check_put, check_txn, Error, Snapshot, Status, Storage, Watch, WatchItem,
+    WatchOptions,
 };
 use crate::txn::{Txn as OurTxn, TxnResponse};
 use crate::wire::{
@@ -398,17 +399,6 @@ impl EtcdStore {
             Err(e) => Err(e),
         }
     }
-
-    fn check_value(&self, value: &[u8]) -> Result<(), Error> {
-        let max = self.inner.config.max_value_bytes;
-        if value.len() > max {
-            return Err(Error::ValueTooLarge {
-                size: value.len(),
-                max,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// The compares that make `condition` hold for etcd key `key`.
@@ -614,8 +604,7 @@ impl Storage for EtcdStore {
         condition: Option<Condition>,
         lease: Option<u64>,
     ) -> Result<PutResult, Error> {
-        validate_key(key)?;
-        self.check_value(&value)?;
+        check_put(key, &value, self.inner.config.max_value_bytes)?;
         let etcd_key = self.inner.keys.etcd(key);
         let options = put_options(lease)?;
         let Some(condition) = condition else {

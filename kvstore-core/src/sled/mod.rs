@@ -39,7 +39,7 @@ use crate::condition::Condition;
 use crate::key::{validate_key, DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES_LIMIT};
 use crate::lease::check_ttl;
 use crate::storage::{
-    check_entry, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
+    check_entry, check_put, check_txn, Error, Snapshot, Status, Storage, Watch, WatchOptions,
 };
 use crate::txn::{Txn, TxnResponse};
 use crate::wire::{
@@ -545,14 +545,7 @@ impl Storage for SledStore {
         condition: Option<Condition>,
         lease: Option<u64>,
     ) -> Result<PutResult, Error> {
-        validate_key(key)?;
-        let max = self.inner.config.max_value_bytes;
-        if value.len() > max {
-            return Err(Error::ValueTooLarge {
-                size: value.len(),
-                max,
-            });
-        }
+        check_put(key, &value, self.inner.config.max_value_bytes)?;
         let op = Op::Put {
             key: key.to_string(),
             value,

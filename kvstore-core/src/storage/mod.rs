@@ -237,6 +237,23 @@ pub trait Storage: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), Error>;
 }
 
+/// What every engine checks of a put before it runs it: the key (see
+/// [`crate::key::validate_key`]) and the value's size against `max_value_bytes`.
+pub fn check_put(key: &str, value: &[u8], max_value_bytes: usize) -> Result<(), Error> {
+    crate::key::validate_key(key)?;
+    check_value(value, max_value_bytes)
+}
+
+fn check_value(value: &[u8], max_value_bytes: usize) -> Result<(), Error> {
+    if value.len() > max_value_bytes {
+        return Err(Error::ValueTooLarge {
+            size: value.len(),
+            max: max_value_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// What every engine checks of a transaction before it runs it: its shape (keys,
 /// no key written twice in a branch; the number of ops is the server's to limit),
 /// its values against `max_value_bytes`, and that its puts name no `ttl`: the
@@ -251,12 +268,7 @@ pub fn check_txn(txn: &Txn, max_value_bytes: usize) -> Result<(), Error> {
     }
     for op in txn.success.iter().chain(&txn.failure) {
         if let TxnOp::Put { value, .. } = op {
-            if value.len() > max_value_bytes {
-                return Err(Error::ValueTooLarge {
-                    size: value.len(),
-                    max: max_value_bytes,
-                });
-            }
+            check_value(value, max_value_bytes)?;
         }
     }
     Ok(())
