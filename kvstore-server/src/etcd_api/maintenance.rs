@@ -176,6 +176,6 @@ impl Api {
         }
         let sum = digest.finalize();
         let hash = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
-        Ok((hash, revision.unwrap_or(read)))
+        Ok((hash, read))
     }
 }
