@@ -5,7 +5,7 @@
 #   bench/before-after.sh BEFORE_RELEASE_DIR [AFTER_RELEASE_DIR]
 #
 # e.g. `git worktree add /tmp/before <commit> && (cd /tmp/before && cargo build
-# --release --bins --example reference)`, then `bench/before-after.sh
+# --release --bins)`, then `bench/before-after.sh
 # /tmp/before/target/release`. AFTER defaults to this tree's target/release (built
 # first unless SKIP_BUILD=1). The reference (bare actix-web, the HTTP ceiling) comes
 # from AFTER.
@@ -41,13 +41,10 @@ BEFORE=$(cd "$1" && pwd)
 AFTER=${2:-$ROOT/target/release}
 if [ $# -lt 2 ] && [ "$SKIP_BUILD" != 1 ]; then
     log "building the release binaries"
-    # Binaries and example apart: an example brings the dev-dependencies'
-    # features (the test failpoints) into the crates it is built with.
-    (cd "$ROOT" && cargo build --release -p kvstore-server -p kv-cli --bins &&
-        cargo build --release -p kvstore-server --example reference)
+    (cd "$ROOT" && cargo build --release -p kvstore-server -p kv-cli -p kvstore-bench --bins)
 fi
 AFTER=$(cd "$AFTER" && pwd)
-for bin in "$BEFORE/kvstore-server" "$AFTER/kvstore-server" "$AFTER/kv" "$AFTER/examples/reference"; do
+for bin in "$BEFORE/kvstore-server" "$AFTER/kvstore-server" "$AFTER/kv" "$AFTER/reference"; do
     [ -x "$bin" ] || die "$bin is missing"
 done
 command -v wrk >/dev/null 2>&1 || die "wrk is missing (apt-get install wrk)"
@@ -67,7 +64,7 @@ start() {
         die "cannot put $KEY on $name"
 }
 
-"$AFTER/examples/reference" 127.0.0.1:0 >"$WORK/reference.out" 2>"$WORK/reference.err" &
+"$AFTER/reference" 127.0.0.1:0 >"$WORK/reference.out" 2>"$WORK/reference.err" &
 PIDS+=("$!")
 REF=$(wait_listening reference "$!" "$WORK/reference.out")
 start before "$BEFORE/kvstore-server"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kvstore-server against bare actix-web (the HTTP ceiling: the `reference` example)
+# kvstore-server against bare actix-web (the HTTP ceiling: `bench/src/reference.rs`)
 # and etcd, under the same wrk loads, in one run, summed up in one table.
 #
 #   bench/compare.sh                  # 10 s a load, 64 connections
@@ -80,16 +80,13 @@ done
 cd "$ROOT"
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building (release)"
-    # Binaries and example apart: an example brings the dev-dependencies'
-    # features (the test failpoints) into the crates it is built with.
-    cargo build --release -p kvstore-server -p kv-cli --bins
-    cargo build --release -p kvstore-server --example reference
+    cargo build --release -p kvstore-server -p kv-cli -p kvstore-bench --bins
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 [ -n "$TARGET_DIR" ] || die "cannot find cargo's target directory"
 SERVER_BIN="$TARGET_DIR/release/kvstore-server"
 KV_BIN="$TARGET_DIR/release/kv"
-REFERENCE_BIN="$TARGET_DIR/release/examples/reference"
+REFERENCE_BIN="$TARGET_DIR/release/reference"
 for bin in "$SERVER_BIN" "$KV_BIN" "$REFERENCE_BIN"; do
     [ -x "$bin" ] || die "$bin is missing (build it, or run without SKIP_BUILD=1)"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kvstore-server's etcd API (--etcd-api-listen) against a one-member etcd, under the
-# same gRPC loads from the same client (the `etcd_load` example, etcd-client), in
+# same gRPC loads from the same client (`bench/src/etcd_load.rs`, etcd-client), in
 # one run; then `etcdctl check perf` against both when etcdctl can be had.
 #
 #   bench/etcd-api.sh                     # 10 s a load, 1/16/64 clients, check perf s
@@ -19,7 +19,7 @@
 #
 # What it does: takes etcd from the PATH or unpacks Debian's etcd-server under the
 # target dir (as the tests do), and likewise etcdctl from Debian's etcd-client;
-# builds the release kvstore-server and the etcd_load example; starts on 127.0.0.1
+# builds the release kvstore-server and etcd_load; starts on 127.0.0.1
 # only kvstore-server (sled, every setting its default: durable, --sync always; its
 # own data dir; the etcd API and HTTP each on a port of its choosing) and a
 # one-member etcd (its own data dir, every setting its default); runs each load
@@ -92,13 +92,10 @@ ETCDCTL_BIN=
 
 if [ "$SKIP_BUILD" != 1 ]; then
     log "building (release)"
-    # Two builds: an example is built with the dev-dependencies' features (the
-    # failpoints of the tests among them), which the server measured must not have.
-    cargo build --release -p kvstore-server --bin kvstore-server
-    cargo build --release -p kvstore-server --example etcd_load
+    cargo build --release -p kvstore-server -p kvstore-bench --bins
 fi
 SERVER_BIN="$TARGET_DIR/release/kvstore-server"
-LOAD_BIN="$TARGET_DIR/release/examples/etcd_load"
+LOAD_BIN="$TARGET_DIR/release/etcd_load"
 for bin in "$SERVER_BIN" "$LOAD_BIN"; do
     [ -x "$bin" ] || die "$bin is missing (build it, or run without SKIP_BUILD=1)"
 done

@@ -194,6 +194,35 @@ impl DataArgs {
             .map(|i| b'a' + (i % 26) as u8)
             .collect()
     }
+
+    /// Writes every key once with `value`, `in_flight` puts at a time, so that the
+    /// gets of a load find them; stops with an error when `stop` is set.
+    async fn populate(
+        &self,
+        client: &Client,
+        value: &[u8],
+        in_flight: usize,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        use futures_util::StreamExt;
+        let bar = report::progress(self.keys, "populate");
+        let mut puts = futures_util::stream::iter(0..self.keys)
+            .map(|n| {
+                let key = self.key(n);
+                let value = value.to_vec();
+                async move { client.put(&key, value).await }
+            })
+            .buffer_unordered(in_flight.max(1));
+        while let Some(result) = puts.next().await {
+            result?;
+            bar.inc(1);
+            if stop.load(Ordering::Relaxed) {
+                anyhow::bail!("interrupted while writing the keys");
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {

@@ -1,8 +1,7 @@
 //! `kv bench` against a real server: the JSON figures are there and add up.
 //! No assertion on speed: these run on busy CI machines.
 
-#[path = "../../kvstore-server/tests/support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 use assert_cmd::Command;
 use serde_json::Value;

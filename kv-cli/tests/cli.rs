@@ -1,7 +1,6 @@
 //! The `kv` binary against a real server: output, exit codes, watch.
 
-#[path = "../../kvstore-server/tests/support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};

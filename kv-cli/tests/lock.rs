@@ -1,8 +1,7 @@
 //! `kv lock` on both engines: mutual exclusion between processes, and a holder
 //! killed with SIGKILL freeing the lock after its TTL.
 
-#[path = "../../kvstore-server/tests/support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,7 +1,6 @@
 //! `kv txn` and `kv del --prefix` against a real server, on both engines.
 
-#[path = "../../kvstore-server/tests/support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 use assert_cmd::Command;
 use rstest::rstest;

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use kvstore_client::{Client, Error};
 use serde::Serialize;
@@ -120,7 +119,9 @@ pub async fn run(
     };
     let value = args.data.value();
     if mix != Mix::Put {
-        populate(client, &args, &value, stop).await?;
+        args.data
+            .populate(client, &value, args.clients as usize, stop)
+            .await?;
     }
 
     let shared = Arc::new(Shared {
@@ -245,32 +246,6 @@ async fn client_loop(
         shared.done.fetch_add(1, Ordering::Relaxed);
     }
     (gets, puts)
-}
-
-/// Writes every key once, so that gets find them.
-async fn populate(
-    client: &Client,
-    args: &LoadArgs,
-    value: &[u8],
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let bar = report::progress(args.data.keys, "populate");
-    let mut puts = futures_util::stream::iter(0..args.data.keys)
-        .map(|n| {
-            let key = args.data.key(n);
-            let value = value.to_vec();
-            async move { client.put(&key, value).await }
-        })
-        .buffer_unordered(args.clients as usize);
-    while let Some(result) = puts.next().await {
-        result?;
-        bar.inc(1);
-        if stop.load(Ordering::Relaxed) {
-            anyhow::bail!("interrupted while writing the keys");
-        }
-    }
-    bar.finish_and_clear();
-    Ok(())
 }
 
 fn print(report: &LoadReport, json: bool, out: &mut impl Write) -> anyhow::Result<()> {

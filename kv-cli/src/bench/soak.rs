@@ -231,7 +231,9 @@ pub async fn run(
     {
         // Its connections close when it is dropped, before the starting sample.
         let loader = connect()?;
-        populate(&loader, &args, &value, stop).await?;
+        args.data
+            .populate(&loader, &value, args.clients as usize, stop)
+            .await?;
     }
     let counts = Arc::new(Counts::default());
     let open = Arc::new(AtomicU64::new(0));
@@ -485,32 +487,6 @@ fn slope(samples: &[Sample]) -> f64 {
     } else {
         cov / var
     }
-}
-
-/// Writes every key once, so that gets find most of them.
-async fn populate(
-    client: &Client,
-    args: &SoakArgs,
-    value: &[u8],
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let bar = report::progress(args.data.keys, "populate");
-    let mut puts = futures_util::stream::iter(0..args.data.keys)
-        .map(|n| {
-            let key = args.data.key(n);
-            let value = value.to_vec();
-            async move { client.put(&key, value).await }
-        })
-        .buffer_unordered(args.clients.max(1) as usize);
-    while let Some(result) = puts.next().await {
-        result?;
-        bar.inc(1);
-        if stop.load(Ordering::Relaxed) {
-            anyhow::bail!("interrupted while writing the keys");
-        }
-    }
-    bar.finish_and_clear();
-    Ok(())
 }
 
 /// Sleeps for `d`, or less if the soak ends; `false` if it ended.

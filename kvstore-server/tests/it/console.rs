@@ -352,16 +352,8 @@ async fn in_browser(test: &str, scenario: impl AsyncFnOnce(&Browser) -> TestResu
     result
 }
 
-fn target_dir() -> PathBuf {
-    let bin = support::server_bin();
-    bin.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
 fn screenshot_dir() -> PathBuf {
-    target_dir().join("console-screenshots")
+    support::target_dir().join("console-screenshots")
 }
 
 // ---------- the kv binary ----------

@@ -4,8 +4,7 @@
 //! (`support`), or the app in-process. `cargo test -p kvstore-server --test it
 //! api::` runs one area.
 
-#[path = "../support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 mod api;
 mod app;

@@ -356,96 +356,12 @@ async fn the_document_needs_no_token() -> TestResult {
     Ok(())
 }
 
-/// The workspace's `target` dir (the parent of `CARGO_TARGET_TMPDIR`).
-fn target_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).to_path_buf()
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Skips the test because `why`, or fails it under CI (`CI=true`, or
-/// `KVSTORE_REQUIRE_PYTHON=1` as `.ci/run` sets).
-fn skip(why: &str) {
-    assert!(!in_ci(), "CI must run Schemathesis, but {why}");
-    support::skip("KVSTORE_REQUIRE_PYTHON", "Schemathesis", why);
-}
-
-/// Runs `cmd` to completion, returning whether it succeeded and its output.
-fn run(cmd: &mut Command) -> (bool, String) {
-    match cmd.stdin(Stdio::null()).output() {
-        Ok(out) => (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
-/// A venv holding the pinned Schemathesis: reused when it was made from the same
-/// requirements, else built in a side folder and moved into place (so a run that
-/// dies half-way leaves nothing that looks ready). `None` (after `skip`) without
-/// python3 or its venv module.
+/// A venv holding the pinned Schemathesis, or `None` (having said the test
+/// skipped) without python3 or its venv module.
 fn schemathesis_venv() -> Option<PathBuf> {
     let requirements =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/requirements.txt");
-    let wanted =
-        std::fs::read_to_string(&requirements).expect("tests/schemathesis/requirements.txt");
-    let venv = target_dir().join("schemathesis-venv");
-    let stamp = venv.join("kvstore-requirements.txt");
-    let python = venv.join("bin/python");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Some(venv);
-    }
-    let (ok, out) = run(Command::new("python3").arg("--version"));
-    if !ok {
-        skip(&format!("python3 is missing ({})", out.trim()));
-        return None;
-    }
-    let building = target_dir().join(format!("schemathesis-venv.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    let (ok, out) = run(Command::new("python3").args(["-m", "venv"]).arg(&building));
-    if !ok {
-        let _ = std::fs::remove_dir_all(&building);
-        skip(&format!(
-            "python3 -m venv failed (no venv module or pip?): {}",
-            out.trim()
-        ));
-        return None;
-    }
-    let started = Instant::now();
-    let (ok, out) = run(Command::new(building.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements));
-    if !ok {
-        let _ = std::fs::remove_dir_all(&building);
-        panic!("pip install -r {} failed:\n{out}", requirements.display());
-    }
-    println!("installed Schemathesis in {:.0?}", started.elapsed());
-    std::fs::write(building.join("kvstore-requirements.txt"), &wanted).expect("stamp");
-    let _ = std::fs::remove_dir_all(&venv);
-    if let Err(e) = std::fs::rename(&building, &venv) {
-        // Another run won the race: use its venv.
-        let _ = std::fs::remove_dir_all(&building);
-        assert!(
-            venv.join("bin/python").exists(),
-            "moving the venv into place: {e}"
-        );
-    }
-    Some(venv)
+    support::venv::venv("Schemathesis", "schemathesis-venv", &requirements)
 }
 
 /// How long a Schemathesis run may take before the test gives up on it.

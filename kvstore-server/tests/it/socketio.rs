@@ -5,7 +5,7 @@
 //! answering pings, stop polling, poll twice at once, send garbage.
 //!
 //! The Python clients are installed by the tests into venvs under `target/` from
-//! tests/socketio/requirements-*.txt (see tests/support/venv.rs: without python3 the
+//! tests/socketio/requirements-*.txt (see kvstore-testkit's venv.rs: without python3 the
 //! Python tests say SKIPPED; with `KVSTORE_REQUIRE_PYTHON=1` or under CI they fail).
 //! Nothing here sleeps to synchronise: tests wait for output lines, frames, answers
 //! and log lines, with [`WAIT`] as a safety net only.

@@ -22,8 +22,7 @@
 //! (names of [`Fault`]s, comma-separated; default all the engine has) and
 //! `KVSTORE_ROBUSTNESS_CLIENTS` (default 6) make longer runs (`bench/robustness.sh`).
 
-#[path = "../support/mod.rs"]
-mod support;
+use kvstore_testkit as support;
 
 mod faults;
 mod history;

@@ -1,13 +1,25 @@
-//! Starting a real server for a test: an ephemeral port, a temp data dir, and the
-//! bound address known before the first request (no sleeping).
+//! The test support that kvstore's integration tests share (the server's and the
+//! CLI's): a real server on an ephemeral port with a temp data dir, the bound
+//! address known before the first request (no sleeping); stores on either engine
+//! ([`Backend`], [`serve`]); etcd clusters of the test's own ([`etcd`]); network
+//! faults between processes ([`link`], [`h2cut`]); Python virtual environments
+//! ([`venv`]).
 //!
 //! The server's own tests run the `kvstore-server` binary (they can kill it, signal
-//! it, read its logs), reading the address from its first stdout line. Other
-//! packages' tests (the CLI's) start the same server in-process through the
-//! library (`kvstore_server::spawn`), so they need no binary of another package:
-//! `cargo test -p kv-cli` works on a clean target dir. Stopping an in-process
-//! server is always graceful.
-#![allow(dead_code)]
+//! it, read its logs), reading the address from its first stdout line: cargo names
+//! it to them in `CARGO_BIN_EXE_kvstore-server` when it runs them. Other packages'
+//! tests (the CLI's) are given no such binary and start the same server in-process
+//! through the library (`kvstore_server::spawn`), so `cargo test -p kv-cli` works
+//! on a clean target dir. Stopping an in-process server is always graceful.
+//!
+//! ```no_run
+//! use kvstore_testkit::{serve, Engine};
+//!
+//! // `None` means the engine cannot run here and the test said it skipped.
+//! if let Some(server) = serve(Engine::Sled, &[]) {
+//!     println!("a server at {}", server.url);
+//! }
+//! ```
 
 pub mod etcd;
 pub mod h2cut;
@@ -23,12 +35,26 @@ use std::time::{Duration, Instant};
 /// first write is `EMPTY_REVISION + 1`.
 pub const EMPTY_REVISION: u64 = kvstore_core::storage::INITIAL_REVISION;
 
+/// The `kvstore-server` binary of this build, when cargo runs the server's own
+/// tests (cargo names a package's binaries only to that package's tests).
+fn given_server_bin() -> Option<PathBuf> {
+    std::env::var_os("CARGO_BIN_EXE_kvstore-server").map(PathBuf::from)
+}
+
 /// The `kvstore-server` binary of this build (in the server's own tests).
 pub fn server_bin() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_kvstore-server") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("only the server's own tests run the kvstore-server binary"),
-    }
+    given_server_bin().unwrap_or_else(|| {
+        panic!("only the server's own tests, run by cargo, run the kvstore-server binary")
+    })
+}
+
+/// The workspace's `target` dir: the test executable is in `target/PROFILE/deps/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no test executable: {e}"));
+    exe.ancestors()
+        .nth(3)
+        .unwrap_or_else(|| panic!("{} is not in a target dir", exe.display()))
+        .to_path_buf()
 }
 
 /// The `kv` binary of this build, next to `kvstore-server`, for the server's tests
@@ -262,7 +288,7 @@ impl TestServer {
     ) -> Result<TestServer, String> {
         // Tests talk to the server with reqwest directly too.
         kvstore_client::install_crypto_provider();
-        if option_env!("CARGO_BIN_EXE_kvstore-server").is_none() {
+        if given_server_bin().is_none() {
             return Self::start_in_process(listen, data_dir, args);
         }
         Self::try_start_process_at(listen, data_dir, args, &[])

@@ -3,9 +3,9 @@
 //! its delivery to every watcher.
 //!
 //! ```sh
-//! cargo bench -p kvstore-core --bench store             # full run
-//! cargo bench -p kvstore-core --bench store -- --quick  # a quick look
-//! cargo bench -p kvstore-core --bench store -- put/     # only the puts
+//! cargo bench -p kvstore-bench --bench store             # full run
+//! cargo bench -p kvstore-bench --bench store -- --quick  # a quick look
+//! cargo bench -p kvstore-bench --bench store -- put/     # only the puts
 //! ```
 //!
 //! The async paths use `iter_custom` on a tokio runtime of their own, so criterion

@@ -3,8 +3,8 @@
 //! middleware. `bench/compare.sh` sets kvstore-server's figures against it.
 //!
 //! ```sh
-//! cargo run --release -p kvstore-server --example reference -- 127.0.0.1:5100
-//! REFERENCE_LISTEN=127.0.0.1:0 cargo run --release -p kvstore-server --example reference
+//! cargo run --release -p kvstore-bench --bin reference -- 127.0.0.1:5100
+//! REFERENCE_LISTEN=127.0.0.1:0 cargo run --release -p kvstore-bench --bin reference
 //! ```
 //!
 //! The address is the first argument, else `REFERENCE_LISTEN`, else

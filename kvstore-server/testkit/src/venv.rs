@@ -11,11 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The workspace's `target` dir (the parent of `CARGO_TARGET_TMPDIR`).
-pub fn target_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).to_path_buf()
-}
+pub use super::target_dir;
 
 fn set(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")

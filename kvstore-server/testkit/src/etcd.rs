@@ -113,12 +113,7 @@ impl Tool {
     /// target dir's `tools/PACKAGE/`.
     fn unpack(&self) -> Result<PathBuf, String> {
         let package = self.package;
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = target
-            .parent()
-            .unwrap_or(target)
-            .join("tools")
-            .join(package);
+        let dir = super::target_dir().join("tools").join(package);
         let bin = dir.join("usr/bin").join(self.binary);
         if self.works(&bin) {
             return Ok(bin);

@@ -15,9 +15,9 @@
 //!   etcdctl's), from a key space filled before the clock starts.
 //!
 //! ```sh
-//! cargo run --release -p kvstore-server --example etcd_load -- \
+//! cargo run --release -p kvstore-bench --bin etcd_load -- \
 //!     --endpoint http://127.0.0.1:2379 --op range --clients 64 --duration 10
-//! ETCD_LOAD_OP=put ETCD_LOAD_CLIENTS=16 cargo run --release -p kvstore-server --example etcd_load
+//! ETCD_LOAD_OP=put ETCD_LOAD_CLIENTS=16 cargo run --release -p kvstore-bench --bin etcd_load
 //! ```
 //!
 //! Each flag has a twin in the environment, `ETCD_LOAD_` and its name (`--help`
