@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -50,21 +50,11 @@ pub struct CuttingRelay {
 impl CuttingRelay {
     /// Relays to the member at `target` (`http://host:port`).
     pub fn new(target: &str) -> std::io::Result<CuttingRelay> {
-        let target: SocketAddr = target
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let url = format!("http://{}", listener.local_addr()?);
         let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let shared = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { continue };
-                let state = shared.clone();
-                std::thread::spawn(move || relay(client, target, state));
-            }
-        });
+        let url = super::link::relay(target, move |client, target| {
+            relay(client, target, shared.clone())
+        })?;
         Ok(CuttingRelay { url, state })
     }
 

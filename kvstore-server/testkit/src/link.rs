@@ -49,6 +49,29 @@ pub struct Link {
     state: Arc<Mutex<State>>,
 }
 
+/// Listens on a port of its own for connections to `target` (`http://host:port` or
+/// `host:port`) and hands each, on a thread of its own, to `carry` with the
+/// target's address: the start of every relay here. Returns `http://127.0.0.1:PORT`.
+pub(crate) fn relay(
+    target: &str,
+    carry: impl Fn(TcpStream, SocketAddr) + Clone + Send + 'static,
+) -> std::io::Result<String> {
+    let target: SocketAddr = target
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let carry = carry.clone();
+            std::thread::spawn(move || carry(client, target));
+        }
+    });
+    Ok(url)
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -56,25 +79,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Link {
     /// A link to `target` (`http://host:port` or `host:port`), passing everything.
     pub fn new(target: &str) -> std::io::Result<Link> {
-        let target: SocketAddr = target
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let url = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Pass,
             open: HashMap::new(),
             next: 0,
         }));
         let shared = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { continue };
-                let state = shared.clone();
-                std::thread::spawn(move || carry(client, target, state));
-            }
-        });
+        let url = relay(target, move |client, target| {
+            carry(client, target, shared.clone())
+        })?;
         Ok(Link { url, state })
     }
 
