@@ -31,6 +31,9 @@
 #   put    a plain put of a random key of the key space, KEYS keys, VALUE_BYTES
 #          bytes: durable on both (kvstore fsyncs each write group, etcd its WAL)
 #   range  a linearizable read of one random key, from the key space filled first
+# Beside each figure, the CPU time per request of the server and of the load tool
+# (from /proc, over the counted seconds): where the cores are shared, as here, their
+# sum is what bounds the throughput.
 # The load tool, kvstore-server and etcd share the machine's cores, and the disk's
 # sync times vary from second to second: compare the figures of one run, and mind
 # the load average printed with them.
@@ -115,27 +118,29 @@ KVS=$(sed -n 's/.*etcd API on http:\/\/\([0-9.:]*\).*/\1/p' "$WORK/kvstore.out" 
 
 start_etcd 1
 ETCD=${ETCD_CLIENTS[0]}
+ETCD_PID=${ETCD_PIDS[0]}
 ETCD_VERSION=$("$ETCD_BIN" --version | sed -n 's/^etcd Version: //p')
 
 # --- loads -------------------------------------------------------------------------
 
-declare -A ERRORS P50 MAX SLOW
+declare -A ERRORS P50 MAX SLOW SERVER_CPU LOAD_CPU
 # etcd's own stalls: it logs each apply over 100 ms (a slow disk sync, a pause).
 slow_applies() { grep -c 'apply request took too long' "$WORK/etcd-0.err" || true; }
 # field FILE NAME: the number NAME of etcd_load's JSON line in FILE.
 field() { sed -n "s/.*\"$2\":\([0-9.eE+-]*\).*/\1/p" "$1"; }
 
-# load NAME ADDRESS OP CLIENTS: one etcd_load run; req/s into RPS[NAME], latencies
-# (ms) into P50, P99 and MAX, failed requests into ERRORS (and BAD, for `mark`).
+# load NAME ADDRESS PID OP CLIENTS: one etcd_load run on the server PID; req/s into
+# RPS[NAME], latencies (ms) into P50, P99 and MAX, CPU microseconds per request into
+# SERVER_CPU and LOAD_CPU, failed requests into ERRORS (and BAD, for `mark`).
 load() {
-    local name=$1 address=$2 op=$3 clients=$4 out before
+    local name=$1 address=$2 pid=$3 op=$4 clients=$5 out before
     out="$WORK/load-$name.json"
     before=$(slow_applies)
     log "etcd_load $name: --op $op --clients $clients --duration $DURATION http://$address"
     # In the background and waited for, so that a signal to this script acts at once.
     timeout "$((DURATION + 120))" "$LOAD_BIN" --endpoint "http://$address" --op "$op" \
         --clients "$clients" --duration "$DURATION" --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
-        >"$out" 2>"$WORK/load-$name.err" &
+        --server-pid "$pid" >"$out" 2>"$WORK/load-$name.err" &
     CHILD=$!
     wait "$CHILD" || log "etcd_load $name failed: $(tail -n 1 "$WORK/load-$name.err")"
     CHILD=
@@ -144,8 +149,11 @@ load() {
     P50[$name]=$(field "$out" p50_ms)
     P99[$name]=$(field "$out" p99_ms)
     MAX[$name]=$(field "$out" max_ms)
+    SERVER_CPU[$name]=$(field "$out" server_cpu_us)
+    LOAD_CPU[$name]=$(field "$out" load_cpu_us)
     ERRORS[$name]=$(field "$out" errors)
     : "${RPS[$name]:=0}" "${P50[$name]:=-}" "${P99[$name]:=-}" "${MAX[$name]:=-}" "${ERRORS[$name]:=?}"
+    : "${SERVER_CPU[$name]:=-}" "${LOAD_CPU[$name]:=-}"
     BAD[$name]=${ERRORS[$name]/\?/1}
     SLOW[$name]=$(($(slow_applies) - before))
     sleep 1
@@ -158,11 +166,11 @@ for op in $OPS; do
     for clients in $CLIENTS; do
         LOADAVG[$op.$clients]=$(cut -d ' ' -f 1 /proc/loadavg)
         if ((turn % 2 == 0)); then
-            load "$op.$clients.kvstore" "$KVS" "$op" "$clients"
-            load "$op.$clients.etcd" "$ETCD" "$op" "$clients"
+            load "$op.$clients.kvstore" "$KVS" "$KVS_PID" "$op" "$clients"
+            load "$op.$clients.etcd" "$ETCD" "$ETCD_PID" "$op" "$clients"
         else
-            load "$op.$clients.etcd" "$ETCD" "$op" "$clients"
-            load "$op.$clients.kvstore" "$KVS" "$op" "$clients"
+            load "$op.$clients.etcd" "$ETCD" "$ETCD_PID" "$op" "$clients"
+            load "$op.$clients.kvstore" "$KVS" "$KVS_PID" "$op" "$clients"
         fi
         turn=$((turn + 1))
     done
@@ -224,6 +232,18 @@ fi
             k=$op.$clients.kvstore
             e=$op.$clients.etcd
             echo "| $op | $clients | ${RPS[$k]}$(mark "$k") (${P99[$k]}) | ${RPS[$e]}$(mark "$e") (${P99[$e]}) | $(ratio "${RPS[$k]}" "${RPS[$e]}") | ${LOADAVG[$op.$clients]} |"
+        done
+    done
+    echo
+    echo "CPU per request, microseconds (the server's / the load tool's), in the counted seconds:"
+    echo
+    echo "| op | clients | kvstore | etcd | kvstore/etcd, server |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for op in $OPS; do
+        for clients in $CLIENTS; do
+            k=$op.$clients.kvstore
+            e=$op.$clients.etcd
+            echo "| $op | $clients | ${SERVER_CPU[$k]} / ${LOAD_CPU[$k]} | ${SERVER_CPU[$e]} / ${LOAD_CPU[$e]} | $(ratio "${SERVER_CPU[$k]}" "${SERVER_CPU[$e]}") |"
         done
     done
     echo

@@ -5,8 +5,12 @@
 //! latency goes into a histogram; at the end one line of JSON on stdout:
 //!
 //! ```text
-//! {"op":"put","clients":64,"requests":51234,"errors":0,"rps":5123.4,"p50_ms":11.9,"p99_ms":25.1,"max_ms":40.2}
+//! {"op":"put","clients":64,"requests":51234,"errors":0,"rps":5123.4,"p50_ms":11.9,"p99_ms":25.1,"max_ms":40.2,"server_cpu_us":66.1,"load_cpu_us":41.0}
 //! ```
+//!
+//! `server_cpu_us` (with `--server-pid`) and `load_cpu_us` are the CPU time the
+//! server and this tool used in the counted seconds, per request answered: on a
+//! machine whose cores both share, what bounds the throughput.
 //!
 //! The operations, on the keys `PREFIX000000` to `PREFIX{keys - 1}`:
 //! - `put`: a plain put (no lease, no prev_kv) of a random key with a
@@ -106,6 +110,37 @@ struct Args {
     /// Seconds a request may take before it counts as failed.
     #[arg(long, env = "ETCD_LOAD_TIMEOUT", default_value_t = 10)]
     timeout: u64,
+    /// The server's process id (on this machine): its CPU time in the counted
+    /// seconds is reported per request, as `server_cpu_us` (Linux).
+    #[arg(long, env = "ETCD_LOAD_SERVER_PID")]
+    server_pid: Option<u32>,
+}
+
+/// Linux's clock ticks a second in `/proc/PID/stat` (`USER_HZ`, 100 on every
+/// architecture it runs on).
+const TICKS_PER_SECOND: u64 = 100;
+
+/// The CPU time (user and system) process `pid` has used, in microseconds, from
+/// `/proc/PID/stat`; `None` where there is no such file.
+fn cpu_us(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 14th and 15th of the line, the 12th and 13th
+    // of these.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ').skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    let (user, system) = (ticks()?, ticks()?);
+    Some((user + system) * 1_000_000 / TICKS_PER_SECOND)
+}
+
+/// The CPU time this process and the server used in `[from, until)`.
+async fn cpu_in_window(server: Option<String>, from: Instant, until: Instant) -> [Option<u64>; 2] {
+    let sample = || [cpu_us("self"), server.as_deref().and_then(cpu_us)];
+    tokio::time::sleep_until(from.into()).await;
+    let before = sample();
+    tokio::time::sleep_until(until.into()).await;
+    let after = sample();
+    [0, 1].map(|i| Some(after[i]?.saturating_sub(before[i]?)))
 }
 
 /// What one loop measured.
@@ -269,6 +304,11 @@ async fn main() -> Result<()> {
         counted_from,
         until: counted_from + duration,
     });
+    let cpu = tokio::spawn(cpu_in_window(
+        args.server_pid.map(|pid| pid.to_string()),
+        plan.counted_from,
+        plan.until,
+    ));
     let loops: Vec<_> = clients
         .into_iter()
         .zip(0u64..)
@@ -278,6 +318,7 @@ async fn main() -> Result<()> {
     for one in loops {
         total.add(one.await??)?;
     }
+    let [load_cpu, server_cpu] = cpu.await?;
 
     let requests = total.latencies_us.len();
     if let Some(message) = &total.first_error {
@@ -290,9 +331,14 @@ async fn main() -> Result<()> {
     if requests == 0 {
         bail!("no request to {} succeeded", args.endpoint);
     }
+    // CPU microseconds per request answered in the counted seconds.
+    let per_request = |cpu: Option<u64>, name: &str| match cpu {
+        Some(us) => format!(",\"{name}\":{:.1}", us as f64 / requests as f64),
+        None => String::new(),
+    };
     // In this order (a JSON object of serde_json's sorts its keys).
     println!(
-        "{{\"op\":\"{}\",\"clients\":{},\"requests\":{requests},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{}}}",
+        "{{\"op\":\"{}\",\"clients\":{},\"requests\":{requests},\"errors\":{},\"rps\":{:.1},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{}{}{}}}",
         args.op.name(),
         args.clients,
         total.errors,
@@ -300,6 +346,8 @@ async fn main() -> Result<()> {
         ms(total.latencies_us.value_at_quantile(0.50)),
         ms(total.latencies_us.value_at_quantile(0.99)),
         ms(total.latencies_us.max()),
+        per_request(server_cpu, "server_cpu_us"),
+        per_request(load_cpu, "load_cpu_us"),
     );
     Ok(())
 }
