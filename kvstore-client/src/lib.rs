@@ -87,3 +87,17 @@ pub use lease::{KeepAlive, LeaseLost};
 pub use lock::LockGuard;
 pub use txn::TxnBuilder;
 pub use watch::{Events, Update, Watch, WatchOptions};
+
+/// The Rust examples of the docs, compiled as doctests of this crate (`cargo test
+/// --doc -p kvstore-client`) so that they stay true to the SDK.
+#[cfg(doctest)]
+mod docs {
+    #[doc = include_str!("../../docs/sdk.md")]
+    struct Sdk;
+    #[doc = include_str!("../../docs/http-api.md")]
+    struct HttpApi;
+    #[doc = include_str!("../../docs/leases-and-locks.md")]
+    struct LeasesAndLocks;
+    #[doc = include_str!("../../docs/etcd-engine.md")]
+    struct EtcdEngine;
+}
