@@ -115,6 +115,9 @@ async fn put_keeping(api: &Api, key: &str, r: &PutRequest) -> Result<(u64, Entry
 /// How one etcd op of a transaction became ours, to build its answer from our
 /// results.
 enum Planned {
+    /// A read at a past revision, read before the transaction ([`Past`]): its
+    /// entries, shaped by the request.
+    RangeAt(RangeRequest, Vec<Entry>),
     /// A read: one `get` or `list` result, shaped by the request.
     Range(RangeRequest),
     /// A put, after a `get` of the key when `prev_kv`.
@@ -171,11 +174,53 @@ fn compare(c: PbCompare, caller: &Caller) -> Result<Compare, Status> {
     Ok(Compare { key, op, target })
 }
 
-/// A branch of etcd ops as ours, and the plan to answer it.
+/// The reads at a past revision of a transaction's ops (both branches, nested
+/// ones too), by key, range end and revision: read before the transaction runs.
+/// What the store held at a revision does not change, so such a read gives the
+/// same before the transaction as in it (etcd reads them in it); reading first
+/// means a read refused (compacted, or a revision still to come) refuses the whole
+/// transaction before anything is written.
+type Past = std::collections::HashMap<(Vec<u8>, Vec<u8>, i64), Vec<Entry>>;
+
+/// Reads into `past` every read at a past revision of `ops`, at any depth.
+async fn read_past(
+    api: &Api,
+    ops: &[RequestOp],
+    caller: &Caller,
+    past: &mut Past,
+) -> Result<(), Status> {
+    let mut pending: Vec<&[RequestOp]> = vec![ops];
+    while let Some(ops) = pending.pop() {
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+                    let span = Span::new(r.key.clone(), r.range_end.clone())?;
+                    if !span.readable_by(caller) {
+                        return Err(denied());
+                    }
+                    let (entries, _) = scan(&*api.store, &span, unsigned(r.revision))
+                        .await
+                        .map_err(from_store)?;
+                    past.insert((r.key.clone(), r.range_end.clone(), r.revision), entries);
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    pending.push(&nested.success);
+                    pending.push(&nested.failure);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A branch of etcd ops as ours, and the plan to answer it; its reads at a past
+/// revision are in `past`.
 fn branch(
     ops: Vec<RequestOp>,
     caller: &Caller,
     holds: Option<Holds<'_>>,
+    past: &Past,
 ) -> Result<(Vec<TxnOp>, Vec<Planned>), Status> {
     let mut ours = Vec::with_capacity(ops.len());
     let mut plan = Vec::with_capacity(ops.len());
@@ -187,10 +232,12 @@ fn branch(
                     return Err(denied());
                 }
                 if r.revision != 0 {
-                    return Err(not_served(
-                        "reads at a revision inside a transaction",
-                        "read at a revision with Range",
-                    ));
+                    let entries = past
+                        .get(&(r.key.clone(), r.range_end.clone(), r.revision))
+                        .cloned()
+                        .ok_or_else(|| Status::internal("a read at a revision was not made"))?;
+                    plan.push(Planned::RangeAt(r, entries));
+                    continue;
                 }
                 match (&span, span.as_prefix()) {
                     (Span::Key(key), _) => ours.push(TxnOp::get(key)),
@@ -271,7 +318,7 @@ fn branch(
                 } else {
                     nested.failure
                 };
-                let (inner, plan_inner) = branch(chosen, caller, Some(holds))?;
+                let (inner, plan_inner) = branch(chosen, caller, Some(holds), past)?;
                 ours.extend(inner);
                 plan.push(Planned::Txn {
                     succeeded,
@@ -314,6 +361,11 @@ fn answers(
     let mut answered = Vec::with_capacity(plan.len());
     for planned in plan {
         let response = match planned {
+            Planned::RangeAt(r, entries) => {
+                let mut range = shape(entries, &r);
+                range.header = inner_header(revision);
+                response_op::Response::ResponseRange(range)
+            }
             Planned::Range(r) => {
                 let mut range = shape(read(results.next()), &r);
                 range.header = inner_header(revision);
@@ -517,8 +569,11 @@ impl Kv for Api {
             .into_iter()
             .map(|c| compare(c, &caller))
             .collect::<Result<Vec<_>, _>>()?;
-        let (success, success_plan) = branch(r.success, &caller, None)?;
-        let (failure, failure_plan) = branch(r.failure, &caller, None)?;
+        let mut past = Past::new();
+        read_past(self, &r.success, &caller, &mut past).await?;
+        read_past(self, &r.failure, &caller, &mut past).await?;
+        let (success, success_plan) = branch(r.success, &caller, None, &past)?;
+        let (failure, failure_plan) = branch(r.failure, &caller, None, &past)?;
         let answer = self
             .store
             .txn(Txn {
@@ -573,6 +628,9 @@ impl Api {
             .into_iter()
             .map(text)
             .collect::<Result<Vec<String>, _>>()?;
+        let mut past = Past::new();
+        read_past(self, &r.success, caller, &mut past).await?;
+        read_past(self, &r.failure, caller, &mut past).await?;
         for _ in 0..TRIES {
             let read = self
                 .store
@@ -611,7 +669,7 @@ impl Api {
             } else {
                 r.failure.clone()
             };
-            let (ops, plan) = branch(chosen, caller, Some(&holds))?;
+            let (ops, plan) = branch(chosen, caller, Some(&holds), &past)?;
             let unchanged = found
                 .iter()
                 .map(|(key, entry)| {

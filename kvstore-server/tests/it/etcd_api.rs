@@ -357,6 +357,36 @@ async fn transactions_compare_and_answer_as_etcds_do(
         other => panic!("a delete's answer, not {other:?}"),
     }
 
+    // A read at a past revision inside a transaction: the key as it was then,
+    // beside a write. One at a revision still to come refuses the whole
+    // transaction, which then writes nothing.
+    let txn = Txn::new().and_then([
+        TxnOp::get("acct/1", Some(GetOptions::new().with_revision(at))),
+        TxnOp::put("acct/3", "1", None),
+    ]);
+    let done = etcd.txn(txn).await?;
+    assert!(done.succeeded());
+    match &done.op_responses()[0] {
+        TxnOpResponse::Get(get) => assert_eq!(
+            (get.kvs()[0].value(), get.kvs()[0].mod_revision()),
+            (&b"100"[..], at)
+        ),
+        other => panic!("a get's answer, not {other:?}"),
+    }
+    let to_come = revision_of(done.header()) + 10;
+    let txn = Txn::new().and_then([
+        TxnOp::put("acct/4", "1", None),
+        TxnOp::get("acct/1", Some(GetOptions::new().with_revision(to_come))),
+    ]);
+    let refused = etcd.txn(txn).await.expect_err("a revision to come");
+    assert!(
+        refused
+            .to_string()
+            .contains("required revision is a future revision"),
+        "{refused}"
+    );
+    assert!(etcd.get("acct/4", None).await?.kvs().is_empty());
+
     // Over --max-txn-ops: etcd's error.
     let ops: Vec<TxnOp> = (0..129)
         .map(|i| TxnOp::put(format!("many/{i}"), "x", None))
