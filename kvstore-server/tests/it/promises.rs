@@ -175,14 +175,17 @@ async fn a_change_seen_before_its_write_was_acknowledged_survives_a_sigkill() ->
 }
 
 /// "A read never shows a write that a crash could still undo", for a delete: while
-/// a delete's flush has not ended (held for two seconds by a failpoint), reads
+/// a delete's flush has not ended (held for four seconds by a failpoint), reads
 /// still show the key, since a crash then would bring it back. Found by the
 /// robustness suite: a GET answered 404 for a delete that a crash then undid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_never_shows_a_delete_before_it_is_durable() -> TestResult {
     let dir = tempfile::tempdir()?;
-    // The first flush (the put) passes; the second (the delete) waits 2 s.
-    let held = "sled::before-flush=1*off->1*sleep(2000)->off";
+    // The first flush (the put) passes; the second (the delete) waits 4 s. The
+    // reads are sent in its first 1.5 s: on a machine busy enough to hold a request
+    // back for a while, one sent at 1.4 s may be served seconds later, and once the
+    // delete is durable 404 is the right answer (with 2 s, that failed once).
+    let held = "sled::before-flush=1*off->1*sleep(4000)->off";
     let server = support::TestServer::try_start_process_at(
         "127.0.0.1:0",
         dir.path(),
@@ -201,7 +204,7 @@ async fn a_read_never_shows_a_delete_before_it_is_durable() -> TestResult {
     while sent.elapsed() < Duration::from_millis(1500) {
         let read = client.get("held/k").await;
         // What a failure needs to be told apart: whose flush was held (the put
-        // taking 2 s means its own was), and whether the delete was answered.
+        // taking 4 s means its own was), and whether the delete was answered.
         assert!(
             matches!(&read, Ok(value) if value == b"v"),
             "read {reads}, {:?} after a delete still being flushed: {read:?} (the put took \
