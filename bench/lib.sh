@@ -175,7 +175,7 @@ run_wrk() {
 # --- figures -------------------------------------------------------------------------
 
 # ratio A B: A / B with 2 decimals, "-" when B is 0.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 # meets R MIN: "yes" when R >= MIN.
 meets() { awk -v r="$1" -v m="$2" 'BEGIN { print (r != "-" && r + 0 >= m + 0) ? "yes" : "NO" }'; }
 # mark NAME...: "!" when one of the loads had non-2xx answers or socket errors.

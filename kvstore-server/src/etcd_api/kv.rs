@@ -175,12 +175,18 @@ fn compare(c: PbCompare, caller: &Caller) -> Result<Compare, Status> {
 }
 
 /// The reads at a past revision of a transaction's ops (both branches, nested
-/// ones too), by key, range end and revision: read before the transaction runs.
-/// What the store held at a revision does not change, so such a read gives the
-/// same before the transaction as in it (etcd reads them in it); reading first
-/// means a read refused (compacted, or a revision still to come) refuses the whole
-/// transaction before anything is written.
-type Past = std::collections::HashMap<(Vec<u8>, Vec<u8>, i64), Vec<Entry>>;
+/// ones too), by key, range end and revision, each with what it read or why it
+/// was refused (compacted, or a revision still to come): read before the
+/// transaction runs. What the store held at a revision does not change, so such a
+/// read gives the same before the transaction as in it (etcd reads them in it).
+/// A refused read refuses the transaction when it is on the path taken (as etcd
+/// checks only that path), before anything is written.
+type Past = std::collections::HashMap<(Vec<u8>, Vec<u8>, i64), Result<Vec<Entry>, Status>>;
+
+/// Whether a read names a past revision (etcd reads the present at 0 and below).
+fn in_the_past(r: &RangeRequest) -> bool {
+    r.revision > 0
+}
 
 /// Reads into `past` every read at a past revision of `ops`, at any depth.
 async fn read_past(
@@ -193,15 +199,17 @@ async fn read_past(
     while let Some(ops) = pending.pop() {
         for op in ops {
             match &op.request {
-                Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+                Some(request_op::Request::RequestRange(r)) if in_the_past(r) => {
                     let span = Span::new(r.key.clone(), r.range_end.clone())?;
+                    // Every op's permission is checked, on both paths, as etcd does.
                     if !span.readable_by(caller) {
                         return Err(denied());
                     }
-                    let (entries, _) = scan(&*api.store, &span, unsigned(r.revision))
+                    let read = scan(&*api.store, &span, unsigned(r.revision))
                         .await
-                        .map_err(from_store)?;
-                    past.insert((r.key.clone(), r.range_end.clone(), r.revision), entries);
+                        .map(|(entries, _)| entries)
+                        .map_err(from_store);
+                    past.insert((r.key.clone(), r.range_end.clone(), r.revision), read);
                 }
                 Some(request_op::Request::RequestTxn(nested)) => {
                     pending.push(&nested.success);
@@ -231,11 +239,13 @@ fn branch(
                 if !span.readable_by(caller) {
                     return Err(denied());
                 }
-                if r.revision != 0 {
-                    let entries = past
-                        .get(&(r.key.clone(), r.range_end.clone(), r.revision))
-                        .cloned()
-                        .ok_or_else(|| Status::internal("a read at a revision was not made"))?;
+                if in_the_past(&r) {
+                    let entries = match past.get(&(r.key.clone(), r.range_end.clone(), r.revision))
+                    {
+                        Some(Ok(entries)) => entries.clone(),
+                        Some(Err(refused)) => return Err(refused.clone()),
+                        None => return Err(Status::internal("a read at a revision was not made")),
+                    };
                     plan.push(Planned::RangeAt(r, entries));
                     continue;
                 }
@@ -561,17 +571,18 @@ impl Kv for Api {
         if r.compare.len() > max || r.success.len() > max || r.failure.len() > max {
             return Err(too_many_ops());
         }
-        if nests(&r.success) || nests(&r.failure) {
-            return self.nested_txn(r, &caller).await.map(Response::new);
+        let mut past = Past::new();
+        read_past(self, &r.success, &caller, &mut past).await?;
+        read_past(self, &r.failure, &caller, &mut past).await?;
+        // A refused read matters only on the path taken: decide it first.
+        if nests(&r.success) || nests(&r.failure) || past.values().any(Result::is_err) {
+            return self.nested_txn(r, &caller, past).await.map(Response::new);
         }
         let compare = r
             .compare
             .into_iter()
             .map(|c| compare(c, &caller))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut past = Past::new();
-        read_past(self, &r.success, &caller, &mut past).await?;
-        read_past(self, &r.failure, &caller, &mut past).await?;
         let (success, success_plan) = branch(r.success, &caller, None, &past)?;
         let (failure, failure_plan) = branch(r.failure, &caller, None, &past)?;
         let answer = self
@@ -618,8 +629,15 @@ impl Api {
     /// do not nest. So the keys compared are read at one revision, every compare
     /// decided on what was read, and the ops of the path taken run as one
     /// transaction that holds only if none of those keys changed since (else all
-    /// again): the same outcome, at one revision.
-    async fn nested_txn(&self, r: TxnRequest, caller: &Caller) -> Result<TxnResponse, Status> {
+    /// again): the same outcome, at one revision. Also the way for a transaction
+    /// with a read at a past revision that was refused ([`Past`]): it refuses the
+    /// transaction only on the path taken.
+    async fn nested_txn(
+        &self,
+        r: TxnRequest,
+        caller: &Caller,
+        past: Past,
+    ) -> Result<TxnResponse, Status> {
         let mut keys = std::collections::BTreeSet::new();
         keys.extend(r.compare.iter().map(|c| c.key.clone()));
         nested_compare_keys(&r.success, &mut keys);
@@ -628,9 +646,6 @@ impl Api {
             .into_iter()
             .map(text)
             .collect::<Result<Vec<String>, _>>()?;
-        let mut past = Past::new();
-        read_past(self, &r.success, caller, &mut past).await?;
-        read_past(self, &r.failure, caller, &mut past).await?;
         for _ in 0..TRIES {
             let read = self
                 .store

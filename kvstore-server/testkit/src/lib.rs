@@ -44,11 +44,15 @@ fn given_server_bin() -> Option<PathBuf> {
 /// The `kvstore-server` binary of this build (in the server's own tests).
 pub fn server_bin() -> PathBuf {
     given_server_bin().unwrap_or_else(|| {
-        panic!("only the server's own tests, run by cargo, run the kvstore-server binary")
+        panic!(
+            "no CARGO_BIN_EXE_kvstore-server: the server's own tests run the kvstore-server \
+             binary, and cargo 1.94 or later names it to them when `cargo test` runs them"
+        )
     })
 }
 
-/// The workspace's `target` dir: the test executable is in `target/PROFILE/deps/`.
+/// The workspace's `target` dir: the test executable is in `target/PROFILE/deps/`
+/// (with `--target`, this is `target/TRIPLE`, which serves as well).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no test executable: {e}"));
     exe.ancestors()

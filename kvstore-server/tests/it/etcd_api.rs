@@ -386,6 +386,17 @@ async fn transactions_compare_and_answer_as_etcds_do(
         "{refused}"
     );
     assert!(etcd.get("acct/4", None).await?.kvs().is_empty());
+    // As in etcd, only the path taken counts: the same read on the path not taken
+    // refuses nothing.
+    let txn = Txn::new()
+        .when([Compare::value("acct/1", CompareOp::Equal, "90")])
+        .and_then([TxnOp::put("acct/4", "1", None)])
+        .or_else([TxnOp::get(
+            "acct/1",
+            Some(GetOptions::new().with_revision(to_come)),
+        )]);
+    assert!(etcd.txn(txn).await?.succeeded());
+    assert_eq!(etcd.get("acct/4", None).await?.kvs()[0].value(), b"1");
 
     // Over --max-txn-ops: etcd's error.
     let ops: Vec<TxnOp> = (0..129)
