@@ -49,6 +49,7 @@ macro_rules! not_served_rpcs {
 }
 
 mod auth;
+mod authority;
 mod keys;
 mod kv;
 mod lease;
@@ -185,12 +186,21 @@ pub async fn serve(
         max_txn_ops: config.max_txn_ops,
     });
     let mut server = tonic::transport::Server::builder();
+    let tls = config.tls.is_some();
     if let Some((cert, key)) = config.tls {
         server = server
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .map_err(std::io::Error::other)?;
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The :authority of etcdctl 3.4 mended on plaintext connections (under TLS
+    // the bytes here are encrypted; there, give etcdctl HOST:PORT).
+    let incoming = futures_util::StreamExt::map(incoming, move |conn| {
+        conn.map(|tcp| match tls {
+            false => authority::FixAuthority::new(tcp),
+            true => authority::FixAuthority::passing(tcp),
+        })
+    });
     server
         .add_service(KvServer::from_arc(api.clone()))
         .add_service(WatchServer::new(watch::WatchService::new(api.clone())))

@@ -639,10 +639,6 @@ async fn endpoint_status_shows_the_version_and_revision(
 /// `endpoint status` with the endpoint as a URL (`http://HOST:PORT`, the form
 /// the server prints), as etcd answers it.
 #[rstest]
-#[ignore = "known limit: with --endpoints http://HOST:PORT, etcdctl 3.4 sends that URL as \
-            the :authority of its per-endpoint calls (status, defrag), which the h2 crate \
-            under tonic refuses as malformed (PROTOCOL_ERROR) before any handler runs; \
-            etcd's Go server takes it. docs/etcd-clients.md says to give HOST:PORT"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_status_answers_an_endpoint_given_as_a_url(
     #[values(Engine::Sled, Engine::Etcd)] engine: Engine,
