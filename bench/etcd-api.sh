@@ -225,25 +225,15 @@ fi
     [ -z "$ETCDCTL_BIN" ] || echo "etcdctl $("$ETCDCTL_BIN" version | sed -n 's/^etcdctl version: //p') ($ETCDCTL_BIN)"
     echo "etcd_load: ${DURATION} s counted after 1 s of warm-up, one connection per client, $KEYS keys, $VALUE_BYTES-byte values; put: plain put of a random key; range: linearizable read of one key"
     echo
-    echo "| op | clients | kvstore req/s (p99 ms) | etcd req/s (p99 ms) | kvstore/etcd | load avg |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "CPU per request: microseconds of the server's and of the load tool's CPU time, in the counted seconds"
+    echo
+    echo "| op | clients | kvstore req/s (p99 ms) | etcd req/s (p99 ms) | kvstore/etcd | server CPU kvstore / etcd | load tool CPU kvstore / etcd | load avg |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for op in $OPS; do
         for clients in $CLIENTS; do
             k=$op.$clients.kvstore
             e=$op.$clients.etcd
-            echo "| $op | $clients | ${RPS[$k]}$(mark "$k") (${P99[$k]}) | ${RPS[$e]}$(mark "$e") (${P99[$e]}) | $(ratio "${RPS[$k]}" "${RPS[$e]}") | ${LOADAVG[$op.$clients]} |"
-        done
-    done
-    echo
-    echo "CPU per request, microseconds (the server's / the load tool's), in the counted seconds:"
-    echo
-    echo "| op | clients | kvstore | etcd | kvstore/etcd, server |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
-    for op in $OPS; do
-        for clients in $CLIENTS; do
-            k=$op.$clients.kvstore
-            e=$op.$clients.etcd
-            echo "| $op | $clients | ${SERVER_CPU[$k]} / ${LOAD_CPU[$k]} | ${SERVER_CPU[$e]} / ${LOAD_CPU[$e]} | $(ratio "${SERVER_CPU[$k]}" "${SERVER_CPU[$e]}") |"
+            echo "| $op | $clients | ${RPS[$k]}$(mark "$k") (${P99[$k]}) | ${RPS[$e]}$(mark "$e") (${P99[$e]}) | $(ratio "${RPS[$k]}" "${RPS[$e]}") | ${SERVER_CPU[$k]} / ${SERVER_CPU[$e]} | ${LOAD_CPU[$k]} / ${LOAD_CPU[$e]} | ${LOADAVG[$op.$clients]} |"
         done
     done
     echo

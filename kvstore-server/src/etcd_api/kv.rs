@@ -115,11 +115,10 @@ async fn put_keeping(api: &Api, key: &str, r: &PutRequest) -> Result<(u64, Entry
 /// How one etcd op of a transaction became ours, to build its answer from our
 /// results.
 enum Planned {
-    /// A read at a past revision, read before the transaction ([`Past`]): its
-    /// entries, shaped by the request.
-    RangeAt(RangeRequest, Vec<Entry>),
-    /// A read: one `get` or `list` result, shaped by the request.
-    Range(RangeRequest),
+    /// A read, shaped by the request: of one `get` or `list` result, or of the
+    /// entries read before the transaction when it names a past revision
+    /// ([`Past`]).
+    Range(RangeRequest, Option<Vec<Entry>>),
     /// A put, after a `get` of the key when `prev_kv`.
     Put { prev_kv: bool },
     /// A delete, after a `get` (a key) or `list` (a prefix) when `prev_kv`.
@@ -188,14 +187,14 @@ fn in_the_past(r: &RangeRequest) -> bool {
     r.revision > 0
 }
 
-/// Reads into `past` every read at a past revision of `ops`, at any depth.
+/// Every read at a past revision of the branches `branches`, at any depth.
 async fn read_past(
     api: &Api,
-    ops: &[RequestOp],
+    branches: [&[RequestOp]; 2],
     caller: &Caller,
-    past: &mut Past,
-) -> Result<(), Status> {
-    let mut pending: Vec<&[RequestOp]> = vec![ops];
+) -> Result<Past, Status> {
+    let mut past = Past::new();
+    let mut pending = Vec::from(branches);
     while let Some(ops) = pending.pop() {
         for op in ops {
             match &op.request {
@@ -219,7 +218,7 @@ async fn read_past(
             }
         }
     }
-    Ok(())
+    Ok(past)
 }
 
 /// A branch of etcd ops as ours, and the plan to answer it; its reads at a past
@@ -246,7 +245,7 @@ fn branch(
                         Some(Err(refused)) => return Err(refused.clone()),
                         None => return Err(Status::internal("a read at a revision was not made")),
                     };
-                    plan.push(Planned::RangeAt(r, entries));
+                    plan.push(Planned::Range(r, Some(entries)));
                     continue;
                 }
                 match (&span, span.as_prefix()) {
@@ -259,7 +258,7 @@ fn branch(
                         ))
                     }
                 }
-                plan.push(Planned::Range(r));
+                plan.push(Planned::Range(r, None));
             }
             Some(request_op::Request::RequestPut(r)) => {
                 if r.key.is_empty() {
@@ -371,13 +370,9 @@ fn answers(
     let mut answered = Vec::with_capacity(plan.len());
     for planned in plan {
         let response = match planned {
-            Planned::RangeAt(r, entries) => {
+            Planned::Range(r, past) => {
+                let entries = past.unwrap_or_else(|| read(results.next()));
                 let mut range = shape(entries, &r);
-                range.header = inner_header(revision);
-                response_op::Response::ResponseRange(range)
-            }
-            Planned::Range(r) => {
-                let mut range = shape(read(results.next()), &r);
                 range.header = inner_header(revision);
                 response_op::Response::ResponseRange(range)
             }
@@ -571,9 +566,7 @@ impl Kv for Api {
         if r.compare.len() > max || r.success.len() > max || r.failure.len() > max {
             return Err(too_many_ops());
         }
-        let mut past = Past::new();
-        read_past(self, &r.success, &caller, &mut past).await?;
-        read_past(self, &r.failure, &caller, &mut past).await?;
+        let past = read_past(self, [&r.success, &r.failure], &caller).await?;
         // A refused read matters only on the path taken: decide it first.
         if nests(&r.success) || nests(&r.failure) || past.values().any(Result::is_err) {
             return self.nested_txn(r, &caller, past).await.map(Response::new);

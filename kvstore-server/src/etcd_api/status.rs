@@ -50,12 +50,12 @@ pub(crate) fn from_store(error: Error) -> Status {
     }
 }
 
-/// etcd's answer to a request without a key.
 /// What etcd answers a call outside the caller's roles.
 pub(crate) fn denied() -> Status {
     Status::permission_denied(PERMISSION_DENIED)
 }
 
+/// etcd's answer to a request without a key.
 pub(crate) fn key_not_provided() -> Status {
     Status::invalid_argument("etcdserver: key is not provided")
 }

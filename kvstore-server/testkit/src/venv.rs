@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Instant;
 
-pub use super::target_dir;
+use super::target_dir;
 
 fn set(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
