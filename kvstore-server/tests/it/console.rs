@@ -479,9 +479,11 @@ async fn browse(b: &Browser) -> TestResult {
 
     // Back up with the breadcrumb, into a folder of 1,200 keys: paged.
     b.click_text("All keys").await?;
+    // The app/ folder also shows 3 rows (db/, mode, blob): wait for the top's own.
     b.until(
         "the top folder again",
-        "document.querySelectorAll('#rows tr').length === 3",
+        "document.querySelectorAll('#rows tr').length === 3 \
+         && document.querySelector(\"#rows tr[data-name='big/']\") !== null",
     )
     .await?;
     b.click("#rows tr[data-name='big/'] a").await?;
@@ -549,8 +551,13 @@ async fn browse(b: &Browser) -> TestResult {
     )
     .await?;
     b.click("#rows tr[data-name='app/'] a").await?;
-    b.until("app/", "document.querySelectorAll('#rows tr').length === 3")
-        .await?;
+    // The top folder also shows 3 rows: wait for app/'s own.
+    b.until(
+        "app/",
+        "document.querySelectorAll('#rows tr').length === 3 \
+         && document.querySelector(\"#rows tr[data-name='mode']\") !== null",
+    )
+    .await?;
     b.click("#rows tr[data-name='mode'] a").await?;
     b.until(
         "mode open",
